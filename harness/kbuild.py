@@ -1,0 +1,143 @@
+"""Drive kbuild: configure a build directory from the merged fragment, then make.
+
+Out-of-tree (`O=`) builds: the working tree is read-only to make, the build directory holds
+objects, and re-running with the same `.config` content makes kbuild's fixdep-based
+dependencies rebuild only what really changed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from .errors import BuildError
+
+ARCH = "x86_64"
+FRAGMENT_NAME = "numa-harness.config"
+_COMPILED_RE = re.compile(r"^\s+(CC|AS|CC \[M\])\s+\S+\.o$")
+_ERROR_RE = re.compile(r"(: error:|: fatal error:|undefined reference to|^make(\[\d+\])?: \*\*\*|Error \d+)")
+
+
+@dataclass(frozen=True)
+class MakeResult:
+    log_path: Path
+    compiled_objects: int
+    seconds: float
+
+
+def make_argv(srctree: Path, builddir: Path, targets: Sequence[str], jobs: int) -> list[str]:
+    return ["make", "-C", str(srctree), f"O={builddir}", f"ARCH={ARCH}", f"-j{jobs}", *targets]
+
+
+def configure(srctree: Path, builddir: Path, fragment_text: str, log: IO[str]) -> str:
+    """tinyconfig, merge our fragment on top, olddefconfig. Returns the final .config text."""
+    builddir.mkdir(parents=True, exist_ok=True)
+    fragment = builddir / FRAGMENT_NAME
+    fragment.write_text(fragment_text)
+    steps = [
+        make_argv(srctree, builddir, ["tinyconfig"], 1),
+        [
+            "sh", str(srctree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(builddir),
+            str(builddir / ".config"), str(fragment),
+        ],
+        make_argv(srctree, builddir, ["olddefconfig"], 1),
+    ]
+    for argv in steps:
+        log.write(f"$ {' '.join(argv)}\n")
+        log.flush()
+        result = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, cwd=srctree, text=True)
+        if result.returncode != 0:
+            raise BuildError(
+                f"Configuring the kernel failed at `{' '.join(argv[:6])} ...` (exit "
+                f"{result.returncode}). The full output is in {log.name}; a fragment line Kconfig "
+                f"cannot parse is the usual cause."
+            )
+    return (builddir / ".config").read_text()
+
+
+def run_make(
+    srctree: Path, builddir: Path, targets: Sequence[str], jobs: int, log: IO[str], expected_objects: int | None
+) -> MakeResult:
+    """Run make, streaming its output to the log; a progress bar on a terminal, plain lines otherwise."""
+    argv = make_argv(srctree, builddir, targets, jobs)
+    log.write(f"$ {' '.join(argv)}\n")
+    log.flush()
+    start = time.monotonic()
+    compiled = 0
+    errors: list[str] = []
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=srctree)
+    assert proc.stdout is not None
+    with _BuildProgress(expected_objects) as progress:
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                if _COMPILED_RE.match(line.rstrip("\n")):
+                    compiled += 1
+                    progress.update(compiled, line.strip())
+                elif _ERROR_RE.search(line) and len(errors) < 12:
+                    errors.append(line.rstrip())
+            returncode = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    log.flush()
+    seconds = time.monotonic() - start
+    if returncode != 0:
+        shown = "\n  ".join(errors[:12]) or "(no compiler error lines found)"
+        raise BuildError(
+            f"The kernel build failed (make exit {returncode}) after {seconds:.0f} s. First errors:\n"
+            f"  {shown}\nFull log: {log.name}. Fix the patch or option that causes them."
+        )
+    return MakeResult(Path(log.name), compiled, seconds)
+
+
+class _BuildProgress:
+    """rich progress bar when stderr is a terminal; otherwise a plain line every 30 seconds."""
+
+    def __init__(self, expected: int | None) -> None:
+        self.expected = expected
+        self.tty = sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.last_plain = self.start
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> _BuildProgress:
+        if self.tty:
+            self._progress = Progress(
+                TextColumn("[bold]kernel build"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TextColumn("{task.description}"), transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("", total=self.expected)
+        return self
+
+    def update(self, compiled: int, line: str) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=compiled, description=line[-50:])
+            return
+        now = time.monotonic()
+        if now - self.last_plain >= 30:
+            self.last_plain = now
+            total = f"/~{self.expected}" if self.expected else ""
+            print(f"numa-harness: build {compiled}{total} objects, {now - self.start:.0f} s", file=sys.stderr)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def kernel_release(builddir: Path) -> str:
+    try:
+        return (builddir / "include/config/kernel.release").read_text().strip()
+    except FileNotFoundError:
+        return "unknown"

@@ -1,0 +1,233 @@
+"""The kernel pipeline: source + patch series + fragments -> a verified, cached, debuggable kernel.
+
+    BuildRequest --plan--> BuildPlan (source identity, patches, merged config, cache key)
+                 --build-> KernelArtifact (bzImage, vmlinux, config, manifest) in kernels/<key>/
+
+The cache key covers everything that changes the kernel: the source identity, each patch's
+content in order, and the merged requested config (plus the harness's recipe version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .cache import default_cache_root, ensure_dir, file_lock, read_json, staged_entry
+from .errors import KconfigError
+from .kbuild import configure, kernel_release, run_make
+from .kconfig import (
+    Fragment,
+    KconfigIndex,
+    MergedConfig,
+    merge,
+    parse_dotconfig,
+    parse_fragment_file,
+    parse_option_argument,
+    unmet_options,
+)
+from .patches import Patch, extra_patch, load_series, stage_series
+from .source import SourceIdentity, SourceSpec, identify, kernel_version_of_tree, pristine_tree, resolve_source
+from .verify import verify_vmlinux
+from .worktree import apply_overlay, create_if_missing, sync_from_directory, worktree_for
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KCONFIG_DIR = REPO_ROOT / "kernel-config"
+DEFAULT_SERIES_DIR = KCONFIG_DIR / "patches"
+# Bump when the way a kernel is built changes (targets, make flags): old entries become misses.
+RECIPE_VERSION = 1
+TARGETS = ("bzImage", "vmlinux")
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    source: str | None = None
+    series_dir: Path | None = None
+    extra_patches: tuple[Path, ...] = ()
+    config_files: tuple[Path, ...] = ()
+    kconfig: tuple[str, ...] = ()
+    cache_dir: Path | None = None
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    @property
+    def cache_root(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else default_cache_root()
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    spec: SourceSpec
+    identity: SourceIdentity
+    patches: tuple[Patch, ...]
+    merged: MergedConfig
+    key: str
+
+
+@dataclass(frozen=True)
+class KernelArtifact:
+    directory: Path
+    manifest: dict[str, Any]
+    cache_hit: bool
+    compiled_objects: int = 0
+
+    @property
+    def vmlinux(self) -> Path:
+        return self.directory / "vmlinux"
+
+    @property
+    def bzimage(self) -> Path:
+        return self.directory / "bzImage"
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "config"
+
+    @property
+    def build_log(self) -> Path:
+        return self.directory / "build.log"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            **self.manifest,
+            "directory": str(self.directory),
+            "vmlinux": str(self.vmlinux),
+            "bzImage": str(self.bzimage),
+            "config": str(self.config),
+            "build_log": str(self.build_log),
+            "cache_hit": self.cache_hit,
+        }
+
+
+def default_fragments() -> list[Path]:
+    return sorted(KCONFIG_DIR.glob("*.config"))
+
+
+def merged_config(request: BuildRequest) -> MergedConfig:
+    fragments: list[Fragment] = [
+        parse_fragment_file(p, str(p.relative_to(REPO_ROOT))) for p in default_fragments()
+    ]
+    fragments += [parse_fragment_file(Path(p)) for p in request.config_files]
+    if request.kconfig:
+        fragments.append(Fragment("--kconfig", tuple(parse_option_argument(s) for s in request.kconfig)))
+    return merge(fragments)
+
+
+def series_for(request: BuildRequest) -> tuple[Patch, ...]:
+    series = load_series(request.series_dir or DEFAULT_SERIES_DIR)
+    return series + tuple(extra_patch(Path(p)) for p in request.extra_patches)
+
+
+def plan(request: BuildRequest, *, install_default: bool = True) -> BuildPlan:
+    merged = merged_config(request)
+    patches = series_for(request)
+    spec = resolve_source(request.source, install_default=install_default)
+    ensure_dir(request.cache_root)
+    identity = identify(spec, request.cache_root)
+    key_material = {
+        "recipe": RECIPE_VERSION,
+        "source": identity.digest,
+        "patches": [[p.name, p.strip, p.sha256()] for p in patches],
+        "config": merged.canonical(),
+    }
+    key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:32]
+    return BuildPlan(spec, identity, patches, merged, key)
+
+
+def cached_artifact(request: BuildRequest, build_plan: BuildPlan) -> KernelArtifact | None:
+    directory = request.cache_root / "kernels" / build_plan.key
+    manifest = read_json(directory / "manifest.json")
+    if manifest is None or not (directory / "vmlinux").is_file():
+        return None
+    return KernelArtifact(directory, manifest, cache_hit=True)
+
+
+def build(request: BuildRequest) -> KernelArtifact:
+    """Build (or find in the cache) the kernel the request describes."""
+    build_plan = plan(request)
+    for conflict in build_plan.merged.conflicts:
+        print(f"numa-harness: warning: {conflict.describe()}", file=sys.stderr)
+    hit = cached_artifact(request, build_plan)
+    if hit is not None:
+        return hit
+    root = request.cache_root
+    base = pristine_tree(build_plan.spec, build_plan.identity, root)
+    tree = worktree_for(build_plan.spec, build_plan.identity, base, root)
+    with file_lock(tree.lock_path):
+        # Another process may have built the same entry while we waited for the lock.
+        hit = cached_artifact(request, build_plan)
+        if hit is not None:
+            return hit
+        started = time.monotonic()
+        staged = stage_series(base, build_plan.patches)  # raises before anything is touched
+        create_if_missing(tree, build_plan.spec)
+        if build_plan.spec.kind != "tarball":
+            sync_from_directory(tree, build_plan.spec)
+        apply_overlay(tree, staged)
+        builddir = root / "build" / f"{tree.root.name}-{build_plan.merged.digest()[:16]}"
+        ensure_dir(builddir)
+        log_path = builddir / "build.log"
+        with log_path.open("w") as log:
+            final_text = configure(tree.path, builddir, build_plan.merged.canonical(), log)
+            _check_requested_options(build_plan.merged, final_text, tree.path)
+            expected = _read_int(builddir / "numa-harness-objects") or _read_int(root / "build" / "last-cold-objects")
+            result = run_make(tree.path, builddir, TARGETS, request.jobs, log, expected)
+        if result.compiled_objects > 1000:
+            (root / "build" / "last-cold-objects").write_text(f"{result.compiled_objects}\n")
+        if not _read_int(builddir / "numa-harness-objects"):
+            (builddir / "numa-harness-objects").write_text(f"{result.compiled_objects}\n")
+        final_text = (builddir / ".config").read_text()
+        verification = verify_vmlinux(builddir / "vmlinux", final_text)
+        manifest = {
+            "harness_version": __version__,
+            "key": build_plan.key,
+            "source": {
+                "kind": build_plan.identity.kind,
+                "path": build_plan.identity.path,
+                "identity": build_plan.identity.description,
+                "digest": build_plan.identity.digest,
+                "version": kernel_version_of_tree(tree.path),
+            },
+            "patches": [
+                {"name": p.name, "origin": p.origin, "sha256": p.sha256()} for p in build_plan.patches
+            ],
+            "config_sha256": hashlib.sha256(final_text.encode()).hexdigest(),
+            "requested_config_sha256": build_plan.merged.digest(),
+            "kernel_release": kernel_release(builddir),
+            "build_id": verification.build_id,
+            "verification": verification.as_dict(),
+            "build_seconds": round(time.monotonic() - started, 1),
+            "compiled_objects": result.compiled_objects,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        final = root / "kernels" / build_plan.key
+        with staged_entry(final) as staging:
+            shutil.copyfile(builddir / "arch/x86/boot/bzImage", staging / "bzImage")
+            shutil.copyfile(builddir / "vmlinux", staging / "vmlinux")
+            shutil.copyfile(builddir / ".config", staging / "config")
+            shutil.copyfile(log_path, staging / "build.log")
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        return KernelArtifact(final, manifest, cache_hit=False, compiled_objects=result.compiled_objects)
+
+
+def _check_requested_options(merged: MergedConfig, final_text: str, srctree: Path) -> None:
+    final = parse_dotconfig(final_text)
+    missing = unmet_options(merged.options, final)
+    if not missing:
+        return
+    index = KconfigIndex.scan(srctree)
+    paragraphs = [index.explain_missing(option, final) for option in missing]
+    raise KconfigError("\n\n".join(paragraphs))
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None

@@ -1,0 +1,76 @@
+"""The working tree keeps every unchanged file's mtime, so make rebuilds only what changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from harness.source import SourceIdentity, SourceSpec
+from harness.worktree import apply_overlay, create_if_missing, sync_from_directory, worktree_for
+
+
+def _tarball_like_tree(tmp_path: Path):  # type: ignore[no-untyped-def]
+    base = tmp_path / "pristine"
+    (base / "mm").mkdir(parents=True)
+    (base / "mm/memory.c").write_text("memory\n")
+    (base / "mm/mprotect.c").write_text("mprotect\n")
+    spec = SourceSpec("tarball", tmp_path / "linux.tar.xz")
+    identity = SourceIdentity("tarball", str(spec.path), "ab" * 32, "tarball")
+    tree = worktree_for(spec, identity, base, tmp_path / "cache")
+    create_if_missing(tree, spec)
+    return tree
+
+
+def _mtimes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_switching_series_rewrites_only_differing_files(tmp_path: Path) -> None:
+    tree = _tarball_like_tree(tmp_path)
+    assert (tree.path / "mm/memory.c").read_text() == "memory\n"
+    series_a = {"mm/memory.c": b"memory A\n", "mm/new.c": b"new\n"}
+    series_b = {"mm/memory.c": b"memory A\n", "mm/mprotect.c": b"mprotect B\n"}
+    assert apply_overlay(tree, series_a) == ["mm/memory.c", "mm/new.c"]
+    time.sleep(0.01)
+    before = _mtimes(tree.path)
+    # B keeps memory.c as A had it, changes mprotect.c, and drops new.c.
+    assert apply_overlay(tree, series_b) == ["mm/mprotect.c", "mm/new.c"]
+    after = _mtimes(tree.path)
+    assert after["mm/memory.c"] == before["mm/memory.c"]
+    assert after["mm/mprotect.c"] > before["mm/mprotect.c"]
+    assert not (tree.path / "mm/new.c").exists()
+    # Back to no series: the tree equals the pristine base again, and the base was never written.
+    apply_overlay(tree, {})
+    assert (tree.path / "mm/memory.c").read_text() == "memory\n"
+    assert (tree.path / "mm/mprotect.c").read_text() == "mprotect\n"
+    assert (tree.base / "mm/memory.c").read_text() == "memory\n"
+    assert json.loads(tree.state_path.read_text())["touched"] == []
+
+
+def test_hard_linked_pristine_is_never_modified(tmp_path: Path) -> None:
+    tree = _tarball_like_tree(tmp_path)
+    assert os.stat(tree.path / "mm/memory.c").st_ino == os.stat(tree.base / "mm/memory.c").st_ino
+    apply_overlay(tree, {"mm/memory.c": b"patched\n"})
+    assert (tree.base / "mm/memory.c").read_text() == "memory\n"
+
+
+def test_directory_source_is_mirrored_by_content(tmp_path: Path) -> None:
+    user = tmp_path / "linux"
+    (user / "mm").mkdir(parents=True)
+    (user / "mm/memory.c").write_text("v1\n")
+    (user / "mm/gone.c").write_text("x\n")
+    spec = SourceSpec("tree", user)
+    identity = SourceIdentity("tree", str(user), "cd" * 32, "tree")
+    tree = worktree_for(spec, identity, user, tmp_path / "cache")
+    create_if_missing(tree, spec)
+    assert sync_from_directory(tree, spec) == 2
+    time.sleep(0.01)
+    before = _mtimes(tree.path)
+    os.utime(user / "mm/memory.c")  # touched, same content: not rewritten
+    (user / "mm/gone.c").unlink()
+    assert sync_from_directory(tree, spec) == 1
+    assert _mtimes(tree.path)["mm/memory.c"] == before["mm/memory.c"]
+    assert not (tree.path / "mm/gone.c").exists()
+    assert (user / "mm/memory.c").read_text() == "v1\n"

@@ -1,0 +1,374 @@
+"""The `numa-harness` command line. Each subcommand is a thin layer over a stage's Python API."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from . import __version__
+from .cache import default_cache_root, read_json
+from .errors import HarnessError
+from .kernel import BuildRequest, build, merged_config
+from .launch import LaunchRequest, make_guest, resolve_kernel
+from .supervisor import registry_dir
+from .topology import parse_topology
+from .vm import AttachedGuest
+
+# Exit statuses of `numa-harness run` (documented in the README): the command's own status, or
+EXIT_HARNESS_FAILED = 125  # the harness failed before or around the command (build, boot, SSH, bad input)
+EXIT_KERNEL_BUG = 126  # the guest kernel logged a bug (oops, WARNING, panic...) while the command ran
+EXIT_INTERRUPTED = 130
+
+
+def _build_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("kernel build options")
+    group.add_argument("--source", metavar="PATH", help="kernel git tree, unpacked tree or tarball "
+                       "(default: Debian's linux-source-6.12 tarball, installed when missing)")
+    group.add_argument("--series", metavar="DIR", type=Path, help="patch series directory with a quilt "
+                       "`series` file (replaces kernel-config/patches)")
+    group.add_argument("--patch", metavar="FILE", type=Path, action="append", default=[],
+                       help="append a patch to the series (repeatable)")
+    group.add_argument("--config", metavar="FILE", type=Path, action="append", default=[],
+                       help="merge a Kconfig fragment after the defaults (repeatable, later wins)")
+    group.add_argument("--kconfig", metavar="CONFIG_X=V", action="append", default=[],
+                       help="set one option after all fragments (repeatable)")
+    group.add_argument("--cache-dir", metavar="DIR", type=Path,
+                       help="artifact cache (default $NUMA_HARNESS_CACHE or ~/.cache/numa-harness)")
+    group.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, help="make -j (default: nproc)")
+    return parent
+
+
+def build_request(args: argparse.Namespace) -> BuildRequest:
+    return BuildRequest(
+        source=args.source,
+        series_dir=args.series,
+        extra_patches=tuple(args.patch),
+        config_files=tuple(args.config),
+        kconfig=tuple(args.kconfig),
+        cache_dir=args.cache_dir,
+        jobs=args.jobs,
+    )
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    artifact = build(build_request(args))
+    if args.json:
+        print(json.dumps(artifact.as_json(), indent=2))
+        return 0
+    manifest = artifact.manifest
+    verification = manifest.get("verification", {})
+    how = "cache hit" if artifact.cache_hit else f"built in {manifest.get('build_seconds')} s"
+    print(f"kernel {manifest.get('kernel_release')} ({how})")
+    print(f"  directory  {artifact.directory}")
+    print(f"  vmlinux    {artifact.vmlinux}")
+    print(f"  bzImage    {artifact.bzimage}")
+    print(f"  source     {manifest['source']['identity']}")
+    patches = ", ".join(p["name"] for p in manifest.get("patches", [])) or "none"
+    print(f"  patches    {patches}")
+    print(f"  build-id   {manifest.get('build_id')}")
+    print(
+        f"  verified   DWARF v{verification.get('dwarf_version')} "
+        f"({int(verification.get('debug_info_bytes', 0)) >> 20} MiB .debug_info), embedded config "
+        f"{'matches .config' if verification.get('embedded_config_matches') else 'DIFFERS'}, "
+        f"CONFIG_NUMA_BALANCING=y"
+    )
+    for name, evidence in verification.get("function_evidence", {}).items():
+        print(f"  function   {name}: {evidence}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    merged = merged_config(build_request(args))
+    for conflict in merged.conflicts:
+        print(f"# conflict: {conflict.describe()}")
+    sys.stdout.write(merged.text())
+    return 0
+
+
+def _guest_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("guest options")
+    group.add_argument("--kernel", metavar="DIR", type=Path,
+                       help="boot this kernel (a `numa-harness build` or kbuild output directory) instead of building")
+    group.add_argument("--topology", default="2x2", metavar="SPEC",
+                       help="NxC (N nodes of C CPUs) or a TOML file (default 2x2)")
+    group.add_argument("--memory", metavar="SIZE", help="total guest memory for NxC (default 2G)")
+    group.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                       help="accelerator; auto probes KVM once and falls back to TCG")
+    group.add_argument("--boot-timeout", type=float, default=120.0, metavar="S", help="seconds (default 120)")
+    group.add_argument("--append", action="append", default=[], metavar="PARAM",
+                       help="extra kernel command-line parameter (repeatable)")
+    return parent
+
+
+def launch_request(args: argparse.Namespace, name: str = "") -> LaunchRequest:
+    return LaunchRequest(
+        build=build_request(args), kernel_dir=args.kernel, topology=args.topology, memory=args.memory,
+        accel=args.accel, boot_timeout=args.boot_timeout, name=name, cmdline=tuple(args.append),
+    )
+
+
+def _say(message: str) -> None:
+    print(f"numa-harness: {message}", file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    command = list(args.cmd)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        _say("error: nothing to run; usage: numa-harness run [options] -- CMD...")
+        return EXIT_HARNESS_FAILED
+    try:
+        guest = make_guest(launch_request(args, name="run"))
+        if args.show_command:
+            print(" ".join(shlex.quote(a) for a in guest.argv()))
+            guest.remove_run_dir()
+            return 0
+        with guest:
+            _say(f"guest up in {guest.boot_seconds:.1f} s ({guest.accel}, {guest.config.topology.describe()})")
+            guest.mark_bugs_seen()
+            remote = command[0] if len(command) == 1 else shlex.join(command)
+            result = guest.ssh.run(remote, timeout=args.timeout)
+            sys.stdout.write(result.stdout)
+            sys.stdout.flush()
+            sys.stderr.write(result.stderr)
+            sys.stderr.flush()
+            time.sleep(0.2)  # let the console log catch up with a report printed as the command ended
+            bugs = guest.new_bugs()
+            if bugs or not guest.alive:
+                for bug in bugs:
+                    _say(f"kernel bug during the command: {bug.title}")
+                if not bugs:
+                    _say("the guest died during the command")
+                _say(f"console log: {guest.paths.console_log}")
+                return EXIT_KERNEL_BUG
+            return result.exit_status
+    except HarnessError as err:
+        _say(f"error: {err}")
+        return EXIT_HARNESS_FAILED
+
+
+def _registry(args: argparse.Namespace) -> Path:
+    return registry_dir(args.cache_dir or default_cache_root())
+
+
+def _live_guests(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """Registered guests whose supervisor is alive (stale entries are removed)."""
+    guests = {}
+    for entry in sorted(_registry(args).glob("*.json")):
+        data = read_json(entry)
+        pid = int(str(data.get("supervisor_pid", 0))) if data else 0
+        if not data or not pid or not _pid_alive(pid):
+            entry.unlink(missing_ok=True)
+            continue
+        info = read_json(Path(str(data["info"])))
+        if info is None:
+            continue
+        guests[entry.stem] = info
+    return guests
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def attached(args: argparse.Namespace, name: str) -> AttachedGuest:
+    guests = _live_guests(args)
+    if name not in guests:
+        known = ", ".join(sorted(guests)) or "none"
+        raise HarnessError(f"No running guest named {name!r} (running: {known}). Start one with `numa-harness up --name {name}`.")
+    return AttachedGuest(guests[name])
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    guests = _live_guests(args)
+    name = args.name or next(f"guest{i}" for i in range(1, 1000) if f"guest{i}" not in guests)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,40}", name):
+        raise HarnessError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (up to 41 characters).")
+    if name in guests:
+        raise HarnessError(f"A guest named {name!r} is already running. Pick another --name or `numa-harness down {name}`.")
+    request = launch_request(args, name=name)
+    parse_topology(request.topology, request.memory)  # fail here, before anything starts
+    # Build in the foreground (progress on this terminal); the supervisor then finds it cached.
+    kernel = resolve_kernel(request)
+    request = replace(request, kernel_dir=kernel.directory)
+    work = Path(tempfile.mkdtemp(prefix=f"numa-harness-up-{name}-"))
+    (work / "request.json").write_text(request.to_json())
+    status_file = work / "status.json"
+    log = (work / "supervisor.log").open("wb")
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "harness.supervisor", str(work / "request.json"), str(status_file)],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+    )
+    deadline = time.monotonic() + request.boot_timeout + 60
+    while time.monotonic() < deadline:
+        status = read_json(status_file)
+        if status and status.get("state") == "ready":
+            info = read_json(Path(str(status["info"]))) or {}
+            _say(f"{name} is up: ssh port 127.0.0.1:{info.get('ssh_port')}, {info.get('accel')}, "
+                 f"{info.get('topology')}; console log {info.get('console_log')}")
+            print(name)
+            return 0
+        if status and status.get("state") == "failed":
+            raise HarnessError(str(status.get("error")))
+        if supervisor.poll() is not None:
+            raise HarnessError(f"The guest supervisor exited ({supervisor.returncode}); see {work / 'supervisor.log'}.")
+        time.sleep(0.1)
+    supervisor.terminate()
+    raise HarnessError(f"The guest {name} did not come up in time; see {work / 'supervisor.log'}.")
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    guest = attached(args, args.name)
+    command = list(args.cmd)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        # Interactive: hand over to the system ssh client with the pinned key.
+        known = Path(tempfile.mkdtemp(prefix="numa-harness-ssh-")) / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{guest.ssh_port} {guest.host_key}\n")
+        os.execvp("ssh", ["ssh", "-t", "-p", str(guest.ssh_port), "-i", str(guest.identity_file),
+                          "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+                          "-o", "IdentitiesOnly=yes", "root@127.0.0.1"])
+    guest.mark_bugs_seen()
+    remote = command[0] if len(command) == 1 else shlex.join(command)
+    result = guest.ssh.run(remote, timeout=args.timeout)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    for bug in guest.new_bugs():
+        _say(f"kernel bug during the command: {bug.title}")
+        return EXIT_KERNEL_BUG
+    return result.exit_status
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from .console import attach_console
+
+    guest = attached(args, args.name)
+    return attach_console(guest.paths.console)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    guests = _live_guests(args)
+    if args.json:
+        print(json.dumps(guests, indent=2))
+        return 0
+    for name, info in guests.items():
+        print(f"{name}\tssh 127.0.0.1:{info.get('ssh_port')}\t{info.get('accel')}\tqemu pid {info.get('qemu_pid')}"
+              f"\t{info.get('topology')}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    guests = _live_guests(args)
+    names = sorted(guests) if args.all else [args.name]
+    if not args.all and args.name not in guests:
+        raise HarnessError(f"No running guest named {args.name!r} (running: {', '.join(sorted(guests)) or 'none'}).")
+    for name in names:
+        info = guests[name]
+        pid = int(str(info.get("supervisor_pid", 0)))
+        qemu_pid = int(str(info.get("qemu_pid", 0)))
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (_pid_alive(pid) or _pid_alive(qemu_pid)):
+            time.sleep(0.1)
+        for leftover in (pid, qemu_pid):
+            if _pid_alive(leftover):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(leftover, signal.SIGKILL)
+        _say(f"{name} is down")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="numa-harness",
+        description="Build, boot and cross-check Linux NUMA balancing on a real kernel.",
+    )
+    parser.add_argument("--version", action="version", version=f"numa-harness {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    build_opts = _build_options()
+
+    p = sub.add_parser("build", parents=[build_opts], help="build (or find cached) the kernel")
+    p.add_argument("--json", action="store_true", help="print the manifest and artifact paths as JSON")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("config", parents=[build_opts], help="print the merged Kconfig fragment")
+    p.add_argument("--dry-run", action="store_true", help="only print, never build (the default)")
+    p.set_defaults(func=cmd_config)
+
+    guest_opts = _guest_options()
+    p = sub.add_parser("run", parents=[build_opts, guest_opts],
+                       help="boot a guest, run CMD over SSH, tear down; exit with CMD's status")
+    p.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="command timeout (default 3600)")
+    p.add_argument("--show-command", action="store_true", help="print the QEMU command line and exit")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("up", parents=[build_opts, guest_opts], help="boot a guest in the background")
+    p.add_argument("--name", default="", help="guest name (default guestN)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("ssh", help="run a command in a running guest (interactive shell without CMD)")
+    p.add_argument("name")
+    p.add_argument("--timeout", type=float, default=3600.0, metavar="S")
+    p.add_argument("--cache-dir", type=Path)
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    p.set_defaults(func=cmd_ssh)
+
+    p = sub.add_parser("console", help="attach to a running guest's serial console (Ctrl-] detaches)")
+    p.add_argument("name")
+    p.add_argument("--cache-dir", type=Path)
+    p.set_defaults(func=cmd_console)
+
+    p = sub.add_parser("list", help="list running guests")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--cache-dir", type=Path)
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("down", help="shut down a running guest (or --all)")
+    p.add_argument("name", nargs="?", default="")
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--cache-dir", type=Path)
+    p.set_defaults(func=cmd_down)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.command == "down" and not args.all and not args.name:
+        parser.error("down: name a guest or pass --all")
+    try:
+        return int(args.func(args))
+    except HarnessError as err:
+        print(f"numa-harness: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("numa-harness: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

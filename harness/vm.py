@@ -1,0 +1,483 @@
+"""The QEMU process: argv, accelerator choice, boot, readiness, crash detection and shutdown.
+
+Every QEMU started here gets PR_SET_PDEATHSIG(SIGKILL), so it dies with the process that
+started it, whatever happens to that process; `Guest` is also a context manager whose exit
+always tears QEMU down (poweroff over SSH, then QMP `quit`, then SIGKILL), after QEMU's
+`python/qemu/machine` (soft shutdown first, hard kill after, always-clean post-shutdown).
+
+The serial console is a unix-socket chardev with QEMU's own `logfile=`: QEMU writes every byte
+the guest prints to console.log whether or not anybody is attached, so no crash is lost; the
+harness attaches with pexpect only to wait for the ready marker, and `numa-harness console`
+attaches the same way later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import pexpect
+import pexpect.fdpexpect
+
+from .cache import atomic_write_text, ensure_dir
+from .crash import KernelBug, find_bugs
+from .errors import HarnessError
+from .image import SshIdentity
+from .topology import GUEST_PROBE, ObservedNode, Topology, TopologyMismatch, compare, parse_guest_probe
+
+if TYPE_CHECKING:
+    from .guest import SshSession
+
+QEMU = "qemu-system-x86_64"
+READY_PREFIX = "numa-harness: ready "
+_PR_SET_PDEATHSIG = 1
+
+
+class VmError(HarnessError):
+    exit_code = 125
+
+
+class VmLaunchError(VmError):
+    """QEMU exited before the guest was up (bad arguments, missing firmware, a boot panic)."""
+
+
+class BootTimeout(VmError):
+    """The guest did not report ready in time."""
+
+
+class GuestCrashed(VmError):
+    """The guest kernel logged a bug (or died)."""
+
+    def __init__(self, message: str, bugs: Sequence[KernelBug]) -> None:
+        super().__init__(message)
+        self.bugs = tuple(bugs)
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    kernel: Path  # bzImage
+    initramfs: Path
+    topology: Topology
+    accel: str = "auto"  # auto | kvm | tcg
+    cmdline_extra: tuple[str, ...] = ()
+    boot_timeout: float = 120.0
+    name: str = ""
+    host_key: str = ""
+    vmlinux: Path | None = None
+    kernel_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    directory: Path
+
+    @property
+    def qmp(self) -> Path:
+        return self.directory / "qmp.sock"
+
+    @property
+    def drgn_qmp(self) -> Path:
+        """A second QMP socket for drgn: QMP serves one client per socket."""
+        return self.directory / "qmp-drgn.sock"
+
+    @property
+    def console(self) -> Path:
+        return self.directory / "console.sock"
+
+    @property
+    def console_log(self) -> Path:
+        return self.directory / "console.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.directory / "qemu.pid"
+
+    @property
+    def info(self) -> Path:
+        return self.directory / "guest.json"
+
+
+def qemu_argv(config: VmConfig, paths: RunPaths, accel: str, ssh_port: int, token: str) -> list[str]:
+    """The whole QEMU command line (pure: unit-tested, and printed by --show-command)."""
+    # Under TCG, -cpu max gives the guest LA57 (5-level paging), which the page-table walker handles.
+    accel_args = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    cmdline = [
+        "console=ttyS0,115200",
+        # Die instead of hanging on panic; with -no-reboot QEMU then exits and the panic is reported.
+        "panic=-1",
+        # Mitigations cost a lot under TCG and do not change NUMA balancing.
+        "mitigations=off",
+        f"nh_token={token}",
+        f"nh_hostname={config.name or 'numa-guest'}",
+        *config.cmdline_extra,
+    ]
+    return [
+        QEMU,
+        "-name", f"numa-harness-{config.name or 'guest'}",
+        "-machine", "pc",
+        *accel_args,
+        *config.topology.qemu_args(),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(config.kernel),
+        "-initrd", str(config.initramfs),
+        "-append", " ".join(cmdline),
+        "-chardev", f"socket,id=nh-console,path={paths.console},server=on,wait=off,logfile={paths.console_log}",
+        "-serial", "chardev:nh-console",
+        "-qmp", f"unix:{paths.qmp},server=on,wait=off",
+        "-qmp", f"unix:{paths.drgn_qmp},server=on,wait=off",
+        # vmcoreinfo through fw_cfg: how drgn finds the live kernel (guest CONFIG_FW_CFG_SYSFS).
+        "-device", "vmcoreinfo",
+        "-netdev", f"user,id=nh-net,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+        "-device", "virtio-net-pci,netdev=nh-net",
+        "-pidfile", str(paths.pidfile),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def choose_accel(requested: str, cache_root: Path, probe_kernel: Path | None = None) -> str:
+    """`kvm` or `tcg`. `auto` probes KVM once per machine (a boot that must print the kernel
+    banner within 10 s; nested KVM here hangs in the firmware) and remembers the answer."""
+    if requested in ("kvm", "tcg"):
+        return requested
+    if requested != "auto":
+        raise VmError(f"--accel {requested}: expected auto, kvm or tcg.")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    qemu_version = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    memo = cache_root / "accel-probe.json"
+    key = f"{os.uname().release} {qemu_version}"
+    try:
+        remembered = json.loads(memo.read_text())
+        if remembered.get("key") == key:
+            return str(remembered["accel"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        pass
+    accel = "kvm" if probe_kernel is not None and _kvm_boots(probe_kernel) else "tcg"
+    ensure_dir(cache_root)
+    atomic_write_text(memo, json.dumps({"key": key, "accel": accel}))
+    return accel
+
+
+def _kvm_boots(kernel: Path, timeout: float = 10.0) -> bool:
+    argv = [QEMU, "-accel", "kvm", "-cpu", "host", "-m", "256M", "-nodefaults", "-no-user-config",
+            "-display", "none", "-no-reboot", "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1",
+            "-serial", "stdio"]
+    try:
+        child = pexpect.spawn(argv[0], argv[1:], timeout=timeout, encoding="utf-8", codec_errors="replace",
+                              preexec_fn=_die_with_parent)
+    except pexpect.ExceptionPexpect:
+        return False
+    try:
+        return bool(child.expect(["Linux version", pexpect.TIMEOUT, pexpect.EOF]) == 0)
+    finally:
+        child.terminate(force=True)
+
+
+class GuestView:
+    """What any process can do with a running guest: SSH, QMP, console, crash reports.
+
+    `Guest` owns a QEMU it started; `AttachedGuest` is a guest found by name (`numa-harness up`)."""
+
+    paths: RunPaths
+    ssh_port: int
+    host_key: str
+    identity_file: Path
+    _ssh: object | None
+    _bug_cursor: int
+
+    # -- QMP -----------------------------------------------------------------------------------
+
+    def qmp_command(self, command: str, **arguments: object) -> object:
+        """Run one QMP command and return its `return` value (qemu.qmp raises on QMP errors)."""
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        qmp = QEMUMonitorProtocol(str(self.paths.qmp))
+        try:
+            qmp.connect()
+        except OSError as err:
+            raise VmError(f"Cannot reach the guest's QMP socket {self.paths.qmp}: {err}. Is the guest still up?") from err
+        try:
+            return qmp.cmd(command, **arguments) if arguments else qmp.cmd(command)
+        finally:
+            qmp.close()
+
+    def pause(self) -> None:
+        self.qmp_command("stop")
+
+    def resume(self) -> None:
+        self.qmp_command("cont")
+
+    def running(self) -> bool:
+        status = self.qmp_command("query-status")
+        if not isinstance(status, dict) or "running" not in status:
+            raise VmError(f"Unexpected answer to QMP query-status: {status!r}")
+        return bool(status["running"])
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The guest's vCPUs stopped for the duration (consistent snapshots), resumed also on error."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
+
+    # -- console and crashes -----------------------------------------------------------------
+
+    def console_text(self) -> str:
+        try:
+            return self.paths.console_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def console_tail(self, lines: int = 25) -> str:
+        text = self.console_text().splitlines()[-lines:]
+        return "\n".join("  | " + line.rstrip("\r") for line in text) or "  | (the guest printed nothing)"
+
+    def bugs(self) -> list[KernelBug]:
+        return find_bugs(self.console_text())
+
+    def mark_bugs_seen(self) -> None:
+        self._bug_cursor = len(self.bugs())
+
+    def new_bugs(self) -> list[KernelBug]:
+        """Bugs logged since the previous call (tests use this to fail on what happened during them)."""
+        bugs = self.bugs()
+        fresh = bugs[self._bug_cursor:]
+        self._bug_cursor = len(bugs)
+        return fresh
+
+    # -- SSH -----------------------------------------------------------------------------------
+
+    @property
+    def ssh(self) -> SshSession:
+        if self._ssh is None:
+            from .guest import SshSession
+
+            self._ssh = SshSession.open(self.ssh_port, self.host_key, self.identity_file, time.monotonic() + 30)
+        return self._ssh  # type: ignore[return-value]
+
+    def close_ssh(self) -> None:
+        if self._ssh is not None:
+            with contextlib.suppress(Exception):
+                self._ssh.close()  # type: ignore[attr-defined]
+            self._ssh = None
+
+
+class AttachedGuest(GuestView):
+    """A running guest found through its guest.json (started by `numa-harness up`)."""
+
+    def __init__(self, info: dict[str, object]) -> None:
+        self.info = info
+        self.paths = RunPaths(Path(str(info["run_dir"])))
+        self.ssh_port = int(str(info["ssh_port"]))
+        self.host_key = str(info["host_key"])
+        self.identity_file = Path(str(info["identity"]))
+        self.name = str(info.get("name", ""))
+        self._ssh = None
+        self._bug_cursor = 0
+
+    @property
+    def vmlinux(self) -> Path | None:
+        value = self.info.get("vmlinux")
+        return Path(str(value)) if value else None
+
+
+@dataclass
+class Guest(GuestView):
+    """A booted guest. Use as a context manager; `boot()` returns once SSH answers."""
+
+    config: VmConfig
+    identity: SshIdentity
+    cache_root: Path
+    run_root: Path | None = None
+    accel: str = ""
+    ssh_port: int = 0
+    token: str = field(default_factory=lambda: secrets.token_hex(8))
+    process: subprocess.Popen[bytes] | None = None
+    paths: RunPaths = field(init=False)
+    boot_seconds: float = 0.0
+    _bug_cursor: int = 0
+    _ssh: object | None = None
+    observed_nodes: list[ObservedNode] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.host_key = self.config.host_key
+        self.identity_file = self.identity.private_key
+        base = ensure_dir(self.run_root or self.cache_root / "run")
+        directory = Path(tempfile.mkdtemp(dir=base, prefix=f"{self.config.name or 'guest'}-"))
+        os.chmod(directory, 0o700)
+        self.paths = RunPaths(directory)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Guest:
+        try:
+            self.boot()
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.shutdown()
+
+    def argv(self) -> list[str]:
+        return qemu_argv(self.config, self.paths, self.accel or "tcg", self.ssh_port or 0, self.token)
+
+    def boot(self) -> None:
+        started = time.monotonic()
+        self.accel = choose_accel(self.config.accel, self.cache_root, self.config.kernel)
+        self.ssh_port = free_port()
+        argv = self.argv()
+        (self.paths.directory / "qemu.argv").write_text(json.dumps(argv))
+        stderr = (self.paths.directory / "qemu.stderr").open("wb")
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, preexec_fn=_die_with_parent,
+        )
+        self._write_info()
+        try:
+            self._wait_console_ready(started)
+            from .guest import SshSession
+
+            session = SshSession.connect(self, deadline=started + self.config.boot_timeout)
+            self._ssh = session
+            probe = session.run(GUEST_PROBE, timeout=30)
+            if probe.exit_status != 0:
+                raise VmLaunchError(f"The guest's first SSH command failed: {probe.stderr.strip()}")
+        except VmError:
+            raise
+        self.boot_seconds = time.monotonic() - started
+        online, observed = parse_guest_probe(probe.stdout)
+        problems = compare(self.config.topology, online, observed)
+        if problems:
+            raise TopologyMismatch(
+                f"The guest does not see the NUMA machine that was asked for: {'; '.join(problems)}. "
+                f"Asked for: {self.config.topology.describe()}. Check that the kernel has CONFIG_NUMA and "
+                f"CONFIG_ACPI_NUMA and that nothing on its command line (numa=off) disables NUMA."
+            )
+        self.observed_nodes = observed
+
+    def _wait_console_ready(self, started: float) -> None:
+        deadline = started + self.config.boot_timeout
+        # The console socket appears once QEMU has parsed its arguments.
+        while not self.paths.console.exists():
+            self._check_alive("before its console came up")
+            if time.monotonic() > deadline:
+                self._boot_timeout()
+            time.sleep(0.02)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(self.paths.console))
+        try:
+            child = pexpect.fdpexpect.fdspawn(sock.fileno(), encoding="utf-8", codec_errors="replace")
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._boot_timeout()
+                index = child.expect([READY_PREFIX + self.token, pexpect.TIMEOUT, pexpect.EOF],
+                                     timeout=min(1.0, remaining))
+                if index == 0:
+                    return
+                self._check_alive("during boot")
+                if index == 2:
+                    self._check_alive("during boot", force=True)
+        finally:
+            sock.close()
+
+    def _check_alive(self, when: str, force: bool = False) -> None:
+        assert self.process is not None
+        if self.process.poll() is None and not force:
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        stderr = (self.paths.directory / "qemu.stderr").read_text(errors="replace").strip()
+        bugs = self.bugs()
+        crash = f" The kernel reported: {bugs[0].title}." if bugs else ""
+        raise VmLaunchError(
+            f"QEMU exited {when} (status {self.process.returncode}).{crash} "
+            f"{('QEMU said: ' + stderr[-600:] + '. ') if stderr else ''}"
+            f"Last console lines:\n{self.console_tail()}\nConsole log: {self.paths.console_log}"
+        )
+
+    def _boot_timeout(self) -> None:
+        bugs = self.bugs()
+        crash = f" The kernel reported: {bugs[0].title}." if bugs else ""
+        raise BootTimeout(
+            f"The guest did not report ready within {self.config.boot_timeout:.0f} s "
+            f"(accelerator {self.accel}).{crash} Last console lines:\n{self.console_tail()}\n"
+            f"Console log: {self.paths.console_log}. A kernel that hangs at boot, a wrong init= "
+            f"or a too-short --boot-timeout under TCG are the usual causes."
+        )
+
+    def _write_info(self) -> None:
+        assert self.process is not None
+        info = {
+            "name": self.config.name,
+            "qemu_pid": self.process.pid,
+            "harness_pid": os.getpid(),
+            "ssh_port": self.ssh_port,
+            "accel": self.accel,
+            "token": self.token,
+            "host_key": self.config.host_key,
+            "identity": str(self.identity.private_key),
+            "run_dir": str(self.paths.directory),
+            "qmp": str(self.paths.qmp),
+            "drgn_qmp": str(self.paths.drgn_qmp),
+            "console": str(self.paths.console),
+            "console_log": str(self.paths.console_log),
+            "kernel": str(self.config.kernel),
+            "vmlinux": str(self.config.vmlinux) if self.config.vmlinux else None,
+            "kernel_dir": str(self.config.kernel_dir) if self.config.kernel_dir else None,
+            "topology": self.config.topology.describe(),
+        }
+        atomic_write_text(self.paths.info, json.dumps(info, indent=2))
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """poweroff over SSH, then QMP quit, then SIGKILL; always reaps QEMU."""
+        if self.process is None:
+            return
+        if self.process.poll() is None and self._ssh is not None:
+            with contextlib.suppress(Exception):
+                self._ssh.poweroff()  # type: ignore[attr-defined]
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout / 2)
+        if self.process.poll() is None:
+            with contextlib.suppress(Exception):
+                self.qmp_command("quit")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout / 2)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.close_ssh()
+
+    def remove_run_dir(self) -> None:
+        shutil.rmtree(self.paths.directory, ignore_errors=True)

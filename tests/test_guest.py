@@ -1,0 +1,208 @@
+"""Booted guests for real: topologies, commands, crashes, timeouts, and QEMU lifetimes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from harness.guest import CommandTimeout
+from harness.kernel import KernelArtifact
+from harness.pytest_plugin import started_qemu_pids
+from harness.vm import BootTimeout, Guest, GuestView
+
+pytestmark = [pytest.mark.kernel, pytest.mark.guest]
+DATA = Path(__file__).parent / "data"
+CLI = [sys.executable, "-m", "harness.cli"]
+
+
+def _nodes(view: GuestView) -> dict[str, str]:
+    out = view.ssh.run("cd /sys/devices/system/node && for n in node*; do echo $n $(cat $n/cpulist); done").check()
+    return dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
+
+
+def test_session_guest_is_the_2x2_machine(guest: GuestView) -> None:
+    assert guest.ssh.run("cat /sys/devices/system/node/online").check().stdout == "0-1\n"
+    assert _nodes(guest) == {"node0": "0-1", "node1": "2-3"}
+    assert guest.ssh.run("cat /proc/sys/kernel/numa_balancing").check().stdout.strip() == "1"
+    distance = guest.ssh.run("cat /sys/devices/system/node/node1/distance").check().stdout.split()
+    assert distance == ["20", "10"]
+
+
+def test_4x1_topology(guest_factory: Callable[..., Guest]) -> None:
+    booted = guest_factory(topology="4x1")
+    assert booted.ssh.run("cat /sys/devices/system/node/online").check().stdout == "0-3\n"
+    assert _nodes(booted) == {f"node{i}": str(i) for i in range(4)}
+    assert [n.memory_kb // 1024 > 400 for n in booted.observed_nodes] == [True] * 4
+
+
+def test_memoryless_node_topology(guest_factory: Callable[..., Guest]) -> None:
+    booted = guest_factory(topology=str(DATA / "topology/memoryless.toml"))
+    observed = {n.node: n for n in booted.observed_nodes}
+    assert observed[2].cpus == (4, 5) and observed[2].memory_kb == 0
+    assert observed[2].distances == (30, 30, 10)
+    meminfo = booted.ssh.run("grep MemTotal /sys/devices/system/node/node2/meminfo").check().stdout
+    assert meminfo.split()[-2] == "0"
+
+
+def test_exit_status_and_streams_round_trip(guest: GuestView) -> None:
+    result = guest.ssh.run("sh -c 'echo to-out; echo to-err >&2; exit 7'")
+    assert (result.exit_status, result.stdout, result.stderr) == (7, "to-out\n", "to-err\n")
+    assert guest.ssh.run(["printf", "%s|", "a b", "c'd"]).stdout == "a b|c'd|"
+
+
+def test_kernel_messages_stay_out_of_command_output(guest: GuestView) -> None:
+    result = guest.ssh.run("echo numa-harness-kmsg-probe > /dev/kmsg; echo done").check()
+    assert result.stdout == "done\n"
+    deadline = time.monotonic() + 5
+    while "numa-harness-kmsg-probe" not in guest.console_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "numa-harness-kmsg-probe" in guest.console_text()
+
+
+def test_put_and_get_files(guest: GuestView) -> None:
+    payload = bytes(range(256)) * 4096
+    guest.ssh.put(payload, "/tmp/payload.bin", mode=0o600)
+    assert guest.ssh.get("/tmp/payload.bin") == payload
+    assert guest.ssh.run("stat -c %a /tmp/payload.bin").check().stdout.strip() == "600"
+
+
+def test_command_timeout_carries_partial_output(guest: GuestView) -> None:
+    with pytest.raises(CommandTimeout) as info:
+        guest.ssh.run("echo started; sleep 30", timeout=2)
+    assert info.value.stdout == "started\n"
+    assert "did not finish within 2 s" in str(info.value)
+    assert guest.ssh.run("echo still-usable").check().stdout == "still-usable\n"
+
+
+def test_pause_really_pauses(guest: GuestView) -> None:
+    read_uptime = "cat /proc/uptime"
+    with guest.paused():
+        assert guest.running() is False
+        with pytest.raises(CommandTimeout):
+            guest.ssh.run(read_uptime, timeout=1.5)
+    assert guest.running() is True
+    assert guest.ssh.run(read_uptime).check().stdout
+
+
+@pytest.mark.expect_kernel_bug
+def test_sysrq_crash_is_detected_and_titled(guest_factory: Callable[..., Guest]) -> None:
+    booted = guest_factory()
+    booted.ssh.run("echo c > /proc/sysrq-trigger", timeout=10)
+    assert booted.process is not None
+    booted.process.wait(timeout=30)  # panic=-1 and -no-reboot: QEMU exits
+    titles = [bug.title for bug in booted.bugs()]
+    assert titles == ["Kernel panic - not syncing: sysrq triggered crash"]
+    assert "sysrq_handle_crash" in booted.bugs()[0].report
+
+
+def test_boot_that_cannot_finish_times_out_with_console_tail(guest_factory: Callable[..., Guest]) -> None:
+    # /init replaced by cat: the kernel boots, but the ready marker never comes.
+    with pytest.raises(BootTimeout) as info:
+        guest_factory(cmdline=("rdinit=/bin/cat",), boot_timeout=20)
+    message = str(info.value)
+    assert "did not report ready within 20 s" in message
+    assert "Run /bin/cat as init process" in message  # the console tail is in the error
+    assert "console.log" in message
+
+
+def test_invalid_topology_is_rejected_before_qemu_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[node]]\ncpus = "0-1"\nmemory = "1G"\n[[node]]\ncpus = "1-2"\nmemory = "1G"\n')
+    before = _qemu_pids()
+    expected = {
+        "2x0": "need at least 1 node and 1 CPU per node",
+        str(bad): "CPU 1 is on node 0 and node 1",
+        "banana": "expected NxC",
+    }
+    for topology, message in expected.items():
+        result = subprocess.run([*CLI, "run", "--topology", topology, "--", "true"], capture_output=True, text=True)
+        assert result.returncode == 125, result.stderr
+        assert "Traceback" not in result.stderr
+        assert message in result.stderr
+    assert _qemu_pids() <= before
+
+
+def _qemu_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "qemu-system-x86_64"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def test_cli_run_prints_nodes_and_propagates_status() -> None:
+    result = subprocess.run([*CLI, "run", "--topology", "2x2", "--", "cat", "/sys/devices/system/node/online"],
+                            capture_output=True, text=True, timeout=300)
+    assert (result.returncode, result.stdout) == (0, "0-1\n"), result.stderr
+    result = subprocess.run([*CLI, "run", "--", "sh", "-c", "exit 7"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 7, result.stderr
+
+
+def test_qemu_dies_when_the_harness_is_killed(tmp_path: Path) -> None:
+    """SIGKILL the harness in the middle of a command: its QEMU must go too (parent-death signal)."""
+    cache = Path(os.environ.get("NUMA_HARNESS_CACHE", Path.home() / ".cache/numa-harness"))
+    before = set((cache / "run").glob("run-*"))
+    harness = subprocess.Popen([*CLI, "run", "--", "sleep", "600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    info: dict[str, object] | None = None
+    while time.monotonic() < deadline and info is None:
+        for run_dir in set((cache / "run").glob("run-*")) - before:
+            guest_json = run_dir / "guest.json"
+            if guest_json.exists() and (run_dir / "console.log").exists() and \
+                    "numa-harness: ready" in (run_dir / "console.log").read_text(errors="replace"):
+                info = json.loads(guest_json.read_text())
+        time.sleep(0.2)
+    assert info is not None, "the guest never came up"
+    qemu_pid = int(str(info["qemu_pid"]))
+    assert Path(f"/proc/{qemu_pid}").exists()
+    harness.send_signal(signal.SIGKILL)
+    harness.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{qemu_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+        subprocess.run(["true"])  # give init a chance to reap
+    assert not _running(qemu_pid), f"QEMU {qemu_pid} outlived the harness"
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_up_ssh_list_down_from_separate_processes(built_kernel: KernelArtifact) -> None:
+    name = f"t{os.getpid()}"
+    up = subprocess.run([*CLI, "up", "--name", name, "--kernel", str(built_kernel.directory), "--topology", "4x1"],
+                        capture_output=True, text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert up.stdout.strip() == name
+        listed = subprocess.run([*CLI, "list", "--json"], capture_output=True, text=True, check=True)
+        info = json.loads(listed.stdout)[name]
+        ssh = subprocess.run([*CLI, "ssh", name, "--", "cat", "/sys/devices/system/node/online"],
+                             capture_output=True, text=True, timeout=60)
+        assert (ssh.returncode, ssh.stdout) == (0, "0-3\n"), ssh.stderr
+        status = subprocess.run([*CLI, "ssh", name, "--", "sh", "-c", "exit 3"], capture_output=True, text=True)
+        assert status.returncode == 3
+        again = subprocess.run([*CLI, "up", "--name", name, "--kernel", str(built_kernel.directory)],
+                               capture_output=True, text=True)
+        assert again.returncode != 0 and "already running" in again.stderr
+    finally:
+        down = subprocess.run([*CLI, "down", name], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert not _running(int(info["qemu_pid"])) and not _running(int(info["supervisor_pid"]))
+    assert name not in json.loads(subprocess.run([*CLI, "list", "--json"], capture_output=True, text=True).stdout)
+
+
+def test_every_qemu_started_so_far_is_accounted_for() -> None:
+    """The plugin records each QEMU it started; those of finished tests must already be gone."""
+    live = [pid for pid in started_qemu_pids() if _running(pid)]
+    # Only the session guest may still run at this point.
+    assert len(live) <= 1, live

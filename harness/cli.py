@@ -301,6 +301,82 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_range(text: str | None) -> tuple[int, int]:
+    if not text:
+        return 0, 1 << 57
+    match = re.fullmatch(r"(0x[0-9a-fA-F]+|\d+)-(0x[0-9a-fA-F]+|\d+)", text)
+    if not match or int(match.group(1), 0) >= int(match.group(2), 0):
+        raise HarnessError(f"--range {text}: expected START-END with START < END, e.g. 0x7f0000000000-0x7f0000400000.")
+    return int(match.group(1), 0), int(match.group(2), 0)
+
+
+def cmd_inspect_ptes(args: argparse.Namespace) -> int:
+    from .inspect import attach, find_mm, last_cpupids, snapshot, summarize, walk
+
+    guest = attached(args, args.name)
+    start, end = _parse_range(args.range)
+    prog = attach(guest, guest.vmlinux)
+    with snapshot(guest):
+        entries = walk(prog, find_mm(prog, args.pid), start, end)
+        if len(entries) <= 65536:
+            entries = last_cpupids(prog, entries)
+    if args.range and not entries:
+        raise HarnessError(f"Nothing is mapped in {args.range} of pid {args.pid}. Check /proc/{args.pid}/maps in the guest.")
+    summary = summarize(entries)
+    if args.json:
+        print(json.dumps({"entries": [e.as_json() for e in entries], "summary": summary}))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("vaddr", "level", "entry", "present", "hint", "pfn", "node", "w", "young", "dirty", "last_cpupid")
+    for e in entries[: args.limit]:
+        table.add_row(f"{e.vaddr:#x}", e.level, f"{e.entry:#018x}", str(int(e.present)), str(int(e.hint)),
+                      f"{e.pfn:#x}", str(e.node), str(int(e.writable)), str(int(e.young)), str(int(e.dirty)),
+                      "" if e.last_cpupid is None else f"{e.last_cpupid:#x}")
+    console = Console()
+    console.print(table)
+    if len(entries) > args.limit:
+        console.print(f"... {len(entries) - args.limit} more entries (--limit, or --json for all)")
+    console.print(summary)
+    return 0
+
+
+def cmd_drgn(args: argparse.Namespace) -> int:
+    from .inspect import attach
+
+    guest = attached(args, args.name)
+    prog = attach(guest, guest.vmlinux)
+    import importlib
+
+    import drgn
+
+    from . import inspect as nh_inspect
+
+    # What `drgn` itself offers at its prompt: the common and Linux helpers, imported by name.
+    namespace: dict[str, object] = {}
+    for module_name in ("drgn.helpers.common", "drgn.helpers.linux"):
+        module = importlib.import_module(module_name)
+        namespace.update({name: getattr(module, name) for name in getattr(module, "__all__", [])})
+    namespace.update({"prog": prog, "guest": guest, "drgn": drgn, "nh": nh_inspect})
+    if args.script:
+        sys.argv = [str(args.script), *args.script_args]
+        namespace["__name__"] = "__main__"
+        namespace["__file__"] = str(args.script)
+        code = compile(Path(args.script).read_text(), str(args.script), "exec")
+        exec(code, namespace)
+        return 0
+    import code as interactive
+    import readline
+    import rlcompleter
+
+    readline.set_completer(rlcompleter.Completer(namespace).complete)
+    readline.parse_and_bind("tab: complete")
+    interactive.interact(banner=f"drgn {drgn.__version__} attached to guest {args.name} (prog, guest, nh = harness.inspect)",
+                         local=namespace, exitmsg="")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="numa-harness",
@@ -346,6 +422,24 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--cache-dir", type=Path)
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("inspect", help="look inside a running guest's kernel with drgn")
+    inspect_sub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    q = inspect_sub.add_parser("ptes", help="page-table entries of a task: hint, pfn, node, flags")
+    q.add_argument("name")
+    q.add_argument("--pid", type=int, required=True)
+    q.add_argument("--range", metavar="START-END")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--limit", type=int, default=64, help="table rows to show (default 64)")
+    q.add_argument("--cache-dir", type=Path)
+    q.set_defaults(func=cmd_inspect_ptes)
+
+    p = sub.add_parser("drgn", help="interactive drgn on a running guest, or run SCRIPT.py like `drgn script.py`")
+    p.add_argument("name")
+    p.add_argument("script", nargs="?", type=Path)
+    p.add_argument("script_args", nargs=argparse.REMAINDER)
+    p.add_argument("--cache-dir", type=Path)
+    p.set_defaults(func=cmd_drgn)
 
     p = sub.add_parser("down", help="shut down a running guest (or --all)")
     p.add_argument("name", nargs="?", default="")

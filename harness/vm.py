@@ -457,6 +457,10 @@ class Guest(GuestView):
         atomic_write_text(self.paths.info, json.dumps(info, indent=2))
 
     @property
+    def vmlinux(self) -> Path | None:
+        return self.config.vmlinux
+
+    @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 

@@ -1,0 +1,146 @@
+/*
+ * nhmem: memory helper for numa-harness tests, run inside the guest.
+ *
+ *   nhmem hold MIB [thp] [node N]  map MIB of anonymous memory (2 MiB aligned; MADV_HUGEPAGE with
+ *                                  "thp"; first touch from a CPU of node N with "node N"), write
+ *                                  every page, print "pid PID addr 0xADDR len BYTES", then wait
+ *                                  for a line on stdin (each line "touch" rewrites the region;
+ *                                  EOF exits).
+ *   nhmem pagemap PID START LEN    print "vaddr pfn" per present page, from /proc/PID/pagemap.
+ *   nhmem nodes PID START LEN      print "vaddr node" per page, from move_pages(pid, nodes=NULL).
+ *
+ * No libnuma: mbind/move_pages go through syscall(), so the binary links statically.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define PAGE 4096UL
+#define HUGE (2UL << 20)
+
+static int cpus_of_node(int node, cpu_set_t *set)
+{
+	char path[128], buf[256];
+	snprintf(path, sizeof(path), "/sys/devices/system/node/node%d/cpulist", node);
+	FILE *f = fopen(path, "r");
+	if (!f || !fgets(buf, sizeof(buf), f))
+		return -1;
+	fclose(f);
+	CPU_ZERO(set);
+	for (char *tok = strtok(buf, ",\n"); tok; tok = strtok(NULL, ",\n")) {
+		int a, b;
+		if (sscanf(tok, "%d-%d", &a, &b) == 2) {
+			for (int c = a; c <= b; c++)
+				CPU_SET(c, set);
+		} else if (sscanf(tok, "%d", &a) == 1) {
+			CPU_SET(a, set);
+		}
+	}
+	return 0;
+}
+
+static void touch(volatile char *p, size_t len)
+{
+	for (size_t off = 0; off < len; off += PAGE)
+		p[off] = (char)(off >> 12) | 1;
+}
+
+static int hold(int argc, char **argv)
+{
+	size_t len = strtoul(argv[2], NULL, 0) << 20;
+	int thp = 0, node = -1;
+	for (int i = 3; i < argc; i++) {
+		if (!strcmp(argv[i], "thp"))
+			thp = 1;
+		else if (!strcmp(argv[i], "node") && i + 1 < argc)
+			node = atoi(argv[++i]);
+	}
+	if (node >= 0) {
+		cpu_set_t set;
+		if (cpus_of_node(node, &set) || sched_setaffinity(0, sizeof(set), &set)) {
+			fprintf(stderr, "nhmem: cannot run on node %d: %s\n", node, strerror(errno));
+			return 1;
+		}
+	}
+	/* Over-map and align to 2 MiB so that a THP request can be honoured from the first byte. */
+	char *raw = mmap(NULL, len + HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (raw == MAP_FAILED) {
+		perror("nhmem: mmap");
+		return 1;
+	}
+	char *p = (char *)(((uintptr_t)raw + HUGE - 1) & ~(HUGE - 1));
+	if (thp && madvise(p, len, MADV_HUGEPAGE)) {
+		perror("nhmem: madvise");
+		return 1;
+	}
+	touch(p, len);
+	printf("pid %d addr %p len %zu\n", getpid(), (void *)p, len);
+	fflush(stdout);
+	char line[64];
+	while (fgets(line, sizeof(line), stdin)) {
+		if (!strncmp(line, "touch", 5))
+			touch(p, len);
+		printf("ok\n");
+		fflush(stdout);
+	}
+	return 0;
+}
+
+static int pagemap(char **argv)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%s/pagemap", argv[2]);
+	int fd = open(path, O_RDONLY);
+	if (fd < 0) {
+		perror("nhmem: pagemap");
+		return 1;
+	}
+	uintptr_t start = strtoull(argv[3], NULL, 0);
+	size_t len = strtoull(argv[4], NULL, 0);
+	for (uintptr_t va = start; va < start + len; va += PAGE) {
+		uint64_t entry;
+		if (pread(fd, &entry, sizeof(entry), (va / PAGE) * 8) != sizeof(entry))
+			return 1;
+		if (entry & (1ULL << 63))
+			printf("0x%lx 0x%llx\n", (unsigned long)va, (unsigned long long)(entry & ((1ULL << 55) - 1)));
+	}
+	return 0;
+}
+
+static int nodes(char **argv)
+{
+	int pid = atoi(argv[2]);
+	uintptr_t start = strtoull(argv[3], NULL, 0);
+	size_t count = strtoull(argv[4], NULL, 0) / PAGE;
+	void **pages = calloc(count, sizeof(void *));
+	int *status = calloc(count, sizeof(int));
+	for (size_t i = 0; i < count; i++)
+		pages[i] = (void *)(start + i * PAGE);
+	if (syscall(SYS_move_pages, pid, count, pages, NULL, status, 0)) {
+		perror("nhmem: move_pages");
+		return 1;
+	}
+	for (size_t i = 0; i < count; i++)
+		printf("0x%lx %d\n", (unsigned long)(start + i * PAGE), status[i]);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc >= 3 && !strcmp(argv[1], "hold"))
+		return hold(argc, argv);
+	if (argc == 5 && !strcmp(argv[1], "pagemap"))
+		return pagemap(argv);
+	if (argc == 5 && !strcmp(argv[1], "nodes"))
+		return nodes(argv);
+	fprintf(stderr, "usage: nhmem hold MIB [thp] [node N] | pagemap PID START LEN | nodes PID START LEN\n");
+	return 2;
+}

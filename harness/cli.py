@@ -22,6 +22,7 @@ from .cache import default_cache_root, read_json
 from .errors import HarnessError
 from .kernel import BuildRequest, build, merged_config
 from .launch import LaunchRequest, make_guest, resolve_kernel
+from .procs import pid_alive
 from .supervisor import registry_dir
 from .topology import parse_topology
 from .vm import AttachedGuest
@@ -172,7 +173,7 @@ def _live_guests(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     for entry in sorted(_registry(args).glob("*.json")):
         data = read_json(entry)
         pid = int(str(data.get("supervisor_pid", 0))) if data else 0
-        if not data or not pid or not _pid_alive(pid):
+        if not data or not pid or not pid_alive(pid):
             entry.unlink(missing_ok=True)
             continue
         info = read_json(Path(str(data["info"])))
@@ -180,16 +181,6 @@ def _live_guests(args: argparse.Namespace) -> dict[str, dict[str, object]]:
             continue
         guests[entry.stem] = info
     return guests
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def attached(args: argparse.Namespace, name: str) -> AttachedGuest:
@@ -291,10 +282,10 @@ def cmd_down(args: argparse.Namespace) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (_pid_alive(pid) or _pid_alive(qemu_pid)):
+        while time.monotonic() < deadline and (pid_alive(pid) or pid_alive(qemu_pid)):
             time.sleep(0.1)
         for leftover in (pid, qemu_pid):
-            if _pid_alive(leftover):
+            if pid_alive(leftover):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(leftover, signal.SIGKILL)
         _say(f"{name} is down")

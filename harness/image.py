@@ -20,8 +20,8 @@ from typing import Any
 
 from .cache import ensure_dir, read_json, sha256_file, staged_entry
 from .errors import HarnessError
+from .procs import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGES_DIR = REPO_ROOT / "images"
 GUEST_TESTS_DIR = REPO_ROOT / "guest-tests"
 RECIPE = IMAGES_DIR / "guest.toml"

@@ -34,11 +34,11 @@ from .kconfig import (
     unmet_options,
 )
 from .patches import Patch, extra_patch, load_series, stage_series
+from .procs import REPO_ROOT
 from .source import SourceIdentity, SourceSpec, identify, kernel_version_of_tree, pristine_tree, resolve_source
 from .verify import verify_vmlinux
 from .worktree import apply_overlay, create_if_missing, sync_from_directory, worktree_for
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 KCONFIG_DIR = REPO_ROOT / "kernel-config"
 DEFAULT_SERIES_DIR = KCONFIG_DIR / "patches"
 # Bump when the way a kernel is built changes (targets, make flags): old entries become misses.

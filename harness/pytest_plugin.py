@@ -27,6 +27,7 @@ from .cache import read_json
 from .image import GuestImage, build_image
 from .kernel import BuildRequest, KernelArtifact, build
 from .launch import LaunchRequest, make_guest
+from .procs import is_live_qemu
 from .vm import AttachedGuest, Guest, GuestView
 
 _LIVE: list[GuestView] = []
@@ -177,22 +178,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     survivors = []
     for pid in _STARTED_QEMU_PIDS:
-        if _alive_qemu(pid):
+        if is_live_qemu(pid):
             survivors.append(pid)
             os.kill(pid, signal.SIGKILL)
     if survivors:
         sys.stderr.write(f"\nnuma-harness: QEMU processes {survivors} outlived their tests; killed them\n")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-def _alive_qemu(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            state = handle.read().rsplit(")", 1)[1].split()[0]
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, IndexError, ProcessLookupError):
-        return False
-    return state != "Z" and b"qemu-system" in cmdline
 
 
 def started_qemu_pids() -> list[int]:

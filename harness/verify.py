@@ -157,9 +157,10 @@ def find_dwarf_subprograms(vmlinux: Path, wanted: dict[str, str]) -> dict[str, s
         for cu in dwarf.iter_CUs():
             top_name = cu.get_top_DIE().attributes.get("DW_AT_name")
             cu_name = top_name.value.decode(errors="replace") if top_name else ""
-            names = next((by_cu[f] for f in by_cu if cu_name == f or cu_name.endswith("/" + f)), None)
-            if not names:
+            matched = next((f for f in by_cu if cu_name == f or cu_name.endswith("/" + f)), None)
+            if matched is None:
                 continue
+            names = by_cu[matched]
             for die in cu.iter_DIEs():
                 if die.tag != "DW_TAG_subprogram":
                     continue
@@ -168,16 +169,9 @@ def find_dwarf_subprograms(vmlinux: Path, wanted: dict[str, str]) -> dict[str, s
                 if name in names and name not in result:
                     line = die.attributes.get("DW_AT_decl_line")
                     inlined = "inlined, " if "DW_AT_inline" in die.attributes else ""
-                    where = f"{_rel(cu_name)}:{line.value if line else '?'}"
+                    where = f"{matched}:{line.value if line else '?'}"
                     result[name] = f"{inlined}DWARF {where}"
             if all(n in result for names_ in by_cu.values() for n in names_):
                 break
     return result
 
-
-def _rel(cu_name: str) -> str:
-    for marker in ("mm/", "kernel/"):
-        index = cu_name.find(marker)
-        if index >= 0:
-            return cu_name[index:]
-    return cu_name

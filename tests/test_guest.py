@@ -34,6 +34,11 @@ def test_session_guest_is_the_2x2_machine(guest: GuestView) -> None:
     assert guest.ssh.run("cat /proc/sys/kernel/numa_balancing").check().stdout.strip() == "1"
     distance = guest.ssh.run("cat /sys/devices/system/node/node1/distance").check().stdout.split()
     assert distance == ["20", "10"]
+    # The counters the cross-checks compare exist (CONFIG_VM_EVENT_COUNTERS).
+    vmstat = dict(line.split() for line in guest.ssh.run("cat /proc/vmstat").check().stdout.splitlines())
+    for counter in ("numa_pte_updates", "numa_huge_pte_updates", "numa_hint_faults", "numa_hint_faults_local",
+                    "numa_pages_migrated", "pgmigrate_success"):
+        assert counter in vmstat, counter
 
 
 def test_4x1_topology(guest_factory: Callable[..., Guest]) -> None:

@@ -139,7 +139,8 @@ def test_shipped_fragments_request_the_base_set() -> None:
     merged = merge(parse_fragment_file(p) for p in sorted(KCONFIG_DIR.glob("*.config")))
     values = {o.name: o.value for o in merged.options}
     for name in ("NUMA", "ACPI_NUMA", "NUMA_BALANCING", "TRANSPARENT_HUGEPAGE", "MIGRATION", "DEBUG_INFO_DWARF5",
-                 "DEBUG_FS", "SCHED_DEBUG", "KEXEC", "FW_CFG_SYSFS", "IKCONFIG", "VIRTIO_NET", "SERIAL_8250_CONSOLE"):
+                 "DEBUG_FS", "SCHED_DEBUG", "KEXEC", "FW_CFG_SYSFS", "IKCONFIG", "VIRTIO_NET", "SERIAL_8250_CONSOLE",
+                 "VM_EVENT_COUNTERS", "SPARSEMEM_VMEMMAP", "X86_5LEVEL"):
         assert values[name] == "y", name
     assert values["RANDOMIZE_BASE"] == "n"
     assert merged.conflicts == ()

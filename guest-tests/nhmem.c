@@ -3,9 +3,13 @@
  *
  *   nhmem hold MIB [thp] [node N]  map MIB of anonymous memory (2 MiB aligned; MADV_HUGEPAGE with
  *                                  "thp"; first touch from a CPU of node N with "node N"), write
- *                                  every page, print "pid PID addr 0xADDR len BYTES", then wait
- *                                  for a line on stdin (each line "touch" rewrites the region;
- *                                  EOF exits).
+ *                                  every page, print "pid PID addr 0xADDR len BYTES", then obey
+ *                                  lines on stdin until EOF, answering "ok" to each:
+ *                                    touch [node N]        write every page (from a CPU of node N)
+ *                                    read [node N]         read every page
+ *                                    spin SECS [node N]    burn CPU without touching the region, so
+ *                                                          that the NUMA scanner (task_numa_work,
+ *                                                          run in this task's context) gets to run
  *   nhmem pagemap PID START LEN    print "vaddr pfn" per present page, from /proc/PID/pagemap.
  *   nhmem nodes PID START LEN      print "vaddr node" per page, from move_pages(pid, nodes=NULL).
  *
@@ -21,6 +25,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PAGE 4096UL
@@ -53,6 +58,33 @@ static void touch(volatile char *p, size_t len)
 		p[off] = (char)(off >> 12) | 1;
 }
 
+static unsigned long read_all(volatile char *p, size_t len)
+{
+	unsigned long sum = 0;
+	for (size_t off = 0; off < len; off += PAGE)
+		sum += p[off];
+	return sum;
+}
+
+static int run_on_node(int node)
+{
+	cpu_set_t set;
+	if (node < 0)
+		return 0;
+	if (cpus_of_node(node, &set) || sched_setaffinity(0, sizeof(set), &set)) {
+		fprintf(stderr, "nhmem: cannot run on node %d: %s\n", node, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
 static int hold(int argc, char **argv)
 {
 	size_t len = strtoul(argv[2], NULL, 0) << 20;
@@ -63,13 +95,8 @@ static int hold(int argc, char **argv)
 		else if (!strcmp(argv[i], "node") && i + 1 < argc)
 			node = atoi(argv[++i]);
 	}
-	if (node >= 0) {
-		cpu_set_t set;
-		if (cpus_of_node(node, &set) || sched_setaffinity(0, sizeof(set), &set)) {
-			fprintf(stderr, "nhmem: cannot run on node %d: %s\n", node, strerror(errno));
-			return 1;
-		}
-	}
+	if (run_on_node(node))
+		return 1;
 	/* Over-map and align to 2 MiB so that a THP request can be honoured from the first byte. */
 	char *raw = mmap(NULL, len + HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (raw == MAP_FAILED) {
@@ -84,10 +111,32 @@ static int hold(int argc, char **argv)
 	touch(p, len);
 	printf("pid %d addr %p len %zu\n", getpid(), (void *)p, len);
 	fflush(stdout);
-	char line[64];
+	char line[128], verb[16];
 	while (fgets(line, sizeof(line), stdin)) {
-		if (!strncmp(line, "touch", 5))
+		double secs = 0;
+		int on = -1;
+		char *node_arg = strstr(line, "node ");
+		if (node_arg)
+			on = atoi(node_arg + 5);
+		if (sscanf(line, "%15s", verb) != 1)
+			continue;
+		if (run_on_node(on))
+			return 1;
+		if (!strcmp(verb, "touch")) {
 			touch(p, len);
+		} else if (!strcmp(verb, "read")) {
+			if (read_all(p, len) == 42)
+				printf("#");
+		} else if (!strcmp(verb, "spin") && sscanf(line, "spin %lf", &secs) == 1) {
+			double end = now() + secs;
+			volatile unsigned long spins = 0;
+			while (now() < end)
+				spins++;
+		} else {
+			printf("error unknown command: %s", line);
+			fflush(stdout);
+			continue;
+		}
 		printf("ok\n");
 		fflush(stdout);
 	}

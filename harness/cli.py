@@ -302,34 +302,88 @@ def _parse_range(text: str | None) -> tuple[int, int]:
 
 
 def cmd_inspect_ptes(args: argparse.Namespace) -> int:
-    from .inspect import attach, find_mm, last_cpupids, snapshot, summarize, walk
+    from .inspect import attach, find_mm, snapshot, summarize, walk, with_last_cpupid
 
     guest = attached(args, args.name)
     start, end = _parse_range(args.range)
     prog = attach(guest, guest.vmlinux)
     with snapshot(guest):
-        entries = walk(prog, find_mm(prog, args.pid), start, end)
-        if len(entries) <= 65536:
-            entries = last_cpupids(prog, entries)
-    if args.range and not entries:
+        table = with_last_cpupid(prog, walk(prog, find_mm(prog, args.pid), start, end))
+    if args.range and not len(table):
         raise HarnessError(f"Nothing is mapped in {args.range} of pid {args.pid}. Check /proc/{args.pid}/maps in the guest.")
-    summary = summarize(entries)
+    summary = summarize(table)
     if args.json:
-        print(json.dumps({"entries": [e.as_json() for e in entries], "summary": summary}))
+        print(json.dumps({"entries": [e.as_json() for e in table], "summary": summary}))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("vaddr", "level", "entry", "present", "hint", "pfn", "node", "w", "young", "dirty", "last_cpupid")
-    for e in entries[: args.limit]:
-        table.add_row(f"{e.vaddr:#x}", e.level, f"{e.entry:#018x}", str(int(e.present)), str(int(e.hint)),
-                      f"{e.pfn:#x}", str(e.node), str(int(e.writable)), str(int(e.young)), str(int(e.dirty)),
-                      "" if e.last_cpupid is None else f"{e.last_cpupid:#x}")
+    rows = Table("vaddr", "level", "entry", "present", "hint", "pfn", "node", "w", "young", "dirty", "last_cpupid")
+    for e in table[: args.limit]:
+        rows.add_row(f"{e.vaddr:#x}", e.level, f"{e.entry:#018x}", str(int(e.present)), str(int(e.hint)),
+                     f"{e.pfn:#x}", str(e.node), str(int(e.writable)), str(int(e.young)), str(int(e.dirty)),
+                     "" if e.last_cpupid is None else f"{e.last_cpupid:#x}")
     console = Console()
-    console.print(table)
-    if len(entries) > args.limit:
-        console.print(f"... {len(entries) - args.limit} more entries (--limit, or --json for all)")
+    console.print(rows)
+    if len(table) > args.limit:
+        console.print(f"... {len(table) - args.limit} more entries (--limit, or --json for all)")
     console.print(summary)
+    return 0
+
+
+def cmd_inspect_task(args: argparse.Namespace) -> int:
+    from .inspect import attach, find_mm, read_balancing, read_mm, read_task, read_vmas, snapshot, summarize_by_vma, walk
+
+    guest = attached(args, args.name)
+    prog = attach(guest, guest.vmlinux)
+    with snapshot(guest):
+        task = read_task(prog, args.pid)
+        mm = read_mm(prog, args.pid)
+        vmas = read_vmas(prog, args.pid)
+        balancing = read_balancing(prog)
+        by_vma = summarize_by_vma(walk(prog, find_mm(prog, args.pid)), vmas)
+    result = {"task": task.as_json(), "mm": mm.as_json(), "balancing": balancing.as_json(),
+              "vmas": [{**v.as_json(), "pages": row} for v, row in zip(vmas, by_vma, strict=True)]}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{task.comm}[/bold] pid {task.pid} on cpu {task.cpu}: scan_seq {task.numa_scan_seq}, "
+                  f"scan_period {task.numa_scan_period} ms (max {task.numa_scan_period_max}), preferred nid "
+                  f"{task.numa_preferred_nid}, pages migrated {task.numa_pages_migrated}, locality "
+                  f"remote/local/failed {task.locality}")
+    console.print(f"mm: numa_next_scan {mm.numa_next_scan} (jiffies now {balancing.jiffies}), scan_offset "
+                  f"{mm.numa_scan_offset:#x}, scan_seq {mm.numa_scan_seq}, mm_users {mm.mm_users}")
+    faults = Table("node", *[f"{stat} shared/private" for stat in task.faults])
+    for nid in range(len(task.faults["mem"])):
+        faults.add_row(str(nid), *[f"{v[nid][0]}/{v[nid][1]}" for v in task.faults.values()])
+    console.print(faults)
+    vma_table = Table("start", "end", "file", "numab (start_seq/prev_seq/next_scan)", "present", "hint", "by node")
+    for vma, row in zip(vmas, by_vma, strict=True):
+        numab = vma.numab
+        vma_table.add_row(f"{vma.start:#x}", f"{vma.end:#x}", str(int(vma.file_backed)),
+                          f"{numab['start_scan_seq']}/{numab['prev_scan_seq']}/{numab['next_scan']}" if numab else "-",
+                          str(row["present"]), str(row["hint"]), json.dumps(row["pages_by_node"]))
+    console.print(vma_table)
+    console.print(f"balancing mode {balancing.mode}, tunables {balancing.tunables}")
+    return 0
+
+
+def cmd_inspect_vmstat(args: argparse.Namespace) -> int:
+    from .inspect import attach, read_vmstat, snapshot
+
+    guest = attached(args, args.name)
+    prog = attach(guest, guest.vmlinux)
+    with snapshot(guest):
+        counters = read_vmstat(prog)
+    if args.json:
+        print(json.dumps(counters, indent=2))
+    else:
+        for name, value in counters.items():
+            print(f"{name} {value}")
     return 0
 
 
@@ -414,16 +468,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("inspect", help="look inside a running guest's kernel with drgn")
+    p = sub.add_parser("inspect", help="look inside a running guest's kernel with drgn: inspect NAME WHAT ...")
+    p.add_argument("name", help="a guest started with `numa-harness up`")
+    p.add_argument("--cache-dir", type=Path)
     inspect_sub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     q = inspect_sub.add_parser("ptes", help="page-table entries of a task: hint, pfn, node, flags")
-    q.add_argument("name")
     q.add_argument("--pid", type=int, required=True)
     q.add_argument("--range", metavar="START-END")
     q.add_argument("--json", action="store_true")
     q.add_argument("--limit", type=int, default=64, help="table rows to show (default 64)")
-    q.add_argument("--cache-dir", type=Path)
     q.set_defaults(func=cmd_inspect_ptes)
+    q = inspect_sub.add_parser("task", help="a task's NUMA state, its mm's scan state, VMAs and where their pages are")
+    q.add_argument("--pid", type=int, required=True)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_inspect_task)
+    q = inspect_sub.add_parser("vmstat", help="NUMA and migration event counters, read from the kernel")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_inspect_vmstat)
 
     p = sub.add_parser("drgn", help="interactive drgn on a running guest, or run SCRIPT.py like `drgn script.py`")
     p.add_argument("name")

@@ -1,9 +1,14 @@
-"""drgn inspection of the live guest, checked against the guest's own view of the same process."""
+"""drgn inspection of the live guest, checked against the guest's own view of the same process
+(/proc/PID/pagemap, move_pages, /proc/PID/sched, /proc/vmstat)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,15 +18,24 @@ from harness.inspect import (
     attach,
     find_mm,
     five_level,
-    last_cpupids,
     page_flags_layout,
+    read_mm,
+    read_task,
+    read_vmas,
+    read_vmstat,
     snapshot,
+    summarize_by_vma,
     vmemmap_base,
     walk,
+    with_last_cpupid,
 )
-from harness.vm import GuestView
+from harness.vm import Guest, GuestView
+from harness.workload import HeldRegion
 
 pytestmark = [pytest.mark.kernel, pytest.mark.guest]
+SCAN_KNOBS = "/sys/kernel/debug/sched/numa_balancing"
+CLI = [sys.executable, "-m", "harness.cli"]
+EXAMPLES = Path(__file__).resolve().parent.parent / "harness/examples"
 
 
 @pytest.fixture(scope="module")
@@ -29,58 +43,52 @@ def prog(guest: GuestView) -> Any:
     return attach(guest, guest.vmlinux)  # type: ignore[attr-defined]
 
 
-class Region:
-    def __init__(self, guest: GuestView, mib: int, *extra: str) -> None:
-        tag = f"/tmp/nhmem-{time.monotonic_ns()}"
-        guest.ssh.run(f"sleep 100000 | nhmem hold {mib} {' '.join(extra)} > {tag}.out 2>&1 & echo $! > {tag}.pid").check()
-        deadline = time.monotonic() + 60
-        words: list[str] = []
-        while time.monotonic() < deadline and len(words) < 6:
-            words = guest.ssh.run(f"cat {tag}.out").stdout.split()
-            time.sleep(0.1)
-        assert words[:1] == ["pid"], words
-        self.guest, self.tag = guest, tag
-        self.pid, self.addr, self.length = int(words[1]), int(words[3], 16), int(words[5])
-
-    def close(self) -> None:
-        self.guest.ssh.run(f"kill {self.pid}")
-
-
 @pytest.fixture
-def region(guest: GuestView) -> Iterator[Region]:
-    held = Region(guest, 32)
+def region(guest: GuestView) -> Iterator[HeldRegion]:
+    held = HeldRegion.start(guest, 32, node=0)
     yield held
     held.close()
 
 
-def _pagemap(guest: GuestView, r: Region) -> dict[int, int]:
+@pytest.fixture
+def fast_scanner(guest: GuestView) -> Iterator[None]:
+    """Scan after 100 ms instead of 1 s, every 100 ms at most; restored afterwards (debugfs knobs
+    exist with CONFIG_SCHED_DEBUG; scan_size_mb stays 256, which covers every test region)."""
+    saved = guest.ssh.run(f"cat {SCAN_KNOBS}/scan_delay_ms {SCAN_KNOBS}/scan_period_min_ms").check().stdout.split()
+    guest.ssh.run(f"echo 100 > {SCAN_KNOBS}/scan_delay_ms; echo 100 > {SCAN_KNOBS}/scan_period_min_ms").check()
+    yield
+    guest.ssh.run(f"echo {saved[0]} > {SCAN_KNOBS}/scan_delay_ms; echo {saved[1]} > {SCAN_KNOBS}/scan_period_min_ms; "
+                  "echo 1 > /proc/sys/kernel/numa_balancing").check()
+
+
+def _pagemap(guest: GuestView, r: HeldRegion) -> dict[int, int]:
     out = guest.ssh.run(f"nhmem pagemap {r.pid} {r.addr} {r.length}").check().stdout
     return {int(a, 16): int(b, 16) for a, b in (line.split() for line in out.splitlines())}
 
 
-def _nodes(guest: GuestView, r: Region) -> dict[int, int]:
+def _nodes(guest: GuestView, r: HeldRegion) -> dict[int, int]:
     out = guest.ssh.run(f"nhmem nodes {r.pid} {r.addr} {r.length}").check().stdout
     return {int(a, 16): int(b) for a, b in (line.split() for line in out.splitlines())}
 
 
-def test_walk_agrees_with_pagemap_and_move_pages(guest: GuestView, prog: Any, region: Region) -> None:
+def test_walk_agrees_with_pagemap_and_move_pages(guest: GuestView, prog: Any, region: HeldRegion) -> None:
     with snapshot(guest):
-        entries = walk(prog, find_mm(prog, region.pid), region.addr, region.addr + region.length)
-    assert len(entries) == region.length // 4096
-    assert all(e.level == "pte" and e.present and not e.hint and e.writable and e.dirty for e in entries)
-    # Nothing runs between the snapshot and these reads that would move the pages (no NUMA
-    # migration happens without hint faults, and the holder sleeps).
-    assert {e.vaddr: e.pfn for e in entries} == _pagemap(guest, region)
-    assert {e.vaddr: e.node for e in entries} == _nodes(guest, region)
+        table = walk(prog, find_mm(prog, region.pid), region.addr, region.end)
+    assert len(table) == region.length // 4096
+    assert all(e.level == "pte" and e.present and not e.hint and e.writable and e.dirty for e in table)
+    # The holder sleeps between the snapshot and these reads, and without hint faults nothing migrates.
+    assert {e.vaddr: e.pfn for e in table} == _pagemap(guest, region)
+    assert {e.vaddr: e.node for e in table} == _nodes(guest, region)
+    assert set(_nodes(guest, region).values()) == {0}  # first touched from node 0's CPUs
 
 
 def test_thp_region_has_pmd_entries(guest: GuestView, prog: Any) -> None:
-    held = Region(guest, 8, "thp")
+    held = HeldRegion.start(guest, 8, thp=True, node=0)
     try:
         with snapshot(guest):
-            entries = walk(prog, find_mm(prog, held.pid), held.addr, held.addr + held.length)
-        pmds = [e for e in entries if e.level == "pmd"]
-        assert pmds, "no PMD-level entries for an MADV_HUGEPAGE region"
+            table = walk(prog, find_mm(prog, held.pid), held.addr, held.end)
+        pmds = [e for e in table if e.level == "pmd"]
+        assert len(pmds) == 4, "an MADV_HUGEPAGE region of 8 MiB should be four PMD mappings"
         pagemap = _pagemap(guest, held)
         for pmd in pmds:
             assert pmd.vaddr % (2 << 20) == 0 and pmd.pfn % 512 == 0
@@ -90,19 +98,112 @@ def test_thp_region_has_pmd_entries(guest: GuestView, prog: Any) -> None:
         held.close()
 
 
-def test_page_flags_layout_patch_decodes_nodes_live(guest: GuestView, prog: Any, region: Region) -> None:
+def test_hints_appear_after_scanning_and_vanish_on_access(
+    guest: GuestView, prog: Any, region: HeldRegion, fast_scanner: None
+) -> None:
+    """The region was first touched on node 0; its task then runs on node 1 without touching it,
+    so task_numa_work marks it (pages not on the scanning CPU's node are not skipped:
+    mm/mprotect.c:change_pte_range). Touching it again restores every entry (do_numa_page)."""
+    before = read_vmstat(prog)
+    region.spin(4, node=1)
+    with snapshot(guest):
+        table = walk(prog, find_mm(prog, region.pid), region.addr, region.end)
+        after_scan = read_vmstat(prog)
+    assert int(table.hint.sum()) == len(table) == region.length // 4096
+    assert not table.present.any()
+    # The hint entries still name the same pages, stored inverted; pagemap agrees because x86's
+    # pte_present() is true for protnone entries (asm/pgtable.h).
+    assert {e.vaddr: e.pfn for e in table} == _pagemap(guest, region)
+    assert set(table.node.tolist()) == {0}
+    assert after_scan["numa_pte_updates"] - before["numa_pte_updates"] >= region.length // 4096
+    # No more scanning from here: only the faults of the touch below change the entries (with
+    # balancing off do_numa_page still restores them; fair.c:task_numa_fault records nothing).
+    guest.ssh.run("echo 0 > /proc/sys/kernel/numa_balancing").check()
+    region.touch(node=1)
+    with snapshot(guest):
+        touched = walk(prog, find_mm(prog, region.pid), region.addr, region.end)
+        after_touch = read_vmstat(prog)
+    assert not touched.hint.any() and touched.present.all()
+    assert after_touch["numa_hint_faults"] - after_scan["numa_hint_faults"] >= region.length // 4096
+
+
+def test_thp_region_gets_a_pmd_level_hint(guest: GuestView, prog: Any, fast_scanner: None) -> None:
+    held = HeldRegion.start(guest, 8, thp=True, node=0)
+    try:
+        before = read_vmstat(prog)
+        held.spin(4, node=1)
+        with snapshot(guest):
+            table = walk(prog, find_mm(prog, held.pid), held.addr, held.end)
+            after = read_vmstat(prog)
+        pmds = [e for e in table if e.level == "pmd"]
+        assert len(pmds) == 4 and all(e.hint and not e.present for e in pmds)
+        # mm/mprotect.c:change_pmd_range counts each PMD once, and 512 base pages (change_prot_numa).
+        assert after["numa_huge_pte_updates"] - before["numa_huge_pte_updates"] >= 4
+    finally:
+        held.close()
+
+
+def test_task_state_matches_proc_sched(guest: GuestView, prog: Any, region: HeldRegion, fast_scanner: None) -> None:
+    region.spin(3, node=1)
+    # Balancing stays on: with it off, do_numa_page still restores the entries but
+    # kernel/sched/fair.c:task_numa_fault returns before recording anything.
+    region.touch(node=1)  # hint faults: numa_faults buckets and locality get filled
+    sched = guest.ssh.run(f"cat /proc/{region.pid}/sched").check().stdout
+    with snapshot(guest):
+        task = read_task(prog, region.pid)
+        mm = read_mm(prog, region.pid)
+    fields = {}
+    for line in sched.splitlines():
+        if ":" in line and not line.startswith("numa_faults"):
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    assert int(fields["mm->numa_scan_seq"]) == mm.numa_scan_seq >= 1
+    assert int(fields["numa_pages_migrated"]) == task.numa_pages_migrated
+    assert int(fields["numa_preferred_nid"]) == task.numa_preferred_nid
+    assert int(fields["total_numa_faults"]) == task.total_numa_faults
+    per_node = [line for line in sched.splitlines() if line.startswith("numa_faults node=")]
+    for line in per_node:
+        values = dict(word.split("=") for word in line.replace("numa_faults ", "").split())
+        node = int(values["node"])
+        assert (int(values["task_shared"]), int(values["task_private"])) == task.faults["mem"][node]
+    assert sum(task.locality) > 0
+
+
+def test_kernel_counters_bracket_proc_vmstat(guest: GuestView, prog: Any) -> None:
+    """read_vmstat sums the same per-CPU counters /proc/vmstat does; read just before and after,
+    the kernel's values bracket the guest's (counters only grow)."""
+    with snapshot(guest):
+        low = read_vmstat(prog)
+    proc = dict(line.split() for line in guest.ssh.run("cat /proc/vmstat").check().stdout.splitlines())
+    with snapshot(guest):
+        high = read_vmstat(prog)
+    for name in low:
+        assert low[name] <= int(proc[name]) <= high[name], name
+
+
+def test_per_vma_summary(guest: GuestView, prog: Any, region: HeldRegion) -> None:
+    with snapshot(guest):
+        vmas = read_vmas(prog, region.pid)
+        rows = summarize_by_vma(walk(prog, find_mm(prog, region.pid)), vmas)
+    holding = [row for row in rows if row["start"] <= region.addr and region.end <= row["end"]]
+    assert len(holding) == 1 and not holding[0]["file_backed"]
+    assert holding[0]["present"] >= region.length // 4096
+    assert any(row["file_backed"] for row in rows)  # the nhmem binary's own mappings
+
+
+def test_page_flags_layout_patch_decodes_nodes_live(guest: GuestView, prog: Any, region: HeldRegion) -> None:
     """The default patch's vmcoreinfo numbers decode page->flags into the same node as the node
     pfn ranges (and last_cpupid is readable)."""
     layout = page_flags_layout(prog)
     for name in ("NODES_PGSHIFT", "NODES_WIDTH", "LAST_CPUPID_PGSHIFT", "LAST_CPUPID_WIDTH", "LAST__CPU_SHIFT"):
         assert name in layout, name
     with snapshot(guest):
-        entries = last_cpupids(prog, walk(prog, find_mm(prog, region.pid), region.addr, region.addr + 64 * 4096))
+        table = with_last_cpupid(prog, walk(prog, find_mm(prog, region.pid), region.addr, region.addr + 64 * 4096))
         page_size = prog.type("struct page").size
-        flags = [prog.read_u64(vmemmap_base(prog) + e.pfn * page_size) for e in entries]
+        flags = [prog.read_u64(vmemmap_base(prog) + e.pfn * page_size) for e in table]
     mask = (1 << layout["NODES_WIDTH"]) - 1
-    assert [(f >> layout["NODES_PGSHIFT"]) & mask for f in flags] == [e.node for e in entries]
-    assert all(e.last_cpupid is not None for e in entries)
+    assert [(f >> layout["NODES_PGSHIFT"]) & mask for f in flags] == [e.node for e in table]
+    assert all(e.last_cpupid is not None for e in table)
 
 
 def test_tcg_guest_uses_five_level_paging(prog: Any) -> None:
@@ -124,3 +225,51 @@ def test_bad_pid_is_a_clear_error(prog: Any) -> None:
         find_mm(prog, 999999)
     with pytest.raises(InspectError, match="kernel thread"):
         find_mm(prog, 2)
+
+
+def test_guest_that_is_down_is_a_clear_error(guest_factory: Callable[..., Guest]) -> None:
+    gone = guest_factory()
+    gone.shutdown()
+    with pytest.raises(InspectError, match="is the guest still up"):
+        attach(gone, gone.vmlinux)
+
+
+def test_cli_ptes_json_and_errors(guest: GuestView, region: HeldRegion) -> None:
+    name = f"cli{region.pid}"
+    kernel_dir = str(guest.config.kernel_dir)  # type: ignore[attr-defined]
+    up = subprocess.run([*CLI, "up", "--name", name, "--kernel", kernel_dir], capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stderr
+    try:
+        ssh = [*CLI, "ssh", name, "--"]
+        pid = subprocess.run([*ssh, "sh", "-c", "sleep 100000 | nhmem hold 4 > /tmp/h & sleep 1; cat /tmp/h"],
+                             capture_output=True, text=True, timeout=120).stdout.split()
+        addr, length = int(pid[3], 16), int(pid[5])
+        out = subprocess.run([*CLI, "inspect", name, "ptes", "--pid", pid[1], "--range", f"{addr:#x}-{addr + length:#x}",
+                              "--json"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        data = json.loads(out.stdout)
+        assert data["summary"]["pages"] == length // 4096 == len(data["entries"])
+        assert set(data["entries"][0]) >= {"vaddr", "level", "entry", "present", "hint", "pfn", "node", "writable",
+                                           "young", "dirty", "last_cpupid"}
+        unmapped = subprocess.run([*CLI, "inspect", name, "ptes", "--pid", pid[1], "--range", "0x1000-0x2000"],
+                                  capture_output=True, text=True, timeout=120)
+        assert unmapped.returncode == 2 and "Nothing is mapped in 0x1000-0x2000" in unmapped.stderr
+        nopid = subprocess.run([*CLI, "inspect", name, "task", "--pid", "999999"], capture_output=True, text=True)
+        assert nopid.returncode == 2 and "No task with pid 999999" in nopid.stderr
+        task = subprocess.run([*CLI, "inspect", name, "task", "--pid", pid[1], "--json"], capture_output=True, text=True)
+        assert json.loads(task.stdout)["task"]["pid"] == int(pid[1])
+        tasks = subprocess.run([*CLI, "drgn", name, str(EXAMPLES / "numa_tasks.py")], capture_output=True, text=True)
+        assert tasks.returncode == 0, tasks.stderr
+        assert any(line.split()[:2] == [pid[1], "nhmem"] for line in tasks.stdout.splitlines()), tasks.stdout
+        hints = subprocess.run([*CLI, "drgn", name, str(EXAMPLES / "hint_map.py"), pid[1]], capture_output=True, text=True)
+        assert hints.returncode == 0, hints.stderr
+        # The held region's VMA is anonymous, and its 2 MiB cells show the node of its present pages.
+        anon_cells = [line.split()[-1] for line in hints.stdout.splitlines() if " anon " in line]
+        assert any(set(cells) & set("0123456789") for cells in anon_cells), hints.stdout
+        repl = subprocess.run([*CLI, "drgn", name], input="print('jiffies', int(prog['jiffies']) > 0)\n",
+                              capture_output=True, text=True, timeout=60)
+        assert "jiffies True" in repl.stdout, repl.stdout + repl.stderr
+    finally:
+        subprocess.run([*CLI, "down", name], capture_output=True, timeout=60)
+    down = subprocess.run([*CLI, "inspect", name, "vmstat"], capture_output=True, text=True)
+    assert down.returncode == 2 and f"No running guest named '{name}'" in down.stderr

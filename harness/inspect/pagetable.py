@@ -1,59 +1,31 @@
-"""Live inspection of the guest kernel from the host with drgn (over QEMU's QMP socket).
+"""Page-table walk of a live guest task, read in bulk and decoded with numpy.
 
-The page-table walk reads each page-table page whole (one 4 KiB physical read through drgn) and
-decodes its 512 entries in Python, instead of building a drgn Object per entry: a 1 GiB mapping
-is 512 PTE pages, not 262,144 objects.
+Each page-table page is read whole (one 4 KiB physical read through drgn), and a PTE page's 512
+entries are decoded as one numpy array: a 1 GiB mapping is 512 reads and 512 array operations,
+not 262,144 drgn Objects. The result is columnar (`PageTableWalk`); `Entry` records are made
+only when someone iterates or indexes it.
 
 x86_64 entry bits (arch/x86/include/asm/pgtable_types.h): PRESENT 0, RW 1, ACCESSED 5, DIRTY 6,
 PSE 7 (a huge leaf at PMD/PUD level), PROTNONE 8 (aliases GLOBAL, meaningful when PRESENT is
-clear). A NUMA hint entry is `(entry & 0x101) == 0x100` (asm/pgtable.h:pte_protnone), and a
-non-present entry stores its PFN inverted (asm/pgtable-invert.h:__pte_needs_invert, L1TF).
+clear). A NUMA hint entry is `(entry & 0x101) == 0x100` (asm/pgtable.h:pte_protnone; the same
+test for a PMD, asm/pgtable.h:pmd_protnone), and a non-present entry stores its PFN inverted
+(asm/pgtable-invert.h:__pte_needs_invert, the L1TF mitigation).
 """
 
 from __future__ import annotations
 
 import contextlib
-import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
-from .errors import HarnessError
-from .vm import GuestView
+import numpy as np
 
 PRESENT, RW, ACCESSED, DIRTY, PSE, PROTNONE = 1 << 0, 1 << 1, 1 << 5, 1 << 6, 1 << 7, 1 << 8
 PFN_MASK = 0x000FFFFFFFFFF000
 PAGE_SIZE = 4096
-LEVEL_SHIFTS = {"pgd": 48, "p4d": 39, "pud": 30, "pmd": 21, "pte": 12}
-
-
-class InspectError(HarnessError):
-    """The guest cannot be inspected as asked (down, no such pid, unmapped range)."""
-
-
-def attach(view: GuestView, vmlinux: Path | None) -> Any:
-    """A drgn Program on the live guest (its second QMP socket) with the build's vmlinux."""
-    import drgn
-
-    if vmlinux is None or not vmlinux.is_file():
-        raise InspectError("This guest has no vmlinux recorded; boot a kernel built by `numa-harness build`.")
-    if not view.paths.drgn_qmp.exists():
-        raise InspectError(f"The guest's drgn QMP socket {view.paths.drgn_qmp} is gone: is the guest still up?")
-    prog = drgn.Program()
-    try:
-        prog.set_qemu_qmp(str(view.paths.drgn_qmp))
-    except Exception as err:  # drgn raises plain exceptions for connection problems
-        raise InspectError(f"drgn could not attach to {view.paths.drgn_qmp}: {err}. Is the guest still up?") from err
-    prog.load_debug_info([str(vmlinux)])
-    return prog
-
-
-@contextlib.contextmanager
-def snapshot(view: GuestView) -> Iterator[None]:
-    """The guest paused (QMP stop) while reading, so what is read is one consistent state."""
-    with view.paused():
-        yield
+LEVELS = ("pte", "pmd", "pud")  # index = level code in PageTableWalk.level
+PAGES_PER_LEVEL = np.array([1, 512, 512 * 512], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -92,8 +64,15 @@ class NodeRanges:
                 return nid
         return -1
 
+    def nodes_of(self, pfns: np.ndarray) -> np.ndarray:
+        nodes = np.full(pfns.shape, -1, dtype=np.int16)
+        for start, end, nid in self.ranges:
+            nodes[(pfns >= start) & (pfns < end)] = nid
+        return nodes
+
 
 def node_ranges(prog: Any) -> NodeRanges:
+    """Each online node's pfn span (mm/mm_init.c: node_start_pfn, node_spanned_pages)."""
     from drgn.helpers.linux.nodemask import for_each_online_node
 
     ranges = []
@@ -105,62 +84,124 @@ def node_ranges(prog: Any) -> NodeRanges:
 
 
 def five_level(prog: Any) -> bool:
+    """arch/x86/include/asm/pgtable_64_types.h:pgtable_l5_enabled (0 without CONFIG_X86_5LEVEL)."""
     try:
         return bool(prog["__pgtable_l5_enabled"].value_())
     except KeyError:
         return False
 
 
-def find_mm(prog: Any, pid: int) -> Any:
-    from drgn.helpers.linux.pid import find_task
+@dataclass(frozen=True, eq=False)
+class PageTableWalk(Sequence[Entry]):
+    """Leaf entries of one walk, as columns (all arrays have one element per entry)."""
 
-    task = find_task(prog, pid)
-    if not task:
-        raise InspectError(f"No task with pid {pid} in the guest. Check the pid (`numa-harness ssh NAME -- ps`).")
-    if not task.mm:
-        raise InspectError(f"Task {pid} ({task.comm.string_().decode()}) is a kernel thread: it has no address space.")
-    return task.mm
+    vaddr: np.ndarray
+    raw: np.ndarray
+    level: np.ndarray
+    node: np.ndarray
+    last_cpupid: np.ndarray | None = None  # -1 where unknown
+
+    @property
+    def present(self) -> np.ndarray:
+        result: np.ndarray = (self.raw & PRESENT) != 0
+        return result
+
+    @property
+    def hint(self) -> np.ndarray:
+        result: np.ndarray = (self.raw & (PRESENT | PROTNONE)) == PROTNONE
+        return result
+
+    @property
+    def pfn(self) -> np.ndarray:
+        return (np.where(self.present, self.raw, ~self.raw) & np.uint64(PFN_MASK)) >> np.uint64(12)
+
+    @property
+    def pages(self) -> np.ndarray:
+        """Base pages each entry maps (1, 512 or 262,144)."""
+        result: np.ndarray = PAGES_PER_LEVEL[self.level]
+        return result
+
+    def __len__(self) -> int:
+        return int(self.vaddr.shape[0])
+
+    @overload
+    def __getitem__(self, index: int) -> Entry: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Entry]: ...
+
+    def __getitem__(self, index: int | slice) -> Entry | Sequence[Entry]:
+        if isinstance(index, slice):
+            return self.select(np.arange(len(self))[index])
+        raw = int(self.raw[index])
+        present, hint, pfn = decode(raw)
+        cpupid = None if self.last_cpupid is None or self.last_cpupid[index] < 0 else int(self.last_cpupid[index])
+        return Entry(int(self.vaddr[index]), LEVELS[int(self.level[index])], raw, present, hint, pfn,
+                     int(self.node[index]), bool(raw & RW), bool(raw & ACCESSED), bool(raw & DIRTY), cpupid)
+
+    def __iter__(self) -> Iterator[Entry]:
+        for index in range(len(self)):
+            yield self[index]
+
+    def select(self, mask_or_index: np.ndarray) -> PageTableWalk:
+        return PageTableWalk(
+            self.vaddr[mask_or_index], self.raw[mask_or_index], self.level[mask_or_index], self.node[mask_or_index],
+            None if self.last_cpupid is None else self.last_cpupid[mask_or_index],
+        )
+
+    def within(self, start: int, end: int) -> PageTableWalk:
+        return self.select((self.vaddr >= np.uint64(start)) & (self.vaddr < np.uint64(end)))
 
 
-def walk(prog: Any, mm: Any, start: int = 0, end: int = 1 << 57, *, nodes: NodeRanges | None = None) -> list[Entry]:
-    """Every mapped leaf entry (present or not, non-zero) of `mm` in [start, end)."""
-    nodes = nodes or node_ranges(prog)
+def walk(prog: Any, mm: Any, start: int = 0, end: int = 1 << 57, *, nodes: NodeRanges | None = None) -> PageTableWalk:
+    """Every non-empty leaf entry (present, hint or swap) of `mm` mapping [start, end)."""
     from drgn.helpers.linux.mm import virt_to_phys
 
-    # With 4 levels the p4d level is folded into the pgd, which then covers 512 GiB per entry.
-    levels = ["pgd", "p4d", "pud", "pmd", "pte"] if five_level(prog) else ["pgd", "pud", "pmd", "pte"]
-    shifts = dict(LEVEL_SHIFTS) if five_level(prog) else {"pgd": 39, "pud": 30, "pmd": 21, "pte": 12}
-    top = virt_to_phys(mm.pgd).value_()
-    out: list[Entry] = []
+    nodes = nodes or node_ranges(prog)
+    # With 4 levels the p4d level is folded into the pgd, whose entries then cover 512 GiB each.
+    shifts = [48, 39, 30, 21, 12] if five_level(prog) else [39, 30, 21, 12]
+    vaddr_chunks: list[np.ndarray] = []
+    raw_chunks: list[np.ndarray] = []
+    level_chunks: list[np.ndarray] = []
+    index = np.arange(512, dtype=np.uint64)
 
-    def read_table(phys: int) -> tuple[int, ...]:
-        return struct.unpack("<512Q", prog.read(phys, PAGE_SIZE, True))
+    def read_table(phys: int) -> np.ndarray:
+        return np.frombuffer(prog.read(phys, PAGE_SIZE, True), dtype="<u8")
 
     def visit(table_phys: int, depth: int, base: int) -> None:
-        level = levels[depth]
-        shift = shifts[level]
+        shift = shifts[depth]
         span = 1 << shift
         entries = read_table(table_phys)
-        first = max(0, (start - base) >> shift) if start > base else 0
-        for index in range(first, 512):
-            vaddr = base + index * span
-            if vaddr >= end:
-                break
-            raw = entries[index]
-            if raw == 0 or vaddr + span <= start:
-                continue
-            present, hint, pfn = decode(raw)
-            leaf = level == "pte" or (level in ("pmd", "pud") and raw & PSE and (present or hint))
-            if leaf:
-                out.append(Entry(
-                    vaddr, level, raw, present, hint, pfn, nodes.node_of(pfn),
-                    bool(raw & RW), bool(raw & ACCESSED), bool(raw & DIRTY),
-                ))
+        vaddrs = np.uint64(base) + (index << np.uint64(shift))
+        wanted = (entries != 0) & (vaddrs + np.uint64(span) > np.uint64(start)) & (vaddrs < np.uint64(end))
+        if shift == 12:
+            vaddr_chunks.append(vaddrs[wanted])
+            raw_chunks.append(entries[wanted])
+            level_chunks.append(np.zeros(int(wanted.sum()), dtype=np.uint8))
+            return
+        for slot in np.flatnonzero(wanted):
+            raw = int(entries[slot])
+            vaddr = base + int(slot) * span
+            present = bool(raw & PRESENT)
+            hint = (raw & (PRESENT | PROTNONE)) == PROTNONE
+            if shift in (21, 30) and raw & PSE and (present or hint):
+                vaddr_chunks.append(np.array([vaddr], dtype=np.uint64))
+                raw_chunks.append(np.array([raw], dtype=np.uint64))
+                level_chunks.append(np.array([1 if shift == 21 else 2], dtype=np.uint8))
             elif present:
                 visit(raw & PFN_MASK, depth + 1, vaddr)
 
-    visit(top, 0, 0)
-    return out
+    visit(int(virt_to_phys(mm.pgd).value_()), 0, 0)
+    if not vaddr_chunks:
+        empty = np.zeros(0, dtype=np.uint64)
+        return PageTableWalk(empty, empty, np.zeros(0, dtype=np.uint8), np.zeros(0, dtype=np.int16))
+    vaddr_all = np.concatenate(vaddr_chunks)
+    raw_all = np.concatenate(raw_chunks)
+    level_all = np.concatenate(level_chunks)
+    order = np.argsort(vaddr_all, kind="stable")  # leaves of different levels interleave by address
+    vaddr_all, raw_all, level_all = vaddr_all[order], raw_all[order], level_all[order]
+    present = (raw_all & PRESENT) != 0
+    pfns = (np.where(present, raw_all, ~raw_all) & np.uint64(PFN_MASK)) >> np.uint64(12)
+    return PageTableWalk(vaddr_all, raw_all, level_all, nodes.nodes_of(pfns))
 
 
 def page_flags_layout(prog: Any) -> dict[str, int]:
@@ -175,22 +216,6 @@ def page_flags_layout(prog: Any) -> dict[str, int]:
     return layout
 
 
-def last_cpupids(prog: Any, entries: list[Entry]) -> list[Entry]:
-    """Entries with `last_cpupid` decoded from page->flags (raw field value: cpu << 8 | pid & 0xff)."""
-    layout = page_flags_layout(prog)
-    if "LAST_CPUPID_PGSHIFT" not in layout or not layout.get("LAST_CPUPID_WIDTH"):
-        return entries
-    shift, width = layout["LAST_CPUPID_PGSHIFT"], layout["LAST_CPUPID_WIDTH"]
-    vmemmap = vmemmap_base(prog)
-    page_size = prog.type("struct page").size
-    result = []
-    for entry in entries:
-        flags = prog.read_u64(vmemmap + entry.pfn * page_size)
-        cpupid = (flags >> shift) & ((1 << width) - 1)
-        result.append(Entry(**{**asdict(entry), "last_cpupid": cpupid}))
-    return result
-
-
 def vmemmap_base(prog: Any) -> int:
     """The struct page array (SPARSEMEM_VMEMMAP). A variable with CONFIG_DYNAMIC_MEMORY_LAYOUT
     (5-level paging, KASLR), else the fixed __VMEMMAP_BASE_L4 (asm/pgtable_64_types.h)."""
@@ -200,16 +225,50 @@ def vmemmap_base(prog: Any) -> int:
         return 0xFFFFEA0000000000
 
 
-def summarize(entries: list[Entry]) -> dict[str, Any]:
-    by_node: dict[str, int] = {}
-    for entry in entries:
-        pages = 512 if entry.level == "pmd" else 1
-        by_node[str(entry.node)] = by_node.get(str(entry.node), 0) + pages
+def page_flags(prog: Any, pfns: np.ndarray) -> np.ndarray:
+    """page->flags for each pfn, reading runs of consecutive struct pages in one go."""
+    result = np.zeros(pfns.shape, dtype=np.uint64)
+    if pfns.size == 0:
+        return result
+    base = vmemmap_base(prog)
+    size = prog.type("struct page").size
+    words = size // 8
+    order = np.argsort(pfns, kind="stable")
+    sorted_pfns = pfns[order].astype(np.int64)
+    breaks = np.flatnonzero(np.diff(sorted_pfns) != 1) + 1
+    for run in np.split(np.arange(sorted_pfns.size), breaks):
+        first, count = int(sorted_pfns[run[0]]), int(sorted_pfns[run[-1]]) - int(sorted_pfns[run[0]]) + 1
+        data = np.frombuffer(prog.read(base + first * size, count * size), dtype="<u8")
+        result[order[run]] = data[(sorted_pfns[run] - first) * words]
+    return result
+
+
+def with_last_cpupid(prog: Any, table: PageTableWalk) -> PageTableWalk:
+    """The table with `last_cpupid` decoded from page->flags (raw field: cpu << 8 | pid & 0xff,
+    include/linux/mm.h:cpu_pid_to_cpupid), using the layout the default patch exports."""
+    layout = page_flags_layout(prog)
+    width = layout.get("LAST_CPUPID_WIDTH", 0)
+    if "LAST_CPUPID_PGSHIFT" not in layout or not width:
+        return table
+    flags = page_flags(prog, table.pfn)
+    cpupid = ((flags >> np.uint64(layout["LAST_CPUPID_PGSHIFT"])) & np.uint64((1 << width) - 1)).astype(np.int64)
+    return PageTableWalk(table.vaddr, table.raw, table.level, table.node, cpupid)
+
+
+def last_cpupids(prog: Any, entries: PageTableWalk) -> PageTableWalk:
+    return with_last_cpupid(prog, entries)
+
+
+def summarize(table: PageTableWalk) -> dict[str, Any]:
+    """Counts of entries and base pages: present, hinted, and per node."""
+    pages = table.pages
+    by_node = {str(int(nid)): int(pages[table.node == nid].sum()) for nid in np.unique(table.node)}
     return {
-        "entries": len(entries),
-        "pages": sum(512 if e.level == "pmd" else 1 for e in entries),
-        "present": sum(1 for e in entries if e.present),
-        "hint": sum(1 for e in entries if e.hint),
-        "pmd_entries": sum(1 for e in entries if e.level == "pmd"),
+        "entries": len(table),
+        "pages": int(pages.sum()),
+        "present": int(pages[table.present].sum()),
+        "hint": int(pages[table.hint].sum()),
+        "hint_entries": int(table.hint.sum()),
+        "pmd_entries": int((table.level == 1).sum()),
         "pages_by_node": by_node,
     }

@@ -1,0 +1,38 @@
+"""Live inspection of the guest kernel from the host with drgn (the API the CLI, the drgn REPL
+and the cross-checks use)."""
+
+from .attach import InspectError, attach, find_mm, find_task, snapshot
+from .numastate import (
+    BalancingState,
+    MmNumaState,
+    TaskNumaState,
+    VmaNumaState,
+    read_balancing,
+    read_mm,
+    read_task,
+    read_vmas,
+    read_vmstat,
+    summarize_by_vma,
+)
+from .pagetable import (
+    Entry,
+    NodeRanges,
+    PageTableWalk,
+    decode,
+    five_level,
+    last_cpupids,
+    node_ranges,
+    page_flags,
+    page_flags_layout,
+    summarize,
+    vmemmap_base,
+    walk,
+    with_last_cpupid,
+)
+
+__all__ = [
+    "BalancingState", "Entry", "InspectError", "MmNumaState", "NodeRanges", "PageTableWalk", "TaskNumaState",
+    "VmaNumaState", "attach", "decode", "find_mm", "find_task", "five_level", "last_cpupids", "node_ranges",
+    "page_flags", "page_flags_layout", "read_balancing", "read_mm", "read_task", "read_vmas", "read_vmstat",
+    "snapshot", "summarize", "summarize_by_vma", "vmemmap_base", "walk", "with_last_cpupid",
+]

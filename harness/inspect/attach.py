@@ -1,0 +1,55 @@
+"""Attach drgn to a live guest over QEMU's QMP socket, and pause the guest for snapshots."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import HarnessError
+from ..vm import GuestView
+
+
+class InspectError(HarnessError):
+    """The guest cannot be inspected as asked (down, no such pid, unmapped range)."""
+
+
+def attach(view: GuestView, vmlinux: Path | None) -> Any:
+    """A drgn Program on the live guest (its second QMP socket) with the build's vmlinux."""
+    import drgn
+
+    if vmlinux is None or not vmlinux.is_file():
+        raise InspectError("This guest has no vmlinux recorded; boot a kernel built by `numa-harness build`.")
+    if not view.paths.drgn_qmp.exists():
+        raise InspectError(f"The guest's drgn QMP socket {view.paths.drgn_qmp} is gone: is the guest still up?")
+    prog = drgn.Program()
+    try:
+        prog.set_qemu_qmp(str(view.paths.drgn_qmp))
+    except Exception as err:  # drgn raises plain exceptions for connection problems
+        raise InspectError(f"drgn could not attach to {view.paths.drgn_qmp}: {err}. Is the guest still up?") from err
+    prog.load_debug_info([str(vmlinux)])
+    return prog
+
+
+@contextlib.contextmanager
+def snapshot(view: GuestView) -> Iterator[None]:
+    """The guest paused (QMP stop) while reading, so what is read is one consistent state."""
+    with view.paused():
+        yield
+
+
+def find_task(prog: Any, pid: int) -> Any:
+    from drgn.helpers.linux.pid import find_task as drgn_find_task
+
+    task = drgn_find_task(prog, pid)
+    if not task:
+        raise InspectError(f"No task with pid {pid} in the guest. Check the pid (`numa-harness ssh NAME -- ps`).")
+    return task
+
+
+def find_mm(prog: Any, pid: int) -> Any:
+    task = find_task(prog, pid)
+    if not task.mm:
+        raise InspectError(f"Task {pid} ({task.comm.string_().decode()}) is a kernel thread: it has no address space.")
+    return task.mm

@@ -1,0 +1,231 @@
+"""NUMA-balancing state read from the live kernel: per task, per mm, per VMA, global.
+
+Field meanings follow include/linux/sched.h (task), include/linux/mm_types.h (mm, struct
+vma_numab_state) and kernel/sched/fair.c (tunables, task_faults_idx).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from .attach import InspectError, find_task
+from .pagetable import PageTableWalk
+
+# kernel/sched/fair.c: enum numa_faults_stats; index 2 * (stat * nr_node_ids + nid) + priv.
+FAULT_STATS = ("mem", "cpu", "membuf", "cpubuf")
+# include/linux/vm_event_item.h (CONFIG_NUMA_BALANCING / CONFIG_MIGRATION), as /proc/vmstat names them.
+VM_EVENTS = {
+    "NUMA_PTE_UPDATES": "numa_pte_updates",
+    "NUMA_HUGE_PTE_UPDATES": "numa_huge_pte_updates",
+    "NUMA_HINT_FAULTS": "numa_hint_faults",
+    "NUMA_HINT_FAULTS_LOCAL": "numa_hint_faults_local",
+    "NUMA_PAGE_MIGRATE": "numa_pages_migrated",
+    "PGMIGRATE_SUCCESS": "pgmigrate_success",
+    "PGMIGRATE_FAIL": "pgmigrate_fail",
+    "THP_MIGRATION_SUCCESS": "thp_migration_success",
+    "THP_MIGRATION_FAIL": "thp_migration_fail",
+    "THP_MIGRATION_SPLIT": "thp_migration_split",
+}
+TUNABLES = {
+    "scan_delay_ms": "sysctl_numa_balancing_scan_delay",
+    "scan_period_min_ms": "sysctl_numa_balancing_scan_period_min",
+    "scan_period_max_ms": "sysctl_numa_balancing_scan_period_max",
+    "scan_size_mb": "sysctl_numa_balancing_scan_size",
+    "hot_threshold_ms": "sysctl_numa_balancing_hot_threshold",
+}
+
+
+@dataclass(frozen=True)
+class TaskNumaState:
+    pid: int
+    comm: str
+    cpu: int
+    numa_scan_seq: int
+    numa_scan_period: int
+    numa_scan_period_max: int
+    numa_preferred_nid: int
+    numa_migrate_retry: int
+    node_stamp: int
+    sum_exec_runtime: int
+    total_numa_faults: int
+    # faults[stat][nid] = (shared, private): priv index 1 is private, 0 shared (task_numa_fault).
+    faults: dict[str, list[tuple[int, int]]]
+    # numa_faults_locality: [remote, local, migrate-failed]
+    locality: tuple[int, int, int]
+    numa_pages_migrated: int
+    numa_group_id: int | None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MmNumaState:
+    numa_next_scan: int
+    numa_scan_offset: int
+    numa_scan_seq: int
+    mm_users: int
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VmaNumaState:
+    start: int
+    end: int
+    flags: int
+    file_backed: bool
+    # struct vma_numab_state, None until the scanner first meets the VMA (task_numa_work).
+    numab: dict[str, Any] | None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BalancingState:
+    mode: int  # kernel.numa_balancing: bit 0 NORMAL, bit 1 MEMORY_TIERING
+    jiffies: int
+    hz: int
+    tunables: dict[str, int]
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def nr_node_ids(prog: Any) -> int:
+    return int(prog["nr_node_ids"].value_())
+
+
+def read_task(prog: Any, pid: int) -> TaskNumaState:
+    task = find_task(prog, pid)
+    nodes = nr_node_ids(prog)
+    faults: dict[str, list[tuple[int, int]]] = {name: [(0, 0)] * nodes for name in FAULT_STATS}
+    if task.numa_faults:
+        raw = prog.read(task.numa_faults.value_(), 8 * 2 * len(FAULT_STATS) * nodes)
+        values = np.frombuffer(raw, dtype="<u8")
+        for stat, name in enumerate(FAULT_STATS):
+            faults[name] = [
+                (int(values[2 * (stat * nodes + nid)]), int(values[2 * (stat * nodes + nid) + 1])) for nid in range(nodes)
+            ]
+    group = task.numa_group
+    return TaskNumaState(
+        pid=pid,
+        comm=task.comm.string_().decode(errors="replace"),
+        cpu=int(task.thread_info.cpu.value_()) if hasattr(task.thread_info, "cpu") else int(task.cpu.value_()),
+        numa_scan_seq=int(task.numa_scan_seq.value_()),
+        numa_scan_period=int(task.numa_scan_period.value_()),
+        numa_scan_period_max=int(task.numa_scan_period_max.value_()),
+        numa_preferred_nid=int(task.numa_preferred_nid.value_()),
+        numa_migrate_retry=int(task.numa_migrate_retry.value_()),
+        node_stamp=int(task.node_stamp.value_()),
+        sum_exec_runtime=int(task.se.sum_exec_runtime.value_()),
+        total_numa_faults=int(task.total_numa_faults.value_()),
+        faults=faults,
+        locality=tuple(int(task.numa_faults_locality[i].value_()) for i in range(3)),  # type: ignore[arg-type]
+        numa_pages_migrated=int(task.numa_pages_migrated.value_()),
+        numa_group_id=int(group.gid.value_()) if group else None,
+    )
+
+
+def read_mm(prog: Any, pid: int) -> MmNumaState:
+    task = find_task(prog, pid)
+    mm = task.mm
+    if not mm:
+        raise InspectError(f"Task {pid} is a kernel thread: it has no mm.")
+    return MmNumaState(
+        numa_next_scan=int(mm.numa_next_scan.value_()),
+        numa_scan_offset=int(mm.numa_scan_offset.value_()),
+        numa_scan_seq=int(mm.numa_scan_seq.value_()),
+        mm_users=int(mm.mm_users.counter.value_()),
+    )
+
+
+def read_vmas(prog: Any, pid: int) -> list[VmaNumaState]:
+    from drgn.helpers.linux.mm import for_each_vma
+
+    mm = find_task(prog, pid).mm
+    if not mm:
+        raise InspectError(f"Task {pid} is a kernel thread: it has no VMAs.")
+    result = []
+    for vma in for_each_vma(mm):
+        numab = None
+        if vma.numab_state:
+            state = vma.numab_state
+            numab = {
+                "next_scan": int(state.next_scan.value_()),
+                "pids_active_reset": int(state.pids_active_reset.value_()),
+                "pids_active": [int(state.pids_active[0].value_()), int(state.pids_active[1].value_())],
+                "start_scan_seq": int(state.start_scan_seq.value_()),
+                "prev_scan_seq": int(state.prev_scan_seq.value_()),
+            }
+        result.append(VmaNumaState(
+            int(vma.vm_start.value_()), int(vma.vm_end.value_()), int(vma.vm_flags.value_()),
+            bool(vma.vm_file), numab,
+        ))
+    return result
+
+
+def read_balancing(prog: Any) -> BalancingState:
+    tunables = {name: int(prog[symbol].value_()) for name, symbol in TUNABLES.items()}
+    hz = int(prog.constant("HZ").value_()) if _has_constant(prog, "HZ") else 0
+    return BalancingState(int(prog["sysctl_numa_balancing_mode"].value_()), int(prog["jiffies"].value_()), hz, tunables)
+
+
+def _has_constant(prog: Any, name: str) -> bool:
+    try:
+        prog.constant(name)
+    except (KeyError, LookupError):
+        return False
+    return True
+
+
+def read_vmstat(prog: Any) -> dict[str, int]:
+    """The NUMA and migration event counters as /proc/vmstat shows them: per-CPU
+    vm_event_states summed over online CPUs (mm/vmstat.c:sum_vm_events)."""
+    from drgn.helpers.linux.cpumask import for_each_online_cpu
+    from drgn.helpers.linux.percpu import per_cpu
+
+    try:
+        states = prog["vm_event_states"]
+    except KeyError as err:
+        raise InspectError("This kernel has no vm event counters (CONFIG_VM_EVENT_COUNTERS=n).") from err
+    indexes = {}
+    for symbol, name in VM_EVENTS.items():
+        with_value = _enum_value(prog, symbol)
+        if with_value is not None:
+            indexes[name] = with_value
+    totals = dict.fromkeys(indexes, 0)
+    size = states.type_.size
+    for cpu in for_each_online_cpu(prog):
+        address = per_cpu(states, cpu).address_
+        events = np.frombuffer(prog.read(address, size), dtype="<u8")
+        for name, index in indexes.items():
+            totals[name] += int(events[index])
+    return totals
+
+
+def _enum_value(prog: Any, name: str) -> int | None:
+    try:
+        return int(prog.constant(name).value_())
+    except (KeyError, LookupError):
+        return None
+
+
+def summarize_by_vma(table: PageTableWalk, vmas: list[VmaNumaState]) -> list[dict[str, Any]]:
+    """Per VMA: base pages present, hinted, and per node (from one page-table walk)."""
+    rows = []
+    for vma in vmas:
+        part = table.within(vma.start, vma.end)
+        pages = part.pages
+        rows.append({
+            "start": vma.start, "end": vma.end, "file_backed": vma.file_backed,
+            "scanned": vma.numab is not None,
+            "present": int(pages[part.present].sum()), "hint": int(pages[part.hint].sum()),
+            "pages_by_node": {str(int(n)): int(pages[part.node == n].sum()) for n in np.unique(part.node)},
+        })
+    return rows

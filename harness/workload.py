@@ -1,0 +1,79 @@
+"""Drive guest-tests/nhmem in a guest: a held memory region and the accesses made to it.
+
+The holder reads commands from a FIFO that a sleeping keeper holds open, so a test can send
+`touch`, `read` and `spin` one at a time and know exactly which accesses happened, from which
+node's CPUs, and in which order; each command is acknowledged with an `ok` line.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+
+from .errors import HarnessError
+from .vm import GuestView
+
+
+class WorkloadError(HarnessError):
+    """The guest workload did not start or did not answer."""
+
+
+@dataclass
+class HeldRegion:
+    guest: GuestView
+    directory: str
+    pid: int
+    addr: int
+    length: int
+    _acks: int = 0
+
+    @classmethod
+    def start(cls, guest: GuestView, mib: int, *, thp: bool = False, node: int | None = None,
+              timeout: float = 120.0) -> HeldRegion:
+        directory = f"/tmp/nhmem-{time.monotonic_ns()}"
+        args = f"{mib}{' thp' if thp else ''}{f' node {node}' if node is not None else ''}"
+        guest.ssh.run(
+            f"mkdir {directory} && mkfifo {directory}/in && "
+            f"{{ (exec 3>{directory}/in; exec sleep 1000000) & echo $! > {directory}/keeper; }} && "
+            f"{{ nhmem hold {args} < {directory}/in > {directory}/out 2>&1 & echo $! > {directory}/pid; }}"
+        ).check()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            words = guest.ssh.run(f"head -n1 {directory}/out").stdout.split()
+            if len(words) >= 6 and words[0] == "pid":
+                return cls(guest, directory, int(words[1]), int(words[3], 16), int(words[5]))
+            if words and words[0] != "pid":
+                raise WorkloadError(f"nhmem hold {args} failed in the guest: {' '.join(words)}")
+            time.sleep(0.1)
+        raise WorkloadError(f"nhmem hold {args} did not report its region within {timeout:.0f} s")
+
+    @property
+    def end(self) -> int:
+        return self.addr + self.length
+
+    def command(self, line: str, timeout: float = 300.0) -> None:
+        """Send one command and wait for its `ok`."""
+        self.guest.ssh.run(f"echo {shlex.quote(line)} > {self.directory}/in").check()
+        self._acks += 1
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.guest.ssh.run(f"cat {self.directory}/out").stdout
+            if "error" in out:
+                raise WorkloadError(f"nhmem refused {line!r}: {out.strip().splitlines()[-1]}")
+            if out.count("\nok") >= self._acks:
+                return
+            time.sleep(0.1)
+        raise WorkloadError(f"nhmem did not finish {line!r} within {timeout:.0f} s")
+
+    def touch(self, node: int | None = None) -> None:
+        self.command("touch" + (f" node {node}" if node is not None else ""))
+
+    def read(self, node: int | None = None) -> None:
+        self.command("read" + (f" node {node}" if node is not None else ""))
+
+    def spin(self, seconds: float, node: int | None = None) -> None:
+        self.command(f"spin {seconds}" + (f" node {node}" if node is not None else ""), timeout=seconds + 120)
+
+    def close(self) -> None:
+        self.guest.ssh.run(f"kill $(cat {self.directory}/pid) $(cat {self.directory}/keeper); rm -rf {self.directory}")

@@ -273,3 +273,21 @@ def test_cli_ptes_json_and_errors(guest: GuestView, region: HeldRegion) -> None:
         subprocess.run([*CLI, "down", name], capture_output=True, timeout=60)
     down = subprocess.run([*CLI, "inspect", name, "vmstat"], capture_output=True, text=True)
     assert down.returncode == 2 and f"No running guest named '{name}'" in down.stderr
+
+
+def test_four_level_guest_walks_the_same(guest_factory: Callable[..., Guest]) -> None:
+    """`no5lvl` (arch/x86/boot/compressed/pgtable_64.c, arch/x86/kernel/cpu/common.c) makes the
+    same kernel use 4-level paging even though the CPU has LA57: the walker must then fold the
+    p4d level and still agree with pagemap."""
+    four = guest_factory(cmdline=("no5lvl",))
+    prog4 = attach(four, four.vmlinux)
+    assert five_level(prog4) is False
+    held = HeldRegion.start(four, 16, node=1)
+    try:
+        with snapshot(four):
+            table = walk(prog4, find_mm(prog4, held.pid), held.addr, held.end)
+        assert len(table) == held.length // 4096
+        assert {e.vaddr: e.pfn for e in table} == _pagemap(four, held)
+        assert {e.vaddr: e.node for e in table} == _nodes(four, held) == dict.fromkeys(_nodes(four, held), 1)
+    finally:
+        held.close()

@@ -1,0 +1,116 @@
+"""A NUMA hint fault: mm/memory.c:do_numa_page (mm/huge_memory.c:do_huge_pmd_numa_page for a THP),
+the migration decision, and kernel/sched/fair.c:task_numa_fault's accounting.
+
+Modelled for the default policy (no mempolicy), NORMAL mode, DRAM-only nodes, and a task without
+a numa_group (private memory of one process).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .placement import task_numa_placement
+from .state import CPUBUF, MEMBUF, Counters, Page, Task, cpupid, cpupid_cpu, cpupid_pid
+from .state import LAST__PID_MASK as PID_MASK
+
+
+@dataclass(frozen=True)
+class FaultResult:
+    page: Page
+    task: Task
+    counters: Counters
+    migrated: bool
+    local: bool
+    # Why the page did (not) move, in the kernel's words.
+    decision: str
+
+
+def should_numa_migrate_memory(task: Task, page: Page, dst_nid: int, this_cpupid: int, node_of_cpu: dict[int, int],
+                               has_memory: bool = True) -> tuple[bool, Page, str]:
+    """kernel/sched/fair.c:should_numa_migrate_memory for NORMAL mode without a numa_group.
+    Returns (migrate?, the page with last_cpupid exchanged, reason)."""
+    if not has_memory:
+        return False, page, "destination node has no memory"
+    last = page.last_cpupid
+    page = replace(page, last_cpupid=this_cpupid)  # folio_xchg_last_cpupid, before any test below
+    pid_unset = last is None
+    pid_match = last is not None and cpupid_pid(last) == task.pid & PID_MASK
+    if (task.numa_preferred_nid == -1 or task.numa_scan_seq <= 4) and (pid_unset or pid_match):
+        return True, page, "early scan: first fault or same task"
+    if last is not None and node_of_cpu[cpupid_cpu(last)] != dst_nid:
+        return False, page, "two-stage filter: the previous fault came from another node"
+    if pid_match:
+        return True, page, "same task faulted from this node twice"
+    return True, page, "no numa_group"
+
+
+def hint_fault(
+    task: Task,
+    page: Page,
+    *,
+    cpu: int,
+    node_of_cpu: dict[int, int],
+    jiffies_after_retry: bool = True,
+    migration_succeeds: bool = True,
+    mm_seq: int | None = None,
+) -> FaultResult:
+    """A task on `cpu` touches a hinted page (or THP)."""
+    if not page.hint:
+        raise ValueError(f"page {page.vaddr:#x} is not a hint entry: no NUMA fault happens")
+    cpu_node = node_of_cpu[cpu]
+    nr = page.nr_pages
+    counters = Counters(numa_hint_faults=1)  # once per fault, THP included (numa_migrate_check)
+    local = page.node == cpu_node
+    if local:
+        counters += Counters(numa_hint_faults_local=1)
+    last_before = page.last_cpupid  # numa_migrate_check reads it before any exchange
+    restored = replace(page, hint=False)
+    migrated = False
+    if local:
+        # mm/mempolicy.c:mpol_misplaced: already on this node; should_numa_migrate_memory is not called.
+        decision = "local: not misplaced"
+    else:
+        wanted, restored, decision = should_numa_migrate_memory(task, restored, cpu_node, cpupid(cpu, task.pid),
+                                                                node_of_cpu)
+        if wanted and migration_succeeds:
+            restored = replace(restored, node=cpu_node)
+            migrated = True
+            counters += Counters(numa_pages_migrated=nr)
+        elif wanted:
+            decision = "migration failed"
+    task = task_numa_fault(task, last_before, restored.node, nr, local=local, migrated=migrated,
+                           migrate_failed=not migrated and decision == "migration failed", cpu_node=cpu_node,
+                           run_placement=jiffies_after_retry, mm_seq=mm_seq)
+    return FaultResult(restored, task, counters, migrated, local, decision)
+
+
+def task_numa_fault(
+    task: Task,
+    last_cpupid: int | None,
+    mem_node: int,
+    pages: int,
+    *,
+    local: bool,
+    migrated: bool,
+    migrate_failed: bool,
+    cpu_node: int,
+    run_placement: bool,
+    mm_seq: int | None,
+) -> Task:
+    """kernel/sched/fair.c:task_numa_fault (no numa_group; balancing enabled)."""
+    priv = 1 if last_cpupid is None or cpupid_pid(last_cpupid) == task.pid & PID_MASK else 0
+    if run_placement and mm_seq is not None:
+        task = task_numa_placement(task, mm_seq)
+    faults = [list(map(list, stat)) for stat in task.faults]
+    faults[MEMBUF][mem_node][priv] += pages
+    faults[CPUBUF][cpu_node][priv] += pages
+    locality = list(task.locality)
+    locality[1 if local else 0] += pages
+    if migrate_failed:
+        locality[2] += pages
+    return replace(
+        task,
+        faults=tuple(tuple((nid[0], nid[1]) for nid in stat) for stat in faults),
+        locality=(locality[0], locality[1], locality[2]),
+        numa_pages_migrated=task.numa_pages_migrated + (pages if migrated else 0),
+    )

@@ -1,0 +1,154 @@
+"""State of the reference model of Linux 6.12 NUMA balancing: immutable values, so every rule is a
+pure function from one state to the next (easy to test, easy to replay against the kernel)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PAGE_SIZE = 4096
+HPAGE_SIZE = 2 << 20
+HPAGE_PMD_NR = HPAGE_SIZE // PAGE_SIZE
+LAST__PID_SHIFT = 8
+LAST__PID_MASK = (1 << LAST__PID_SHIFT) - 1
+
+# include/linux/sched/sysctl.h: kernel.numa_balancing bits.
+NUMA_BALANCING_NORMAL = 1
+NUMA_BALANCING_MEMORY_TIERING = 2
+
+
+@dataclass(frozen=True)
+class Tunables:
+    """kernel/sched/fair.c defaults; debugfs sched/numa_balancing/* and kernel.numa_balancing."""
+
+    scan_delay_ms: int = 1000
+    scan_period_min_ms: int = 1000
+    scan_period_max_ms: int = 60000
+    scan_size_mb: int = 256
+    mode: int = NUMA_BALANCING_NORMAL
+    hz: int = 250
+
+    def ms_to_jiffies(self, ms: int) -> int:
+        """include/linux/jiffies.h:msecs_to_jiffies for HZ dividing 1000 (rounds up)."""
+        return -(-ms * self.hz // 1000)
+
+
+@dataclass(frozen=True)
+class NumabState:
+    """include/linux/mm_types.h:struct vma_numab_state."""
+
+    start_scan_seq: int
+    prev_scan_seq: int
+    next_scan: int
+    pids_active_reset: int
+    pids_active: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True)
+class Vma:
+    start: int
+    end: int
+    readable: bool = True
+    writable: bool = True
+    executable: bool = False
+    file_backed: bool = False
+    shared: bool = False  # VM_SHARED
+    migratable: bool = True  # mm/mempolicy.c:vma_migratable (no VM_IO/VM_PFNMAP, not DAX)
+    policy_mof: bool = True  # vma_policy_mof: false for e.g. MPOL_BIND without MPOL_F_NUMA_BALANCING
+    hugetlb: bool = False
+    mixedmap: bool = False
+    numab: NumabState | None = None
+
+    @property
+    def accessible(self) -> bool:
+        """include/linux/mm.h:vma_is_accessible (VM_READ | VM_WRITE | VM_EXEC)."""
+        return self.readable or self.writable or self.executable
+
+
+@dataclass(frozen=True)
+class Page:
+    """One mapping of a folio: a base page (4 KiB) or a PMD-mapped THP (2 MiB)."""
+
+    vaddr: int
+    node: int
+    size: int = PAGE_SIZE
+    hint: bool = False
+    zero_page: bool = False
+    likely_shared: bool = False  # folio_likely_mapped_shared (e.g. COW-shared after fork)
+    last_cpupid: int | None = None  # None: "pid unset" (page_cpupid_reset_last)
+
+    @property
+    def huge(self) -> bool:
+        return self.size == HPAGE_SIZE
+
+    @property
+    def nr_pages(self) -> int:
+        return self.size // PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class Mm:
+    numa_scan_offset: int = 0
+    numa_scan_seq: int = 0
+    mm_users: int = 1
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The /proc/vmstat counters NUMA balancing moves (include/linux/vm_event_item.h)."""
+
+    numa_pte_updates: int = 0
+    numa_huge_pte_updates: int = 0
+    numa_hint_faults: int = 0
+    numa_hint_faults_local: int = 0
+    numa_pages_migrated: int = 0
+
+    def __add__(self, other: Counters) -> Counters:
+        return Counters(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
+
+    def __sub__(self, other: Counters) -> Counters:
+        return Counters(*(a - b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return (self.numa_pte_updates, self.numa_huge_pte_updates, self.numa_hint_faults,
+                self.numa_hint_faults_local, self.numa_pages_migrated)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(zip(("numa_pte_updates", "numa_huge_pte_updates", "numa_hint_faults",
+                         "numa_hint_faults_local", "numa_pages_migrated"), self.as_tuple(), strict=True))
+
+
+@dataclass(frozen=True)
+class Task:
+    """The per-task NUMA state (include/linux/sched.h), for one task without a numa_group."""
+
+    pid: int
+    nr_nodes: int
+    numa_scan_seq: int = 0
+    numa_scan_period: int = 1000
+    numa_scan_period_max: int = 60000
+    numa_preferred_nid: int = -1
+    # faults[stat][nid][priv]: stat mem, cpu, membuf, cpubuf; priv 0 shared, 1 private.
+    faults: tuple[tuple[tuple[int, int], ...], ...] = field(default=())
+    locality: tuple[int, int, int] = (0, 0, 0)  # remote, local, migrate-failed
+    total_numa_faults: int = 0
+    numa_pages_migrated: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.faults:
+            object.__setattr__(self, "faults", tuple(tuple((0, 0) for _ in range(self.nr_nodes)) for _ in range(4)))
+
+
+MEM, CPU, MEMBUF, CPUBUF = range(4)
+
+
+def cpupid(cpu: int, pid: int) -> int:
+    """include/linux/mm.h:cpu_pid_to_cpupid."""
+    return (cpu << LAST__PID_SHIFT) | (pid & LAST__PID_MASK)
+
+
+def cpupid_cpu(value: int) -> int:
+    return value >> LAST__PID_SHIFT
+
+
+def cpupid_pid(value: int) -> int:
+    return value & LAST__PID_MASK

@@ -1,0 +1,241 @@
+"""The reference model, rule by rule (each test names the kernel function it pins down), plus
+hypothesis properties for invariants."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.model import (
+    HPAGE_SIZE,
+    PAGE_SIZE,
+    Counters,
+    Mm,
+    Page,
+    Task,
+    Tunables,
+    Vma,
+    cpupid,
+    hint_fault,
+    scan_pass,
+    should_numa_migrate_memory,
+    task_numa_placement,
+    task_scan_max,
+    task_scan_min,
+    update_task_scan_period,
+)
+
+MiB = 1 << 20
+NODE_OF_CPU = {0: 0, 1: 0, 2: 1, 3: 1}
+BASE = 0x7F0000000000
+
+
+def region(mib: int, node: int = 0, start: int = BASE) -> dict[int, Page]:
+    return {start + i * PAGE_SIZE: Page(start + i * PAGE_SIZE, node) for i in range(mib * MiB // PAGE_SIZE)}
+
+
+def test_pass_windows_advance_by_the_budget_in_2mib_chunks() -> None:
+    """fair.c:task_numa_work: end = ALIGN(start + pages, HPAGE_SIZE), budget in pages."""
+    tun = Tunables(scan_size_mb=16)
+    vma = Vma(BASE, BASE + 64 * MiB)
+    pages = region(64)
+    result = scan_pass(Mm(), [vma], pages, tun, scanning_node=1, jiffies=1000, pid=100)
+    assert result.windows == ((BASE, BASE + 16 * MiB),)
+    assert result.mm == Mm(numa_scan_offset=BASE + 16 * MiB, numa_scan_seq=0)
+    assert sum(p.hint for p in result.pages.values()) == 16 * MiB // PAGE_SIZE
+    assert result.counters == Counters(numa_pte_updates=4096)
+    again = scan_pass(result.mm, result.vmas, result.pages, tun, scanning_node=1, jiffies=1001, pid=100)
+    assert again.windows == ((BASE + 16 * MiB, BASE + 32 * MiB),)
+
+
+def test_offset_wraps_and_seq_increments_when_the_vmas_run_out() -> None:
+    """reset_ptenuma_scan: seq + 1, offset 0."""
+    tun = Tunables(scan_size_mb=256)
+    result = scan_pass(Mm(), [Vma(BASE, BASE + 8 * MiB)], region(8), tun, scanning_node=1, jiffies=1000, pid=1)
+    assert result.mm == Mm(numa_scan_offset=0, numa_scan_seq=1)
+    assert all(p.hint for p in result.pages.values())
+
+
+def test_unpopulated_chunks_cost_only_virtual_budget() -> None:
+    """Only chunks where change_prot_numa updated something consume `pages`; virtpages = 8x."""
+    tun = Tunables(scan_size_mb=2)  # 512 pages, 4096 virtual pages (16 MiB)
+    vma = Vma(BASE, BASE + 64 * MiB)
+    pages = {va: p for va, p in region(64).items() if va >= BASE + 10 * MiB}  # first 10 MiB empty
+    result = scan_pass(Mm(), [vma], pages, tun, scanning_node=1, jiffies=1000, pid=1)
+    # Empty chunks (2 MiB each) are free of `pages`; 10 MiB empty, then one 2 MiB chunk with pages.
+    assert result.windows[-1] == (BASE + 10 * MiB, BASE + 12 * MiB)
+    assert result.mm.numa_scan_offset == BASE + 12 * MiB
+
+
+def test_pages_on_the_scanning_node_are_skipped_for_a_private_single_user_mm() -> None:
+    """mm/mprotect.c:change_pte_range target_node."""
+    tun = Tunables()
+    vma = Vma(BASE, BASE + 4 * MiB)
+    pages = region(2, node=0) | region(2, node=1, start=BASE + 2 * MiB)
+    result = scan_pass(Mm(), [vma], pages, tun, scanning_node=0, jiffies=1000, pid=1)
+    hinted = {va for va, p in result.pages.items() if p.hint}
+    assert hinted == set(region(2, start=BASE + 2 * MiB))
+    shared_mm = scan_pass(Mm(mm_users=2), [vma], pages, tun, scanning_node=0, jiffies=1000, pid=1)
+    assert all(p.hint for p in shared_mm.pages.values())  # /proc readers bump mm_users: no skip
+
+
+def test_thp_is_hinted_whatever_its_node() -> None:
+    """mm/huge_memory.c:change_huge_pmd has no target-node test; 512 pages and one huge update."""
+    thp = {BASE: Page(BASE, node=0, size=HPAGE_SIZE)}
+    result = scan_pass(Mm(), [Vma(BASE, BASE + 2 * MiB)], thp, Tunables(), scanning_node=0, jiffies=1000, pid=1)
+    assert result.pages[BASE].hint
+    assert result.counters == Counters(numa_pte_updates=512, numa_huge_pte_updates=1)
+
+
+@pytest.mark.parametrize(("vma", "reason"), [
+    (Vma(BASE, BASE + 2 * MiB, readable=False, writable=False), "inaccessible"),
+    (Vma(BASE, BASE + 2 * MiB, writable=False, file_backed=True), "shared_ro"),
+    (Vma(BASE, BASE + 2 * MiB, policy_mof=False), "unsuitable"),
+    (Vma(BASE, BASE + 2 * MiB, migratable=False), "unsuitable"),
+])
+def test_vma_skip_rules(vma: Vma, reason: str) -> None:
+    result = scan_pass(Mm(), [vma], region(2), Tunables(), scanning_node=1, jiffies=1000, pid=1)
+    assert (BASE, reason) in result.skipped
+    assert not any(p.hint for p in result.pages.values())
+    assert result.counters == Counters()
+
+
+def test_zero_page_and_cow_shared_pages_are_not_hinted() -> None:
+    pages = {BASE: Page(BASE, 0, zero_page=True), BASE + PAGE_SIZE: Page(BASE + PAGE_SIZE, 0, likely_shared=True)}
+    result = scan_pass(Mm(), [Vma(BASE, BASE + 2 * MiB)], pages, Tunables(), scanning_node=1, jiffies=1000, pid=1)
+    assert not any(p.hint for p in result.pages.values())
+
+
+def test_a_scanned_vma_waits_for_its_scan_delay_and_skips_completed_sequences() -> None:
+    tun = Tunables(scan_delay_ms=1000, hz=250)
+    first = scan_pass(Mm(), [Vma(BASE, BASE + 2 * MiB)], region(2), tun, scanning_node=1, jiffies=1000, pid=1)
+    numab = first.vmas[0].numab
+    assert numab is not None and numab.next_scan == 1250 and numab.start_scan_seq == 0 and numab.prev_scan_seq == 0
+    # seq is now 1: before next_scan the VMA is skipped for its scan delay.
+    early = scan_pass(first.mm, first.vmas, first.pages, tun, scanning_node=1, jiffies=1100, pid=1)
+    assert (BASE, "scan_delay") in early.skipped
+
+
+def test_fault_early_scan_migrates_and_records_last_cpupid() -> None:
+    """should_numa_migrate_memory: early-scan exception when last_cpupid is unset."""
+    task = Task(pid=300, nr_nodes=2)
+    page = Page(BASE, node=0, hint=True)
+    result = hint_fault(task, page, cpu=2, node_of_cpu=NODE_OF_CPU, mm_seq=0)
+    assert result.migrated and result.page.node == 1 and not result.page.hint
+    assert result.page.last_cpupid == cpupid(2, 300)
+    assert result.counters == Counters(numa_hint_faults=1, numa_pages_migrated=1)
+    assert result.task.locality == (1, 0, 0) and result.task.numa_pages_migrated == 1
+    assert result.task.faults[2][1] == (0, 1)  # MEMBUF on the page's new node, private
+
+
+def test_local_fault_neither_migrates_nor_touches_last_cpupid() -> None:
+    """mpol_misplaced returns NUMA_NO_NODE before should_numa_migrate_memory for a local folio."""
+    page = Page(BASE, node=1, hint=True, last_cpupid=cpupid(0, 300))
+    result = hint_fault(Task(pid=300, nr_nodes=2), page, cpu=3, node_of_cpu=NODE_OF_CPU, mm_seq=0)
+    assert not result.migrated and result.local and result.page.last_cpupid == cpupid(0, 300)
+    assert result.counters == Counters(numa_hint_faults=1, numa_hint_faults_local=1)
+
+
+def test_two_stage_filter_refuses_then_allows() -> None:
+    """After the early phase (seq > 4, preferred node set): a fault from node 1 on a page last
+    faulted from node 0 does not migrate; the next fault from node 1 does."""
+    task = Task(pid=300, nr_nodes=2, numa_scan_seq=5, numa_preferred_nid=0)
+    page = Page(BASE, node=0, hint=True, last_cpupid=cpupid(1, 300))
+    first = hint_fault(task, page, cpu=2, node_of_cpu=NODE_OF_CPU, mm_seq=5)
+    assert not first.migrated and "two-stage" in first.decision and first.page.last_cpupid == cpupid(2, 300)
+    second = hint_fault(first.task, replace(first.page, hint=True), cpu=3, node_of_cpu=NODE_OF_CPU, mm_seq=5)
+    assert second.migrated and second.page.node == 1
+
+
+def test_other_tasks_last_cpupid_is_shared_and_still_filtered() -> None:
+    ok, page, _ = should_numa_migrate_memory(Task(pid=7, nr_nodes=2), Page(BASE, 0, last_cpupid=cpupid(0, 8)),
+                                             1, cpupid(2, 7), NODE_OF_CPU)
+    assert ok is False and page.last_cpupid == cpupid(2, 7)
+
+
+def test_thp_fault_migrates_whole_folio() -> None:
+    thp = Page(BASE, node=0, size=HPAGE_SIZE, hint=True)
+    result = hint_fault(Task(pid=9, nr_nodes=2), thp, cpu=2, node_of_cpu=NODE_OF_CPU, mm_seq=0)
+    assert result.migrated and result.counters == Counters(numa_hint_faults=1, numa_pages_migrated=512)
+
+
+def test_placement_decays_and_picks_the_node_with_most_memory_faults() -> None:
+    """task_numa_placement: mem += membuf - mem/2; preferred = argmax; only on a new mm seq."""
+    task = Task(pid=1, nr_nodes=2, faults=(((0, 5), (0, 2)), ((0, 0), (0, 0)), ((0, 1), (0, 10)), ((0, 0), (0, 0))))
+    unchanged = task_numa_placement(task, mm_seq=0)
+    assert unchanged is task
+    placed = task_numa_placement(task, mm_seq=1)
+    assert placed.faults[0] == ((0, 5 - 2 + 1), (0, 2 - 1 + 10))
+    assert placed.numa_preferred_nid == 1 and placed.numa_scan_seq == 1
+    assert placed.faults[2] == ((0, 0), (0, 0))
+
+
+def test_scan_period_doubles_without_local_or_shared_faults_and_shrinks_when_remote() -> None:
+    """update_task_scan_period."""
+    task = Task(pid=1, nr_nodes=2, numa_scan_period=1000, numa_scan_period_max=60000, locality=(10, 0, 0))
+    assert update_task_scan_period(task, shared=0, private=10).numa_scan_period == 2000
+    remote_shared = replace(task, locality=(10, 0, 0))
+    # ps_ratio = 10*5/10 = 5, lr_ratio = 0: period -= (7 - 5) * 100.
+    assert update_task_scan_period(remote_shared, shared=5, private=5, scan_min=100).numa_scan_period == 800
+    local_private = replace(task, locality=(0, 10, 0))
+    assert update_task_scan_period(local_private, shared=0, private=10).numa_scan_period == 1300
+
+
+def test_scan_period_bounds() -> None:
+    """task_scan_min: floor 1000 / (2560 / scan_size_mb); task_scan_max = max_ms / windows."""
+    assert task_scan_min(0, Tunables()) == 1000 and task_scan_min(0, Tunables(scan_period_min_ms=100)) == 100
+    assert task_scan_min(0, Tunables(scan_period_min_ms=10)) == 100  # floor at the default 256 MB
+    assert task_scan_max(300_000, Tunables()) == 60000 // 5
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    scan_size=st.sampled_from([2, 4, 16, 256]),
+    populated=st.lists(st.booleans(), min_size=8, max_size=32),
+    node=st.integers(0, 1),
+    passes=st.integers(1, 6),
+)
+def test_passes_never_unhint_and_counters_only_grow(scan_size: int, populated: list[bool], node: int, passes: int) -> None:
+    """Invariants: a pass never clears a hint, counts exactly the entries it hinted, and the offset
+    stays chunk-aligned inside the VMA (or wraps to 0)."""
+    vma = Vma(BASE, BASE + len(populated) * 2 * MiB)
+    pages: dict[int, Page] = {}
+    for chunk, full in enumerate(populated):
+        if full:
+            pages |= region(2, node=chunk % 2, start=BASE + chunk * 2 * MiB)
+    mm, vmas, total = Mm(), [vma], Counters()
+    for step in range(passes):
+        result = scan_pass(mm, vmas, pages, Tunables(scan_size_mb=scan_size), scanning_node=node, jiffies=10_000 + step,
+                           pid=5)
+        before = {va for va, p in pages.items() if p.hint}
+        after = {va for va, p in result.pages.items() if p.hint}
+        assert before <= after
+        assert result.counters.numa_pte_updates == len(after - before)
+        assert result.mm.numa_scan_offset == 0 or (result.mm.numa_scan_offset - BASE) % (2 * MiB) == 0
+        total += result.counters
+        assert all(v >= 0 for v in total.as_tuple())
+        mm, vmas, pages = result.mm, list(result.vmas), dict(result.pages)
+    # Pages on the scanning node are never hinted (private, single user).
+    assert not any(p.hint and p.node == node for p in pages.values())
+
+
+@settings(max_examples=40, deadline=None)
+@given(faults=st.lists(st.sampled_from([0, 1, 2, 3]), min_size=1, max_size=12))
+def test_a_page_only_moves_towards_the_faulting_node(faults: list[int]) -> None:
+    """Whatever the fault sequence, a migration always lands on the faulting CPU's node, and a
+    page touched only from one node ends there within two faults."""
+    task = Task(pid=42, nr_nodes=2, numa_scan_seq=6, numa_preferred_nid=0)
+    page = Page(BASE, node=0, hint=True)
+    for cpu in faults:
+        result = hint_fault(task, page, cpu=cpu, node_of_cpu=NODE_OF_CPU, mm_seq=6)
+        if result.migrated:
+            assert result.page.node == NODE_OF_CPU[cpu]
+        task, page = result.task, replace(result.page, hint=True)
+    only_node_1 = Page(BASE, node=0, hint=True)
+    for _ in range(2):
+        moved = hint_fault(task, only_node_1, cpu=2, node_of_cpu=NODE_OF_CPU, mm_seq=6)
+        only_node_1 = replace(moved.page, hint=True)
+    assert only_node_1.node == 1

@@ -1,9 +1,18 @@
 /*
  * nhmem: memory helper for numa-harness tests, run inside the guest.
  *
- *   nhmem hold MIB [thp] [node N]  map MIB of anonymous memory (2 MiB aligned; MADV_HUGEPAGE with
+ *   nhmem hold MIB [thp] [node N] [extras] [helper]
+ *                                  map MIB of anonymous memory (2 MiB aligned; MADV_HUGEPAGE with
  *                                  "thp"; first touch from a CPU of node N with "node N"), write
- *                                  every page, print "pid PID addr 0xADDR len BYTES", then obey
+ *                                  every page, print "pid PID addr 0xADDR len BYTES"; with "extras"
+ *                                  also map three 2 MiB regions the NUMA scanner must leave alone
+ *                                  and print "extras guard 0x.. bound 0x.. zero 0x..": a PROT_NONE
+ *                                  guard, a region bound with MPOL_BIND to node 0 (no
+ *                                  MPOL_F_NUMA_BALANCING), and a region only ever read (zero page).
+ *                                  "helper" starts a thread that only sleeps: mm_users becomes 2, so
+ *                                  the scanner stops skipping pages already on its CPU's node
+ *                                  (change_pte_range), and the spinning task keeps faulting.
+ *                                  Then it obeys
  *                                  lines on stdin until EOF, answering "ok" to each:
  *                                    touch [node N]        write every page (from a CPU of node N)
  *                                    read [node N]         read every page
@@ -18,6 +27,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -78,6 +88,14 @@ static int run_on_node(int node)
 	return 0;
 }
 
+static void *sleeper(void *unused)
+{
+	(void)unused;
+	for (;;)
+		pause();
+	return NULL;
+}
+
 static double now(void)
 {
 	struct timespec ts;
@@ -88,10 +106,14 @@ static double now(void)
 static int hold(int argc, char **argv)
 {
 	size_t len = strtoul(argv[2], NULL, 0) << 20;
-	int thp = 0, node = -1;
+	int thp = 0, node = -1, extras = 0, helper = 0;
 	for (int i = 3; i < argc; i++) {
 		if (!strcmp(argv[i], "thp"))
 			thp = 1;
+		else if (!strcmp(argv[i], "extras"))
+			extras = 1;
+		else if (!strcmp(argv[i], "helper"))
+			helper = 1;
 		else if (!strcmp(argv[i], "node") && i + 1 < argc)
 			node = atoi(argv[++i]);
 	}
@@ -109,7 +131,30 @@ static int hold(int argc, char **argv)
 		return 1;
 	}
 	touch(p, len);
+	if (helper) {
+		pthread_t thread;
+		if (pthread_create(&thread, NULL, sleeper, NULL)) {
+			perror("nhmem: helper thread");
+			return 1;
+		}
+	}
 	printf("pid %d addr %p len %zu\n", getpid(), (void *)p, len);
+	if (extras) {
+		char *guard = mmap(NULL, HUGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		char *bound = mmap(NULL, HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		char *zero = mmap(NULL, HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		unsigned long node0 = 1;
+		if (guard == MAP_FAILED || bound == MAP_FAILED || zero == MAP_FAILED ||
+		    syscall(SYS_mbind, bound, HUGE, 2 /* MPOL_BIND */, &node0, 8 * sizeof(node0), 0)) {
+			perror("nhmem: extras");
+			return 1;
+		}
+		madvise(zero, HUGE, MADV_NOHUGEPAGE);
+		touch(bound, HUGE);
+		if (read_all(zero, HUGE) == 42)
+			printf("#");
+		printf("extras guard %p bound %p zero %p\n", (void *)guard, (void *)bound, (void *)zero);
+	}
 	fflush(stdout);
 	char line[128], verb[16];
 	while (fgets(line, sizeof(line), stdin)) {

@@ -163,6 +163,42 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_HARNESS_FAILED
 
 
+EXIT_CHECK_FAILED = 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .crosscheck import CHECKS, run_checks
+    from .report import print_table, write_json, write_junit
+
+    unknown = [name for name in args.only if name not in CHECKS]
+    if unknown:
+        raise HarnessError(f"--only {', '.join(unknown)}: no such check. Checks: {', '.join(CHECKS)}.")
+    try:
+        request = launch_request(args, name="check")
+        kernel = resolve_kernel(request)
+        guest = make_guest(request, kernel)
+        with guest:
+            _say(f"guest up in {guest.boot_seconds:.1f} s ({guest.accel}, {guest.config.topology.describe()}); "
+                 f"running {len(args.only) or len(CHECKS)} checks")
+            guest.mark_bugs_seen()
+            results = run_checks(guest, args.only or None, progress=lambda r: _say(
+                f"{r.name}: {'pass' if r.passed else 'FAIL'} ({r.seconds:.1f} s) {r.summary}"))
+    except HarnessError as err:
+        _say(f"error: {err}")
+        return EXIT_HARNESS_FAILED
+    manifest = kernel.manifest
+    title = (f"numa-harness check: kernel {manifest.get('kernel_release')} "
+             f"({', '.join(p['name'] for p in manifest.get('patches', [])) or 'no patches'}), {args.topology}")
+    print_table(results, title)
+    context = {"kernel": {k: manifest.get(k) for k in ("kernel_release", "build_id", "config_sha256", "patches", "source")},
+               "topology": args.topology, "accel": guest.accel}
+    if args.json:
+        write_json(args.json, results, context)
+    if args.junit:
+        write_junit(args.junit, results, f"numa-harness.{args.topology}")
+    return 0 if all(r.passed for r in results) else EXIT_CHECK_FAILED
+
+
 def _registry(args: argparse.Namespace) -> Path:
     return registry_dir(args.cache_dir or default_cache_root())
 
@@ -446,6 +482,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-command", action="store_true", help="print the QEMU command line and exit")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", parents=[build_opts, guest_opts],
+                       help="build, boot and cross-check NUMA balancing against the model; exit 0 only if all pass")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="write the results as JUnit XML")
+    p.add_argument("--only", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("up", parents=[build_opts, guest_opts], help="boot a guest in the background")
     p.add_argument("--name", default="", help="guest name (default guestN)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import HarnessError
 from .vm import GuestView
@@ -26,13 +26,17 @@ class HeldRegion:
     pid: int
     addr: int
     length: int
+    # With extras=True: the addresses of the 2 MiB regions the scanner must skip (guard, bound, zero).
+    extras: dict[str, int] = field(default_factory=dict)
     _acks: int = 0
 
     @classmethod
-    def start(cls, guest: GuestView, mib: int, *, thp: bool = False, node: int | None = None,
-              timeout: float = 120.0) -> HeldRegion:
+    def start(cls, guest: GuestView, mib: int, *, thp: bool = False, node: int | None = None, extras: bool = False,
+              helper: bool = False, timeout: float = 120.0) -> HeldRegion:
         directory = f"/tmp/nhmem-{time.monotonic_ns()}"
-        args = f"{mib}{' thp' if thp else ''}{f' node {node}' if node is not None else ''}"
+        options = [f"{mib}", "thp" if thp else "", f"node {node}" if node is not None else "",
+                   "extras" if extras else "", "helper" if helper else ""]
+        args = " ".join(o for o in options if o)
         guest.ssh.run(
             f"mkdir {directory} && mkfifo {directory}/in && "
             f"{{ (exec 3>{directory}/in; exec sleep 1000000) & echo $! > {directory}/keeper; }} && "
@@ -40,9 +44,14 @@ class HeldRegion:
         ).check()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            words = guest.ssh.run(f"head -n1 {directory}/out").stdout.split()
-            if len(words) >= 6 and words[0] == "pid":
-                return cls(guest, directory, int(words[1]), int(words[3], 16), int(words[5]))
+            lines = guest.ssh.run(f"head -n2 {directory}/out").stdout.splitlines()
+            words = lines[0].split() if lines else []
+            if len(words) >= 6 and words[0] == "pid" and (not extras or len(lines) == 2):
+                found = {}
+                if extras:
+                    fields = lines[1].split()
+                    found = {fields[i]: int(fields[i + 1], 16) for i in range(1, len(fields) - 1, 2)}
+                return cls(guest, directory, int(words[1]), int(words[3], 16), int(words[5]), found)
             if words and words[0] != "pid":
                 raise WorkloadError(f"nhmem hold {args} failed in the guest: {' '.join(words)}")
             time.sleep(0.1)
@@ -61,7 +70,7 @@ class HeldRegion:
             out = self.guest.ssh.run(f"cat {self.directory}/out").stdout
             if "error" in out:
                 raise WorkloadError(f"nhmem refused {line!r}: {out.strip().splitlines()[-1]}")
-            if out.count("\nok") >= self._acks:
+            if out.splitlines().count("ok") >= self._acks:
                 return
             time.sleep(0.1)
         raise WorkloadError(f"nhmem did not finish {line!r} within {timeout:.0f} s")

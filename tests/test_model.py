@@ -131,6 +131,16 @@ def test_fault_early_scan_migrates_and_records_last_cpupid() -> None:
     assert result.task.faults[2][1] == (0, 1)  # MEMBUF on the page's new node, private
 
 
+def test_a_write_after_migration_resets_last_cpupid_of_base_pages_only() -> None:
+    """The migrated PTE is read-only, so a write faults into wp_page_reuse, which resets it."""
+    task = Task(pid=300, nr_nodes=2)
+    base = hint_fault(task, Page(BASE, node=0, hint=True), cpu=2, node_of_cpu=NODE_OF_CPU, mm_seq=0, write=True)
+    assert base.migrated and base.page.last_cpupid is None
+    thp = hint_fault(task, Page(BASE, node=0, size=HPAGE_SIZE, hint=True), cpu=2, node_of_cpu=NODE_OF_CPU, mm_seq=0,
+                     write=True)
+    assert thp.migrated and thp.page.last_cpupid == cpupid(2, 300)
+
+
 def test_local_fault_neither_migrates_nor_touches_last_cpupid() -> None:
     """mpol_misplaced returns NUMA_NO_NODE before should_numa_migrate_memory for a local folio."""
     page = Page(BASE, node=1, hint=True, last_cpupid=cpupid(0, 300))

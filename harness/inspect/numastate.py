@@ -29,6 +29,7 @@ VM_EVENTS = {
     "THP_MIGRATION_FAIL": "thp_migration_fail",
     "THP_MIGRATION_SPLIT": "thp_migration_split",
 }
+MPOL_F_MOF = 1 << 3  # include/uapi/linux/mempolicy.h
 TUNABLES = {
     "scan_delay_ms": "sysctl_numa_balancing_scan_delay",
     "scan_period_min_ms": "sysctl_numa_balancing_scan_period_min",
@@ -81,6 +82,8 @@ class VmaNumaState:
     file_backed: bool
     # struct vma_numab_state, None until the scanner first meets the VMA (task_numa_work).
     numab: dict[str, Any] | None
+    # mm/mempolicy.c:vma_policy_mof for a VMA with its own policy (None: the task's policy applies).
+    policy_mof: bool | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,16 +166,18 @@ def read_vmas(prog: Any, pid: int) -> list[VmaNumaState]:
                 "start_scan_seq": int(state.start_scan_seq.value_()),
                 "prev_scan_seq": int(state.prev_scan_seq.value_()),
             }
+        policy = vma.vm_policy
+        mof = bool(policy.flags.value_() & MPOL_F_MOF) if policy else None
         result.append(VmaNumaState(
             int(vma.vm_start.value_()), int(vma.vm_end.value_()), int(vma.vm_flags.value_()),
-            bool(vma.vm_file), numab,
+            bool(vma.vm_file), numab, mof,
         ))
     return result
 
 
 def read_balancing(prog: Any) -> BalancingState:
     tunables = {name: int(prog[symbol].value_()) for name, symbol in TUNABLES.items()}
-    hz = int(prog.constant("HZ").value_()) if _has_constant(prog, "HZ") else 0
+    hz = 0  # HZ is a macro: callers that need it read CONFIG_HZ from the guest
     return BalancingState(int(prog["sysctl_numa_balancing_mode"].value_()), int(prog["jiffies"].value_()), hz, tunables)
 
 

@@ -250,8 +250,11 @@ def with_last_cpupid(prog: Any, table: PageTableWalk) -> PageTableWalk:
     width = layout.get("LAST_CPUPID_WIDTH", 0)
     if "LAST_CPUPID_PGSHIFT" not in layout or not width:
         return table
-    flags = page_flags(prog, table.pfn)
-    cpupid = ((flags >> np.uint64(layout["LAST_CPUPID_PGSHIFT"])) & np.uint64((1 << width) - 1)).astype(np.int64)
+    # Only entries that map RAM of a known node have a struct page (not vvar's PFN, not swap entries).
+    has_page = (table.present | table.hint) & (table.node >= 0)
+    cpupid = np.full(len(table), -1, dtype=np.int64)
+    flags = page_flags(prog, table.pfn[has_page])
+    cpupid[has_page] = ((flags >> np.uint64(layout["LAST_CPUPID_PGSHIFT"])) & np.uint64((1 << width) - 1)).astype(np.int64)
     return PageTableWalk(table.vaddr, table.raw, table.level, table.node, cpupid)
 
 

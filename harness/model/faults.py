@@ -53,8 +53,15 @@ def hint_fault(
     jiffies_after_retry: bool = True,
     migration_succeeds: bool = True,
     mm_seq: int | None = None,
+    write: bool = False,
 ) -> FaultResult:
-    """A task on `cpu` touches a hinted page (or THP)."""
+    """A task on `cpu` reads (or with write=True writes) a hinted page (or THP).
+
+    A migrated base page comes back read-only: the migration entry is made from the protnone
+    PTE, which has no write bit (mm/rmap.c:try_to_migrate_one), so a write then faults again and
+    mm/memory.c:wp_page_reuse resets last_cpupid to "pid unset". The THP write-fault path
+    (do_huge_pmd_wp_page) has no such reset. A page restored in place gets its write bit back
+    (numa_rebuild_single_mapping) and keeps the exchanged last_cpupid."""
     if not page.hint:
         raise ValueError(f"page {page.vaddr:#x} is not a hint entry: no NUMA fault happens")
     cpu_node = node_of_cpu[cpu]
@@ -74,6 +81,8 @@ def hint_fault(
                                                                 node_of_cpu)
         if wanted and migration_succeeds:
             restored = replace(restored, node=cpu_node)
+            if write and not restored.huge:
+                restored = replace(restored, last_cpupid=None)
             migrated = True
             counters += Counters(numa_pages_migrated=nr)
         elif wanted:

@@ -1,0 +1,574 @@
+"""Cross-checks: drive a workload in the live guest, pause it, read the kernel's state with drgn,
+feed the observed starting conditions to the model, and compare.
+
+Each check is exact where the kernel is deterministic given what was observed; where a figure
+depends on things outside the observed task (other tasks' activity in global counters), the
+check states a bound and derives it in its docstring. A mismatch becomes a list of precise
+diffs (addresses, entries, counters: model vs kernel).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import inspect as nh
+from .model import HPAGE_SIZE, Mm, Page, Task, Tunables, Vma, hint_fault, scan_pass
+from .model.scanner import _unsuitable
+from .model.state import LAST__PID_MASK, cpupid_cpu, cpupid_pid
+from .vm import GuestView
+from .workload import HeldRegion
+
+KNOBS = "/sys/kernel/debug/sched/numa_balancing"
+VM_READ, VM_WRITE, VM_EXEC, VM_SHARED = 0x1, 0x2, 0x4, 0x8
+VM_PFNMAP, VM_IO, VM_HUGETLB, VM_MIXEDMAP = 0x400, 0x4000, 0x400000, 0x10000000
+MAX_DIFFS = 20
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    summary: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    diffs: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "summary": self.summary, "figures": self.figures,
+                "diffs": list(self.diffs), "seconds": round(self.seconds, 2)}
+
+
+@dataclass
+class Context:
+    guest: GuestView
+    prog: Any
+    node_of_cpu: dict[int, int]
+    hz: int = 250
+
+    @classmethod
+    def open(cls, guest: GuestView) -> Context:
+        prog = nh.attach(guest, guest.vmlinux)  # type: ignore[attr-defined]
+        node_of_cpu: dict[int, int] = {}
+        out = guest.ssh.run("cd /sys/devices/system/node && for n in node*; do echo ${n#node} $(cat $n/cpulist); done")
+        from .topology import parse_cpulist
+
+        for line in out.check().stdout.splitlines():
+            nid, _, cpus = line.partition(" ")
+            for cpu in parse_cpulist(cpus):
+                node_of_cpu[cpu] = int(nid)
+        # HZ is a macro, invisible to drgn; the guest's own config says it (CONFIG_IKCONFIG_PROC).
+        hz_line = guest.ssh.run("zcat /proc/config.gz | grep '^CONFIG_HZ='").check().stdout
+        return cls(guest, prog, node_of_cpu, int(hz_line.strip().split("=")[1]))
+
+    def nodes_with_cpus(self) -> list[int]:
+        return sorted(set(self.node_of_cpu.values()))
+
+
+@contextlib.contextmanager
+def tunables(guest: GuestView, **knobs: int) -> Iterator[None]:
+    """Set debugfs scan knobs for the duration (restored after, also on error)."""
+    names = " ".join(f"{KNOBS}/{k}" for k in knobs)
+    saved = dict(zip(knobs, guest.ssh.run(f"cat {names}").check().stdout.split(), strict=True))
+    guest.ssh.run("; ".join(f"echo {v} > {KNOBS}/{k}" for k, v in knobs.items())).check()
+    try:
+        yield
+    finally:
+        guest.ssh.run("; ".join(f"echo {v} > {KNOBS}/{k}" for k, v in saved.items()) +
+                      "; echo 1 > /proc/sys/kernel/numa_balancing").check()
+
+
+def drain_lru_batches(guest: GuestView) -> None:
+    """Per-CPU LRU add batches hold recently faulted folios off the LRU, and folio_isolate_lru then
+    fails (migrate_misplaced_folio_prepare: TNF_MIGRATE_FAIL). Writing compact_memory runs
+    lru_add_drain_all() (mm/compaction.c:compact_nodes), so every folio can be isolated.
+    Call it before hinting: compaction may migrate a page within its node, and a migrated PTE is
+    rebuilt from vm_page_prot (remove_migration_pte), which would silently drop a hint."""
+    guest.ssh.run("echo 1 > /proc/sys/vm/compact_memory").check()
+
+
+# --- observation -> model ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Observation:
+    table: nh.PageTableWalk
+    task: nh.TaskNumaState
+    mm: nh.MmNumaState
+    vmas: list[nh.VmaNumaState]
+    balancing: nh.BalancingState
+    vmstat: dict[str, int]
+
+
+def observe(ctx: Context, pid: int) -> Observation:
+    with nh.snapshot(ctx.guest):
+        table = nh.with_last_cpupid(ctx.prog, nh.walk(ctx.prog, nh.find_mm(ctx.prog, pid)))
+        return Observation(table, nh.read_task(ctx.prog, pid), nh.read_mm(ctx.prog, pid), nh.read_vmas(ctx.prog, pid),
+                           nh.read_balancing(ctx.prog), nh.read_vmstat(ctx.prog))
+
+
+def model_tunables(obs: Observation, hz: int) -> Tunables:
+    t = obs.balancing.tunables
+    return Tunables(t["scan_delay_ms"], t["scan_period_min_ms"], t["scan_period_max_ms"], t["scan_size_mb"],
+                    obs.balancing.mode, hz)
+
+
+def model_vmas(obs: Observation) -> list[Vma]:
+    from .model import NumabState
+
+    result = []
+    for v in obs.vmas:
+        numab = None
+        if v.numab:
+            n = v.numab
+            numab = NumabState(n["start_scan_seq"], n["prev_scan_seq"], n["next_scan"], n["pids_active_reset"],
+                               (n["pids_active"][0], n["pids_active"][1]))
+        result.append(Vma(
+            v.start, v.end, readable=bool(v.flags & VM_READ), writable=bool(v.flags & VM_WRITE),
+            executable=bool(v.flags & VM_EXEC), file_backed=v.file_backed, shared=bool(v.flags & VM_SHARED),
+            migratable=not v.flags & (VM_IO | VM_PFNMAP), policy_mof=v.policy_mof if v.policy_mof is not None else True,
+            hugetlb=bool(v.flags & VM_HUGETLB), mixedmap=bool(v.flags & VM_MIXEDMAP), numab=numab,
+        ))
+    return result
+
+
+def model_pages(ctx: Context, obs: Observation) -> dict[int, Page]:
+    """Present and hinted leaf entries as model pages; last_cpupid all-ones is "pid unset"."""
+    zero_pfn = int(ctx.prog["zero_pfn"].value_())
+    layout = nh.page_flags_layout(ctx.prog)
+    unset = (1 << layout.get("LAST_CPUPID_WIDTH", 0)) - 1
+    pages = {}
+    for e in obs.table:
+        if not (e.present or e.hint):
+            continue
+        last = None if e.last_cpupid is None or e.last_cpupid == unset else e.last_cpupid
+        pages[e.vaddr] = Page(e.vaddr, e.node, HPAGE_SIZE if e.level == "pmd" else 4096, hint=e.hint,
+                              zero_page=e.pfn == zero_pfn, last_cpupid=last)
+    return pages
+
+
+def model_task(obs: Observation, nr_nodes: int) -> Task:
+    t = obs.task
+    faults = tuple(tuple(tuple(pair) for pair in t.faults[name]) for name in ("mem", "cpu", "membuf", "cpubuf"))
+    return Task(pid=t.pid, nr_nodes=nr_nodes, numa_scan_seq=t.numa_scan_seq, numa_scan_period=t.numa_scan_period,
+                numa_scan_period_max=t.numa_scan_period_max, numa_preferred_nid=t.numa_preferred_nid,
+                faults=faults, locality=t.locality, total_numa_faults=t.total_numa_faults,  # type: ignore[arg-type]
+                numa_pages_migrated=t.numa_pages_migrated)
+
+
+def _spin_until(region: HeldRegion, ctx: Context, node: int, done: Callable[[Observation], bool], *,
+                step: float = 1.0, limit: float = 60.0) -> Observation:
+    spent = 0.0
+    while True:
+        obs = observe(ctx, region.pid)
+        if done(obs):
+            return obs
+        if spent >= limit:
+            raise TimeoutError(f"the condition was not reached after {limit:.0f} s of spinning on node {node}")
+        region.spin(step, node=node)
+        spent += step
+
+
+def _diff_limit(diffs: list[str]) -> tuple[str, ...]:
+    if len(diffs) > MAX_DIFFS:
+        return (*diffs[:MAX_DIFFS], f"... and {len(diffs) - MAX_DIFFS} more")
+    return tuple(diffs)
+
+
+# --- the checks --------------------------------------------------------------------------------
+
+def check_skip_rules(ctx: Context) -> CheckResult:
+    """4. Skip rules: the scanner never allocates numab_state for (so never scans) a VMA that
+    task_numa_work skips as unsuitable (VM_IO/PFNMAP, MPOL_BIND without MPOL_F_NUMA_BALANCING,
+    hugetlb, VM_MIXEDMAP), shared_ro (read-only file mapping) or inaccessible (PROT_NONE); every
+    other VMA is met within a few passes; and no entry of a skipped VMA, nor a zero-page entry,
+    is ever a hint. Exact."""
+    remote = ctx.nodes_with_cpus()[-1]
+    region = HeldRegion.start(ctx.guest, 8, node=0, extras=True)
+    try:
+        with tunables(ctx.guest, scan_delay_ms=100, scan_period_min_ms=100, scan_period_max_ms=400):
+            obs = _spin_until(region, ctx, remote, lambda o: o.mm.numa_scan_seq >= 3, step=1.0)
+    finally:
+        region.close()
+    diffs = []
+    vmas = model_vmas(obs)
+    skipped = {v.start: _unsuitable(v) for v in vmas}
+    for model_vma, kernel_vma in zip(vmas, obs.vmas, strict=True):
+        reason = skipped[model_vma.start]
+        met = kernel_vma.numab is not None
+        if reason and met:
+            diffs.append(f"VMA {kernel_vma.start:#x}-{kernel_vma.end:#x}: model skips it ({reason}) but the kernel "
+                         f"scanned it (numab_state allocated)")
+        if not reason and not met:
+            diffs.append(f"VMA {kernel_vma.start:#x}-{kernel_vma.end:#x}: model scans it but after "
+                         f"{obs.mm.numa_scan_seq} sequences the kernel never met it (numab_state NULL)")
+    zero_pfn = int(ctx.prog["zero_pfn"].value_())
+    for entry in obs.table:
+        vma = next((v for v in vmas if v.start <= entry.vaddr < v.end), None)
+        if entry.hint and (vma is None or skipped[vma.start]):
+            diffs.append(f"{entry.vaddr:#x}: hint entry {entry.entry:#x} in a VMA the scanner must skip "
+                         f"({skipped.get(vma.start, 'no VMA') if vma else 'no VMA'})")
+        if entry.hint and entry.pfn == zero_pfn:
+            diffs.append(f"{entry.vaddr:#x}: the zero page was hinted")
+    extras = region.extras
+    zero_entries = obs.table.within(extras["zero"], extras["zero"] + HPAGE_SIZE)
+    bound_entries = obs.table.within(extras["bound"], extras["bound"] + HPAGE_SIZE)
+    if not len(zero_entries) or int((zero_entries.pfn == zero_pfn).sum()) != len(zero_entries):
+        diffs.append(f"the read-only region {extras['zero']:#x} does not map the zero page everywhere "
+                     f"({int((zero_entries.pfn == zero_pfn).sum())} of {len(zero_entries)} entries): the check lost its subject")
+    if len(bound_entries) != 512:
+        diffs.append(f"the MPOL_BIND region {extras['bound']:#x} has {len(bound_entries)} entries, expected 512")
+    if len(obs.table.within(extras["guard"], extras["guard"] + HPAGE_SIZE)):
+        diffs.append("the PROT_NONE guard region has page-table entries")
+    reasons = sorted({r for r in skipped.values() if r})
+    figures = {"vmas": len(vmas), "skipped": sum(1 for r in skipped.values() if r), "reasons": reasons,
+               "scan_seq": obs.mm.numa_scan_seq, "hint_entries": int(obs.table.hint.sum())}
+    for required in ("inaccessible", "shared_ro", "unsuitable"):
+        if required not in reasons:
+            diffs.append(f"no VMA of the workload was skipped as {required}: the check lost its subject")
+    summary = f"{figures['skipped']} of {len(vmas)} VMAs skipped ({', '.join(reasons)}) after {obs.mm.numa_scan_seq} sequences"
+    return CheckResult("skip-rules", not diffs, summary, figures, _diff_limit(diffs))
+
+
+def check_scanner_window(ctx: Context) -> CheckResult:
+    """1. Scanner window. A 64 MiB region first touched on node 0; its task spins on another node
+    without touching it, with scan_size_mb=16 and scan_period_min_ms = scan_period_max_ms = 1000,
+    so the task's period settles at 1000 / task_nr_scan_windows (RSS / 16 MiB, rounded up) = 200 ms.
+    Between two observations at most one pass can run: each pass needs a period of the task's CPU
+    time (task_tick_numa: node_stamp) and the task spins 0.15 s per step. For each step with exactly one pass
+    (numa_next_scan moved), the model runs one scan_pass from the previous observation, at the
+    jiffies the pass ran (new numa_next_scan minus the period), and the hint entries inside the
+    region, and the scan offset when it lies in the region, must equal the model's. The region is
+    never touched in between, so its entries depend on the passes alone. Exact."""
+    remote = ctx.nodes_with_cpus()[-1]
+    region = HeldRegion.start(ctx.guest, 64, node=0)
+    compared = passes_in_region = hinting_passes = 0
+    diffs: list[str] = []
+    windows: list[str] = []
+    try:
+        with tunables(ctx.guest, scan_delay_ms=100, scan_size_mb=16, scan_period_min_ms=1000, scan_period_max_ms=1000):
+            drain_lru_batches(ctx.guest)
+            # Settle: the period starts at scan_delay and reaches its pinned value at the first placement.
+            _spin_until(region, ctx, remote, lambda o: o.task.numa_scan_period == o.task.numa_scan_period_max
+                        and o.mm.numa_scan_seq >= 1, step=0.3)
+            # Settling hinted the region; touching it from node 0 restores every entry without moving
+            # a page (local faults), so the passes compared below are the ones that hint it again.
+            region.touch(node=0)
+            previous = observe(ctx, region.pid)
+            for _ in range(40):
+                region.spin(0.15, node=remote)
+                current = observe(ctx, region.pid)
+                moved = current.mm.numa_next_scan != previous.mm.numa_next_scan
+                if moved:
+                    period = model_tunables(current, ctx.hz).ms_to_jiffies(current.task.numa_scan_period)
+                    ran_at = current.mm.numa_next_scan - period
+                    if ran_at > previous.balancing.jiffies:
+                        compared += 1
+                        step = _compare_one_pass(ctx, region, previous, current, ran_at, remote)
+                        diffs.extend(step[0])
+                        passes_in_region += step[1]
+                        windows.extend(step[2])
+                        hinting_passes += step[3]
+                previous = current
+                if hinting_passes >= 4 and passes_in_region >= 5:
+                    break
+    finally:
+        region.close()
+    if hinting_passes < 2:
+        diffs.append(f"only {hinting_passes} of {compared} observed single passes hinted new pages of the region: "
+                     f"too few to judge")
+    figures = {"passes_compared": compared, "passes_in_region": passes_in_region, "hinting_passes": hinting_passes,
+               "windows": windows}
+    return CheckResult("scanner-window", not diffs,
+                       f"{compared} single passes replayed in the model, {hinting_passes} of them hinting the region",
+                       figures, _diff_limit(diffs))
+
+
+def _compare_one_pass(ctx: Context, region: HeldRegion, before: Observation, after: Observation, ran_at: int,
+                      node: int) -> tuple[list[str], int, list[str], int]:
+    result = scan_pass(
+        Mm(before.mm.numa_scan_offset, before.mm.numa_scan_seq, before.mm.mm_users), model_vmas(before),
+        model_pages(ctx, before), model_tunables(before, ctx.hz), scanning_node=node, jiffies=ran_at, pid=region.pid,
+    )
+    predicted = {va for va, p in result.pages.items() if p.hint and region.addr <= va < region.end}
+    already = before.table.within(region.addr, region.end)
+    new_hints = bool(predicted - {int(v) for v in already.vaddr[already.hint]})
+    kernel_hints = after.table.within(region.addr, region.end)
+    observed = {int(v) for v in kernel_hints.vaddr[kernel_hints.hint]}
+    diffs = []
+    for va in sorted(predicted - observed)[:5]:
+        diffs.append(f"pass at jiffies {ran_at}: model hints {va:#x}, the kernel did not")
+    for va in sorted(observed - predicted)[:5]:
+        diffs.append(f"pass at jiffies {ran_at}: the kernel hinted {va:#x}, the model did not")
+    in_region = [w for w in result.windows if w[0] < region.end and w[1] > region.addr]
+    model_off, kernel_off = result.mm.numa_scan_offset, after.mm.numa_scan_offset
+    offset_in_region = region.addr <= model_off < region.end or region.addr <= kernel_off < region.end
+    if offset_in_region and model_off != kernel_off:
+        diffs.append(f"pass at jiffies {ran_at}: scan offset model {model_off:#x}, kernel {kernel_off:#x} "
+                     f"(windows {[(hex(a), hex(b)) for a, b in in_region]})")
+    labels = [f"{(a - region.addr) >> 20}-{(b - region.addr) >> 20} MiB" for a, b in in_region]
+    return diffs, int(bool(in_region)), labels, int(new_hints)
+
+
+def check_fault_migration(ctx: Context) -> CheckResult:
+    """2. Hint faults and migration. A 16 MiB region first touched on node 0 is fully hinted by
+    its task spinning on another node; LRU batches are drained; then the task touches it from
+    that node. The model replays one fault per page in address order (the touch loop's order)
+    from the observed task state and each page's last_cpupid: which pages migrate, where they
+    end, their new last_cpupid, and the task's numa_pages_migrated. Exact for the region; the
+    task's migrated count may exceed the model's by the task's own hinted pages outside the
+    region at the start (its stack and data, counted from the walk), never by more."""
+    remote = ctx.nodes_with_cpus()[-1]
+    remote_cpus = sorted(c for c, n in ctx.node_of_cpu.items() if n == remote)
+    region = HeldRegion.start(ctx.guest, 16, node=0)
+    try:
+        with tunables(ctx.guest, scan_delay_ms=100, scan_period_min_ms=100, scan_period_max_ms=400):
+            def all_hinted(o: Observation) -> bool:
+                part = o.table.within(region.addr, region.end)
+                return bool(len(part)) and bool(part.hint.all())
+            drain_lru_batches(ctx.guest)
+            before = _spin_until(region, ctx, remote, all_hinted, step=0.5)
+            region.touch(node=remote)
+            after = observe(ctx, region.pid)
+    finally:
+        region.close()
+    task = model_task(before, len(ctx.nodes_with_cpus()))
+    pages = model_pages(ctx, before)
+    diffs: list[str] = []
+    migrated_model = 0
+    kernel_region = {e.vaddr: e for e in after.table.within(region.addr, region.end)}
+    for va in sorted(p for p in pages if region.addr <= p < region.end):
+        result = hint_fault(task, pages[va], cpu=remote_cpus[0], node_of_cpu=ctx.node_of_cpu,
+                            mm_seq=before.mm.numa_scan_seq, write=True)
+        task = result.task
+        migrated_model += result.page.nr_pages if result.migrated else 0
+        kernel = kernel_region.get(va)
+        if kernel is None:
+            diffs.append(f"{va:#x}: no entry after the touch")
+            continue
+        if kernel.node != result.page.node:
+            diffs.append(f"{va:#x}: model puts the page on node {result.page.node} ({result.decision}), kernel on "
+                         f"node {kernel.node}")
+        if kernel.hint:
+            diffs.append(f"{va:#x}: still a hint entry after being touched")
+        diffs.extend(_compare_last_cpupid(ctx, va, result.page.last_cpupid, kernel.last_cpupid, remote, region.pid))
+    kernel_delta = after.task.numa_pages_migrated - before.task.numa_pages_migrated
+    outside = before.table.select(~((before.table.vaddr >= np.uint64(region.addr)) &
+                                    (before.table.vaddr < np.uint64(region.end))))
+    slack = int(outside.pages[outside.hint].sum())
+    if not migrated_model <= kernel_delta <= migrated_model + slack:
+        diffs.append(f"task numa_pages_migrated grew by {kernel_delta}; the model migrates {migrated_model} region "
+                     f"pages (bound {migrated_model}..{migrated_model + slack} with {slack} hinted pages outside)")
+    hint_faults = after.vmstat["numa_hint_faults"] - before.vmstat["numa_hint_faults"]
+    region_pages = region.length // 4096
+    if hint_faults < region_pages:
+        diffs.append(f"numa_hint_faults grew by {hint_faults}, fewer than the {region_pages} region pages touched")
+    figures = {"region_pages": region_pages, "migrated_model": migrated_model, "migrated_kernel_task": kernel_delta,
+               "numa_hint_faults_delta": hint_faults,
+               "numa_hint_faults_local_delta": after.vmstat["numa_hint_faults_local"] - before.vmstat["numa_hint_faults_local"],
+               "task_scan_seq": before.task.numa_scan_seq, "preferred_nid": before.task.numa_preferred_nid}
+    return CheckResult("fault-migration", not diffs,
+                       f"{region_pages} hinted pages touched from node {remote}: model migrates {migrated_model}, "
+                       f"kernel task migrated {kernel_delta}", figures, _diff_limit(diffs))
+
+
+def _compare_last_cpupid(ctx: Context, va: int, model: int | None, kernel: int | None, node: int, pid: int) -> list[str]:
+    """The model's last_cpupid against page->flags: "unset" must match exactly; otherwise the node
+    of the CPU (which CPU inside the node is the scheduler's choice) and the pid bits."""
+    if kernel is None:
+        return []
+    unset = kernel == (1 << nh.page_flags_layout(ctx.prog).get("LAST_CPUPID_WIDTH", 0)) - 1
+    if model is None:
+        return [] if unset else [f"{va:#x}: last_cpupid {kernel:#x}, model: unset (reset by wp_page_reuse)"]
+    k_cpu, k_pid = cpupid_cpu(kernel), cpupid_pid(kernel)
+    if unset or ctx.node_of_cpu.get(k_cpu) != node or k_pid != pid & LAST__PID_MASK:
+        return [f"{va:#x}: last_cpupid {'unset' if unset else f'cpu {k_cpu} pid {k_pid}'}, model: a node-{node} "
+                f"cpu and pid {pid & LAST__PID_MASK}"]
+    return []
+
+
+def check_thp(ctx: Context) -> CheckResult:
+    """3. THP: an 8 MiB MADV_HUGEPAGE region (four PMD mappings) on node 0 is hinted at PMD level
+    (the path the seed patch created as do_pmd_numa_page, today do_huge_pmd_numa_page) and then
+    migrated whole when touched from another node. Only this task maps THPs, so the global
+    numa_huge_pte_updates delta while hinting equals the PMDs hinted (4) plus re-hints of PMDs
+    restored by faults (none: the region is not touched), and thp_migration_success grows by 4."""
+    remote = ctx.nodes_with_cpus()[-1]
+    remote_cpus = sorted(c for c, n in ctx.node_of_cpu.items() if n == remote)
+    region = HeldRegion.start(ctx.guest, 8, thp=True, node=0)
+    try:
+        with tunables(ctx.guest, scan_delay_ms=100, scan_period_min_ms=100, scan_period_max_ms=400):
+            start = observe(ctx, region.pid)
+            def pmds_hinted(o: Observation) -> bool:
+                part = o.table.within(region.addr, region.end)
+                return bool(len(part)) and bool(part.hint[part.level == 1].sum() == 4)
+            drain_lru_batches(ctx.guest)
+            hinted = _spin_until(region, ctx, remote, pmds_hinted, step=0.5)
+            region.touch(node=remote)
+            after = observe(ctx, region.pid)
+    finally:
+        region.close()
+    diffs = []
+    pmds = [e for e in start.table.within(region.addr, region.end) if e.level == "pmd"]
+    if len(pmds) != 4:
+        diffs.append(f"the region is mapped by {len(pmds)} PMDs, not 4: THP was not available, the check lost its subject")
+    huge_updates = hinted.vmstat["numa_huge_pte_updates"] - start.vmstat["numa_huge_pte_updates"]
+    if huge_updates != 4:
+        diffs.append(f"numa_huge_pte_updates grew by {huge_updates} while the 4 PMDs were hinted, model: 4")
+    task = model_task(hinted, len(ctx.nodes_with_cpus()))
+    pages = model_pages(ctx, hinted)
+    kernel_after = {e.vaddr: e for e in after.table.within(region.addr, region.end)}
+    migrated = 0
+    for va in sorted(p for p in pages if region.addr <= p < region.end):
+        result = hint_fault(task, pages[va], cpu=remote_cpus[0], node_of_cpu=ctx.node_of_cpu,
+                            mm_seq=hinted.mm.numa_scan_seq, write=True)
+        task = result.task
+        migrated += result.migrated
+        kernel = kernel_after.get(va)
+        if kernel is None or kernel.level != "pmd":
+            diffs.append(f"{va:#x}: no longer a PMD mapping after the fault (split instead of migrated whole?)")
+        elif kernel.node != result.page.node:
+            # Not compared: whether the PMD is a hint again. change_huge_pmd hints a THP whatever its
+            # node, and the scanner keeps running while the task touches the region.
+            diffs.append(f"{va:#x}: THP on node {kernel.node}, model node {result.page.node}")
+        else:
+            diffs.extend(_compare_last_cpupid(ctx, va, result.page.last_cpupid, kernel.last_cpupid, remote, region.pid))
+    thp_migrations = after.vmstat["thp_migration_success"] - hinted.vmstat["thp_migration_success"]
+    if thp_migrations != migrated:
+        diffs.append(f"thp_migration_success grew by {thp_migrations}, model migrates {migrated} THPs")
+    figures = {"pmds": len(pmds), "numa_huge_pte_updates_delta": huge_updates, "thp_migrated_model": migrated,
+               "thp_migration_success_delta": thp_migrations}
+    return CheckResult("thp", not diffs, f"{len(pmds)} PMD hints, {thp_migrations} whole-THP migrations "
+                       f"(model {migrated})", figures, _diff_limit(diffs))
+
+
+def check_placement(ctx: Context) -> CheckResult:
+    """5. Placement: right after task_numa_placement the preferred node is the node with the most
+    memory faults (numa_faults[MEM], private + shared; ties to the lower node id since the
+    kernel's test is a strict '>'). The kernel runs placement on a fault once the mm started a
+    new sequence (p->numa_scan_seq != mm->numa_scan_seq); when the observed task has caught up
+    (equal sequences), its MEM buckets are exactly those placement used, so the preferred nid
+    must be their argmax. A task whose memory all lives on node 1 must prefer node 1."""
+    remote = ctx.nodes_with_cpus()[-1]
+    # The helper thread keeps the spinning task faulting (see check_two_stage_filter), so its
+    # numa_scan_seq keeps catching up with the mm's.
+    region = HeldRegion.start(ctx.guest, 16, node=0, helper=True)
+    try:
+        with tunables(ctx.guest, scan_delay_ms=100, scan_period_min_ms=100, scan_period_max_ms=400):
+            obs = _spin_until(region, ctx, remote, lambda o: o.task.total_numa_faults > 0 and
+                              o.task.numa_scan_seq == o.mm.numa_scan_seq and o.task.numa_preferred_nid >= 0, step=0.5)
+            region.touch(node=remote)
+            settled = _spin_until(region, ctx, remote, lambda o: o.task.numa_scan_seq == o.mm.numa_scan_seq and
+                                  o.mm.numa_scan_seq > obs.mm.numa_scan_seq + 1, step=0.5)
+    finally:
+        region.close()
+    diffs = []
+    figures: dict[str, Any] = {}
+    for label, o in (("first", obs), (f"after touching from node {remote}", settled)):
+        mem = [sum(pair) for pair in o.task.faults["mem"]]
+        expected = max(range(len(mem)), key=lambda n: (mem[n], -n)) if any(mem) else -1
+        figures[label] = {"mem_faults": mem, "preferred": o.task.numa_preferred_nid, "seq": o.task.numa_scan_seq}
+        if o.task.numa_preferred_nid != expected:
+            diffs.append(f"{label}: numa_preferred_nid {o.task.numa_preferred_nid}, model {expected} from mem faults {mem}")
+    if settled.task.numa_preferred_nid != remote:
+        diffs.append(f"after all its memory moved to node {remote} the task prefers node {settled.task.numa_preferred_nid}")
+    return CheckResult("placement", not diffs, f"preferred node {settled.task.numa_preferred_nid} "
+                       f"(mem faults {figures[next(iter(reversed(figures)))]['mem_faults']})", figures, _diff_limit(diffs))
+
+
+def check_two_stage_filter(ctx: Context) -> CheckResult:
+    """2b. The two-stage filter (fair.c:should_numa_migrate_memory) once the early-scan exception
+    is over (task numa_scan_seq > 4 and a preferred node): a page last faulted from node 0 and
+    then faulted from node 1 must NOT move; faulted from node 1 again, it moves. The accesses are
+    reads: a write after migration would reset last_cpupid (wp_page_reuse). Each round is
+    replayed in the model from the observed task state and every page's last_cpupid. Exact."""
+    nodes = ctx.nodes_with_cpus()
+    near, far = nodes[0], nodes[-1]
+    cpu_of = {n: min(c for c, m in ctx.node_of_cpu.items() if m == n) for n in (near, far)}
+    # A sleeping helper thread makes mm_users 2: the scanner then hints the spinning task's own
+    # (local) pages too, its faults keep task_numa_placement running, and numa_scan_seq advances.
+    region = HeldRegion.start(ctx.guest, 4, node=far, helper=True)
+    rounds: list[dict[str, Any]] = []
+    diffs: list[str] = []
+    try:
+        with tunables(ctx.guest, scan_delay_ms=100, scan_period_min_ms=100, scan_period_max_ms=400):
+            def hinted_and_late(o: Observation) -> bool:
+                part = o.table.within(region.addr, region.end)
+                return (o.task.numa_scan_seq > 4 and o.task.numa_preferred_nid >= 0 and bool(len(part))
+                        and bool(part.hint.all()))
+            # Round 1: pages on `far`, hinted while the task runs on `near`; read from `near`.
+            # Round 2: pages (now on `near`, last_cpupid from `near`) hinted from `far`; read from `far`.
+            # Round 3: the same again from `far`.
+            for spin_node, read_node in ((near, near), (far, far), (far, far)):
+                drain_lru_batches(ctx.guest)
+                before = _spin_until(region, ctx, spin_node, hinted_and_late, step=0.5, limit=90)
+                region.read(node=read_node)
+                after = observe(ctx, region.pid)
+                task, pages = model_task(before, len(nodes)), model_pages(ctx, before)
+                kernel_after = {e.vaddr: e for e in after.table.within(region.addr, region.end)}
+                moved_model = moved_kernel = 0
+                decisions: dict[str, int] = {}
+                for va in sorted(p for p in pages if region.addr <= p < region.end):
+                    result = hint_fault(task, pages[va], cpu=cpu_of[read_node], node_of_cpu=ctx.node_of_cpu,
+                                        mm_seq=before.mm.numa_scan_seq)
+                    task = result.task
+                    decisions[result.decision] = decisions.get(result.decision, 0) + 1
+                    moved_model += result.migrated
+                    kernel = kernel_after.get(va)
+                    if kernel is None:
+                        diffs.append(f"round {len(rounds) + 1}: {va:#x} has no entry after the read")
+                        continue
+                    moved_kernel += kernel.node != pages[va].node
+                    if kernel.node != result.page.node:
+                        diffs.append(f"round {len(rounds) + 1}: {va:#x} on node {kernel.node}, model node "
+                                     f"{result.page.node} ({result.decision})")
+                    diffs.extend(f"round {len(rounds) + 1}: {d}" for d in
+                                 _compare_last_cpupid(ctx, va, result.page.last_cpupid, kernel.last_cpupid, read_node,
+                                                      region.pid))
+                rounds.append({"read_from": read_node, "seq": before.task.numa_scan_seq,
+                               "preferred": before.task.numa_preferred_nid, "moved_model": moved_model,
+                               "moved_kernel": moved_kernel, "decisions": decisions})
+    finally:
+        region.close()
+    if len(rounds) == 3 and not rounds[1]["moved_model"] == 0 < rounds[2]["moved_model"]:
+        diffs.append(f"the scenario did not exercise the filter: model moved {rounds[1]['moved_model']} then "
+                     f"{rounds[2]['moved_model']} pages")
+    summary = ", ".join(f"read from node {r['read_from']}: {r['moved_kernel']} moved (model {r['moved_model']})"
+                        for r in rounds)
+    return CheckResult("two-stage-filter", not diffs, summary, {"rounds": rounds}, _diff_limit(diffs))
+
+
+CHECKS: dict[str, Callable[[Context], CheckResult]] = {
+    "skip-rules": check_skip_rules,
+    "scanner-window": check_scanner_window,
+    "fault-migration": check_fault_migration,
+    "two-stage-filter": check_two_stage_filter,
+    "thp": check_thp,
+    "placement": check_placement,
+}
+
+
+def run_checks(guest: GuestView, names: Sequence[str] | None = None,
+               progress: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
+    ctx = Context.open(guest)
+    results = []
+    for name in names or list(CHECKS):
+        started = time.monotonic()
+        try:
+            result = CHECKS[name](ctx)
+        except Exception as err:  # a check that cannot run is a failed check, with the reason
+            result = CheckResult(name, False, f"could not run: {type(err).__name__}: {err}")
+        bugs = guest.new_bugs()
+        if bugs:
+            result = CheckResult(name, False, result.summary, result.figures,
+                                 (*result.diffs, *(f"kernel bug: {b.title}" for b in bugs)))
+        result = CheckResult(result.name, result.passed, result.summary, result.figures, result.diffs,
+                             time.monotonic() - started)
+        results.append(result)
+        if progress is not None:
+            progress(result)
+    return results

@@ -53,3 +53,25 @@ def test_reports_are_well_formed(tmp_path: Path) -> None:
     assert suite is not None and suite.get("tests") == "2" and suite.get("failures") == "1"
     failure = suite.find("testcase[@name='b']/failure")
     assert failure is not None and failure.text == "0x1000: model node 1, kernel node 0"
+
+
+@pytest.mark.kernel
+@pytest.mark.guest
+def test_check_command_writes_reports(built_kernel: KernelArtifact, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "check", "--kernel", str(built_kernel.directory), "--only", "skip-rules",
+         "--json", str(tmp_path / "c.json"), "--junit", str(tmp_path / "c.xml")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "skip-rules" in result.stdout and "pass" in result.stdout
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["passed"] is True and data["kernel"]["build_id"] == built_kernel.manifest["build_id"]
+    suite = ET.parse(tmp_path / "c.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "1" and suite.get("failures") == "0"
+    bad = subprocess.run([sys.executable, "-m", "harness.cli", "check", "--only", "nonsense"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "no such check" in bad.stderr  # a user error, like other commands

@@ -194,6 +194,12 @@ def test_scan_period_doubles_without_local_or_shared_faults_and_shrinks_when_rem
     assert update_task_scan_period(local_private, shared=0, private=10).numa_scan_period == 1300
 
 
+def test_torn_snapshot_does_not_crash_the_model() -> None:
+    """Shared faults but no locality counted yet (a vCPU paused inside task_numa_fault)."""
+    task = Task(pid=1, nr_nodes=2, numa_scan_period=400, numa_scan_period_max=400, locality=(0, 0, 0))
+    assert update_task_scan_period(task, shared=3, private=0).numa_scan_period == 400
+
+
 def test_scan_period_bounds() -> None:
     """task_scan_min: floor 1000 / (2560 / scan_size_mb); task_scan_max = max_ms / windows."""
     assert task_scan_min(0, Tunables()) == 1000 and task_scan_min(0, Tunables(scan_period_min_ms=100)) == 100

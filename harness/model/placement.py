@@ -55,6 +55,11 @@ def update_task_scan_period(task: Task, *, shared: int, private: int, scan_min: 
     if local + shared == 0 or failed:
         period = min(period_max, task.numa_scan_period << 1)
         return replace(task, numa_scan_period=period, locality=(0, 0, 0))
+    if local + remote == 0 or private + shared == 0:
+        # Unreachable in the kernel (every fault adds to numa_faults_locality and to the fault
+        # buffers together), but a snapshot taken with the vCPU stopped between those two stores
+        # in task_numa_fault can look like this: keep the period rather than divide by zero.
+        return replace(task, locality=(0, 0, 0))
     period_slot = -(-task.numa_scan_period // NUMA_PERIOD_SLOTS)
     lr_ratio = local * NUMA_PERIOD_SLOTS // (local + remote)
     ps_ratio = private * NUMA_PERIOD_SLOTS // (private + shared)

@@ -208,6 +208,8 @@ class GuestView:
     identity_file: Path
     _ssh: object | None
     _bug_cursor: int
+    # The one drgn Program attached to this guest (harness.inspect.attach); a class-level default.
+    _drgn_program: object | None = None
 
     # -- QMP -----------------------------------------------------------------------------------
 

@@ -16,9 +16,15 @@ class InspectError(HarnessError):
 
 
 def attach(view: GuestView, vmlinux: Path | None) -> Any:
-    """A drgn Program on the live guest (its second QMP socket) with the build's vmlinux."""
+    """A drgn Program on the live guest (its second QMP socket) with the build's vmlinux.
+
+    One Program per guest, reused: QEMU serves one client per QMP socket, so a second Program
+    would wait forever for a greeting while the first is still alive."""
     import drgn
 
+    cached = view._drgn_program
+    if cached is not None:
+        return cached
     if vmlinux is None or not vmlinux.is_file():
         raise InspectError("This guest has no vmlinux recorded; boot a kernel built by `numa-harness build`.")
     if not view.paths.drgn_qmp.exists():
@@ -29,6 +35,7 @@ def attach(view: GuestView, vmlinux: Path | None) -> Any:
     except Exception as err:  # drgn raises plain exceptions for connection problems
         raise InspectError(f"drgn could not attach to {view.paths.drgn_qmp}: {err}. Is the guest still up?") from err
     prog.load_debug_info([str(vmlinux)])
+    view._drgn_program = prog
     return prog
 
 

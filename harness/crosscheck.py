@@ -28,6 +28,9 @@ KNOBS = "/sys/kernel/debug/sched/numa_balancing"
 VM_READ, VM_WRITE, VM_EXEC, VM_SHARED = 0x1, 0x2, 0x4, 0x8
 VM_PFNMAP, VM_IO, VM_HUGETLB, VM_MIXEDMAP = 0x400, 0x4000, 0x400000, 0x10000000
 MAX_DIFFS = 20
+# Scan 100 ms after a VMA is first met and at most every 100-400 ms, instead of every 1-60 s:
+# the checks then see several scanner passes in seconds of spinning.
+FAST_SCAN = {"scan_delay_ms": 100, "scan_period_min_ms": 100, "scan_period_max_ms": 400}
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,7 @@ def check_skip_rules(ctx: Context) -> CheckResult:
     remote = ctx.nodes_with_cpus()[-1]
     region = HeldRegion.start(ctx.guest, 8, node=0, extras=True)
     try:
-        with tunables(ctx.guest, scan_delay_ms=100, scan_period_min_ms=100, scan_period_max_ms=400):
+        with tunables(ctx.guest, **FAST_SCAN):
             obs = _spin_until(region, ctx, remote, lambda o: o.mm.numa_scan_seq >= 3, step=1.0)
     finally:
         region.close()
@@ -328,7 +331,7 @@ def check_fault_migration(ctx: Context) -> CheckResult:
     remote_cpus = sorted(c for c, n in ctx.node_of_cpu.items() if n == remote)
     region = HeldRegion.start(ctx.guest, 16, node=0)
     try:
-        with tunables(ctx.guest, scan_delay_ms=100, scan_period_min_ms=100, scan_period_max_ms=400):
+        with tunables(ctx.guest, **FAST_SCAN):
             def all_hinted(o: Observation) -> bool:
                 part = o.table.within(region.addr, region.end)
                 return bool(len(part)) and bool(part.hint.all())
@@ -407,7 +410,7 @@ def check_thp(ctx: Context) -> CheckResult:
     remote_cpus = sorted(c for c, n in ctx.node_of_cpu.items() if n == remote)
     region = HeldRegion.start(ctx.guest, 8, thp=True, node=0)
     try:
-        with tunables(ctx.guest, scan_delay_ms=100, scan_period_min_ms=100, scan_period_max_ms=400):
+        with tunables(ctx.guest, **FAST_SCAN):
             start = observe(ctx, region.pid)
             def pmds_hinted(o: Observation) -> bool:
                 part = o.table.within(region.addr, region.end)
@@ -469,7 +472,7 @@ def check_placement(ctx: Context) -> CheckResult:
     # numa_scan_seq keeps catching up with the mm's.
     region = HeldRegion.start(ctx.guest, 16, node=0, helper=True)
     try:
-        with tunables(ctx.guest, scan_delay_ms=100, scan_period_min_ms=100, scan_period_max_ms=400):
+        with tunables(ctx.guest, **FAST_SCAN):
             obs = _spin_until(region, ctx, remote, lambda o: o.task.total_numa_faults > 0 and
                               o.task.numa_scan_seq == o.mm.numa_scan_seq and o.task.numa_preferred_nid >= 0, step=0.5)
             region.touch(node=remote)
@@ -514,7 +517,7 @@ def check_two_stage_filter(ctx: Context) -> CheckResult:
     rounds: list[dict[str, Any]] = []
     diffs: list[str] = []
     try:
-        with tunables(ctx.guest, scan_delay_ms=100, scan_period_min_ms=100, scan_period_max_ms=400):
+        with tunables(ctx.guest, **FAST_SCAN):
             def hinted_and_late(o: Observation) -> bool:
                 part = o.table.within(region.addr, region.end)
                 return (o.task.numa_scan_seq > 4 and o.task.numa_preferred_nid >= 0 and bool(len(part))

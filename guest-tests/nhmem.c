@@ -1,24 +1,23 @@
 /*
  * nhmem: memory helper for numa-harness tests, run inside the guest.
  *
- *   nhmem hold MIB [thp] [node N] [extras] [helper]
- *                                  map MIB of anonymous memory (2 MiB aligned; MADV_HUGEPAGE with
- *                                  "thp"; first touch from a CPU of node N with "node N"), write
- *                                  every page, print "pid PID addr 0xADDR len BYTES"; with "extras"
- *                                  also map three 2 MiB regions the NUMA scanner must leave alone
- *                                  and print "extras guard 0x.. bound 0x.. zero 0x..": a PROT_NONE
- *                                  guard, a region bound with MPOL_BIND to node 0 (no
- *                                  MPOL_F_NUMA_BALANCING), and a region only ever read (zero page).
- *                                  "helper" starts a thread that only sleeps: mm_users becomes 2, so
- *                                  the scanner stops skipping pages already on its CPU's node
- *                                  (change_pte_range), and the spinning task keeps faulting.
- *                                  Then it obeys
- *                                  lines on stdin until EOF, answering "ok" to each:
- *                                    touch [node N]        write every page (from a CPU of node N)
- *                                    read [node N]         read every page
- *                                    spin SECS [node N]    burn CPU without touching the region, so
- *                                                          that the NUMA scanner (task_numa_work,
- *                                                          run in this task's context) gets to run
+ *   nhmem hold MIB [thp] [node N] [split M] [ro] [extras] [helper]
+ *       Map MIB of anonymous memory (2 MiB aligned; MADV_HUGEPAGE with "thp") and write every
+ *       page from a CPU of node N ("node N"; with "split M" the second half from node M), then
+ *       print "pid PID addr 0xADDR len BYTES". "ro" then makes the region read-only (its hint
+ *       faults carry TNF_NO_GROUP: no numa_group forms). "extras" also maps three 2 MiB regions
+ *       the NUMA scanner must leave alone and prints "extras guard 0x.. bound 0x.. zero 0x..":
+ *       a PROT_NONE guard, a region bound with MPOL_BIND to node 0 (no MPOL_F_NUMA_BALANCING),
+ *       and a region only ever read (zero page). "helper" starts a thread that only sleeps:
+ *       mm_users becomes 2, so the scanner stops skipping pages already on its CPU's node
+ *       (change_pte_range), and the spinning task keeps faulting.
+ *       Then it obeys lines on stdin until EOF, answering "ok" to each:
+ *         [thread] touch [node N] [pages K]  write every page (the first K) from a CPU of node N
+ *         [thread] read [node N] [pages K]   read them
+ *         [thread] spin SECS [node N]        burn CPU without touching the region, so that the
+ *                                            NUMA scanner (task_numa_work, run in this task's
+ *                                            context) gets to run
+ *       With "thread" a new thread does it (and exits): its faults record its own tid.
  *   nhmem pagemap PID START LEN    print "vaddr pfn" per present page, from /proc/PID/pagemap.
  *   nhmem nodes PID START LEN      print "vaddr node" per page, from move_pages(pid, nodes=NULL).
  *
@@ -103,10 +102,44 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+struct op {
+	char verb[16];
+	char *p;
+	size_t len;
+	int on;
+	double secs;
+};
+
+/* One command: 0 done, 1 unknown, -1 cannot run on the node. */
+static int run_op(struct op *op)
+{
+	if (run_on_node(op->on))
+		return -1;
+	if (!strcmp(op->verb, "touch")) {
+		touch(op->p, op->len);
+	} else if (!strcmp(op->verb, "read")) {
+		if (read_all(op->p, op->len) == 42)
+			printf("#");
+	} else if (!strcmp(op->verb, "spin")) {
+		double end = now() + op->secs;
+		volatile unsigned long spins = 0;
+		while (now() < end)
+			spins++;
+	} else {
+		return 1;
+	}
+	return 0;
+}
+
+static void *run_op_thread(void *op)
+{
+	return (void *)(intptr_t)run_op(op);
+}
+
 static int hold(int argc, char **argv)
 {
 	size_t len = strtoul(argv[2], NULL, 0) << 20;
-	int thp = 0, node = -1, extras = 0, helper = 0;
+	int thp = 0, node = -1, extras = 0, helper = 0, split = -1, readonly = 0;
 	for (int i = 3; i < argc; i++) {
 		if (!strcmp(argv[i], "thp"))
 			thp = 1;
@@ -116,6 +149,10 @@ static int hold(int argc, char **argv)
 			helper = 1;
 		else if (!strcmp(argv[i], "node") && i + 1 < argc)
 			node = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "ro"))
+			readonly = 1;
+		else if (!strcmp(argv[i], "split") && i + 1 < argc)
+			split = atoi(argv[++i]);
 	}
 	if (run_on_node(node))
 		return 1;
@@ -130,7 +167,22 @@ static int hold(int argc, char **argv)
 		perror("nhmem: madvise");
 		return 1;
 	}
-	touch(p, len);
+	if (split >= 0) {
+		/* First touch places the second half on node `split`, the first half on `node`. */
+		touch(p, len / 2);
+		if (run_on_node(split))
+			return 1;
+		touch(p + len / 2, len / 2);
+		if (run_on_node(node))
+			return 1;
+	} else {
+		touch(p, len);
+	}
+	/* Read-only: hint faults on it carry TNF_NO_GROUP (numa_migrate_check), so no numa_group forms. */
+	if (readonly && mprotect(p, len, PROT_READ)) {
+		perror("nhmem: mprotect");
+		return 1;
+	}
 	if (helper) {
 		pthread_t thread;
 		if (pthread_create(&thread, NULL, sleeper, NULL)) {
@@ -156,28 +208,37 @@ static int hold(int argc, char **argv)
 		printf("extras guard %p bound %p zero %p\n", (void *)guard, (void *)bound, (void *)zero);
 	}
 	fflush(stdout);
-	char line[128], verb[16];
+	char line[128];
 	while (fgets(line, sizeof(line), stdin)) {
-		double secs = 0;
-		int on = -1;
-		char *node_arg = strstr(line, "node ");
-		if (node_arg)
-			on = atoi(node_arg + 5);
-		if (sscanf(line, "%15s", verb) != 1)
+		struct op op = { .p = p, .len = len, .on = -1 };
+		char *rest = line;
+		int in_thread = !strncmp(rest, "thread ", 7);
+		if (in_thread)
+			rest += 7;
+		char *arg = strstr(rest, "node ");
+		if (arg)
+			op.on = atoi(arg + 5);
+		arg = strstr(rest, "pages ");
+		if (arg && strtoul(arg + 6, NULL, 0) * PAGE < len)
+			op.len = strtoul(arg + 6, NULL, 0) * PAGE;
+		if (sscanf(rest, "%15s", op.verb) != 1)
 			continue;
-		if (run_on_node(on))
-			return 1;
-		if (!strcmp(verb, "touch")) {
-			touch(p, len);
-		} else if (!strcmp(verb, "read")) {
-			if (read_all(p, len) == 42)
-				printf("#");
-		} else if (!strcmp(verb, "spin") && sscanf(line, "spin %lf", &secs) == 1) {
-			double end = now() + secs;
-			volatile unsigned long spins = 0;
-			while (now() < end)
-				spins++;
+		if (!strcmp(op.verb, "spin") && sscanf(rest, "spin %lf", &op.secs) != 1)
+			op.verb[0] = 0;
+		int status;
+		if (in_thread) {
+			/* A fresh thread: its faults record its own tid in last_cpupid (shared faults for the main thread). */
+			pthread_t thread;
+			void *result;
+			if (pthread_create(&thread, NULL, run_op_thread, &op) || pthread_join(thread, &result))
+				return 1;
+			status = (int)(intptr_t)result;
 		} else {
+			status = run_op(&op);
+		}
+		if (status < 0)
+			return 1;
+		if (status > 0) {
 			printf("error unknown command: %s", line);
 			fflush(stdout);
 			continue;

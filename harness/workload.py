@@ -19,6 +19,16 @@ class WorkloadError(HarnessError):
     """The guest workload did not start or did not answer."""
 
 
+class WorkloadStuck(WorkloadError):
+    """A workload step did not finish in its bounded time: the task livelocks (e.g. faulting on
+    the same hint entry forever) or the guest hangs. Cross-checks report this as a hang."""
+
+
+# Touching or reading a region of at most 64 MiB, migrations included, takes a few seconds
+# under TCG; a step that has not finished after this long never will.
+STEP_TIMEOUT = 90.0
+
+
 @dataclass
 class HeldRegion:
     guest: GuestView
@@ -32,10 +42,12 @@ class HeldRegion:
 
     @classmethod
     def start(cls, guest: GuestView, mib: int, *, thp: bool = False, node: int | None = None, extras: bool = False,
-              helper: bool = False, timeout: float = 120.0) -> HeldRegion:
+              helper: bool = False, split: int | None = None, readonly: bool = False,
+              timeout: float = 120.0) -> HeldRegion:
         directory = f"/tmp/nhmem-{time.monotonic_ns()}"
         options = [f"{mib}", "thp" if thp else "", f"node {node}" if node is not None else "",
-                   "extras" if extras else "", "helper" if helper else ""]
+                   "extras" if extras else "", "helper" if helper else "",
+                   f"split {split}" if split is not None else "", "ro" if readonly else ""]
         args = " ".join(o for o in options if o)
         guest.ssh.run(
             f"mkdir {directory} && mkfifo {directory}/in && "
@@ -61,28 +73,48 @@ class HeldRegion:
     def end(self) -> int:
         return self.addr + self.length
 
-    def command(self, line: str, timeout: float = 300.0) -> None:
+    def command(self, line: str, timeout: float = STEP_TIMEOUT) -> None:
         """Send one command and wait for its `ok`."""
         self.guest.ssh.run(f"echo {shlex.quote(line)} > {self.directory}/in").check()
         self._acks += 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            bugs = self.guest.pending_bugs()
+            if bugs:
+                # A soft lockup or an oops: waiting for the step would only burn the timeout.
+                raise WorkloadStuck(f"the kernel reported a bug while nhmem ran {line!r}: {bugs[0].title}")
             out = self.guest.ssh.run(f"cat {self.directory}/out").stdout
             if "error" in out:
                 raise WorkloadError(f"nhmem refused {line!r}: {out.strip().splitlines()[-1]}")
             if out.splitlines().count("ok") >= self._acks:
                 return
             time.sleep(0.1)
-        raise WorkloadError(f"nhmem did not finish {line!r} within {timeout:.0f} s")
+        raise WorkloadStuck(f"nhmem (pid {self.pid}) did not finish {line!r} within {timeout:.0f} s: the task "
+                            f"livelocks or the guest hangs")
 
-    def touch(self, node: int | None = None) -> None:
-        self.command("touch" + (f" node {node}" if node is not None else ""))
+    def touch(self, node: int | None = None, pages: int | None = None, thread: bool = False) -> None:
+        self.command(_op("touch", node, pages, thread))
 
-    def read(self, node: int | None = None) -> None:
-        self.command("read" + (f" node {node}" if node is not None else ""))
+    def read(self, node: int | None = None, pages: int | None = None, thread: bool = False) -> None:
+        """Read every page (the first `pages`), from a CPU of `node`; with thread=True from a fresh
+        thread, whose faults record its own tid in last_cpupid."""
+        self.command(_op("read", node, pages, thread))
 
-    def spin(self, seconds: float, node: int | None = None) -> None:
-        self.command(f"spin {seconds}" + (f" node {node}" if node is not None else ""), timeout=seconds + 120)
+    def spin(self, seconds: float, node: int | None = None, thread: bool = False) -> None:
+        self.command(_op(f"spin {seconds}", node, None, thread), timeout=seconds + STEP_TIMEOUT)
 
     def close(self) -> None:
-        self.guest.ssh.run(f"kill $(cat {self.directory}/pid) $(cat {self.directory}/keeper); rm -rf {self.directory}")
+        """Kill the holder (a livelocked one too: the signal is taken on the way back to user
+        mode). Short timeout: on a hung guest this runs while an earlier error propagates."""
+        self.guest.ssh.run(f"kill $(cat {self.directory}/pid) $(cat {self.directory}/keeper); rm -rf {self.directory}",
+                           timeout=15)
+
+
+def _op(verb: str, node: int | None, pages: int | None, thread: bool) -> str:
+    words = ["thread"] if thread else []
+    words.append(verb)
+    if node is not None:
+        words.append(f"node {node}")
+    if pages is not None:
+        words.append(f"pages {pages}")
+    return " ".join(words)

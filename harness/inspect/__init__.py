@@ -12,6 +12,7 @@ from .numastate import (
     read_task,
     read_vmas,
     read_vmstat,
+    scan_stamps,
     summarize_by_vma,
 )
 from .pagetable import (
@@ -28,11 +29,12 @@ from .pagetable import (
     vmemmap_base,
     walk,
     with_last_cpupid,
+    with_mapcount,
 )
 
 __all__ = [
     "BalancingState", "Entry", "InspectError", "MmNumaState", "NodeRanges", "PageTableWalk", "TaskNumaState",
     "VmaNumaState", "attach", "decode", "find_mm", "find_task", "five_level", "last_cpupids", "node_ranges",
     "page_flags", "page_flags_layout", "read_balancing", "read_mm", "read_task", "read_vmas", "read_vmstat",
-    "snapshot", "summarize", "summarize_by_vma", "vmemmap_base", "walk", "with_last_cpupid",
+    "scan_stamps", "snapshot", "summarize", "summarize_by_vma", "vmemmap_base", "walk", "with_last_cpupid", "with_mapcount",
 ]

@@ -69,6 +69,9 @@ class MmNumaState:
     numa_scan_offset: int
     numa_scan_seq: int
     mm_users: int
+    # get_mm_rss(): file + anon + shmem pages as percpu_counter_read_positive sees them (the
+    # counters' central count, which is what task_nr_scan_windows uses).
+    rss_pages: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,7 +148,43 @@ def read_mm(prog: Any, pid: int) -> MmNumaState:
         numa_scan_offset=int(mm.numa_scan_offset.value_()),
         numa_scan_seq=int(mm.numa_scan_seq.value_()),
         mm_users=int(mm.mm_users.counter.value_()),
+        rss_pages=_mm_rss(prog, mm),
     )
+
+
+def _mm_rss(prog: Any, mm: Any) -> int:
+    """include/linux/mm.h:get_mm_rss with get_mm_counter's percpu_counter_read_positive."""
+    total = 0
+    for member in ("MM_FILEPAGES", "MM_ANONPAGES", "MM_SHMEMPAGES"):
+        count = int(mm.rss_stat[int(prog.constant(member).value_())].count.value_())
+        total += max(count, 0)
+    return total
+
+
+# include/uapi/linux/mempolicy.h (a #define, invisible to drgn).
+MPOL_F_MOF = 1 << 3
+
+
+def scan_stamps(prog: Any) -> dict[tuple[int, int], tuple[int, int]]:
+    """(numa_next_scan, numa_scan_seq) of every user mm, keyed by (tgid, mm address): an exited
+    process's mm_struct is soon reused by the next short-lived one, so the address alone does
+    not name an mm across two observations. Any scanner pass moves its mm's numa_next_scan
+    (task_numa_work's cmpxchg), so comparing two of these tells whether any task ran a pass in
+    between, and whose. Tasks whose passes cannot update any entry are left out."""
+    from drgn.helpers.linux.pid import for_each_task
+
+    stamps = {}
+    for task in for_each_task(prog):
+        mm = task.mm
+        policy = task.mempolicy
+        if policy and not int(policy.flags.value_()) & MPOL_F_MOF:
+            # A task policy without MPOL_F_MOF makes every VMA without its own policy unsuitable
+            # (mm/mempolicy.c:vma_policy_mof): its passes update nothing (the guest's dropbear).
+            continue
+        if mm:
+            key = (int(task.tgid.value_()), int(mm.value_()))
+            stamps[key] = (int(mm.numa_next_scan.value_()), int(mm.numa_scan_seq.value_()))
+    return stamps
 
 
 def read_vmas(prog: Any, pid: int) -> list[VmaNumaState]:

@@ -41,6 +41,8 @@ class Entry:
     young: bool
     dirty: bool
     last_cpupid: int | None = None
+    # folio_mapcount of an order-0 folio (page->_mapcount + 1); None when not read.
+    mapcount: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +102,7 @@ class PageTableWalk(Sequence[Entry]):
     level: np.ndarray
     node: np.ndarray
     last_cpupid: np.ndarray | None = None  # -1 where unknown
+    mapcount: np.ndarray | None = None  # page->_mapcount + 1; -1 where unknown
 
     @property
     def present(self) -> np.ndarray:
@@ -135,8 +138,9 @@ class PageTableWalk(Sequence[Entry]):
         raw = int(self.raw[index])
         present, hint, pfn = decode(raw)
         cpupid = None if self.last_cpupid is None or self.last_cpupid[index] < 0 else int(self.last_cpupid[index])
+        mapcount = None if self.mapcount is None or self.mapcount[index] < 0 else int(self.mapcount[index])
         return Entry(int(self.vaddr[index]), LEVELS[int(self.level[index])], raw, present, hint, pfn,
-                     int(self.node[index]), bool(raw & RW), bool(raw & ACCESSED), bool(raw & DIRTY), cpupid)
+                     int(self.node[index]), bool(raw & RW), bool(raw & ACCESSED), bool(raw & DIRTY), cpupid, mapcount)
 
     def __iter__(self) -> Iterator[Entry]:
         for index in range(len(self)):
@@ -146,6 +150,7 @@ class PageTableWalk(Sequence[Entry]):
         return PageTableWalk(
             self.vaddr[mask_or_index], self.raw[mask_or_index], self.level[mask_or_index], self.node[mask_or_index],
             None if self.last_cpupid is None else self.last_cpupid[mask_or_index],
+            None if self.mapcount is None else self.mapcount[mask_or_index],
         )
 
     def within(self, start: int, end: int) -> PageTableWalk:
@@ -227,19 +232,27 @@ def vmemmap_base(prog: Any) -> int:
 
 def page_flags(prog: Any, pfns: np.ndarray) -> np.ndarray:
     """page->flags for each pfn, reading runs of consecutive struct pages in one go."""
-    result = np.zeros(pfns.shape, dtype=np.uint64)
+    return page_field(prog, pfns, 0, "<u8")
+
+
+def page_field(prog: Any, pfns: np.ndarray, offset: int, dtype: str) -> np.ndarray:
+    """One field of struct page (at byte `offset`, of numpy `dtype`) for each pfn, reading runs
+    of consecutive struct pages in one go."""
+    result = np.zeros(pfns.shape, dtype=dtype)
     if pfns.size == 0:
         return result
     base = vmemmap_base(prog)
     size = prog.type("struct page").size
-    words = size // 8
+    width = np.dtype(dtype).itemsize
     order = np.argsort(pfns, kind="stable")
     sorted_pfns = pfns[order].astype(np.int64)
     breaks = np.flatnonzero(np.diff(sorted_pfns) != 1) + 1
     for run in np.split(np.arange(sorted_pfns.size), breaks):
         first, count = int(sorted_pfns[run[0]]), int(sorted_pfns[run[-1]]) - int(sorted_pfns[run[0]]) + 1
-        data = np.frombuffer(prog.read(base + first * size, count * size), dtype="<u8")
-        result[order[run]] = data[(sorted_pfns[run] - first) * words]
+        data = np.frombuffer(prog.read(base + first * size, count * size), dtype=np.uint8)
+        starts = (sorted_pfns[run] - first) * size + offset
+        picked = data[starts[:, None] + np.arange(width)].copy()
+        result[order[run]] = picked.view(dtype).reshape(-1)
     return result
 
 
@@ -255,7 +268,20 @@ def with_last_cpupid(prog: Any, table: PageTableWalk) -> PageTableWalk:
     cpupid = np.full(len(table), -1, dtype=np.int64)
     flags = page_flags(prog, table.pfn[has_page])
     cpupid[has_page] = ((flags >> np.uint64(layout["LAST_CPUPID_PGSHIFT"])) & np.uint64((1 << width) - 1)).astype(np.int64)
-    return PageTableWalk(table.vaddr, table.raw, table.level, table.node, cpupid)
+    return PageTableWalk(table.vaddr, table.raw, table.level, table.node, cpupid, table.mapcount)
+
+
+def with_mapcount(prog: Any, table: PageTableWalk) -> PageTableWalk:
+    """The table with each PTE's page->_mapcount + 1: the folio_mapcount of an order-0 folio,
+    which change_pte_range tests (folio_likely_mapped_shared) to skip COW pages other processes
+    map too, such as the vDSO's."""
+    from drgn import offsetof
+
+    has_page = (table.present | table.hint) & (table.node >= 0) & (table.level == 0)
+    mapcount = np.full(len(table), -1, dtype=np.int64)
+    offset = offsetof(prog.type("struct page"), "_mapcount")
+    mapcount[has_page] = page_field(prog, table.pfn[has_page], offset, "<i4").astype(np.int64) + 1
+    return PageTableWalk(table.vaddr, table.raw, table.level, table.node, table.last_cpupid, mapcount)
 
 
 def last_cpupids(prog: Any, entries: PageTableWalk) -> PageTableWalk:

@@ -39,6 +39,8 @@ def task_numa_placement(task: Task, mm_seq: int, *, scan_min: int | None = None,
     task = replace(
         task,
         numa_scan_seq=mm_seq,
+        # task_numa_placement refreshes numa_scan_period_max = task_scan_max(p) before anything else.
+        numa_scan_period_max=scan_max if scan_max is not None else task.numa_scan_period_max,
         faults=tuple(tuple((n[0], n[1]) for n in stat) for stat in faults),
         total_numa_faults=total,
         numa_preferred_nid=preferred,

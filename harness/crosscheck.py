@@ -12,22 +12,27 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from . import inspect as nh
+from .errors import HarnessError
+from .guest import CommandTimeout
 from .model import HPAGE_SIZE, Mm, Page, Task, Tunables, Vma, hint_fault, scan_pass
-from .model.scanner import _unsuitable
+from .model.faults import FaultResult, task_numa_fault
+from .model.placement import task_numa_placement
+from .model.scanner import _unsuitable, task_scan_max, task_scan_min
 from .model.state import LAST__PID_MASK, cpupid_cpu, cpupid_pid
 from .vm import GuestView
-from .workload import HeldRegion
+from .workload import HeldRegion, WorkloadStuck
 
 KNOBS = "/sys/kernel/debug/sched/numa_balancing"
 VM_READ, VM_WRITE, VM_EXEC, VM_SHARED = 0x1, 0x2, 0x4, 0x8
 VM_PFNMAP, VM_IO, VM_HUGETLB, VM_MIXEDMAP = 0x400, 0x4000, 0x400000, 0x10000000
 MAX_DIFFS = 20
+LIVENESS_TIMEOUT = 15.0
 # Scan 100 ms after a VMA is first met and at most every 100-400 ms, instead of every 1-60 s:
 # the checks then see several scanner passes in seconds of spinning.
 FAST_SCAN = {"scan_delay_ms": 100, "scan_period_min_ms": 100, "scan_period_max_ms": 400}
@@ -41,10 +46,16 @@ class CheckResult:
     figures: dict[str, Any] = field(default_factory=dict)
     diffs: tuple[str, ...] = ()
     seconds: float = 0.0
+    # The check could not finish because a workload step livelocked or the guest stopped answering.
+    hung: bool = False
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.passed else "hang" if self.hung else "fail"
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "passed": self.passed, "summary": self.summary, "figures": self.figures,
-                "diffs": list(self.diffs), "seconds": round(self.seconds, 2)}
+        return {"name": self.name, "passed": self.passed, "verdict": self.verdict, "summary": self.summary,
+                "figures": self.figures, "diffs": list(self.diffs), "seconds": round(self.seconds, 2)}
 
 
 @dataclass
@@ -105,13 +116,26 @@ class Observation:
     vmas: list[nh.VmaNumaState]
     balancing: nh.BalancingState
     vmstat: dict[str, int]
+    mm_address: int
+    # (numa_next_scan, numa_scan_seq) of every user mm: who ran scanner passes between two observations.
+    stamps: dict[tuple[int, int], tuple[int, int]]
+
+    def other_passes_since(self, earlier: Observation) -> list[int]:
+        """The tgids of other processes, alive at both observations, that had a scanner pass in
+        between. Processes that started in between are the harness's own SSH commands: a new
+        task's first pass needs scan_delay_ms of its own CPU time (fair.c:init_numa_balancing
+        sets numa_scan_period to it, task_tick_numa waits for it), which they never use."""
+        return sorted({tgid for (tgid, mm), stamp in self.stamps.items() if mm != self.mm_address and
+                       (tgid, mm) in earlier.stamps and earlier.stamps[(tgid, mm)][0] != stamp[0]})
 
 
 def observe(ctx: Context, pid: int) -> Observation:
     with nh.snapshot(ctx.guest):
-        table = nh.with_last_cpupid(ctx.prog, nh.walk(ctx.prog, nh.find_mm(ctx.prog, pid)))
+        mm = nh.find_mm(ctx.prog, pid)
+        table = nh.with_mapcount(ctx.prog, nh.with_last_cpupid(ctx.prog, nh.walk(ctx.prog, mm)))
         return Observation(table, nh.read_task(ctx.prog, pid), nh.read_mm(ctx.prog, pid), nh.read_vmas(ctx.prog, pid),
-                           nh.read_balancing(ctx.prog), nh.read_vmstat(ctx.prog))
+                           nh.read_balancing(ctx.prog), nh.read_vmstat(ctx.prog), int(mm.value_()),
+                           nh.scan_stamps(ctx.prog))
 
 
 def model_tunables(obs: Observation, hz: int) -> Tunables:
@@ -150,7 +174,8 @@ def model_pages(ctx: Context, obs: Observation) -> dict[int, Page]:
             continue
         last = None if e.last_cpupid is None or e.last_cpupid == unset else e.last_cpupid
         pages[e.vaddr] = Page(e.vaddr, e.node, HPAGE_SIZE if e.level == "pmd" else 4096, hint=e.hint,
-                              zero_page=e.pfn == zero_pfn, last_cpupid=last)
+                              zero_page=e.pfn == zero_pfn, last_cpupid=last,
+                              likely_shared=e.mapcount is not None and e.mapcount > 1)
     return pages
 
 
@@ -180,6 +205,107 @@ def _diff_limit(diffs: list[str]) -> tuple[str, ...]:
     if len(diffs) > MAX_DIFFS:
         return (*diffs[:MAX_DIFFS], f"... and {len(diffs) - MAX_DIFFS} more")
     return tuple(diffs)
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """What a run of hint faults added to a task's books: memory faults per node and
+    private/shared (what task_numa_fault adds to NUMA_MEMBUF), and numa_faults_locality."""
+
+    mem: tuple[tuple[int, int], ...]  # [nid] = (shared, private), in pages
+    locality: tuple[int, int, int] | None  # None when a placement reset it in between
+
+    @property
+    def total(self) -> int:
+        return sum(a + b for a, b in self.mem)
+
+
+def model_accounting(before: Task, after: Task) -> Accounting:
+    """The model's additions, from a run replayed with placement off (jiffies_after_retry=False)."""
+    from .model.state import MEMBUF
+
+    mem = tuple((after.faults[MEMBUF][n][0] - before.faults[MEMBUF][n][0],
+                 after.faults[MEMBUF][n][1] - before.faults[MEMBUF][n][1]) for n in range(before.nr_nodes))
+    locality = (after.locality[0] - before.locality[0], after.locality[1] - before.locality[1],
+                after.locality[2] - before.locality[2])
+    return Accounting(mem, locality)
+
+
+def account(books: Task, before: Page, result: FaultResult, cpu_node: int) -> Task:
+    """Add one modelled fault to a placement-free copy of the task (model_accounting's input)."""
+    return task_numa_fault(books, before.last_cpupid, result.page.node, result.page.nr_pages, local=result.local,
+                           migrated=result.migrated, migrate_failed=result.decision == "migration failed",
+                           cpu_node=cpu_node, run_placement=False, mm_seq=None)
+
+
+def kernel_accounting(before: Observation, after: Observation) -> Accounting | None:
+    """Recover what the faults between two observations added, also across one placement.
+
+    fair.c:task_numa_placement folds NUMA_MEMBUF into NUMA_MEM as mem - mem/2 + membuf, zeroes
+    membuf, and (update_task_scan_period) zeroes numa_faults_locality. With no placement in between,
+    the additions are membuf1 - membuf0; with exactly one, they are (mem1 - (mem0 - mem0/2) -
+    membuf0) + membuf1, and the locality added before it is lost. A placement runs at most once per
+    new mm sequence (it sets the task's numa_scan_seq to the mm's), which bounds the count. With
+    possibly more than one, the additions cannot be recovered: None."""
+    t0, t1 = before.task, after.task
+    if t1.numa_scan_seq == t0.numa_scan_seq:
+        placements = 0
+    else:
+        most = (after.mm.numa_scan_seq - before.mm.numa_scan_seq) + (t0.numa_scan_seq != before.mm.numa_scan_seq)
+        if most != 1:
+            return None
+        placements = 1
+    mem = []
+    for n, ((m0s, m0p), (b0s, b0p), (m1s, m1p), (b1s, b1p)) in enumerate(zip(
+            t0.faults["mem"], t0.faults["membuf"], t1.faults["mem"], t1.faults["membuf"], strict=True)):
+        del n
+        if placements == 0:
+            mem.append((b1s - b0s, b1p - b0p))
+        else:
+            mem.append((m1s - (m0s - m0s // 2) - b0s + b1s, m1p - (m0p - m0p // 2) - b0p + b1p))
+    locality = None if placements else (t1.locality[0] - t0.locality[0], t1.locality[1] - t0.locality[1],
+                                        t1.locality[2] - t0.locality[2])
+    return Accounting(tuple(mem), locality)
+
+
+def compare_accounting(model: Accounting, kernel: Accounting | None, outside_bound: int) -> tuple[list[str], dict[str, Any]]:
+    """Model vs kernel additions. The task may also fault on its own pages outside the region
+    (stack, data): those add to the kernel's books, never subtract, and are at most
+    kernel.total - model.total pages, which must itself stay within outside_bound (the task's
+    pages outside the region that could fault). Each bucket may differ by at most that."""
+    if kernel is None:
+        return [], {"accounting": "not compared: more than one placement may have run in between"}
+    outside = kernel.total - model.total
+    figures: dict[str, Any] = {"accounting_model_mem": [list(p) for p in model.mem],
+                               "accounting_kernel_mem": [list(p) for p in kernel.mem], "accounting_outside": outside,
+                               "accounting_locality": {"model": model.locality, "kernel": kernel.locality}}
+    diffs = []
+    if not 0 <= outside <= outside_bound:
+        diffs.append(f"the task's hint faults added {kernel.total} pages to its NUMA_MEMBUF books, the model "
+                     f"{model.total} for the region (allowed extra from its other pages: 0..{outside_bound})")
+    for nid, (m, k) in enumerate(zip(model.mem, kernel.mem, strict=True)):
+        for priv, label in ((1, "private"), (0, "shared")):
+            if not 0 <= k[priv] - m[priv] <= max(outside, 0):
+                diffs.append(f"task memory faults on node {nid} ({label}): kernel added {k[priv]} pages, model "
+                             f"{m[priv]} (task_numa_fault: mem_node, priv)")
+    if kernel.locality is not None and model.locality is not None:
+        names = ("remote", "local", "migrate-failed")
+        for i, name in enumerate(names):
+            if not 0 <= kernel.locality[i] - model.locality[i] <= max(outside, 0):
+                diffs.append(f"task numa_faults_locality[{name}]: kernel added {kernel.locality[i]}, model "
+                             f"{model.locality[i]} (numa_migrate_check: TNF_FAULT_LOCAL)")
+    return diffs, figures
+
+
+def compare_local_counter(model_local: int, model_faults: int, before: Observation, after: Observation) -> list[str]:
+    """numa_hint_faults_local is global: other tasks' faults add to it. Every such extra local
+    fault is also an extra fault, so kernel_local - model_local <= kernel_faults - model_faults."""
+    faults = after.vmstat["numa_hint_faults"] - before.vmstat["numa_hint_faults"]
+    local = after.vmstat["numa_hint_faults_local"] - before.vmstat["numa_hint_faults_local"]
+    if faults < model_faults or not 0 <= local - model_local <= faults - model_faults:
+        return [f"numa_hint_faults grew by {faults} and numa_hint_faults_local by {local}; the model has {model_faults} "
+                f"faults of which {model_local} local (extra local faults must be extra faults by other tasks)"]
+    return []
 
 
 # --- the checks --------------------------------------------------------------------------------
@@ -238,7 +364,8 @@ def check_skip_rules(ctx: Context) -> CheckResult:
 
 
 def check_scanner_window(ctx: Context) -> CheckResult:
-    """1. Scanner window. A 64 MiB region first touched on node 0; its task spins on another node
+    """1. Scanner window. A 64 MiB region first touched on node 0 (its second half on the node the
+    task spins on: change_pte_range must skip those pages, mm_users being 1); its task spins on another node
     without touching it, with scan_size_mb=16 and scan_period_min_ms = scan_period_max_ms = 1000,
     so the task's period is its initial scan_delay (1000 ms at fork) or, after a placement,
     1000 / task_nr_scan_windows (RSS / 16 MiB, rounded up) = 200 ms. Between two observations at
@@ -249,8 +376,8 @@ def check_scanner_window(ctx: Context) -> CheckResult:
     region, and the scan offset when it lies in the region, must equal the model's. The region is
     never touched in between, so its entries depend on the passes alone. Exact."""
     remote = ctx.nodes_with_cpus()[-1]
-    region = HeldRegion.start(ctx.guest, 64, node=0)
-    compared = passes_in_region = hinting_passes = 0
+    region = HeldRegion.start(ctx.guest, 64, node=0, split=remote)
+    compared = passes_in_region = hinting_passes = counted = 0
     diffs: list[str] = []
     windows: list[str] = []
     try:
@@ -264,7 +391,7 @@ def check_scanner_window(ctx: Context) -> CheckResult:
             # a page (local faults), so the passes compared below are the ones that hint it again.
             region.touch(node=0)
             previous = observe(ctx, region.pid)
-            for _ in range(120):
+            for _ in range(160):
                 region.spin(0.15, node=remote)
                 current = observe(ctx, region.pid)
                 moved = current.mm.numa_next_scan != previous.mm.numa_next_scan
@@ -278,23 +405,32 @@ def check_scanner_window(ctx: Context) -> CheckResult:
                         passes_in_region += step[1]
                         windows.extend(step[2])
                         hinting_passes += step[3]
+                        counted += step[4]
                 previous = current
                 if hinting_passes >= 4 and passes_in_region >= 5:
                     break
+                first_half = current.table.within(region.addr, region.addr + region.length // 2)
+                if len(first_half) and first_half.hint.all():
+                    # Nothing left to hint (the second half is skipped): restore the first half with
+                    # local faults so that the next passes hint it again.
+                    region.touch(node=0, pages=region.length // 2 // 4096)
+                    previous = observe(ctx, region.pid)
     finally:
         region.close()
     if hinting_passes < 2:
         diffs.append(f"only {hinting_passes} of {compared} observed single passes hinted new pages of the region: "
                      f"too few to judge")
+    if counted == 0:
+        diffs.append("no observed pass was the only one in the guest: numa_pte_updates could not be compared once")
     figures = {"passes_compared": compared, "passes_in_region": passes_in_region, "hinting_passes": hinting_passes,
-               "windows": windows}
+               "pte_updates_compared": counted, "windows": windows}
     return CheckResult("scanner-window", not diffs,
                        f"{compared} single passes replayed in the model, {hinting_passes} of them hinting the region",
                        figures, _diff_limit(diffs))
 
 
 def _compare_one_pass(ctx: Context, region: HeldRegion, before: Observation, after: Observation, ran_at: int,
-                      node: int) -> tuple[list[str], int, list[str], int]:
+                      node: int) -> tuple[list[str], int, list[str], int, int]:
     result = scan_pass(
         Mm(before.mm.numa_scan_offset, before.mm.numa_scan_seq, before.mm.mm_users), model_vmas(before),
         model_pages(ctx, before), model_tunables(before, ctx.hz), scanning_node=node, jiffies=ran_at, pid=region.pid,
@@ -316,7 +452,28 @@ def _compare_one_pass(ctx: Context, region: HeldRegion, before: Observation, aft
         diffs.append(f"pass at jiffies {ran_at}: scan offset model {model_off:#x}, kernel {kernel_off:#x} "
                      f"(windows {[(hex(a), hex(b)) for a, b in in_region]})")
     labels = [f"{(a - region.addr) >> 20}-{(b - region.addr) >> 20} MiB" for a, b in in_region]
-    return diffs, int(bool(in_region)), labels, int(new_hints)
+    # numa_pte_updates is global; compared when no other mm had a pass in between. The task's own
+    # hinted pages outside the region may have faulted (and been restored) before the pass, which
+    # then hints them again: the kernel may count up to that many more, never fewer.
+    counted = 0
+    if not after.other_passes_since(before):
+        counted = 1
+        kernel_updates = after.vmstat["numa_pte_updates"] - before.vmstat["numa_pte_updates"]
+        model_updates = result.counters.numa_pte_updates
+        outside = before.table.select(~((before.table.vaddr >= np.uint64(region.addr)) &
+                                        (before.table.vaddr < np.uint64(region.end))))
+        slack = int(outside.pages[outside.hint].sum())
+        if not model_updates <= kernel_updates <= model_updates + slack:
+            model_new = {va for va, p in result.pages.items() if p.hint}
+            kernel_new = {int(v) for v in after.table.vaddr[after.table.hint]}
+            was = {e.vaddr: e for e in before.table}
+            odd = [f"{va:#x} (node {was[va].node}, {'hint' if was[va].hint else 'present'} before; "
+                   f"{'model' if va in model_new else 'kernel'} hinted it)"
+                   for va in sorted(model_new ^ kernel_new) if va in was][:3]
+            diffs.append(f"pass at jiffies {ran_at}: numa_pte_updates grew by {kernel_updates}, model {model_updates} "
+                         f"(+ up to {slack} re-hints of the task's pages outside the region); entries hinted by only "
+                         f"one of them: {', '.join(odd) or 'none'}")
+    return diffs, int(bool(in_region)), labels, int(new_hints), counted
 
 
 def check_fault_migration(ctx: Context) -> CheckResult:
@@ -341,15 +498,18 @@ def check_fault_migration(ctx: Context) -> CheckResult:
             after = observe(ctx, region.pid)
     finally:
         region.close()
-    task = model_task(before, len(ctx.nodes_with_cpus()))
+    task = books = model_task(before, len(ctx.nodes_with_cpus()))
     pages = model_pages(ctx, before)
     diffs: list[str] = []
-    migrated_model = 0
+    migrated_model = local_model = faults_model = 0
     kernel_region = {e.vaddr: e for e in after.table.within(region.addr, region.end)}
     for va in sorted(p for p in pages if region.addr <= p < region.end):
         result = hint_fault(task, pages[va], cpu=remote_cpus[0], node_of_cpu=ctx.node_of_cpu,
                             mm_seq=before.mm.numa_scan_seq, write=True)
         task = result.task
+        books = account(books, pages[va], result, remote)
+        faults_model += 1
+        local_model += result.local
         migrated_model += result.page.nr_pages if result.migrated else 0
         kernel = kernel_region.get(va)
         if kernel is None:
@@ -370,9 +530,12 @@ def check_fault_migration(ctx: Context) -> CheckResult:
                      f"pages (bound {migrated_model}..{migrated_model + slack} with {slack} hinted pages outside)")
     hint_faults = after.vmstat["numa_hint_faults"] - before.vmstat["numa_hint_faults"]
     region_pages = region.length // 4096
-    if hint_faults < region_pages:
-        diffs.append(f"numa_hint_faults grew by {hint_faults}, fewer than the {region_pages} region pages touched")
-    figures = {"region_pages": region_pages, "migrated_model": migrated_model, "migrated_kernel_task": kernel_delta,
+    diffs.extend(compare_local_counter(local_model, faults_model, before, after))
+    outside_pages = int(outside.pages[outside.present | outside.hint].sum())
+    accounting_diffs, accounting = compare_accounting(model_accounting(model_task(before, len(ctx.nodes_with_cpus())), books),
+                                                      kernel_accounting(before, after), outside_pages)
+    diffs.extend(accounting_diffs)
+    figures = {**accounting, "region_pages": region_pages, "migrated_model": migrated_model, "migrated_kernel_task": kernel_delta,
                "numa_hint_faults_delta": hint_faults,
                "numa_hint_faults_local_delta": after.vmstat["numa_hint_faults_local"] - before.vmstat["numa_hint_faults_local"],
                "task_scan_seq": before.task.numa_scan_seq, "preferred_nid": before.task.numa_preferred_nid}
@@ -428,15 +591,18 @@ def check_thp(ctx: Context) -> CheckResult:
     huge_updates = hinted.vmstat["numa_huge_pte_updates"] - start.vmstat["numa_huge_pte_updates"]
     if huge_updates != 4:
         diffs.append(f"numa_huge_pte_updates grew by {huge_updates} while the 4 PMDs were hinted, model: 4")
-    task = model_task(hinted, len(ctx.nodes_with_cpus()))
+    task = books = model_task(hinted, len(ctx.nodes_with_cpus()))
     pages = model_pages(ctx, hinted)
     kernel_after = {e.vaddr: e for e in after.table.within(region.addr, region.end)}
-    migrated = 0
+    migrated = local_model = faults_model = 0
     unexplained: list[int] = []
     for va in sorted(p for p in pages if region.addr <= p < region.end):
         result = hint_fault(task, pages[va], cpu=remote_cpus[0], node_of_cpu=ctx.node_of_cpu,
                             mm_seq=hinted.mm.numa_scan_seq)
         task = result.task
+        books = account(books, pages[va], result, remote)
+        faults_model += 1
+        local_model += result.local
         migrated += result.migrated
         kernel = kernel_after.get(va)
         if kernel is None or kernel.level != "pmd":
@@ -453,7 +619,14 @@ def check_thp(ctx: Context) -> CheckResult:
     thp_migrations = after.vmstat["thp_migration_success"] - hinted.vmstat["thp_migration_success"]
     if thp_migrations != migrated:
         diffs.append(f"thp_migration_success grew by {thp_migrations}, model migrates {migrated} THPs")
-    figures = {"pmds": len(pmds), "numa_huge_pte_updates_delta": huge_updates, "thp_migrated_model": migrated,
+    diffs.extend(compare_local_counter(local_model, faults_model, hinted, after))
+    outside = hinted.table.select(~((hinted.table.vaddr >= np.uint64(region.addr)) &
+                                    (hinted.table.vaddr < np.uint64(region.end))))
+    accounting_diffs, accounting = compare_accounting(
+        model_accounting(model_task(hinted, len(ctx.nodes_with_cpus())), books), kernel_accounting(hinted, after),
+        int(outside.pages[outside.present | outside.hint].sum()))
+    diffs.extend(accounting_diffs)
+    figures = {**accounting, "pmds": len(pmds), "numa_huge_pte_updates_delta": huge_updates, "thp_migrated_model": migrated,
                "thp_migration_success_delta": thp_migrations,
                "last_cpupid_not_as_modelled": [hex(va) for va in unexplained]}
     return CheckResult("thp", not diffs, f"{len(pmds)} PMD hints, {thp_migrations} whole-THP migrations "
@@ -492,6 +665,113 @@ def check_placement(ctx: Context) -> CheckResult:
         diffs.append(f"after all its memory moved to node {remote} the task prefers node {settled.task.numa_preferred_nid}")
     return CheckResult("placement", not diffs, f"preferred node {settled.task.numa_preferred_nid} "
                        f"(mem faults {figures[next(iter(reversed(figures)))]['mem_faults']})", figures, _diff_limit(diffs))
+
+
+def _time_after(a: int, b: int) -> bool:
+    """include/linux/jiffies.h:time_after for unsigned long jiffies (wrap-safe)."""
+    return ((b - a) & (1 << 63)) != 0 and (b - a) & ((1 << 64) - 1) != 0
+
+
+def check_placement_exact(ctx: Context) -> CheckResult:
+    """5b. Placement and scan period, exactly. fair.c:task_numa_placement runs on the first hint
+    fault after the mm started a new sequence (and after numa_migrate_retry). When the task is
+    observed with a placement pending and no fault can come before it (its memory is all local
+    or untouched while it spins), the next fault runs placement on exactly the observed books:
+    the model (task_numa_placement + update_task_scan_period, with task_scan_min/max from the
+    observed RSS and tunables) must then give the kernel's NUMA_MEM buckets (mem - mem/2 +
+    membuf), total_numa_faults, preferred node, numa_scan_period and numa_scan_period_max.
+
+    The scenario makes the period take the "speed up" branch: a 4 MiB read-only region (no
+    numa_group: TNF_NO_GROUP) is moved to the far node by a short-lived thread, so the main
+    thread's next faults on it are remote and shared (another tid in last_cpupid) and are refused
+    by the two-stage filter. Then, round by round, the task spins on the near node until a
+    placement is pending and reads one more page, whose single fault runs placement. A round
+    counts only if exactly one placement can have run (the mm's sequence did not move on)."""
+    nodes = ctx.nodes_with_cpus()
+    near, far = nodes[0], nodes[-1]
+    region = HeldRegion.start(ctx.guest, 4, node=near, readonly=True)
+    diffs: list[str] = []
+    rounds: list[dict[str, Any]] = []
+    skipped = 0
+    try:
+        with tunables(ctx.guest, **FAST_SCAN):
+            def all_hinted(o: Observation) -> bool:
+                part = o.table.within(region.addr, region.end)
+                return bool(len(part)) and bool(part.hint.all())
+            drain_lru_batches(ctx.guest)
+            # A short-lived thread spins on the far node so that passes hint the region without the
+            # main thread leaving the near node (its own pages stay local, so it has no stray faults).
+            for _ in range(120):
+                if all_hinted(observe(ctx, region.pid)):
+                    break
+                region.spin(0.5, node=far, thread=True)
+            else:
+                raise TimeoutError("the region was not hinted after 60 s of a thread spinning on the far node")
+            region.read(node=far, thread=True)
+            _spin_until(region, ctx, near, all_hinted, step=0.5)
+            region.read(node=near)
+            for page in range(1, 12):
+                va = region.addr + page * 4096
+
+                def pending(o: Observation, va: int = va) -> bool:
+                    entry = o.table.within(va, va + 4096)
+                    return (o.task.numa_scan_seq != o.mm.numa_scan_seq and bool(len(entry)) and bool(entry.hint.all())
+                            and _time_after(o.balancing.jiffies, o.task.numa_migrate_retry))
+                a = _spin_until(region, ctx, near, pending, step=0.3)
+                region.read(node=near, pages=page + 1)
+                b = observe(ctx, region.pid)
+                if b.mm.numa_scan_seq != a.mm.numa_scan_seq or b.task.numa_scan_seq != a.mm.numa_scan_seq:
+                    skipped += 1
+                    continue
+                rounds.append(_compare_placement(ctx, a, b, diffs, len(rounds) + 1))
+                if len(rounds) >= 3 and any(r["mem_history"] for r in rounds):
+                    break
+    finally:
+        region.close()
+    if not any(r["mem_history"] for r in rounds):
+        diffs.append(f"no exact round had fault history to decay ({len(rounds)} rounds, {skipped} skipped): "
+                     f"the check lost its subject")
+    if not any(r["branch"] == "speed up" for r in rounds):
+        diffs.append("no round took update_task_scan_period's speed-up branch: the check lost its subject")
+    summary = (f"{len(rounds)} placements replayed exactly ({skipped} skipped: another sequence started); "
+               + ", ".join(f"period {r['period_before']}->{r['period_kernel']} ms (model {r['period_model']})"
+                           for r in rounds))
+    return CheckResult("placement-exact", not diffs, summary, {"rounds": rounds, "skipped": skipped}, _diff_limit(diffs))
+
+
+def _compare_placement(ctx: Context, a: Observation, b: Observation, diffs: list[str], number: int) -> dict[str, Any]:
+    tun = model_tunables(a, ctx.hz)
+    rss = a.mm.rss_pages
+    before = model_task(a, len(ctx.nodes_with_cpus()))
+    model = task_numa_placement(before, a.mm.numa_scan_seq, scan_min=task_scan_min(rss, tun),
+                                scan_max=task_scan_max(rss, tun))
+    kernel = b.task
+    label = f"placement {number} (jiffies {a.balancing.jiffies})"
+    pairs: list[tuple[str, Any, Any]] = [
+        ("numa_preferred_nid", model.numa_preferred_nid, kernel.numa_preferred_nid),
+        ("numa_scan_period", model.numa_scan_period, kernel.numa_scan_period),
+        ("numa_scan_period_max", model.numa_scan_period_max, kernel.numa_scan_period_max),
+        ("total_numa_faults", model.total_numa_faults, kernel.total_numa_faults),
+    ]
+    for nid in range(before.nr_nodes):
+        for priv, kind in ((1, "private"), (0, "shared")):
+            pairs.append((f"NUMA_MEM node {nid} {kind}", model.faults[0][nid][priv], kernel.faults["mem"][nid][priv]))
+    for name, want, got in pairs:
+        if want != got:
+            diffs.append(f"{label}: {name} kernel {got}, model {want} (from mem {a.task.faults['mem']}, membuf "
+                         f"{a.task.faults['membuf']}, locality {a.task.locality}, period {a.task.numa_scan_period} ms, "
+                         f"rss {rss} pages)")
+    remote, local, _ = a.task.locality
+    shared = sum(p[0] for p in a.task.faults["membuf"])
+    private = sum(p[1] for p in a.task.faults["membuf"])
+    ratio_lr = local * 10 // (local + remote) if local + remote else None
+    ratio_ps = private * 10 // (private + shared) if private + shared else None
+    branch = ("slow down (no local or shared faults, or failed migrations)" if local + shared == 0 or a.task.locality[2]
+              else "slow down" if (ratio_ps or 0) >= 7 or (ratio_lr or 0) >= 7 else "speed up")
+    return {"period_before": a.task.numa_scan_period, "period_model": model.numa_scan_period,
+            "period_kernel": kernel.numa_scan_period, "branch": branch, "locality": list(a.task.locality),
+            "membuf": a.task.faults["membuf"], "mem_before": a.task.faults["mem"], "mem_kernel": kernel.faults["mem"],
+            "mem_history": any(sum(p) for p in a.task.faults["mem"]), "rss_pages": rss}
 
 
 def check_two_stage_filter(ctx: Context) -> CheckResult:
@@ -590,25 +870,55 @@ CHECKS: dict[str, Callable[[Context], CheckResult]] = {
     "two-stage-filter": check_two_stage_filter,
     "thp": check_thp,
     "placement": check_placement,
+    "placement-exact": check_placement_exact,
 }
+
+
+def guest_answers(guest: GuestView, timeout: float = LIVENESS_TIMEOUT) -> bool:
+    """Whether the guest still runs a trivial command over SSH."""
+    try:
+        return guest.ssh.run("true", timeout=timeout).exit_status == 0
+    except HarnessError:
+        return False
+
+
+def _run_one(ctx: Context, name: str) -> CheckResult:
+    try:
+        return CHECKS[name](ctx)
+    except (WorkloadStuck, CommandTimeout) as err:
+        # Bounded: a stuck step is noticed after STEP_TIMEOUT, a silent guest after one SSH timeout
+        # (60 s), and the liveness probe adds LIVENESS_TIMEOUT.
+        alive = guest_answers(ctx.guest)
+        where = "the guest still answers: a task livelocks" if alive else "the guest no longer answers SSH"
+        return CheckResult(name, False, f"hang: {where}", {"guest_answers": alive}, (str(err),), hung=True)
+    except Exception as err:  # a check that cannot run is a failed check, with the reason
+        return CheckResult(name, False, f"could not run: {type(err).__name__}: {err}")
 
 
 def run_checks(guest: GuestView, names: Sequence[str] | None = None,
                progress: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
+    """Run the checks in order. After a kernel bug (oops, WARNING, soft lockup...) or a guest that
+    stopped answering, the remaining checks are reported as not run; after a livelocked task that
+    was killed with its region, they go on."""
     ctx = Context.open(guest)
-    results = []
+    results: list[CheckResult] = []
+    stopped: str | None = None
+    silent = False
     for name in names or list(CHECKS):
         started = time.monotonic()
-        try:
-            result = CHECKS[name](ctx)
-        except Exception as err:  # a check that cannot run is a failed check, with the reason
-            result = CheckResult(name, False, f"could not run: {type(err).__name__}: {err}")
+        if stopped is not None:
+            result = CheckResult(name, False, f"not run: {stopped}", hung=silent)
+        else:
+            result = _run_one(ctx, name)
+            if result.hung and not result.figures.get("guest_answers", True):
+                stopped, silent = f"the guest stopped answering during {name}", True
         bugs = guest.new_bugs()
         if bugs:
-            result = CheckResult(name, False, result.summary, result.figures,
-                                 (*result.diffs, *(f"kernel bug: {b.title}" for b in bugs)))
-        result = CheckResult(result.name, result.passed, result.summary, result.figures, result.diffs,
-                             time.monotonic() - started)
+            result = replace(result, passed=False, diffs=(*result.diffs, *(f"kernel bug: {b.title}" for b in bugs)),
+                             figures={**result.figures, "kernel_bugs": [b.title for b in bugs]})
+            # The kernel is broken: what the remaining checks would see is no longer NUMA balancing.
+            stopped = stopped or f"the kernel reported {bugs[0].title!r} during {name}"
+        result = replace(result, seconds=time.monotonic() - started)
         results.append(result)
         if progress is not None:
             progress(result)

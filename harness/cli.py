@@ -167,36 +167,57 @@ EXIT_CHECK_FAILED = 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .crosscheck import CHECKS, run_checks
+    from .checkrun import check_kernel, kernel_identity
+    from .crosscheck import CHECKS
     from .report import print_table, write_json, write_junit
 
     unknown = [name for name in args.only if name not in CHECKS]
     if unknown:
         raise HarnessError(f"--only {', '.join(unknown)}: no such check. Checks: {', '.join(CHECKS)}.")
+    request = launch_request(args, name="check")
     try:
-        request = launch_request(args, name="check")
         kernel = resolve_kernel(request)
-        guest = make_guest(request, kernel)
-        with guest:
-            _say(f"guest up in {guest.boot_seconds:.1f} s ({guest.accel}, {guest.config.topology.describe()}); "
-                 f"running {len(args.only) or len(CHECKS)} checks")
-            guest.mark_bugs_seen()
-            results = run_checks(guest, args.only or None, progress=lambda r: _say(
-                f"{r.name}: {'pass' if r.passed else 'FAIL'} ({r.seconds:.1f} s) {r.summary}"))
+        run = check_kernel(request, kernel, args.only or None, on_boot=lambda seconds, accel: _say(
+            f"guest up in {seconds:.1f} s ({accel}, {args.topology}); running {len(args.only) or len(CHECKS)} checks"),
+            progress=lambda r: _say(f"{r.name}: {r.verdict} ({r.seconds:.1f} s) {r.summary}"))
     except HarnessError as err:
         _say(f"error: {err}")
         return EXIT_HARNESS_FAILED
     manifest = kernel.manifest
     title = (f"numa-harness check: kernel {manifest.get('kernel_release')} "
              f"({', '.join(p['name'] for p in manifest.get('patches', [])) or 'no patches'}), {args.topology}")
-    print_table(results, title)
-    context = {"kernel": {k: manifest.get(k) for k in ("kernel_release", "build_id", "config_sha256", "patches", "source")},
-               "topology": args.topology, "accel": guest.accel}
+    print_table(run.results, title)
+    context = {"kernel": kernel_identity(kernel), "topology": args.topology, "accel": run.accel}
     if args.json:
-        write_json(args.json, results, context)
+        write_json(args.json, run.results, context)
     if args.junit:
-        write_junit(args.junit, results, f"numa-harness.{args.topology}")
-    return 0 if all(r.passed for r in results) else EXIT_CHECK_FAILED
+        write_junit(args.junit, run.results, f"numa-harness.{args.topology}")
+    return 0 if run.passed else EXIT_CHECK_FAILED
+
+
+def cmd_mutants(args: argparse.Namespace) -> int:
+    from .crosscheck import CHECKS
+    from .mutants import MUTANTS_DIR, discover, run_mutants, select
+    from .report import print_mutant_table, write_mutants_json
+
+    unknown = [name for name in args.checks if name not in CHECKS]
+    if unknown:
+        raise HarnessError(f"--checks {', '.join(unknown)}: no such check. Checks: {', '.join(CHECKS)}.")
+    mutants = discover(args.dir or MUTANTS_DIR)
+    if args.only:
+        mutants = select(mutants, args.only)
+    if args.kernel:
+        raise HarnessError("mutants: --kernel cannot be used; each mutant is built from the source and series.")
+    request = launch_request(args)
+    _say(f"{len(mutants)} mutants, each built incrementally and checked ({len(args.checks) or len(CHECKS)} checks)")
+    results = run_mutants(mutants, request, args.checks or None, progress=lambda r: _say(
+        f"{r.mutant.name}: {r.outcome} ({r.seconds:.0f} s) {r.detail[:160]}"))
+    print_mutant_table(results)
+    if args.json:
+        write_mutants_json(args.json, results)
+    if any(r.outcome == "error" for r in results):
+        return EXIT_HARNESS_FAILED
+    return 0 if all(r.killed for r in results) else EXIT_CHECK_FAILED
 
 
 def _registry(args: argparse.Namespace) -> Path:
@@ -489,6 +510,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--junit", type=Path, metavar="FILE", help="write the results as JUnit XML")
     p.add_argument("--only", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("mutants", parents=[build_opts, guest_opts],
+                       help="mutation self-check: build each mutant kernel, run check; exit 0 only if all are killed")
+    p.add_argument("--dir", type=Path, metavar="DIR", help="mutant patches (default kernel-config/patches/mutants)")
+    p.add_argument("--only", action="append", default=[], metavar="MUTANT", help="run only this mutant (name or prefix)")
+    p.add_argument("--checks", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the mutant table as JSON")
+    p.set_defaults(func=cmd_mutants)
 
     p = sub.add_parser("up", parents=[build_opts, guest_opts], help="boot a guest in the background")
     p.add_argument("--name", default="", help="guest name (default guestN)")

@@ -10,19 +10,19 @@ from typing import Any
 
 from .cache import atomic_write_text
 from .crosscheck import CheckResult
+from .mutants import MutantResult
 
 
 def print_table(results: Sequence[CheckResult], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
     for column in ("check", "verdict", "key figures", "seconds"):
         table.add_column(column)
     for r in results:
-        verdict = "[green]pass[/green]" if r.passed else "[red]FAIL[/red]"
+        verdict = "[green]pass[/green]" if r.passed else "[red]HANG[/red]" if r.hung else "[red]FAIL[/red]"
         table.add_row(r.name, verdict, r.summary, f"{r.seconds:.1f}")
-    console = Console(stderr=False)
+    console = _console()
     console.print(table)
     for r in results:
         if r.diffs:
@@ -50,3 +50,31 @@ def write_junit(path: Path, results: Sequence[CheckResult], suite: str) -> None:
         out.text = json.dumps(r.figures)
     ET.indent(root)
     atomic_write_text(path, ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n")
+
+
+def print_mutant_table(results: Sequence[MutantResult]) -> None:
+    from rich.table import Table
+
+    killed = sum(r.killed for r in results)
+    table = Table(title=f"numa-harness mutants: {killed} of {len(results)} killed")
+    for column in ("mutant", "outcome", "failed checks", "seconds", "what it breaks / first diff"):
+        table.add_column(column)
+    colour = {"killed": "green", "hang": "green", "survived": "red", "error": "yellow"}
+    for r in results:
+        table.add_row(r.mutant.name, f"[{colour[r.outcome]}]{r.outcome}[/{colour[r.outcome]}]",
+                      ", ".join(r.failed_checks) or "-", f"{r.seconds:.0f}", r.detail or r.mutant.subject)
+    _console().print(table)
+
+
+def write_mutants_json(path: Path, results: Sequence[MutantResult]) -> None:
+    data = {"killed": sum(r.killed for r in results), "total": len(results), "mutants": [r.as_json() for r in results]}
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _console() -> Any:
+    """A terminal gets its own width; a log file or CI gets 160 columns instead of rich's 80."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)

@@ -266,6 +266,11 @@ class GuestView:
     def mark_bugs_seen(self) -> None:
         self._bug_cursor = len(self.bugs())
 
+    def pending_bugs(self) -> list[KernelBug]:
+        """Bugs logged since the previous new_bugs()/mark_bugs_seen(), without consuming them:
+        a waiting loop uses this to stop waiting on a kernel that has already locked up."""
+        return self.bugs()[self._bug_cursor:]
+
     def new_bugs(self) -> list[KernelBug]:
         """Bugs logged since the previous call (tests use this to fail on what happened during them)."""
         bugs = self.bugs()

@@ -1,0 +1,116 @@
+"""Mutation self-check: build each deliberately broken kernel in kernel-config/patches/mutants/
+(incrementally, on the cached tree), boot it, run the cross-checks, and call the mutant killed
+when a check fails or hangs. A survivor means the checks lost their teeth for the behaviour the
+mutant's header describes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .checkrun import BootFailure, check_kernel
+from .errors import HarnessError, SeriesError
+from .kernel import KCONFIG_DIR, build
+from .launch import LaunchRequest
+
+MUTANTS_DIR = KCONFIG_DIR / "patches" / "mutants"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    path: Path
+    subject: str
+    breaks: str  # the header's "What it breaks" paragraph
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+@dataclass(frozen=True)
+class MutantResult:
+    mutant: Mutant
+    # killed: a check failed; hang: a check reported a hang (detected in bounded time, counts as
+    # killed); survived: every check passed; error: the mutant could not be built or booted for a
+    # reason that is not a kernel bug (a broken mutant, or the harness itself).
+    outcome: str
+    failed_checks: tuple[str, ...]
+    seconds: float
+    detail: str = ""
+
+    @property
+    def killed(self) -> bool:
+        return self.outcome in ("killed", "hang")
+
+    def as_json(self) -> dict[str, Any]:
+        return {"mutant": self.mutant.name, "subject": self.mutant.subject, "outcome": self.outcome,
+                "killed": self.killed, "failed_checks": list(self.failed_checks), "seconds": round(self.seconds, 1),
+                "detail": self.detail}
+
+
+def discover(directory: Path = MUTANTS_DIR) -> list[Mutant]:
+    if not directory.is_dir():
+        raise SeriesError(f"Mutant directory {directory} does not exist. Pass a directory of *.patch files.")
+    mutants = []
+    for path in sorted(directory.glob("*.patch")):
+        text = path.read_text(errors="replace")
+        subject = next((line.split("]", 1)[-1].strip() for line in text.splitlines() if line.startswith("Subject:")), "")
+        header = text.split("\n---\n", 1)[0]
+        breaks = header.split("What it breaks:", 1)[1].split("\n\n", 1)[0] if "What it breaks:" in header else ""
+        if not subject or not breaks:
+            raise SeriesError(f"Mutant {path} has no Subject: line or no 'What it breaks:' paragraph in its header. "
+                              f"Every mutant says what it breaks, so a survivor points at a behaviour.")
+        mutants.append(Mutant(path, subject, " ".join(breaks.split())))
+    if not mutants:
+        raise SeriesError(f"Mutant directory {directory} holds no *.patch files.")
+    return mutants
+
+
+def select(mutants: Sequence[Mutant], names: Sequence[str]) -> list[Mutant]:
+    chosen = []
+    for name in names:
+        found = [m for m in mutants if m.name == name or m.name.startswith(name)]
+        if len(found) != 1:
+            raise HarnessError(f"--only {name}: {'no' if not found else 'more than one'} mutant matches. "
+                               f"Mutants: {', '.join(m.name for m in mutants)}.")
+        chosen.extend(found)
+    return chosen
+
+
+def run_mutant(mutant: Mutant, request: LaunchRequest, checks: Sequence[str] | None = None,
+               console_copy: Path | None = None) -> MutantResult:
+    started = time.monotonic()
+    build_request = replace(request.build, extra_patches=(*request.build.extra_patches, mutant.path))
+    try:
+        kernel = build(build_request)
+    except HarnessError as err:
+        return MutantResult(mutant, "error", (), time.monotonic() - started, f"build failed: {err}")
+    try:
+        run = check_kernel(replace(request, build=build_request, name=f"mutant-{mutant.name[:4]}"), kernel, checks,
+                           console_copy=console_copy)
+    except BootFailure as err:
+        if err.bug_title:  # the mutant crashed the kernel at boot: that is a kill
+            return MutantResult(mutant, "killed", ("boot",), time.monotonic() - started, f"kernel bug: {err.bug_title}")
+        return MutantResult(mutant, "error", (), time.monotonic() - started, f"boot failed: {err}")
+    failed = tuple(r.name for r in run.results if not r.passed)
+    hung = any(r.hung for r in run.results)
+    outcome = "hang" if hung else "killed" if failed else "survived"
+    first = next((r for r in run.results if not r.passed), None)
+    detail = "" if first is None else f"{first.name}: {first.summary}" + (f"; {first.diffs[0]}" if first.diffs else "")
+    return MutantResult(mutant, outcome, failed, time.monotonic() - started, detail)
+
+
+def run_mutants(mutants: Sequence[Mutant], request: LaunchRequest, checks: Sequence[str] | None = None,
+                console_dir: Path | None = None,
+                progress: Callable[[MutantResult], None] | None = None) -> list[MutantResult]:
+    results = []
+    for mutant in mutants:
+        copy = console_dir / f"console-mutant-{mutant.name}.log" if console_dir else None
+        result = run_mutant(mutant, request, checks, copy)
+        results.append(result)
+        if progress is not None:
+            progress(result)
+    return results

@@ -26,7 +26,7 @@ from .model.placement import task_numa_placement
 from .model.scanner import _unsuitable, task_scan_max, task_scan_min
 from .model.state import LAST__PID_MASK, cpupid_cpu, cpupid_pid
 from .vm import GuestView
-from .workload import HeldRegion, WorkloadStuck
+from .workload import HeldRegion, WorkloadStuck, run_bench
 
 KNOBS = "/sys/kernel/debug/sched/numa_balancing"
 VM_READ, VM_WRITE, VM_EXEC, VM_SHARED = 0x1, 0x2, 0x4, 0x8
@@ -48,6 +48,10 @@ class CheckResult:
     seconds: float = 0.0
     # The check could not finish because a workload step livelocked or the guest stopped answering.
     hung: bool = False
+    # Global event counters (/proc/vmstat names) moved during the check: numa_*, thp_migration_*.
+    vmstat_delta: dict[str, int] = field(default_factory=dict)
+    # For a failed check: the last observations it made (the state its diffs refer to), as JSON.
+    snapshot: tuple[dict[str, Any], ...] = ()
 
     @property
     def verdict(self) -> str:
@@ -55,7 +59,8 @@ class CheckResult:
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "passed": self.passed, "verdict": self.verdict, "summary": self.summary,
-                "figures": self.figures, "diffs": list(self.diffs), "seconds": round(self.seconds, 2)}
+                "figures": self.figures, "diffs": list(self.diffs), "seconds": round(self.seconds, 2),
+                "vmstat_delta": self.vmstat_delta}
 
 
 @dataclass
@@ -64,6 +69,11 @@ class Context:
     prog: Any
     node_of_cpu: dict[int, int]
     hz: int = 250
+    # The current check's two latest observations: the state a failure's diffs refer to.
+    recent: list[Observation] = field(default_factory=list)
+    # Counters read at every check's start and end: {"t": seconds since open, "check", "vmstat"}.
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    opened: float = field(default_factory=time.monotonic)
 
     @classmethod
     def open(cls, guest: GuestView) -> Context:
@@ -133,9 +143,25 @@ def observe(ctx: Context, pid: int) -> Observation:
     with nh.snapshot(ctx.guest):
         mm = nh.find_mm(ctx.prog, pid)
         table = nh.with_mapcount(ctx.prog, nh.with_last_cpupid(ctx.prog, nh.walk(ctx.prog, mm)))
-        return Observation(table, nh.read_task(ctx.prog, pid), nh.read_mm(ctx.prog, pid), nh.read_vmas(ctx.prog, pid),
-                           nh.read_balancing(ctx.prog), nh.read_vmstat(ctx.prog), int(mm.value_()),
-                           nh.scan_stamps(ctx.prog))
+        obs = Observation(table, nh.read_task(ctx.prog, pid), nh.read_mm(ctx.prog, pid), nh.read_vmas(ctx.prog, pid),
+                          nh.read_balancing(ctx.prog), nh.read_vmstat(ctx.prog), int(mm.value_()),
+                          nh.scan_stamps(ctx.prog))
+    ctx.recent[:] = [*ctx.recent[-1:], obs]
+    return obs
+
+
+def observation_json(obs: Observation) -> dict[str, Any]:
+    """An observation as JSON: the task's and mm's NUMA state, VMAs, tunables, counters and every
+    leaf entry (hex addresses and raw entries, node, last_cpupid, mapcount)."""
+    t = obs.table
+    return {
+        "task": obs.task.as_json(), "mm": obs.mm.as_json(), "vmas": [v.as_json() for v in obs.vmas],
+        "balancing": obs.balancing.as_json(), "vmstat": obs.vmstat,
+        "entries": {"vaddr": [hex(int(v)) for v in t.vaddr], "raw": [hex(int(r)) for r in t.raw],
+                    "level": [int(x) for x in t.level], "node": [int(n) for n in t.node],
+                    "last_cpupid": None if t.last_cpupid is None else [int(c) for c in t.last_cpupid],
+                    "mapcount": None if t.mapcount is None else [int(c) for c in t.mapcount]},
+    }
 
 
 def model_tunables(obs: Observation, hz: int) -> Tunables:
@@ -196,7 +222,14 @@ def _spin_until(region: HeldRegion, ctx: Context, node: int, done: Callable[[Obs
         if done(obs):
             return obs
         if spent >= limit:
-            raise TimeoutError(f"the condition was not reached after {limit:.0f} s of spinning on node {node}")
+            part = obs.table.within(region.addr, region.end)
+            nodes = {int(n): int((part.node == n).sum()) for n in np.unique(part.node)}
+            raise TimeoutError(
+                f"the kernel never reached the state the check waits for ({getattr(done, '__name__', 'condition')}) "
+                f"after {limit:.0f} s of spinning on node {node}: the region has {int(part.hint.sum())} of {len(part)} "
+                f"entries hinted, entries per node {nodes}; task numa_scan_seq {obs.task.numa_scan_seq}, mm "
+                f"numa_scan_seq {obs.mm.numa_scan_seq}, preferred node {obs.task.numa_preferred_nid}, mm_users "
+                f"{obs.mm.mm_users}, hint faults {obs.vmstat.get('numa_hint_faults')}")
         region.spin(step, node=node)
         spent += step
 
@@ -239,6 +272,10 @@ def account(books: Task, before: Page, result: FaultResult, cpu_node: int) -> Ta
 
 
 def kernel_accounting(before: Observation, after: Observation) -> Accounting | None:
+    return recover_accounting(before.task, after.task, before.mm.numa_scan_seq, after.mm.numa_scan_seq)
+
+
+def recover_accounting(t0: nh.TaskNumaState, t1: nh.TaskNumaState, mm_seq0: int, mm_seq1: int) -> Accounting | None:
     """Recover what the faults between two observations added, also across one placement.
 
     fair.c:task_numa_placement folds NUMA_MEMBUF into NUMA_MEM as mem - mem/2 + membuf, zeroes
@@ -247,11 +284,10 @@ def kernel_accounting(before: Observation, after: Observation) -> Accounting | N
     membuf0) + membuf1, and the locality added before it is lost. A placement runs at most once per
     new mm sequence (it sets the task's numa_scan_seq to the mm's), which bounds the count. With
     possibly more than one, the additions cannot be recovered: None."""
-    t0, t1 = before.task, after.task
     if t1.numa_scan_seq == t0.numa_scan_seq:
         placements = 0
     else:
-        most = (after.mm.numa_scan_seq - before.mm.numa_scan_seq) + (t0.numa_scan_seq != before.mm.numa_scan_seq)
+        most = (mm_seq1 - mm_seq0) + (t0.numa_scan_seq != mm_seq0)
         if most != 1:
             return None
         placements = 1
@@ -863,6 +899,103 @@ def check_two_stage_filter(ctx: Context) -> CheckResult:
     return CheckResult("two-stage-filter", not diffs, summary, {"rounds": rounds}, _diff_limit(diffs))
 
 
+# Convergence runs: every workload and variant, this long each. With FAST_SCAN the free variants
+# converge in a few seconds under TCG; the bound below leaves them several times that.
+BENCH_SECONDS = 10.0
+BENCH_MIB = 64
+CONVERGED_SHARE = 0.9  # the free variant's final local share must reach this ...
+BOUND_SHARE = 0.99  # ... the bind variant's must stay at this (it was moved by mbind) ...
+INVERSE_MARGIN = 0.5  # ... and the inverse variant's mean share must trail the free one's by this much.
+
+
+class ScanSampler:
+    """Samples the scan state of nhbench's processes from the host (drgn, paused snapshots)
+    while the workload runs: numa_scan_offset within the buffer and numa_scan_seq over time."""
+
+    def __init__(self, ctx: Context, interval: float = 0.5) -> None:
+        import threading
+
+        self.ctx, self.interval = ctx, interval
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._started = time.monotonic()
+
+    def __enter__(self) -> ScanSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        from drgn.helpers.linux.pid import for_each_task
+
+        while not self._stop.wait(self.interval):
+            try:
+                with nh.snapshot(self.ctx.guest):
+                    for task in for_each_task(self.ctx.prog):
+                        if task.comm.string_() != b"nhbench" or task.pid != task.tgid or not task.mm:
+                            continue
+                        pid = int(task.pid.value_())
+                        largest = max(nh.read_vmas(self.ctx.prog, pid), key=lambda v: v.end - v.start)
+                        mm = task.mm
+                        offset = int(mm.numa_scan_offset.value_())
+                        inside = largest.start <= offset < largest.end
+                        self.samples.append({"t": round(time.monotonic() - self._started, 2), "pid": pid,
+                                             "seq": int(mm.numa_scan_seq.value_()),
+                                             "offset_mib": round((offset - largest.start) / 2**20, 2) if inside else None})
+            except Exception:  # a process exiting mid-read: skip this sample
+                continue
+
+
+def check_convergence(ctx: Context) -> CheckResult:
+    """5c. numa01/numa02 convergence (guest-tests/nhbench). Each workload runs in three variants for
+    BENCH_SECONDS with FAST_SCAN: free (default policy, memory first-touched on the first node, so
+    every other node's slices start remote), bind (slices moved to their threads' nodes by mbind)
+    and inverse (slices bound half a machine away). The share of slice pages on their thread's
+    node is sampled every 250 ms. Stated bounds: free reaches CONVERGED_SHARE by the end, bind
+    stays at BOUND_SHARE, inverse's mean share trails free's by INVERSE_MARGIN. Under TCG, remote
+    memory costs no more than local memory, so "worse" is judged by locality, not by throughput
+    (writes are reported)."""
+    diffs: list[str] = []
+    runs: dict[str, Any] = {}
+    with tunables(ctx.guest, **FAST_SCAN):
+        for workload in ("numa02", "numa01"):
+            results = {}
+            for variant in ("bind", "free", "inverse"):
+                drain_lru_batches(ctx.guest)
+                with ScanSampler(ctx) as sampler:
+                    run = run_bench(ctx.guest, workload, variant, BENCH_MIB, BENCH_SECONDS)
+                results[variant] = run
+                runs[f"{workload}-{variant}"] = {
+                    "final_share": round(run.final_share, 4), "mean_share": round(run.mean_share, 4),
+                    "time_to_converged": run.time_to(CONVERGED_SHARE), "writes": run.writes,
+                    "seconds": run.seconds,
+                    "series": {"t": [s.t for s in run.samples], "local_share": [s.local_share for s in run.samples],
+                               "pages_on_node": [list(s.pages_on_node) for s in run.samples],
+                               "thread_local_share": [list(s.thread_local_share) for s in run.samples],
+                               "vmstat": [list(s.vmstat) for s in run.samples]},
+                    "scan": sampler.samples,
+                }
+            free, bound, inverse = results["free"], results["bind"], results["inverse"]
+            if free.final_share < CONVERGED_SHARE:
+                diffs.append(f"{workload} free: {free.final_share:.1%} of the slice pages on their thread's node after "
+                             f"{free.seconds:.0f} s, bound {CONVERGED_SHARE:.0%} (started at {free.samples[0].local_share:.1%})")
+            if bound.final_share < BOUND_SHARE:
+                diffs.append(f"{workload} bind: {bound.final_share:.1%} local although every slice was bound to its "
+                             f"thread's node, bound {BOUND_SHARE:.0%}")
+            if inverse.mean_share > free.mean_share - INVERSE_MARGIN:
+                diffs.append(f"{workload} inverse: mean local share {inverse.mean_share:.1%} does not trail free's "
+                             f"{free.mean_share:.1%} by {INVERSE_MARGIN:.0%}")
+    summary = ", ".join(f"{name} {r['final_share']:.0%}" + (f" in {r['time_to_converged']:.1f} s"
+                                                             if name.endswith("free") and r["time_to_converged"] is not None
+                                                             else "")
+                        for name, r in runs.items())
+    return CheckResult("convergence", not diffs, f"final local share: {summary}", {"runs": runs}, _diff_limit(diffs))
+
+
 CHECKS: dict[str, Callable[[Context], CheckResult]] = {
     "skip-rules": check_skip_rules,
     "scanner-window": check_scanner_window,
@@ -871,6 +1004,7 @@ CHECKS: dict[str, Callable[[Context], CheckResult]] = {
     "thp": check_thp,
     "placement": check_placement,
     "placement-exact": check_placement_exact,
+    "convergence": check_convergence,
 }
 
 
@@ -882,7 +1016,35 @@ def guest_answers(guest: GuestView, timeout: float = LIVENESS_TIMEOUT) -> bool:
         return False
 
 
+VMSTAT_REPORTED = ("numa_pte_updates", "numa_huge_pte_updates", "numa_hint_faults", "numa_hint_faults_local",
+                   "numa_pages_migrated", "pgmigrate_success", "pgmigrate_fail", "thp_migration_success",
+                   "thp_migration_fail")
+
+
+def _vmstat(ctx: Context, label: str) -> dict[str, int]:
+    with nh.snapshot(ctx.guest):
+        counters = nh.read_vmstat(ctx.prog)
+    reported = {name: counters[name] for name in VMSTAT_REPORTED if name in counters}
+    ctx.timeline.append({"t": round(time.monotonic() - ctx.opened, 2), "check": label, "vmstat": reported})
+    return reported
+
+
 def _run_one(ctx: Context, name: str) -> CheckResult:
+    ctx.recent.clear()
+    try:
+        before = _vmstat(ctx, f"{name} start")
+    except Exception as err:  # the guest is gone: the check cannot run
+        return CheckResult(name, False, f"could not run: {type(err).__name__}: {err}")
+    result = _run_check(ctx, name)
+    with contextlib.suppress(Exception):
+        after = _vmstat(ctx, f"{name} end")
+        result = replace(result, vmstat_delta={k: after[k] - before[k] for k in after if k in before})
+    if not result.passed and ctx.recent:
+        result = replace(result, snapshot=tuple(observation_json(o) for o in ctx.recent))
+    return result
+
+
+def _run_check(ctx: Context, name: str) -> CheckResult:
     try:
         return CHECKS[name](ctx)
     except (WorkloadStuck, CommandTimeout) as err:
@@ -896,11 +1058,14 @@ def _run_one(ctx: Context, name: str) -> CheckResult:
 
 
 def run_checks(guest: GuestView, names: Sequence[str] | None = None,
-               progress: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
+               progress: Callable[[CheckResult], None] | None = None,
+               timeline: list[dict[str, Any]] | None = None) -> list[CheckResult]:
     """Run the checks in order. After a kernel bug (oops, WARNING, soft lockup...) or a guest that
     stopped answering, the remaining checks are reported as not run; after a livelocked task that
     was killed with its region, they go on."""
     ctx = Context.open(guest)
+    if timeline is not None:
+        ctx.timeline = timeline
     results: list[CheckResult] = []
     stopped: str | None = None
     silent = False

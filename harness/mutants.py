@@ -95,6 +95,8 @@ def run_mutant(mutant: Mutant, request: LaunchRequest, checks: Sequence[str] | N
         if err.bug_title:  # the mutant crashed the kernel at boot: that is a kill
             return MutantResult(mutant, "killed", ("boot",), time.monotonic() - started, f"kernel bug: {err.bug_title}")
         return MutantResult(mutant, "error", (), time.monotonic() - started, f"boot failed: {err}")
+    except HarnessError as err:
+        return MutantResult(mutant, "error", (), time.monotonic() - started, f"could not boot: {err}")
     failed = tuple(r.name for r in run.results if not r.passed)
     hung = any(r.hung for r in run.results)
     outcome = "hang" if hung else "killed" if failed else "survived"

@@ -1,0 +1,49 @@
+"""The mutant collection itself: at least six, each saying what it breaks, each a small change to
+the NUMA-balancing code of 6.12 (the real build-and-check of mutants runs in test_ci.py and
+test_crosscheck.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.errors import HarnessError, SeriesError
+from harness.mutants import MUTANTS_DIR, discover, select
+
+NUMA_FILES = {"mm/memory.c", "mm/huge_memory.c", "mm/mprotect.c", "mm/mempolicy.c", "kernel/sched/fair.c"}
+
+
+def test_every_mutant_says_what_it_breaks_and_touches_numa_balancing() -> None:
+    mutants = discover()
+    assert len(mutants) >= 6
+    for mutant in mutants:
+        text = mutant.path.read_text()
+        touched = {line[6:].strip() for line in text.splitlines() if line.startswith("+++ b/")}
+        assert touched and touched <= NUMA_FILES, (mutant.name, touched)
+        changed = [line for line in text.split("\n---\n", 1)[1].splitlines()
+                   if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+        assert 0 < len(changed) <= 8, f"{mutant.name}: a mutant is a small change, this one changes {len(changed)} lines"
+        assert "Expected:" in text and mutant.breaks and mutant.subject
+
+
+def test_mutants_cover_the_functions_the_issue_names() -> None:
+    text = " ".join(m.breaks for m in discover())
+    for function in ("should_numa_migrate_memory", "numa_migrate_check", "task_numa_work", "change_pte_range",
+                     "do_huge_pmd_numa_page", "do_numa_page"):
+        assert function in text, function
+
+
+def test_a_mutant_without_a_header_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "0001-x.patch").write_text("--- a/mm/memory.c\n+++ b/mm/memory.c\n")
+    with pytest.raises(SeriesError, match="What it breaks"):
+        discover(tmp_path)
+    with pytest.raises(SeriesError, match="does not exist"):
+        discover(tmp_path / "missing")
+
+
+def test_select_by_prefix_and_refuses_unknown_names() -> None:
+    mutants = discover(MUTANTS_DIR)
+    assert [m.name[:4] for m in select(mutants, ["0003"])] == ["0003"]
+    with pytest.raises(HarnessError, match="no mutant matches"):
+        select(mutants, ["nope"])

@@ -2,11 +2,18 @@
 # Installs everything numa-harness needs on Debian 12, as root, idempotently:
 # Debian packages (--no-install-recommends), then a venv in .venv with the harness installed.
 # A second run with nothing to do takes about a second.
+# --test also installs what only the test suite needs: Debian's chromium, which renders the
+# ci report in headless mode.
 set -eu
 cd "$(dirname "$0")/.."
 
 PACKAGES="python3 python3-venv gcc libc6-dev make bc bison flex libelf-dev libssl-dev cpio xz-utils
  patch git linux-source-6.12 qemu-system-x86 busybox-static dropbear-bin numactl openssh-client"
+case "${1:-}" in
+    --test) PACKAGES="$PACKAGES chromium" ;;
+    "") ;;
+    *) echo "bootstrap: unknown option $1 (the only option is --test)" >&2; exit 2 ;;
+esac
 
 missing=""
 for pkg in $PACKAGES; do

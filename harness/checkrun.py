@@ -35,6 +35,8 @@ class CheckRun:
     boot_seconds: float
     seconds: float
     console_log: Path | None
+    # Counters at each check's start and end (crosscheck.Context.timeline).
+    timeline: tuple[dict[str, Any], ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -44,7 +46,15 @@ class CheckRun:
         return {"topology": self.topology, "accel": self.accel, "boot_seconds": round(self.boot_seconds, 2),
                 "seconds": round(self.seconds, 2), "passed": self.passed,
                 "console_log": self.console_log.name if self.console_log else None,
+                "vmstat_delta": self.vmstat_delta, "timeline": list(self.timeline),
                 "checks": [r.as_json() for r in self.results]}
+
+    @property
+    def vmstat_delta(self) -> dict[str, int]:
+        if len(self.timeline) < 2:
+            return {}
+        first, last = self.timeline[0]["vmstat"], self.timeline[-1]["vmstat"]
+        return {k: last[k] - first[k] for k in last if k in first}
 
 
 def kernel_identity(kernel: KernelArtifact) -> dict[str, Any]:
@@ -62,7 +72,8 @@ def check_kernel(request: LaunchRequest, kernel: KernelArtifact, names: Sequence
             if on_boot is not None:
                 on_boot(guest.boot_seconds, guest.accel)
             guest.mark_bugs_seen()
-            results = run_checks(guest, names, progress=progress)
+            timeline: list[dict[str, Any]] = []
+            results = run_checks(guest, names, progress=progress, timeline=timeline)
             boot_seconds, accel = guest.boot_seconds, guest.accel
     except HarnessError as err:
         bugs = guest.bugs() if guest.paths.console_log.exists() else []
@@ -71,7 +82,7 @@ def check_kernel(request: LaunchRequest, kernel: KernelArtifact, names: Sequence
         if console_copy is not None:
             _copy_console(guest, console_copy)
     return CheckRun(request.topology, tuple(results), accel, boot_seconds, time.monotonic() - started,
-                    console_copy if console_copy is not None and console_copy.exists() else None)
+                    console_copy if console_copy is not None and console_copy.exists() else None, tuple(timeline))
 
 
 def _copy_console(guest: Any, destination: Path) -> None:

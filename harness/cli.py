@@ -220,6 +220,32 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     return 0 if all(r.killed for r in results) else EXIT_CHECK_FAILED
 
 
+def cmd_ci(args: argparse.Namespace) -> int:
+    from .ci import CiRequest, run_ci
+    from .crosscheck import CHECKS
+    from .mutants import MUTANTS_DIR, Mutant, discover, select
+
+    for name in [*args.checks, *args.mutant_checks]:
+        if name not in CHECKS:
+            raise HarnessError(f"--checks/--mutant-checks {name}: no such check. Checks: {', '.join(CHECKS)}.")
+    mutants: list[Mutant] = []
+    if not args.no_mutants:
+        mutants = discover(args.mutants_dir or MUTANTS_DIR)
+        if args.mutant:
+            mutants = select(mutants, args.mutant)
+    launch = LaunchRequest(build=build_request(args), memory=args.memory, accel=args.accel,
+                           boot_timeout=args.boot_timeout)
+    request = CiRequest(launch=launch, out=args.out, topologies=tuple(args.topology or ("2x2", "4x1")),
+                        checks=tuple(args.checks) or None, mutants=tuple(mutants),
+                        mutant_checks=tuple(args.mutant_checks) or None, baseline=args.baseline)
+    outcome = run_ci(request, _say)
+    summary = outcome.summary
+    _say(f"{summary['status']} (exit {outcome.exit_code}); report: {outcome.out / 'report.html'}")
+    for regression in summary["regressions"]:
+        _say(f"regression: {regression['message']}")
+    return outcome.exit_code
+
+
 def _registry(args: argparse.Namespace) -> Path:
     return registry_dir(args.cache_dir or default_cache_root())
 
@@ -518,6 +544,24 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--checks", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the mutant table as JSON")
     p.set_defaults(func=cmd_mutants)
+
+    p = sub.add_parser("ci", parents=[build_opts],
+                       help="unattended: build, check on each topology, mutation self-check; write junit.xml, "
+                            "summary.json, report.html into --out")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="a fresh (absent or empty) directory")
+    p.add_argument("--topology", action="append", default=[], metavar="SPEC",
+                   help="NxC or a TOML file (repeatable; default 2x2 and 4x1)")
+    p.add_argument("--memory", metavar="SIZE", help="total guest memory for NxC (default 2G)")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    p.add_argument("--boot-timeout", type=float, default=120.0, metavar="S")
+    p.add_argument("--checks", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")
+    p.add_argument("--no-mutants", action="store_true", help="skip the mutation self-check")
+    p.add_argument("--mutants-dir", type=Path, metavar="DIR", help="default kernel-config/patches/mutants")
+    p.add_argument("--mutant", action="append", default=[], metavar="NAME", help="run only this mutant (repeatable)")
+    p.add_argument("--mutant-checks", action="append", default=[], metavar="CHECK",
+                   help="checks to run on each mutant (default: all)")
+    p.add_argument("--baseline", type=Path, metavar="DIR", help="an earlier run's --out directory (or summary.json)")
+    p.set_defaults(func=cmd_ci)
 
     p = sub.add_parser("up", parents=[build_opts, guest_opts], help="boot a guest in the background")
     p.add_argument("--name", default="", help="guest name (default guestN)")

@@ -78,3 +78,47 @@ def _console() -> Any:
     from rich.console import Console
 
     return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def write_ci_junit(path: Path, summary: dict[str, Any]) -> None:
+    """One test suite per topology (a test case per check; the failure text is the diff, plus the
+    kernel-bug title if any) and one for the mutants (a survivor is a failure)."""
+    root = ET.Element("testsuites", name="numa-harness ci")
+    for topology in summary["topologies"]:
+        suite_name = f"numa-harness.{topology['topology']}"
+        checks = topology["checks"]
+        suite = ET.SubElement(root, "testsuite", name=suite_name, tests=str(len(checks) or 1),
+                              failures=str(sum(not c["passed"] for c in checks)),
+                              errors="1" if topology.get("error") else "0",
+                              time=f"{sum(c['seconds'] for c in checks):.2f}")
+        if topology.get("error"):
+            case = ET.SubElement(suite, "testcase", classname=suite_name, name="boot", time="0")
+            error = ET.SubElement(case, "error", message=(topology.get("kernel_bug") or "the guest did not boot"))
+            error.text = topology["error"]
+        for check in checks:
+            case = ET.SubElement(suite, "testcase", classname=suite_name, name=check["name"], time=f"{check['seconds']:.2f}")
+            if not check["passed"]:
+                bugs = check.get("kernel_bugs") or []
+                failure = ET.SubElement(case, "failure", message=(f"kernel bug: {bugs[0]}; " if bugs else "") + check["summary"],
+                                        type=check["verdict"])
+                failure.text = "\n".join(check["diffs"]) or check["summary"]
+            out = ET.SubElement(case, "system-out")
+            out.text = json.dumps({"figures": check["figures"], "vmstat_delta": check["vmstat_delta"],
+                                   "snapshot_file": check.get("snapshot_file")})
+    if summary.get("mutants"):
+        mutants = summary["mutants"]["mutants"]
+        suite = ET.SubElement(root, "testsuite", name="numa-harness.mutants", tests=str(len(mutants)),
+                              failures=str(sum(m["outcome"] == "survived" for m in mutants)),
+                              errors=str(sum(m["outcome"] == "error" for m in mutants)),
+                              time=f"{sum(m['seconds'] for m in mutants):.2f}")
+        for m in mutants:
+            case = ET.SubElement(suite, "testcase", classname="numa-harness.mutants", name=m["mutant"],
+                                 time=f"{m['seconds']:.2f}")
+            if m["outcome"] == "survived":
+                failure = ET.SubElement(case, "failure", message=f"survived: {m['subject']}")
+                failure.text = f"No check failed on this mutant kernel: {m['subject']}"
+            elif m["outcome"] == "error":
+                error = ET.SubElement(case, "error", message="could not be built or booted")
+                error.text = m.get("detail", "")
+    ET.indent(root)
+    atomic_write_text(path, ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n")

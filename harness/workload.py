@@ -118,3 +118,70 @@ def _op(verb: str, node: int | None, pages: int | None, thread: bool) -> str:
     if pages is not None:
         words.append(f"pages {pages}")
     return " ".join(words)
+
+
+@dataclass(frozen=True)
+class BenchSample:
+    t: float  # seconds since the workers started
+    local_share: float  # of all slice pages, the fraction on their thread's node
+    pages_on_node: tuple[int, ...]
+    thread_local_share: tuple[float, ...]
+    # /proc/vmstat: numa_hint_faults, numa_hint_faults_local, numa_pages_migrated, numa_pte_updates
+    vmstat: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    workload: str
+    variant: str
+    mib: int
+    pid: int
+    child: int
+    samples: tuple[BenchSample, ...]
+    writes: int
+    seconds: float
+
+    @property
+    def final_share(self) -> float:
+        return self.samples[-1].local_share
+
+    @property
+    def mean_share(self) -> float:
+        return sum(s.local_share for s in self.samples) / len(self.samples)
+
+    def time_to(self, share: float) -> float | None:
+        """Seconds until the local share first reached `share` (None: never)."""
+        return next((s.t for s in self.samples if s.local_share >= share), None)
+
+
+def parse_bench_output(workload: str, variant: str, mib: int, text: str) -> BenchRun:
+    """Parse guest-tests/nhbench output (its header comment documents the lines)."""
+    pid = child = writes = 0
+    seconds = 0.0
+    samples = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "pid" and len(words) >= 4:
+            pid, child = int(words[1]), int(words[3])
+        elif words[0] == "sample" and len(words) == 10:
+            samples.append(BenchSample(
+                float(words[1]), float(words[3]), tuple(int(n) for n in words[5].split(",")),
+                tuple(float(x) for x in words[7].split(",")),
+                tuple(int(n) for n in words[9].split(",")),  # type: ignore[arg-type]
+            ))
+        elif words[0] == "done" and len(words) == 5:
+            writes, seconds = int(words[2]), float(words[4])
+    if not samples or not pid:
+        raise WorkloadError(f"nhbench {workload} {variant} printed no samples; its output was:\n{text[-2000:]}")
+    return BenchRun(workload, variant, mib, pid, child, tuple(samples), writes, seconds)
+
+
+def run_bench(guest: GuestView, workload: str, variant: str, mib: int, seconds: float) -> BenchRun:
+    """Run one nhbench workload to completion (it stops itself after `seconds`)."""
+    result = guest.ssh.run(f"nhbench {workload} {mib} {seconds} {variant}", timeout=seconds + STEP_TIMEOUT)
+    if result.exit_status != 0:
+        raise WorkloadError(f"nhbench {workload} {mib} {seconds} {variant} failed with status {result.exit_status}: "
+                            f"{result.stderr.strip()[-500:]}")
+    return parse_bench_output(workload, variant, mib, result.stdout)

@@ -1,0 +1,215 @@
+"""`numa-harness ci`: build, check on each topology, run the mutation self-check, and write
+junit.xml, summary.json, report.html, console-*.log and, for failures, state-*.json into a
+fresh output directory. Everything is written into a staging directory next to the output and
+renamed into place at the end, so a killed run never leaves a half-written report."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .cache import atomic_write_text
+from .checkrun import BootFailure, check_kernel, kernel_identity
+from .errors import HarnessError
+from .kernel import KernelArtifact, build
+from .launch import LaunchRequest
+from .mutants import Mutant, MutantResult, run_mutants
+from .summary import SCHEMA_ID, regressions
+from .topology import parse_topology
+
+EXIT_PASS, EXIT_CHECK_FAILED, EXIT_REGRESSION, EXIT_INFRA = 0, 1, 3, 125
+STATUS = {EXIT_PASS: "pass", EXIT_CHECK_FAILED: "check-failed", EXIT_REGRESSION: "regression",
+          EXIT_INFRA: "infrastructure-failure"}
+
+
+@dataclass(frozen=True)
+class CiRequest:
+    launch: LaunchRequest
+    out: Path
+    topologies: tuple[str, ...] = ("2x2", "4x1")
+    checks: tuple[str, ...] | None = None
+    mutants: tuple[Mutant, ...] = ()
+    mutant_checks: tuple[str, ...] | None = None
+    baseline: Path | None = None
+
+
+@dataclass
+class CiOutcome:
+    summary: dict[str, Any]
+    exit_code: int
+    out: Path
+    files: list[str] = field(default_factory=list)
+
+
+def validate(request: CiRequest) -> dict[str, Any] | None:
+    """Everything that can be wrong with the inputs, before anything is built. Returns the baseline."""
+    out = request.out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise HarnessError(f"--out {out}: exists and is not an empty directory. Pass a fresh directory (a nightly "
+                           f"job uses one per night) so that no earlier report is overwritten.")
+    if not out.parent.is_dir():
+        raise HarnessError(f"--out {out}: its parent directory {out.parent} does not exist. Create it first.")
+    for spec in request.topologies:
+        parse_topology(spec, request.launch.memory)
+    if request.baseline is None:
+        return None
+    path = request.baseline / "summary.json" if request.baseline.is_dir() else request.baseline
+    try:
+        baseline: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise HarnessError(f"--baseline {request.baseline}: cannot read {path} ({err}). Pass the --out directory of "
+                           f"an earlier `numa-harness ci` run, or its summary.json.") from err
+    if baseline.get("schema") != SCHEMA_ID:
+        raise HarnessError(f"--baseline {path}: not a numa-harness summary (schema {baseline.get('schema')!r}, "
+                           f"expected {SCHEMA_ID!r}).")
+    return baseline
+
+
+def run_ci(request: CiRequest, say: Callable[[str], None]) -> CiOutcome:
+    baseline = validate(request)
+    started_at = datetime.datetime.now(datetime.UTC)
+    started = time.monotonic()
+    staging = request.out.parent / f".{request.out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    errors: list[str] = []
+    kernel: KernelArtifact | None = None
+    build_seconds = 0.0
+    topology_runs: list[dict[str, Any]] = []
+    mutant_results: list[MutantResult] | None = None
+    try:
+        say("building the kernel (cached when unchanged)")
+        build_started = time.monotonic()
+        try:
+            kernel = build(request.launch.build)
+        except HarnessError as err:
+            errors.append(f"build: {err}")
+        build_seconds = time.monotonic() - build_started
+        if kernel is not None:
+            for spec in request.topologies:
+                topology_runs.append(_check_topology(request, kernel, spec, staging, say, errors))
+            if request.mutants:
+                say(f"mutation self-check: {len(request.mutants)} mutants")
+                mutant_results = run_mutants(request.mutants, request.launch, request.mutant_checks, staging,
+                                             progress=lambda r: say(f"mutant {r.mutant.name}: {r.outcome} "
+                                                                    f"({r.seconds:.0f} s)"))
+                errors.extend(f"mutant {r.mutant.name}: {r.detail}" for r in mutant_results if r.outcome == "error")
+        summary = _summary(request, kernel, build_seconds, topology_runs, mutant_results, errors, started_at,
+                           time.monotonic() - started, staging)
+        summary["regressions"] = regressions(summary, baseline) if baseline is not None else []
+        summary["baseline"] = str(request.baseline) if request.baseline else None
+        exit_code = _exit_code(summary)
+        summary["exit_code"], summary["status"] = exit_code, STATUS[exit_code]
+        _write_outputs(summary, staging)
+        if request.out.exists():
+            _move_into(staging, request.out)
+        else:
+            staging.rename(request.out)
+    except BaseException:
+        # Nothing half-written at --out: keep what was produced, under a name that says so.
+        if staging.exists():
+            failed = request.out.parent / f"{request.out.name}.incomplete-{os.getpid()}"
+            staging.rename(failed)
+            say(f"interrupted: partial output kept in {failed}")
+        raise
+    return CiOutcome(summary, exit_code, request.out, sorted(p.name for p in request.out.iterdir()))
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    for item in staging.iterdir():
+        item.rename(out / item.name)
+    staging.rmdir()
+
+
+def _check_topology(request: CiRequest, kernel: KernelArtifact, spec: str, staging: Path,
+                    say: Callable[[str], None], errors: list[str]) -> dict[str, Any]:
+    label = _file_label(spec)
+    console = staging / f"console-{label}.log"
+    launch = replace(request.launch, topology=spec, name=f"ci-{label}")
+    say(f"checking on topology {spec}")
+    try:
+        run = check_kernel(launch, kernel, request.checks, console_copy=console,
+                           progress=lambda r: say(f"{spec} {r.name}: {r.verdict} ({r.seconds:.1f} s)"))
+    except HarnessError as err:  # the guest did not come up (BootFailure), or its image could not be made
+        errors.append(f"{spec}: {err}")
+        return {"topology": spec, "accel": None, "boot_seconds": None, "seconds": 0.0, "passed": False,
+                "console_log": console.name if console.exists() else None, "error": str(err),
+                "kernel_bug": err.bug_title if isinstance(err, BootFailure) else None, "vmstat_delta": {},
+                "timeline": [], "checks": []}
+    data = run.as_json()
+    data["error"], data["kernel_bug"] = None, None
+    for result, check in zip(run.results, data["checks"], strict=True):
+        check["snapshot_file"] = None
+        check["kernel_bugs"] = result.figures.get("kernel_bugs", [])
+        if result.snapshot:
+            name = f"state-{label}-{result.name}.json"
+            atomic_write_text(staging / name, json.dumps({"check": result.name, "topology": spec,
+                                                          "diffs": list(result.diffs),
+                                                          "observations": list(result.snapshot)}) + "\n")
+            check["snapshot_file"] = name
+    return data
+
+
+def _file_label(spec: str) -> str:
+    return Path(spec).stem if spec.endswith(".toml") else spec
+
+
+def _summary(request: CiRequest, kernel: KernelArtifact | None, build_seconds: float, runs: list[dict[str, Any]],
+             mutant_results: Sequence[MutantResult] | None, errors: list[str], started_at: datetime.datetime,
+             seconds: float, staging: Path) -> dict[str, Any]:
+    identity: dict[str, Any] = kernel_identity(kernel) if kernel else {
+        "kernel_release": None, "build_id": None, "config_sha256": None, "patches": [], "source": None}
+    identity["build_seconds"] = round(build_seconds, 1)
+    identity["cache_hit"] = bool(kernel and kernel.cache_hit)
+    mutants = None
+    if mutant_results is not None:
+        entries = []
+        for r in mutant_results:
+            entry = r.as_json()
+            log = staging / f"console-mutant-{r.mutant.name}.log"
+            entry["console_log"] = log.name if log.exists() else None
+            entries.append(entry)
+        mutants = {"killed": sum(r.killed for r in mutant_results), "total": len(mutant_results), "mutants": entries}
+    return {
+        "schema": SCHEMA_ID, "harness_version": __version__, "status": "", "exit_code": 0,
+        "started": started_at.isoformat(timespec="seconds"), "seconds": round(seconds, 1),
+        "host": _host(), "kernel": identity, "topologies": runs, "mutants": mutants, "regressions": [],
+        "errors": errors,
+    }
+
+
+def _host() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False)
+    return {"qemu": qemu.stdout.splitlines()[0] if qemu.stdout else None, "python": platform.python_version(),
+            "drgn": version("drgn"), "machine": platform.machine(), "cpus": os.cpu_count()}
+
+
+def _exit_code(summary: dict[str, Any]) -> int:
+    if summary["errors"] or any(t.get("error") for t in summary["topologies"]) or not summary["topologies"]:
+        return EXIT_INFRA
+    if summary["regressions"]:
+        return EXIT_REGRESSION
+    failed = any(not t["passed"] for t in summary["topologies"])
+    survived = summary["mutants"] is not None and summary["mutants"]["killed"] < summary["mutants"]["total"]
+    return EXIT_CHECK_FAILED if failed or survived else EXIT_PASS
+
+
+def _write_outputs(summary: dict[str, Any], directory: Path) -> None:
+    from .report import write_ci_junit
+    from .report_html import write_html
+
+    atomic_write_text(directory / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_ci_junit(directory / "junit.xml", summary)
+    write_html(directory / "report.html", summary)

@@ -1,0 +1,152 @@
+"""`numa-harness ci` end to end: a real short run (one topology, two checks, two mutants) whose
+report files are validated (JUnit counts, the JSON schema, the HTML rendered by headless
+Chromium with its plots visible), then a run on a broken kernel against that baseline, which
+must be flagged as a regression."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+
+from harness.cli import main
+from harness.kernel import KernelArtifact
+from harness.mutants import MUTANTS_DIR
+from harness.summary import SCHEMA, regressions
+
+CHECKS = ["--checks", "fault-migration", "--checks", "thp"]
+MUTANTS = ["--mutant", "0002", "--mutant", "0005", "--mutant-checks", "fault-migration", "--mutant-checks", "thp"]
+
+
+def _cache_args(cache: Path | None) -> list[str]:
+    return ["--cache-dir", str(cache)] if cache else []
+
+
+@pytest.fixture(scope="module")
+def good_run(built_kernel: KernelArtifact, nh_cache_dir: Path | None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ci") / "good"
+    status = main(["ci", "--topology", "2x2", *CHECKS, *MUTANTS, "--out", str(out), *_cache_args(nh_cache_dir)])
+    assert status == 0, (out / "summary.json").read_text() if (out / "summary.json").exists() else status
+    return out
+
+
+@pytest.mark.kernel
+@pytest.mark.guest
+def test_ci_writes_every_report_file(good_run: Path) -> None:
+    names = {p.name for p in good_run.iterdir()}
+    assert {"junit.xml", "summary.json", "report.html", "console-2x2.log",
+            "console-mutant-0002-hint-fault-local-test-inverted.log",
+            "console-mutant-0005-thp-fault-accounted-to-old-node.log"} <= names, names
+    assert "numa-harness: ready" in (good_run / "console-2x2.log").read_text(errors="replace")
+    assert not list(good_run.parent.glob(".good.partial-*")), "the staging directory was left behind"
+
+
+@pytest.mark.kernel
+@pytest.mark.guest
+def test_ci_junit_counts_match(good_run: Path) -> None:
+    root = ET.parse(good_run / "junit.xml").getroot()
+    suites = {s.get("name"): s for s in root.findall("testsuite")}
+    checks, mutants = suites["numa-harness.2x2"], suites["numa-harness.mutants"]
+    assert (checks.get("tests"), checks.get("failures")) == ("2", "0")
+    assert [c.get("name") for c in checks.findall("testcase")] == ["fault-migration", "thp"]
+    assert (mutants.get("tests"), mutants.get("failures"), mutants.get("errors")) == ("2", "0", "0")
+
+
+@pytest.mark.kernel
+@pytest.mark.guest
+def test_ci_summary_matches_its_schema(good_run: Path) -> None:
+    summary = json.loads((good_run / "summary.json").read_text())
+    jsonschema.validate(summary, SCHEMA)
+    assert summary["status"] == "pass" and summary["exit_code"] == 0
+    assert summary["kernel"]["build_id"] and summary["kernel"]["config_sha256"]
+    [topology] = summary["topologies"]
+    assert [c["verdict"] for c in topology["checks"]] == ["pass", "pass"]
+    migration = topology["checks"][0]
+    assert migration["vmstat_delta"]["numa_pages_migrated"] >= 4096, migration["vmstat_delta"]
+    assert summary["mutants"]["killed"] == 2
+    killers = {m["mutant"][:4]: m["failed_checks"] for m in summary["mutants"]["mutants"]}
+    assert "fault-migration" in killers["0002"] and "thp" in killers["0005"], killers
+
+
+def _screenshot(html: Path, out: Path) -> np.ndarray:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is not installed (harness/bootstrap.sh --test installs it)"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={out}", "--window-size=1400,5000", html.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    import matplotlib.image
+
+    image: np.ndarray = matplotlib.image.imread(out)
+    return image
+
+
+@pytest.mark.kernel
+@pytest.mark.guest
+def test_ci_report_opens_in_chromium_with_its_plots(good_run: Path, tmp_path: Path) -> None:
+    html = (good_run / "report.html").read_text()
+    assert "data:image/png;base64," in html and "PASS" in html
+    image = _screenshot(good_run / "report.html", tmp_path / "shot.png")
+    rgb = (image[..., :3] * 255).round().astype(int)
+    # matplotlib's first colours: the counter lines of the plot, rendered by the browser.
+    for colour in ((31, 119, 180), (255, 127, 14)):
+        near = (np.abs(rgb - np.array(colour)).sum(axis=-1) < 40).sum()
+        assert near > 200, f"the screenshot shows {near} pixels of plot colour {colour}: no plot rendered"
+    assert (rgb.sum(axis=-1) < 200).sum() > 2000, "the screenshot has almost no text"
+
+
+@pytest.mark.kernel
+@pytest.mark.guest
+def test_ci_flags_a_check_that_now_fails_as_a_regression(good_run: Path, nh_cache_dir: Path | None,
+                                                        tmp_path: Path) -> None:
+    """The same short run on a kernel whose THP path is broken, against the good run."""
+    out = tmp_path / "bad"
+    patch = MUTANTS_DIR / "0005-thp-fault-accounted-to-old-node.patch"
+    status = main(["ci", "--topology", "2x2", *CHECKS, "--no-mutants", "--patch", str(patch), "--baseline",
+                   str(good_run), "--out", str(out), *_cache_args(nh_cache_dir)])
+    summary = json.loads((out / "summary.json").read_text())
+    jsonschema.validate(summary, SCHEMA)
+    assert status == 3 and summary["status"] == "regression", summary["regressions"]
+    assert any(r["kind"] == "check" and r["where"] == "2x2/thp" for r in summary["regressions"])
+    html = (out / "report.html").read_text()
+    assert html.index("Regressions against the baseline") < html.index("id='checks'")
+    failure = ET.parse(out / "junit.xml").getroot().find("testsuite/testcase[@name='thp']/failure")
+    assert failure is not None and "task memory faults on node" in (failure.text or "")
+    snapshot = summary["topologies"][0]["checks"][1]["snapshot_file"]
+    assert snapshot and json.loads((out / snapshot).read_text())["observations"]
+
+
+def _summary_with(verdicts: dict[str, bool], killed: bool = True) -> dict[str, Any]:
+    return {"topologies": [{"topology": "2x2", "checks": [
+        {"name": name, "passed": ok, "verdict": "pass" if ok else "fail", "summary": "", "figures": {}, "seconds": 5.0}
+        for name, ok in verdicts.items()]}],
+        "mutants": {"mutants": [{"mutant": "0001-x", "killed": killed, "outcome": "killed" if killed else "survived"}]}}
+
+
+def test_regressions_name_what_got_worse() -> None:
+    baseline = _summary_with({"thp": True, "placement": False})
+    now = _summary_with({"thp": False, "placement": False}, killed=False)
+    found = regressions(now, baseline)
+    assert {(r["kind"], r["where"]) for r in found} == {("check", "2x2/thp"), ("mutant", "0001-x")}
+    assert regressions(baseline, baseline) == []
+
+
+def test_regressions_respect_the_stated_noise() -> None:
+    def with_share(share: float, seconds: float | None) -> dict[str, Any]:
+        summary = _summary_with({"convergence": True})
+        summary["topologies"][0]["checks"][0]["figures"] = {
+            "runs": {"numa02-free": {"final_share": share, "time_to_converged": seconds}}}
+        return summary
+    base = with_share(0.98, 2.0)
+    assert regressions(with_share(0.95, 4.0), base) == []  # within 0.05 and 3 s
+    moved = regressions(with_share(0.90, 2.0), base)
+    assert [r["where"] for r in moved] == ["2x2/convergence numa02-free final_share"]
+    never = regressions(with_share(0.98, None), copy.deepcopy(base))
+    assert [r["where"] for r in never] == ["2x2/convergence numa02-free time_to_converged"]

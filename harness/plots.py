@@ -95,7 +95,7 @@ def convergence_plots(topology: str, runs: dict[str, Any]) -> list[tuple[str, st
                                                  for s in points], marker=".", label=f"pid {pid} offset")
             scan.step([s["t"] for s in points], [s["seq"] for s in points], where="post", linestyle=":",
                       label=f"pid {pid} numa_scan_seq")
-        scan.set_title(f"{name}: scan offset in the buffer (MiB) and sequence")
+        scan.set_title(f"{name}: scan offset (MiB into buffer), seq")
         scan.set_xlabel("seconds (host clock)")
         if run["scan"]:
             scan.legend(fontsize=7)

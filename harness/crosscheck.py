@@ -1063,9 +1063,8 @@ def _run_check(ctx: Context, name: str) -> CheckResult:
 def run_checks(guest: GuestView, names: Sequence[str] | None = None,
                progress: Callable[[CheckResult], None] | None = None,
                timeline: list[dict[str, Any]] | None = None) -> list[CheckResult]:
-    """Run the checks in order. After a kernel bug (oops, WARNING, soft lockup...) or a guest that
-    stopped answering, the remaining checks are reported as not run; after a livelocked task that
-    was killed with its region, they go on."""
+    """Run the checks in order. After a kernel bug (oops, WARNING, soft lockup...), a livelocked
+    task or a guest that stopped answering, the remaining checks are reported as not run."""
     ctx = Context.open(guest)
     if timeline is not None:
         ctx.timeline = timeline
@@ -1080,6 +1079,10 @@ def run_checks(guest: GuestView, names: Sequence[str] | None = None,
             result = _run_one(ctx, name)
             if result.hung and not result.figures.get("guest_answers", True):
                 stopped, silent = f"the guest stopped answering during {name}", True
+            elif result.hung:
+                # A task that cannot get past its memory accesses: every later check would wait
+                # out its own step timeout on the same broken kernel.
+                stopped = f"a task livelocked during {name}"
         bugs = guest.new_bugs()
         if bugs:
             result = replace(result, passed=False, diffs=(*result.diffs, *(f"kernel bug: {b.title}" for b in bugs)),

@@ -97,7 +97,8 @@ def run_mutant(mutant: Mutant, request: LaunchRequest, checks: Sequence[str] | N
         return MutantResult(mutant, "error", (), time.monotonic() - started, f"boot failed: {err}")
     except HarnessError as err:
         return MutantResult(mutant, "error", (), time.monotonic() - started, f"could not boot: {err}")
-    failed = tuple(r.name for r in run.results if not r.passed)
+    # Checks skipped after a hang or a kernel bug ("not run: ...") are not counted as failing.
+    failed = tuple(r.name for r in run.results if not r.passed and not r.summary.startswith("not run"))
     hung = any(r.hung for r in run.results)
     outcome = "hang" if hung else "killed" if failed else "survived"
     first = next((r for r in run.results if not r.passed), None)

@@ -24,9 +24,10 @@ class WorkloadStuck(WorkloadError):
     the same hint entry forever) or the guest hangs. Cross-checks report this as a hang."""
 
 
-# Touching or reading a region of at most 64 MiB, migrations included, takes a few seconds
-# under TCG; a step that has not finished after this long never will.
-STEP_TIMEOUT = 90.0
+# Touching or reading a region of at most 64 MiB, migrations included, takes at most a few
+# seconds under TCG (fault-migration's 4096 migrations: about 1 s); a step that has not finished
+# after ten times that on a loaded machine never will.
+STEP_TIMEOUT = 45.0
 
 
 @dataclass

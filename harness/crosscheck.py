@@ -234,6 +234,19 @@ def _spin_until(region: HeldRegion, ctx: Context, node: int, done: Callable[[Obs
         spent += step
 
 
+def region_hinted(region: HeldRegion) -> Callable[[Observation], bool]:
+    """The wait condition "every entry of the region is a hint"."""
+    def every_page_of_the_region_hinted(o: Observation) -> bool:
+        part = o.table.within(region.addr, region.end)
+        return bool(len(part)) and bool(part.hint.all())
+    return every_page_of_the_region_hinted
+
+
+def outside_region(table: nh.PageTableWalk, region: HeldRegion) -> nh.PageTableWalk:
+    """The task's entries outside the workload's region (its stack, data, ...)."""
+    return table.select(~((table.vaddr >= np.uint64(region.addr)) & (table.vaddr < np.uint64(region.end))))
+
+
 def _diff_limit(diffs: list[str]) -> tuple[str, ...]:
     if len(diffs) > MAX_DIFFS:
         return (*diffs[:MAX_DIFFS], f"... and {len(diffs) - MAX_DIFFS} more")
@@ -496,8 +509,7 @@ def _compare_one_pass(ctx: Context, region: HeldRegion, before: Observation, aft
         counted = 1
         kernel_updates = after.vmstat["numa_pte_updates"] - before.vmstat["numa_pte_updates"]
         model_updates = result.counters.numa_pte_updates
-        outside = before.table.select(~((before.table.vaddr >= np.uint64(region.addr)) &
-                                        (before.table.vaddr < np.uint64(region.end))))
+        outside = outside_region(before.table, region)
         slack = int(outside.pages[outside.hint].sum())
         if not model_updates <= kernel_updates <= model_updates + slack:
             model_new = {va for va, p in result.pages.items() if p.hint}
@@ -525,9 +537,7 @@ def check_fault_migration(ctx: Context) -> CheckResult:
     region = HeldRegion.start(ctx.guest, 16, node=0)
     try:
         with tunables(ctx.guest, **FAST_SCAN):
-            def all_hinted(o: Observation) -> bool:
-                part = o.table.within(region.addr, region.end)
-                return bool(len(part)) and bool(part.hint.all())
+            all_hinted = region_hinted(region)
             drain_lru_batches(ctx.guest)
             before = _spin_until(region, ctx, remote, all_hinted, step=0.5)
             region.touch(node=remote)
@@ -558,8 +568,7 @@ def check_fault_migration(ctx: Context) -> CheckResult:
             diffs.append(f"{va:#x}: still a hint entry after being touched")
         diffs.extend(_compare_last_cpupid(ctx, va, result.page.last_cpupid, kernel.last_cpupid, remote, region.pid))
     kernel_delta = after.task.numa_pages_migrated - before.task.numa_pages_migrated
-    outside = before.table.select(~((before.table.vaddr >= np.uint64(region.addr)) &
-                                    (before.table.vaddr < np.uint64(region.end))))
+    outside = outside_region(before.table, region)
     slack = int(outside.pages[outside.hint].sum())
     if not migrated_model <= kernel_delta <= migrated_model + slack:
         diffs.append(f"task numa_pages_migrated grew by {kernel_delta}; the model migrates {migrated_model} region "
@@ -656,8 +665,7 @@ def check_thp(ctx: Context) -> CheckResult:
     if thp_migrations != migrated:
         diffs.append(f"thp_migration_success grew by {thp_migrations}, model migrates {migrated} THPs")
     diffs.extend(compare_local_counter(local_model, faults_model, hinted, after))
-    outside = hinted.table.select(~((hinted.table.vaddr >= np.uint64(region.addr)) &
-                                    (hinted.table.vaddr < np.uint64(region.end))))
+    outside = outside_region(hinted.table, region)
     accounting_diffs, accounting = compare_accounting(
         model_accounting(model_task(hinted, len(ctx.nodes_with_cpus())), books), kernel_accounting(hinted, after),
         int(outside.pages[outside.present | outside.hint].sum()))
@@ -731,9 +739,7 @@ def check_placement_exact(ctx: Context) -> CheckResult:
     skipped = 0
     try:
         with tunables(ctx.guest, **FAST_SCAN):
-            def all_hinted(o: Observation) -> bool:
-                part = o.table.within(region.addr, region.end)
-                return bool(len(part)) and bool(part.hint.all())
+            all_hinted = region_hinted(region)
             drain_lru_batches(ctx.guest)
             # A short-lived thread spins on the far node so that passes hint the region without the
             # main thread leaving the near node (its own pages stay local, so it has no stray faults).

@@ -566,6 +566,7 @@ def check_fault_migration(ctx: Context) -> CheckResult:
                          f"node {kernel.node}")
         if kernel.hint:
             diffs.append(f"{va:#x}: still a hint entry after being touched")
+        diffs.extend(_compare_writable(va, result, kernel))
         diffs.extend(_compare_last_cpupid(ctx, va, result.page.last_cpupid, kernel.last_cpupid, remote, region.pid))
     kernel_delta = after.task.numa_pages_migrated - before.task.numa_pages_migrated
     outside = outside_region(before.table, region)
@@ -575,6 +576,10 @@ def check_fault_migration(ctx: Context) -> CheckResult:
                      f"pages (bound {migrated_model}..{migrated_model + slack} with {slack} hinted pages outside)")
     hint_faults = after.vmstat["numa_hint_faults"] - before.vmstat["numa_hint_faults"]
     region_pages = region.length // 4096
+    global_migrated = after.vmstat["numa_pages_migrated"] - before.vmstat["numa_pages_migrated"]
+    if global_migrated < kernel_delta:
+        diffs.append(f"numa_pages_migrated grew by {global_migrated}, fewer than the {kernel_delta} pages this task "
+                     f"migrated (migrate_misplaced_folio counts every one)")
     diffs.extend(compare_local_counter(local_model, faults_model, before, after))
     outside_pages = int(outside.pages[outside.present | outside.hint].sum())
     accounting_diffs, accounting = compare_accounting(model_accounting(model_task(before, len(ctx.nodes_with_cpus())), books),
@@ -602,6 +607,16 @@ def _compare_last_cpupid(ctx: Context, va: int, model: int | None, kernel: int |
         return [f"{va:#x}: last_cpupid {'unset' if unset else f'cpu {k_cpu} pid {k_pid}'}, model: a node-{node} "
                 f"cpu and pid {pid & LAST__PID_MASK}"]
     return []
+
+
+def _compare_writable(va: int, result: FaultResult, kernel: nh.Entry) -> list[str]:
+    """The entry's write bit after the access (model: hint_fault's `writable`)."""
+    if result.writable is None or kernel.writable == result.writable:
+        return []
+    def word(writable: bool) -> str:
+        return "writable" if writable else "read-only"
+    return [f"{va:#x}: entry {word(kernel.writable)} after the access, model {word(result.writable)} "
+            f"({result.decision}; do_numa_page restores the write bit of a page it leaves in place)"]
 
 
 def ctx_jiffies(ctx: Context, ms: int) -> int:
@@ -883,7 +898,7 @@ def check_two_stage_filter(ctx: Context) -> CheckResult:
                                      f"{after.task.numa_preferred_nid}, mm_users {before.mm.mm_users})")
                     diffs.extend(f"round {len(rounds) + 1}: {d}" for d in
                                  _compare_last_cpupid(ctx, va, result.page.last_cpupid, kernel.last_cpupid, read_node,
-                                                      region.pid))
+                                                      region.pid) + _compare_writable(va, result, kernel))
                 period = max(1, ctx_jiffies(ctx, before.task.numa_scan_period))
                 passes = 0 if after.mm.numa_next_scan == before.mm.numa_next_scan else \
                     -(-(after.balancing.jiffies - before.balancing.jiffies) // period) + 1

@@ -255,3 +255,16 @@ def test_a_page_only_moves_towards_the_faulting_node(faults: list[int]) -> None:
         moved = hint_fault(task, only_node_1, cpu=2, node_of_cpu=NODE_OF_CPU, mm_seq=6)
         only_node_1 = replace(moved.page, hint=True)
     assert only_node_1.node == 1
+
+
+def test_write_bit_after_a_fault() -> None:
+    """Restored in place: writable again (numa_rebuild_single_mapping); migrated by a read:
+    read-only (the migration entry came from the protnone PTE); by a write: writable."""
+    task = Task(pid=5, nr_nodes=2, numa_scan_seq=1)
+    page = Page(BASE, node=0, hint=True)
+    assert hint_fault(task, page, cpu=0, node_of_cpu=NODE_OF_CPU).writable is True  # local
+    assert hint_fault(task, page, cpu=2, node_of_cpu=NODE_OF_CPU).writable is False  # migrated, read
+    assert hint_fault(task, page, cpu=2, node_of_cpu=NODE_OF_CPU, write=True).writable is True
+    assert hint_fault(task, page, cpu=0, node_of_cpu=NODE_OF_CPU, vma_writable=False).writable is False
+    huge = Page(BASE, node=0, size=HPAGE_SIZE, hint=True)
+    assert hint_fault(task, huge, cpu=2, node_of_cpu=NODE_OF_CPU).writable is None

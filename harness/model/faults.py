@@ -23,6 +23,8 @@ class FaultResult:
     local: bool
     # Why the page did (not) move, in the kernel's words.
     decision: str
+    # The base-page entry's write bit once the access completed (None for a THP: not modelled).
+    writable: bool | None = None
 
 
 def should_numa_migrate_memory(task: Task, page: Page, dst_nid: int, this_cpupid: int, node_of_cpu: dict[int, int],
@@ -54,6 +56,7 @@ def hint_fault(
     migration_succeeds: bool = True,
     mm_seq: int | None = None,
     write: bool = False,
+    vma_writable: bool = True,
 ) -> FaultResult:
     """A task on `cpu` reads (or with write=True writes) a hinted page (or THP).
 
@@ -61,7 +64,9 @@ def hint_fault(
     PTE, which has no write bit (mm/rmap.c:try_to_migrate_one), so a write then faults again and
     mm/memory.c:wp_page_reuse resets last_cpupid to "pid unset". The THP write-fault path
     (do_huge_pmd_wp_page) has no such reset. A page restored in place gets its write bit back
-    (numa_rebuild_single_mapping) and keeps the exchanged last_cpupid."""
+    (numa_rebuild_single_mapping: can_change_pte_writable holds for an exclusive anonymous page of
+    a writable private VMA) and keeps the exchanged last_cpupid; a migrated one stays read-only
+    until a write faults it writable."""
     if not page.hint:
         raise ValueError(f"page {page.vaddr:#x} is not a hint entry: no NUMA fault happens")
     cpu_node = node_of_cpu[cpu]
@@ -90,7 +95,8 @@ def hint_fault(
     task = task_numa_fault(task, last_before, restored.node, nr, local=local, migrated=migrated,
                            migrate_failed=not migrated and decision == "migration failed", cpu_node=cpu_node,
                            run_placement=jiffies_after_retry, mm_seq=mm_seq)
-    return FaultResult(restored, task, counters, migrated, local, decision)
+    writable = None if restored.huge else (write if migrated else vma_writable and not page.likely_shared)
+    return FaultResult(restored, task, counters, migrated, local, decision, writable)
 
 
 def task_numa_fault(

@@ -133,8 +133,9 @@ def regressions(current: dict[str, Any], baseline: dict[str, Any]) -> list[dict[
             if before is None:
                 continue
             if before["passed"] and not check["passed"]:
+                first = check["diffs"][0] if check.get("diffs") else check["summary"]
                 found.append({"kind": "check", "where": where, "baseline": "pass", "current": check["verdict"],
-                              "message": f"{where} passed in the baseline and now is {check['verdict']}: {check['summary']}"})
+                              "message": f"{where} passed in the baseline and now is {check['verdict']}: {first}"})
             found.extend(_figure_regressions(where, before, check))
     base_mutants = {m["mutant"]: m for m in (baseline.get("mutants") or {}).get("mutants", [])}
     for mutant in (current.get("mutants") or {}).get("mutants", []):

@@ -277,11 +277,37 @@ def model_accounting(before: Task, after: Task) -> Accounting:
     return Accounting(mem, locality)
 
 
-def account(books: Task, before: Page, result: FaultResult, cpu_node: int) -> Task:
-    """Add one modelled fault to a placement-free copy of the task (model_accounting's input)."""
-    return task_numa_fault(books, before.last_cpupid, result.page.node, result.page.nr_pages, local=result.local,
-                           migrated=result.migrated, migrate_failed=result.decision == "migration failed",
-                           cpu_node=cpu_node, run_placement=False, mm_seq=None)
+@dataclass
+class FaultBooks:
+    """The model's side of a run of hint faults, kept next to the replay: a placement-free copy of
+    the task's books (model_accounting's input) and the fault counts the global counters cover."""
+
+    start: Task
+    books: Task
+    faults: int = 0
+    local: int = 0
+
+    @classmethod
+    def opening(cls, task: Task) -> FaultBooks:
+        return cls(task, task)
+
+    def add(self, before: Page, result: FaultResult, cpu_node: int) -> None:
+        self.books = task_numa_fault(self.books, before.last_cpupid, result.page.node, result.page.nr_pages,
+                                     local=result.local, migrated=result.migrated,
+                                     migrate_failed=result.decision == "migration failed", cpu_node=cpu_node,
+                                     run_placement=False, mm_seq=None)
+        self.faults += 1
+        self.local += result.local
+
+    def compare(self, before: Observation, after: Observation, region: HeldRegion) -> tuple[list[str], dict[str, Any]]:
+        """numa_hint_faults(_local) bounds, and the task's books (compare_accounting), with the
+        task's present or hinted pages outside the region as the most it may add besides."""
+        diffs = compare_local_counter(self.local, self.faults, before, after)
+        rest = outside_region(before.table, region)
+        accounting_diffs, figures = compare_accounting(model_accounting(self.start, self.books),
+                                                       kernel_accounting(before, after),
+                                                       int(rest.pages[rest.present | rest.hint].sum()))
+        return diffs + accounting_diffs, figures
 
 
 def kernel_accounting(before: Observation, after: Observation) -> Accounting | None:
@@ -544,18 +570,17 @@ def check_fault_migration(ctx: Context) -> CheckResult:
             after = observe(ctx, region.pid)
     finally:
         region.close()
-    task = books = model_task(before, len(ctx.nodes_with_cpus()))
+    task = model_task(before, len(ctx.nodes_with_cpus()))
+    books = FaultBooks.opening(task)
     pages = model_pages(ctx, before)
     diffs: list[str] = []
-    migrated_model = local_model = faults_model = 0
+    migrated_model = 0
     kernel_region = {e.vaddr: e for e in after.table.within(region.addr, region.end)}
     for va in sorted(p for p in pages if region.addr <= p < region.end):
         result = hint_fault(task, pages[va], cpu=remote_cpus[0], node_of_cpu=ctx.node_of_cpu,
                             mm_seq=before.mm.numa_scan_seq, write=True)
         task = result.task
-        books = account(books, pages[va], result, remote)
-        faults_model += 1
-        local_model += result.local
+        books.add(pages[va], result, remote)
         migrated_model += result.page.nr_pages if result.migrated else 0
         kernel = kernel_region.get(va)
         if kernel is None:
@@ -580,10 +605,7 @@ def check_fault_migration(ctx: Context) -> CheckResult:
     if global_migrated < kernel_delta:
         diffs.append(f"numa_pages_migrated grew by {global_migrated}, fewer than the {kernel_delta} pages this task "
                      f"migrated (migrate_misplaced_folio counts every one)")
-    diffs.extend(compare_local_counter(local_model, faults_model, before, after))
-    outside_pages = int(outside.pages[outside.present | outside.hint].sum())
-    accounting_diffs, accounting = compare_accounting(model_accounting(model_task(before, len(ctx.nodes_with_cpus())), books),
-                                                      kernel_accounting(before, after), outside_pages)
+    accounting_diffs, accounting = books.compare(before, after, region)
     diffs.extend(accounting_diffs)
     figures = {**accounting, "region_pages": region_pages, "migrated_model": migrated_model, "migrated_kernel_task": kernel_delta,
                "numa_hint_faults_delta": hint_faults,
@@ -651,18 +673,17 @@ def check_thp(ctx: Context) -> CheckResult:
     huge_updates = hinted.vmstat["numa_huge_pte_updates"] - start.vmstat["numa_huge_pte_updates"]
     if huge_updates != 4:
         diffs.append(f"numa_huge_pte_updates grew by {huge_updates} while the 4 PMDs were hinted, model: 4")
-    task = books = model_task(hinted, len(ctx.nodes_with_cpus()))
+    task = model_task(hinted, len(ctx.nodes_with_cpus()))
+    books = FaultBooks.opening(task)
     pages = model_pages(ctx, hinted)
     kernel_after = {e.vaddr: e for e in after.table.within(region.addr, region.end)}
-    migrated = local_model = faults_model = 0
+    migrated = 0
     unexplained: list[int] = []
     for va in sorted(p for p in pages if region.addr <= p < region.end):
         result = hint_fault(task, pages[va], cpu=remote_cpus[0], node_of_cpu=ctx.node_of_cpu,
                             mm_seq=hinted.mm.numa_scan_seq)
         task = result.task
-        books = account(books, pages[va], result, remote)
-        faults_model += 1
-        local_model += result.local
+        books.add(pages[va], result, remote)
         migrated += result.migrated
         kernel = kernel_after.get(va)
         if kernel is None or kernel.level != "pmd":
@@ -679,11 +700,7 @@ def check_thp(ctx: Context) -> CheckResult:
     thp_migrations = after.vmstat["thp_migration_success"] - hinted.vmstat["thp_migration_success"]
     if thp_migrations != migrated:
         diffs.append(f"thp_migration_success grew by {thp_migrations}, model migrates {migrated} THPs")
-    diffs.extend(compare_local_counter(local_model, faults_model, hinted, after))
-    outside = outside_region(hinted.table, region)
-    accounting_diffs, accounting = compare_accounting(
-        model_accounting(model_task(hinted, len(ctx.nodes_with_cpus())), books), kernel_accounting(hinted, after),
-        int(outside.pages[outside.present | outside.hint].sum()))
+    accounting_diffs, accounting = books.compare(hinted, after, region)
     diffs.extend(accounting_diffs)
     figures = {**accounting, "pmds": len(pmds), "numa_huge_pte_updates_delta": huge_updates, "thp_migrated_model": migrated,
                "thp_migration_success_delta": thp_migrations,

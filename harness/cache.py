@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import CacheError
+from harness.errors import CacheError
 
 CACHE_ENV = "NUMA_HARNESS_CACHE"
 

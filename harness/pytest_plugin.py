@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from .cache import read_json
-from .image import GuestImage, build_image
-from .kernel import BuildRequest, KernelArtifact, build
-from .launch import LaunchRequest, make_guest
-from .procs import is_live_qemu
-from .vm import AttachedGuest, Guest, GuestView
+from harness.cache import read_json
+from harness.guest.image import GuestImage, build_image
+from harness.guest.launch import LaunchRequest, make_guest
+from harness.guest.procs import is_live_qemu
+from harness.guest.qemu import AttachedGuest, Guest, GuestView
+from harness.kernel.pipeline import BuildRequest, KernelArtifact, build
 
 _LIVE: list[GuestView] = []
 _STARTED_QEMU_PIDS: list[int] = []

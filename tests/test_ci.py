@@ -17,10 +17,10 @@ import jsonschema
 import numpy as np
 import pytest
 
-from harness.cli import main
-from harness.kernel import KernelArtifact
-from harness.mutants import MUTANTS_DIR
-from harness.summary import SCHEMA, regressions
+from harness.checks.mutants import MUTANTS_DIR
+from harness.cli.main import main
+from harness.kernel.pipeline import KernelArtifact
+from harness.report.summary import SCHEMA, regressions
 
 CHECKS = ["--checks", "fault-migration", "--checks", "thp"]
 MUTANTS = ["--mutant", "0002", "--mutant", "0005", "--mutant-checks", "fault-migration", "--mutant-checks", "thp"]
@@ -54,7 +54,7 @@ def test_ci_writes_every_report_file(good_run: Path) -> None:
 def test_ci_junit_counts_match(good_run: Path) -> None:
     root = ET.parse(good_run / "junit.xml").getroot()
     suites = {s.get("name"): s for s in root.findall("testsuite")}
-    checks, mutants = suites["numa-harness.2x2"], suites["numa-harness.mutants"]
+    checks, mutants = suites["numa-harness.2x2"], suites["numa-harness.checks.mutants"]
     assert (checks.get("tests"), checks.get("failures")) == ("2", "0")
     assert [c.get("name") for c in checks.findall("testcase")] == ["fault-migration", "thp"]
     assert (mutants.get("tests"), mutants.get("failures"), mutants.get("errors")) == ("2", "0", "0")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import DATA
 
-from harness.crash import find_bugs
+from harness.guest.crash import find_bugs
 
 
 @pytest.mark.parametrize(

@@ -12,16 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.crosscheck import CHECKS, CheckResult, model_accounting, recover_accounting, run_checks
+from harness.checks.faults import CHECKS, CheckResult, model_accounting, recover_accounting, run_checks
+from harness.guest.launch import LaunchRequest, make_guest
+from harness.guest.qemu import GuestView
 from harness.inspect import TaskNumaState
-from harness.kernel import KCONFIG_DIR, BuildRequest, KernelArtifact, build
-from harness.launch import LaunchRequest, make_guest
+from harness.kernel.pipeline import KCONFIG_DIR, BuildRequest, KernelArtifact, build
 from harness.model import Task
 from harness.model.faults import task_numa_fault
 from harness.model.placement import task_numa_placement
 from harness.model.state import cpupid
-from harness.report import write_json, write_junit
-from harness.vm import GuestView
+from harness.report.terminal import write_json, write_junit
 
 MUTANTS = KCONFIG_DIR / "patches" / "mutants"
 
@@ -70,7 +70,7 @@ def test_check_command_writes_reports(built_kernel: KernelArtifact, tmp_path: Pa
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "check", "--kernel", str(built_kernel.directory), "--only", "skip-rules",
+        [sys.executable, "-m", "harness.cli.main", "check", "--kernel", str(built_kernel.directory), "--only", "skip-rules",
          "--json", str(tmp_path / "c.json"), "--junit", str(tmp_path / "c.xml")],
         capture_output=True, text=True, timeout=600,
     )
@@ -80,7 +80,7 @@ def test_check_command_writes_reports(built_kernel: KernelArtifact, tmp_path: Pa
     assert data["passed"] is True and data["kernel"]["build_id"] == built_kernel.manifest["build_id"]
     suite = ET.parse(tmp_path / "c.xml").getroot().find("testsuite")
     assert suite is not None and suite.get("tests") == "1" and suite.get("failures") == "0"
-    bad = subprocess.run([sys.executable, "-m", "harness.cli", "check", "--only", "nonsense"], capture_output=True,
+    bad = subprocess.run([sys.executable, "-m", "harness.cli.main", "check", "--only", "nonsense"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "no such check" in bad.stderr  # a user error, like other commands
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.guest import CommandTimeout
-from harness.kernel import KernelArtifact
+from harness.guest.qemu import BootTimeout, Guest, GuestView
+from harness.guest.ssh import CommandTimeout
+from harness.kernel.pipeline import KernelArtifact
 from harness.pytest_plugin import started_qemu_pids
-from harness.vm import BootTimeout, Guest, GuestView
 
 pytestmark = [pytest.mark.kernel, pytest.mark.guest]
 DATA = Path(__file__).parent / "data"
-CLI = [sys.executable, "-m", "harness.cli"]
+CLI = [sys.executable, "-m", "harness.cli.main"]
 
 
 def _nodes(view: GuestView) -> dict[str, str]:

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from harness.checks.workload import HeldRegion
+from harness.guest.qemu import Guest, GuestView
 from harness.inspect import (
     InspectError,
     attach,
@@ -29,12 +31,10 @@ from harness.inspect import (
     walk,
     with_last_cpupid,
 )
-from harness.vm import Guest, GuestView
-from harness.workload import HeldRegion
 
 pytestmark = [pytest.mark.kernel, pytest.mark.guest]
 SCAN_KNOBS = "/sys/kernel/debug/sched/numa_balancing"
-CLI = [sys.executable, "-m", "harness.cli"]
+CLI = [sys.executable, "-m", "harness.cli.main"]
 EXAMPLES = Path(__file__).resolve().parent.parent / "harness/examples"
 
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import DATA
 
 from harness.errors import KconfigError
-from harness.kconfig import (
+from harness.kernel.kconfig import (
     KconfigIndex,
     Option,
     merge,
@@ -18,7 +18,7 @@ from harness.kconfig import (
     parse_option_argument,
     unmet_options,
 )
-from harness.kernel import KCONFIG_DIR, default_fragments
+from harness.kernel.pipeline import KCONFIG_DIR, default_fragments
 
 
 def test_parse_golden_fragment() -> None:

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.kconfig import parse_dotconfig
-from harness.kernel import DEFAULT_SERIES_DIR, BuildRequest, KernelArtifact, build, plan
-from harness.source import DEFAULT_TARBALL
+from harness.kernel.kconfig import parse_dotconfig
+from harness.kernel.pipeline import DEFAULT_SERIES_DIR, BuildRequest, KernelArtifact, build, plan
+from harness.kernel.source import DEFAULT_TARBALL
 
 pytestmark = pytest.mark.kernel
 
-HARNESS = [sys.executable, "-m", "harness.cli"]
+HARNESS = [sys.executable, "-m", "harness.cli.main"]
 
 
 def _cli(*args: str, cache_dir: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.checks.mutants import MUTANTS_DIR, discover, select
 from harness.errors import HarnessError, SeriesError
-from harness.mutants import MUTANTS_DIR, discover, select
 
 NUMA_FILES = {"mm/memory.c", "mm/huge_memory.c", "mm/mprotect.c", "mm/mempolicy.c", "kernel/sched/fair.c"}
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import DATA
 
 from harness.errors import PatchApplyError, SeriesError
-from harness.patches import extra_patch, hunks, load_series, parse_series, stage_series, touched_files
+from harness.kernel.patches import extra_patch, hunks, load_series, parse_series, stage_series, touched_files
 
 
 def _base(tmp_path: Path) -> Path:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import DATA
 
-from harness.topology import (
+from harness.guest.qemu import RunPaths, VmConfig, qemu_argv
+from harness.guest.topology import (
     Node,
     ObservedNode,
     Topology,
@@ -20,7 +21,6 @@ from harness.topology import (
     parse_topology,
     topology_from_mapping,
 )
-from harness.vm import RunPaths, VmConfig, qemu_argv
 
 
 def test_nxc_splits_cpus_and_memory() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.workload import WorkloadError, _op, parse_bench_output
+from harness.checks.workload import WorkloadError, _op, parse_bench_output
 
 DATA = Path(__file__).parent / "data" / "bench"
 

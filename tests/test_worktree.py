@@ -7,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from harness.source import SourceIdentity, SourceSpec
-from harness.worktree import apply_overlay, create_if_missing, sync_from_directory, worktree_for
+from harness.kernel.source import SourceIdentity, SourceSpec
+from harness.kernel.worktree import apply_overlay, create_if_missing, sync_from_directory, worktree_for
 
 
 def _tarball_like_tree(tmp_path: Path):  # type: ignore[no-untyped-def]

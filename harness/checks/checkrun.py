@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .crosscheck import CheckResult, run_checks
-from .errors import HarnessError
-from .kernel import KernelArtifact
-from .launch import LaunchRequest, make_guest
+from harness.checks.faults import CheckResult, run_checks
+from harness.errors import HarnessError
+from harness.guest.launch import LaunchRequest, make_guest
+from harness.kernel.pipeline import KernelArtifact
 
 
 class BootFailure(HarnessError):

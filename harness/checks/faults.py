@@ -17,16 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from . import inspect as nh
-from .errors import HarnessError
-from .guest import CommandTimeout
-from .model import HPAGE_SIZE, Mm, Page, Task, Tunables, Vma, hint_fault, scan_pass
-from .model.faults import FaultResult, task_numa_fault
-from .model.placement import task_numa_placement
-from .model.scanner import _unsuitable, task_scan_max, task_scan_min
-from .model.state import LAST__PID_MASK, cpupid_cpu, cpupid_pid
-from .vm import GuestView
-from .workload import HeldRegion, WorkloadStuck, run_bench
+from harness import inspect as nh
+from harness.checks.workload import HeldRegion, WorkloadStuck, run_bench
+from harness.errors import HarnessError
+from harness.guest.qemu import GuestView
+from harness.guest.ssh import CommandTimeout
+from harness.model import HPAGE_SIZE, Mm, Page, Task, Tunables, Vma, hint_fault, scan_pass
+from harness.model.faults import FaultResult, task_numa_fault
+from harness.model.placement import task_numa_placement
+from harness.model.scanner import _unsuitable, task_scan_max, task_scan_min
+from harness.model.state import LAST__PID_MASK, cpupid_cpu, cpupid_pid
 
 KNOBS = "/sys/kernel/debug/sched/numa_balancing"
 VM_READ, VM_WRITE, VM_EXEC, VM_SHARED = 0x1, 0x2, 0x4, 0x8
@@ -80,7 +80,7 @@ class Context:
         prog = nh.attach(guest, guest.vmlinux)  # type: ignore[attr-defined]
         node_of_cpu: dict[int, int] = {}
         out = guest.ssh.run("cd /sys/devices/system/node && for n in node*; do echo ${n#node} $(cat $n/cpulist); done")
-        from .topology import parse_cpulist
+        from harness.guest.topology import parse_cpulist
 
         for line in out.check().stdout.splitlines():
             nid, _, cpus = line.partition(" ")
@@ -171,7 +171,7 @@ def model_tunables(obs: Observation, hz: int) -> Tunables:
 
 
 def model_vmas(obs: Observation) -> list[Vma]:
-    from .model import NumabState
+    from harness.model import NumabState
 
     result = []
     for v in obs.vmas:
@@ -268,7 +268,7 @@ class Accounting:
 
 def model_accounting(before: Task, after: Task) -> Accounting:
     """The model's additions, from a run replayed with placement off (jiffies_after_retry=False)."""
-    from .model.state import MEMBUF
+    from harness.model.state import MEMBUF
 
     mem = tuple((after.faults[MEMBUF][n][0] - before.faults[MEMBUF][n][0],
                  after.faults[MEMBUF][n][1] - before.faults[MEMBUF][n][1]) for n in range(before.nr_nodes))

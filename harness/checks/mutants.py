@@ -11,10 +11,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .checkrun import BootFailure, check_kernel
-from .errors import HarnessError, SeriesError
-from .kernel import KCONFIG_DIR, build
-from .launch import LaunchRequest
+from harness.checks.checkrun import BootFailure, check_kernel
+from harness.errors import HarnessError, SeriesError
+from harness.guest.launch import LaunchRequest
+from harness.kernel.pipeline import KCONFIG_DIR, build
 
 MUTANTS_DIR = KCONFIG_DIR / "patches" / "mutants"
 

@@ -11,8 +11,8 @@ import shlex
 import time
 from dataclasses import dataclass, field
 
-from .errors import HarnessError
-from .vm import GuestView
+from harness.errors import HarnessError
+from harness.guest.qemu import GuestView
 
 
 class WorkloadError(HarnessError):

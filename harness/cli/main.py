@@ -17,15 +17,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from . import __version__
-from .cache import default_cache_root, read_json
-from .errors import HarnessError
-from .kernel import BuildRequest, build, merged_config
-from .launch import LaunchRequest, make_guest, resolve_kernel
-from .procs import pid_alive
-from .supervisor import registry_dir
-from .topology import parse_topology
-from .vm import AttachedGuest
+from harness import __version__
+from harness.cache import default_cache_root, read_json
+from harness.errors import HarnessError
+from harness.guest.launch import LaunchRequest, make_guest, resolve_kernel
+from harness.guest.procs import pid_alive
+from harness.guest.qemu import AttachedGuest
+from harness.guest.supervisor import registry_dir
+from harness.guest.topology import parse_topology
+from harness.kernel.pipeline import BuildRequest, build, merged_config
 
 # Exit statuses of `numa-harness run` (documented in the README): the command's own status, or
 EXIT_HARNESS_FAILED = 125  # the harness failed before or around the command (build, boot, SSH, bad input)
@@ -167,9 +167,9 @@ EXIT_CHECK_FAILED = 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .checkrun import check_kernel, kernel_identity
-    from .crosscheck import CHECKS
-    from .report import print_table, write_json, write_junit
+    from harness.checks.checkrun import check_kernel, kernel_identity
+    from harness.checks.faults import CHECKS
+    from harness.report.terminal import print_table, write_json, write_junit
 
     unknown = [name for name in args.only if name not in CHECKS]
     if unknown:
@@ -196,9 +196,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_mutants(args: argparse.Namespace) -> int:
-    from .crosscheck import CHECKS
-    from .mutants import MUTANTS_DIR, discover, run_mutants, select
-    from .report import print_mutant_table, write_mutants_json
+    from harness.checks.faults import CHECKS
+    from harness.checks.mutants import MUTANTS_DIR, discover, run_mutants, select
+    from harness.report.terminal import print_mutant_table, write_mutants_json
 
     unknown = [name for name in args.checks if name not in CHECKS]
     if unknown:
@@ -221,9 +221,9 @@ def cmd_mutants(args: argparse.Namespace) -> int:
 
 
 def cmd_ci(args: argparse.Namespace) -> int:
-    from .ci import CiRequest, run_ci
-    from .crosscheck import CHECKS
-    from .mutants import MUTANTS_DIR, Mutant, discover, select
+    from harness.checks.faults import CHECKS
+    from harness.checks.mutants import MUTANTS_DIR, Mutant, discover, select
+    from harness.report.ci import CiRequest, run_ci
 
     for name in [*args.checks, *args.mutant_checks]:
         if name not in CHECKS:
@@ -291,7 +291,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     status_file = work / "status.json"
     log = (work / "supervisor.log").open("wb")
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "harness.supervisor", str(work / "request.json"), str(status_file)],
+        [sys.executable, "-m", "harness.guest.supervisor", str(work / "request.json"), str(status_file)],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
     )
     deadline = time.monotonic() + request.boot_timeout + 60
@@ -336,7 +336,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from .console import attach_console
+    from harness.guest.console import attach_console
 
     guest = attached(args, args.name)
     return attach_console(guest.paths.console)
@@ -385,7 +385,7 @@ def _parse_range(text: str | None) -> tuple[int, int]:
 
 
 def cmd_inspect_ptes(args: argparse.Namespace) -> int:
-    from .inspect import attach, find_mm, snapshot, summarize, walk, with_last_cpupid
+    from harness.inspect import attach, find_mm, snapshot, summarize, walk, with_last_cpupid
 
     guest = attached(args, args.name)
     start, end = _parse_range(args.range)
@@ -415,7 +415,7 @@ def cmd_inspect_ptes(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect_task(args: argparse.Namespace) -> int:
-    from .inspect import attach, find_mm, read_balancing, read_mm, read_task, read_vmas, snapshot, summarize_by_vma, walk
+    from harness.inspect import attach, find_mm, read_balancing, read_mm, read_task, read_vmas, snapshot, summarize_by_vma, walk
 
     guest = attached(args, args.name)
     prog = attach(guest, guest.vmlinux)
@@ -456,7 +456,7 @@ def cmd_inspect_task(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect_vmstat(args: argparse.Namespace) -> int:
-    from .inspect import attach, read_vmstat, snapshot
+    from harness.inspect import attach, read_vmstat, snapshot
 
     guest = attached(args, args.name)
     prog = attach(guest, guest.vmlinux)
@@ -471,7 +471,7 @@ def cmd_inspect_vmstat(args: argparse.Namespace) -> int:
 
 
 def cmd_drgn(args: argparse.Namespace) -> int:
-    from .inspect import attach
+    from harness.inspect import attach
 
     guest = attached(args, args.name)
     prog = attach(guest, guest.vmlinux)
@@ -479,7 +479,7 @@ def cmd_drgn(args: argparse.Namespace) -> int:
 
     import drgn
 
-    from . import inspect as nh_inspect
+    from harness import inspect as nh_inspect
 
     # What `drgn` itself offers at its prompt: the common and Linux helpers, imported by name.
     namespace: dict[str, object] = {}

@@ -11,7 +11,7 @@ import termios
 import tty
 from pathlib import Path
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 DETACH = b"\x1d"  # Ctrl-]
 

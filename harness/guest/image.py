@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache import ensure_dir, read_json, sha256_file, staged_entry
-from .errors import HarnessError
-from .procs import REPO_ROOT
+from harness import REPO_ROOT
+from harness.cache import ensure_dir, read_json, sha256_file, staged_entry
+from harness.errors import HarnessError
 
 IMAGES_DIR = REPO_ROOT / "images"
 GUEST_TESTS_DIR = REPO_ROOT / "guest-tests"

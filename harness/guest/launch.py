@@ -7,12 +7,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .cache import read_json
-from .errors import HarnessError
-from .image import build_image, client_identity
-from .kernel import BuildRequest, KernelArtifact, build
-from .topology import parse_topology
-from .vm import Guest, VmConfig
+from harness.cache import read_json
+from harness.errors import HarnessError
+from harness.guest.image import build_image, client_identity
+from harness.guest.qemu import Guest, VmConfig
+from harness.guest.topology import parse_topology
+from harness.kernel.pipeline import BuildRequest, KernelArtifact, build
 
 
 @dataclass(frozen=True)

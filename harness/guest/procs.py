@@ -1,10 +1,8 @@
-"""Small process facts shared by the CLI, the supervisor and the pytest plugin."""
+"""Process facts about the guests' QEMUs, shared by the registry, the supervisor and the pytest plugin."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def pid_alive(pid: int) -> bool:

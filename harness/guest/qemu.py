@@ -33,14 +33,14 @@ from typing import TYPE_CHECKING
 import pexpect
 import pexpect.fdpexpect
 
-from .cache import atomic_write_text, ensure_dir
-from .crash import KernelBug, find_bugs
-from .errors import HarnessError
-from .image import SshIdentity
-from .topology import GUEST_PROBE, ObservedNode, Topology, TopologyMismatch, compare, parse_guest_probe
+from harness.cache import atomic_write_text, ensure_dir
+from harness.errors import HarnessError
+from harness.guest.crash import KernelBug, find_bugs
+from harness.guest.image import SshIdentity
+from harness.guest.topology import GUEST_PROBE, ObservedNode, Topology, TopologyMismatch, compare, parse_guest_probe
 
 if TYPE_CHECKING:
-    from .guest import SshSession
+    from harness.guest.ssh import SshSession
 
 QEMU = "qemu-system-x86_64"
 READY_PREFIX = "numa-harness: ready "
@@ -283,7 +283,7 @@ class GuestView:
     @property
     def ssh(self) -> SshSession:
         if self._ssh is None:
-            from .guest import SshSession
+            from harness.guest.ssh import SshSession
 
             self._ssh = SshSession.open(self.ssh_port, self.host_key, self.identity_file, time.monotonic() + 30)
         return self._ssh  # type: ignore[return-value]
@@ -369,7 +369,7 @@ class Guest(GuestView):
         self._write_info()
         try:
             self._wait_console_ready(started)
-            from .guest import SshSession
+            from harness.guest.ssh import SshSession
 
             session = SshSession.connect(self, deadline=started + self.config.boot_timeout)
             self._ssh = session

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import paramiko
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 if TYPE_CHECKING:
-    from .vm import Guest
+    from harness.guest.qemu import Guest
 
 
 class GuestCommandError(HarnessError):

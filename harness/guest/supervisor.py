@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from .cache import atomic_write_text, ensure_dir
-from .errors import HarnessError
-from .launch import LaunchRequest, make_guest
+from harness.cache import atomic_write_text, ensure_dir
+from harness.errors import HarnessError
+from harness.guest.launch import LaunchRequest, make_guest
 
 
 def registry_dir(cache_root: Path) -> Path:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 DEFAULT_MEMORY_MB = 2048
 LOCAL_DISTANCE = 10

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import HarnessError
-from ..vm import GuestView
+from harness.errors import HarnessError
+from harness.guest.qemu import GuestView
 
 
 class InspectError(HarnessError):

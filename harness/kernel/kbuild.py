@@ -18,7 +18,7 @@ from typing import IO
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from .errors import BuildError
+from harness.errors import BuildError
 
 ARCH = "x86_64"
 FRAGMENT_NAME = "numa-harness.config"

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import KconfigError
+from harness.errors import KconfigError
 
 _OPTION_RE = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")
 _NOT_SET_RE = re.compile(r"^# CONFIG_([A-Za-z0-9_]+) is not set$")

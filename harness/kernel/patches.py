@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PatchApplyError, SeriesError
+from harness.errors import PatchApplyError, SeriesError
 
 
 @dataclass(frozen=True)

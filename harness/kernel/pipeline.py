@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .cache import default_cache_root, ensure_dir, file_lock, read_json, staged_entry
-from .errors import KconfigError
-from .kbuild import configure, kernel_release, run_make
-from .kconfig import (
+from harness import REPO_ROOT, __version__
+from harness.cache import default_cache_root, ensure_dir, file_lock, read_json, staged_entry
+from harness.errors import KconfigError
+from harness.kernel.kbuild import configure, kernel_release, run_make
+from harness.kernel.kconfig import (
     Fragment,
     KconfigIndex,
     MergedConfig,
@@ -33,11 +33,10 @@ from .kconfig import (
     parse_option_argument,
     unmet_options,
 )
-from .patches import Patch, extra_patch, load_series, stage_series
-from .procs import REPO_ROOT
-from .source import SourceIdentity, SourceSpec, identify, kernel_version_of_tree, pristine_tree, resolve_source
-from .verify import verify_vmlinux
-from .worktree import apply_overlay, create_if_missing, sync_from_directory, worktree_for
+from harness.kernel.patches import Patch, extra_patch, load_series, stage_series
+from harness.kernel.source import SourceIdentity, SourceSpec, identify, kernel_version_of_tree, pristine_tree, resolve_source
+from harness.kernel.verify import verify_vmlinux
+from harness.kernel.worktree import apply_overlay, create_if_missing, sync_from_directory, worktree_for
 
 KCONFIG_DIR = REPO_ROOT / "kernel-config"
 DEFAULT_SERIES_DIR = KCONFIG_DIR / "patches"

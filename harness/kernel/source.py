@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import cached_sha256, ensure_dir, staged_entry
-from .errors import SourceError
+from harness.cache import cached_sha256, ensure_dir, staged_entry
+from harness.errors import SourceError
 
 DEFAULT_PACKAGE = "linux-source-6.12"
 DEFAULT_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")

@@ -18,8 +18,8 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection, SymbolTableSection
 
-from .errors import VerifyError
-from .kconfig import parse_dotconfig
+from harness.errors import VerifyError
+from harness.kernel.kconfig import parse_dotconfig
 
 # The hint-fault and scanner entry points (see shared/numa-balancing-6.12.md §3-4):
 # mm/memory.c:do_numa_page, mm/huge_memory.c:do_huge_pmd_numa_page,

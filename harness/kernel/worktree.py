@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import atomic_write_bytes, atomic_write_text, ensure_dir, staged_entry
-from .errors import SourceError
-from .source import SourceIdentity, SourceSpec, list_tree_files
+from harness.cache import atomic_write_bytes, atomic_write_text, ensure_dir, staged_entry
+from harness.errors import SourceError
+from harness.kernel.source import SourceIdentity, SourceSpec, list_tree_files
 
 STATE_FILE = "numa-harness-worktree.json"
 

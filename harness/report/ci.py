@@ -17,15 +17,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .cache import atomic_write_text
-from .checkrun import BootFailure, check_kernel, kernel_identity
-from .errors import HarnessError
-from .kernel import KernelArtifact, build
-from .launch import LaunchRequest
-from .mutants import Mutant, MutantResult, run_mutants
-from .summary import SCHEMA_ID, regressions
-from .topology import parse_topology
+from harness import __version__
+from harness.cache import atomic_write_text
+from harness.checks.checkrun import BootFailure, check_kernel, kernel_identity
+from harness.checks.mutants import Mutant, MutantResult, run_mutants
+from harness.errors import HarnessError
+from harness.guest.launch import LaunchRequest
+from harness.guest.topology import parse_topology
+from harness.kernel.pipeline import KernelArtifact, build
+from harness.report.summary import SCHEMA_ID, regressions
 
 EXIT_PASS, EXIT_CHECK_FAILED, EXIT_REGRESSION, EXIT_INFRA = 0, 1, 3, 125
 STATUS = {EXIT_PASS: "pass", EXIT_CHECK_FAILED: "check-failed", EXIT_REGRESSION: "regression",
@@ -207,8 +207,8 @@ def _exit_code(summary: dict[str, Any]) -> int:
 
 
 def _write_outputs(summary: dict[str, Any], directory: Path) -> None:
-    from .report import write_ci_junit
-    from .report_html import write_html
+    from harness.report.html import write_html
+    from harness.report.terminal import write_ci_junit
 
     atomic_write_text(directory / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_ci_junit(directory / "junit.xml", summary)

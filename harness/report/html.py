@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_write_text
-from .plots import convergence_plots, counters_timeline
+from harness.cache import atomic_write_text
+from harness.report.plots import convergence_plots, counters_timeline
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_write_text
-from .crosscheck import CheckResult
-from .mutants import MutantResult
+from harness.cache import atomic_write_text
+from harness.checks.faults import CheckResult
+from harness.checks.mutants import MutantResult
 
 
 def print_table(results: Sequence[CheckResult], title: str) -> None:

@@ -10,8 +10,8 @@ import time
 
 from drgn.helpers.linux.mm import follow_phys
 
+from harness.guest.launch import LaunchRequest, make_guest
 from harness.inspect import attach, find_mm, snapshot, walk
-from harness.launch import LaunchRequest, make_guest
 
 SAMPLE = 8192
 

@@ -1,0 +1,2 @@
+"""Stage 1: the kernel. Source, patch series, working tree, Kconfig, kbuild, verification, and the
+content-addressed pipeline that ties them together (`build`)."""

@@ -8,10 +8,23 @@ a numa_group (private memory of one process).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
 from .placement import task_numa_placement
 from .state import CPUBUF, MEMBUF, Counters, Page, Task, cpupid, cpupid_cpu, cpupid_pid
 from .state import LAST__PID_MASK as PID_MASK
+
+
+class Decision(StrEnum):
+    """Why a hinted page did or did not move, in the kernel's words (one member per branch)."""
+
+    LOCAL = "local: not misplaced"  # mm/mempolicy.c:mpol_misplaced
+    NO_MEMORY = "destination node has no memory"  # fair.c:should_numa_migrate_memory, first test
+    EARLY_SCAN = "early scan: first fault or same task"
+    TWO_STAGE_REFUSED = "two-stage filter: the previous fault came from another node"
+    SAME_TASK_TWICE = "same task faulted from this node twice"
+    NO_GROUP = "no numa_group"
+    MIGRATION_FAILED = "migration failed"  # do_numa_page: TNF_MIGRATE_FAIL
 
 
 @dataclass(frozen=True)
@@ -22,28 +35,28 @@ class FaultResult:
     migrated: bool
     local: bool
     # Why the page did (not) move, in the kernel's words.
-    decision: str
+    decision: Decision
     # The base-page entry's write bit once the access completed (None for a THP: not modelled).
     writable: bool | None = None
 
 
 def should_numa_migrate_memory(task: Task, page: Page, dst_nid: int, this_cpupid: int, node_of_cpu: dict[int, int],
-                               has_memory: bool = True) -> tuple[bool, Page, str]:
+                               has_memory: bool = True) -> tuple[bool, Page, Decision]:
     """kernel/sched/fair.c:should_numa_migrate_memory for NORMAL mode without a numa_group.
     Returns (migrate?, the page with last_cpupid exchanged, reason)."""
     if not has_memory:
-        return False, page, "destination node has no memory"
+        return False, page, Decision.NO_MEMORY
     last = page.last_cpupid
     page = replace(page, last_cpupid=this_cpupid)  # folio_xchg_last_cpupid, before any test below
     pid_unset = last is None
     pid_match = last is not None and cpupid_pid(last) == task.pid & PID_MASK
     if (task.numa_preferred_nid == -1 or task.numa_scan_seq <= 4) and (pid_unset or pid_match):
-        return True, page, "early scan: first fault or same task"
+        return True, page, Decision.EARLY_SCAN
     if last is not None and node_of_cpu[cpupid_cpu(last)] != dst_nid:
-        return False, page, "two-stage filter: the previous fault came from another node"
+        return False, page, Decision.TWO_STAGE_REFUSED
     if pid_match:
-        return True, page, "same task faulted from this node twice"
-    return True, page, "no numa_group"
+        return True, page, Decision.SAME_TASK_TWICE
+    return True, page, Decision.NO_GROUP
 
 
 def hint_fault(
@@ -80,7 +93,7 @@ def hint_fault(
     migrated = False
     if local:
         # mm/mempolicy.c:mpol_misplaced: already on this node; should_numa_migrate_memory is not called.
-        decision = "local: not misplaced"
+        decision = Decision.LOCAL
     else:
         wanted, restored, decision = should_numa_migrate_memory(task, restored, cpu_node, cpupid(cpu, task.pid),
                                                                 node_of_cpu)
@@ -91,9 +104,9 @@ def hint_fault(
             migrated = True
             counters += Counters(numa_pages_migrated=nr)
         elif wanted:
-            decision = "migration failed"
+            decision = Decision.MIGRATION_FAILED
     task = task_numa_fault(task, last_before, restored.node, nr, local=local, migrated=migrated,
-                           migrate_failed=not migrated and decision == "migration failed", cpu_node=cpu_node,
+                           migrate_failed=not migrated and decision == Decision.MIGRATION_FAILED, cpu_node=cpu_node,
                            run_placement=jiffies_after_retry, mm_seq=mm_seq)
     writable = None if restored.huge else (write if migrated else vma_writable and not page.likely_shared)
     return FaultResult(restored, task, counters, migrated, local, decision, writable)

@@ -9,7 +9,7 @@ starting from an observed state, must do.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .state import HPAGE_SIZE, NUMA_BALANCING_NORMAL, PAGE_SIZE, Counters, Mm, NumabState, Page, Tunables, Vma
 
@@ -86,6 +86,63 @@ def _hash_32(value: int, bits: int) -> int:
     return ((value * 0x61C88647) & 0xFFFFFFFF) >> (32 - bits)
 
 
+@dataclass
+class _PassBudget:
+    """What one task_numa_work call spends and collects as it walks the VMAs."""
+
+    pages: int  # scan_size_mb in pages: spent per chunk that updated anything
+    virtpages: int  # 8 x pages: spent per chunk, updated or not
+    updated: int = 0
+    huge: int = 0
+    windows: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def spent(self) -> bool:
+        return self.pages <= 0 or self.virtpages <= 0
+
+
+def _vma_gate(vma: Vma, mm: Mm, jiffies: int, delay: int, pid: int, nr_threads: int,
+              forced: bool) -> tuple[NumabState | None, str]:
+    """task_numa_work's per-VMA tests, in the kernel's order (fair.c:task_numa_work): the VMA's
+    numab_state as the tests leave it (None when never allocated) and the skip reason, or ''."""
+    reason = skip_reason(vma)
+    if reason:
+        return vma.numab, reason
+    seq = mm.numa_scan_seq
+    numab = vma.numab or NumabState(start_scan_seq=seq, prev_scan_seq=seq - 1, next_scan=jiffies + delay,
+                                    pids_active_reset=jiffies + delay + 4 * delay)
+    if seq and jiffies < numab.next_scan:
+        return numab, "scan_delay"
+    if seq and jiffies > numab.pids_active_reset:  # rotate pids_active every VMA_PID_RESET_PERIOD
+        numab = replace(numab, pids_active_reset=numab.pids_active_reset + 4 * delay,
+                        pids_active=(numab.pids_active[1], 0))
+    if numab.prev_scan_seq == seq:
+        return numab, "seq_completed"
+    if not forced and not vma_is_accessed(mm, vma, numab, pid, nr_threads):
+        return numab, "pid_inactive"
+    return numab, ""
+
+
+def _scan_vma(vma: Vma, start: int, pages: dict[int, Page], budget: _PassBudget, *, scanning_node: int, mm_users: int,
+              tunables: Tunables) -> int:
+    """The chunk loop over one VMA from `start`: change_prot_numa per chunk of at most the
+    remaining budget, ending on a 2 MiB boundary. Returns where it stopped."""
+    while True:
+        start = max(start, vma.start)
+        end = min(_align_up(start + budget.pages * PAGE_SIZE, HPAGE_SIZE), vma.end)
+        updated, huge = change_prot_numa(vma, pages, start, end, scanning_node=scanning_node, mm_users=mm_users,
+                                         tunables=tunables)
+        budget.windows.append((start, end))
+        budget.updated += updated
+        budget.huge += huge
+        if updated:  # the chunk, not the count, is charged
+            budget.pages -= (end - start) // PAGE_SIZE
+        budget.virtpages -= (end - start) // PAGE_SIZE
+        start = end
+        if budget.spent or end == vma.end:
+            return start
+
+
 def scan_pass(
     mm: Mm,
     vmas: Sequence[Vma],
@@ -98,13 +155,10 @@ def scan_pass(
     nr_threads: int = 1,
 ) -> PassResult:
     """One call of task_numa_work that got past its timing checks (fair.c:task_numa_work)."""
-    vma_list = [replace(v) for v in sorted(vmas, key=lambda v: v.start)]
+    vma_list = sorted(vmas, key=lambda v: v.start)
     new_pages = dict(pages)
     offset, seq = mm.numa_scan_offset, mm.numa_scan_seq
-    budget = tunables.scan_size_mb << (20 - 12)
-    virtpages = budget * 8
-    updated_total = huge_total = 0
-    windows: list[tuple[int, int]] = []
+    budget = _PassBudget(pages=tunables.scan_size_mb << (20 - 12), virtpages=(tunables.scan_size_mb << (20 - 12)) * 8)
     skipped: list[tuple[int, str]] = []
     delay = tunables.ms_to_jiffies(tunables.scan_delay_ms)
     forced = pids_skipped = False
@@ -117,61 +171,25 @@ def scan_pass(
         if index is None:  # reset_ptenuma_scan
             seq, offset, start = seq + 1, 0, 0
             index = 0 if vma_list else None
-        i = index
-        while i is not None and i < len(vma_list):
+        for i in range(index if index is not None else len(vma_list), len(vma_list)):
             vma = vma_list[i]
-            reason = _unsuitable(vma)
+            numab, reason = _vma_gate(vma, Mm(offset, seq, mm.mm_users), jiffies, delay, pid, nr_threads, forced)
+            vma = vma_list[i] = replace(vma, numab=numab)
             if reason:
                 skipped.append((vma.start, reason))
-                i += 1
+                offset = vma.end if reason == "seq_completed" else offset
+                pids_skipped |= reason == "pid_inactive"
                 continue
-            numab = vma.numab
-            if numab is None:
-                numab = NumabState(start_scan_seq=seq, prev_scan_seq=seq - 1, next_scan=jiffies + delay,
-                                   pids_active_reset=jiffies + delay + 4 * delay)
-            if seq and jiffies < numab.next_scan:
-                vma_list[i] = replace(vma, numab=numab)
-                skipped.append((vma.start, "scan_delay"))
-                i += 1
-                continue
-            if seq and jiffies > numab.pids_active_reset:
-                numab = replace(numab, pids_active_reset=numab.pids_active_reset + 4 * delay,
-                                pids_active=(numab.pids_active[1], 0))
-            vma = vma_list[i] = replace(vma, numab=numab)
-            if numab.prev_scan_seq == seq:
-                offset = vma.end
-                skipped.append((vma.start, "seq_completed"))
-                i += 1
-                continue
-            if not forced and not vma_is_accessed(Mm(offset, seq, mm.mm_users), vma, numab, pid, nr_threads):
-                pids_skipped = True
-                skipped.append((vma.start, "pid_inactive"))
-                i += 1
-                continue
-            while True:
-                start = max(start, vma.start)
-                end = min(_align_up(start + budget * PAGE_SIZE, HPAGE_SIZE), vma.end)
-                updated, huge = change_prot_numa(vma, new_pages, start, end, scanning_node=scanning_node,
-                                                 mm_users=mm.mm_users, tunables=tunables)
-                windows.append((start, end))
-                updated_total += updated
-                huge_total += huge
-                if updated:
-                    budget -= (end - start) // PAGE_SIZE
-                virtpages -= (end - start) // PAGE_SIZE
-                start = end
-                if budget <= 0 or virtpages <= 0:
-                    stopped_in = i
-                    break
-                if end == vma.end:
-                    break
-            if stopped_in is not None:
+            assert numab is not None
+            start = _scan_vma(vma, start, new_pages, budget, scanning_node=scanning_node, mm_users=mm.mm_users,
+                              tunables=tunables)
+            if budget.spent:
+                stopped_in = i
                 break
             vma_list[i] = replace(vma, numab=replace(numab, prev_scan_seq=seq))
             if forced:
                 stopped_in = i  # `break` with vma still set: the offset becomes `start`
                 break
-            i += 1
         if stopped_in is None and not forced and pids_skipped:
             forced = True
             continue
@@ -181,11 +199,12 @@ def scan_pass(
         offset = start
     else:
         seq, offset = seq + 1, 0
-    counters = Counters(numa_pte_updates=updated_total, numa_huge_pte_updates=huge_total)
-    return PassResult(Mm(offset, seq, mm.mm_users), tuple(vma_list), new_pages, counters, tuple(windows), tuple(skipped))
+    counters = Counters(numa_pte_updates=budget.updated, numa_huge_pte_updates=budget.huge)
+    return PassResult(Mm(offset, seq, mm.mm_users), tuple(vma_list), new_pages, counters, tuple(budget.windows),
+                      tuple(skipped))
 
 
-def _unsuitable(vma: Vma) -> str:
+def skip_reason(vma: Vma) -> str:
     """The first skip reason task_numa_work applies to a VMA, or ''."""
     if not vma.migratable or not vma.policy_mof or vma.hugetlb or vma.mixedmap:
         return "unsuitable"

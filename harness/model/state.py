@@ -16,6 +16,11 @@ NUMA_BALANCING_NORMAL = 1
 NUMA_BALANCING_MEMORY_TIERING = 2
 
 
+def time_after(a: int, b: int) -> bool:
+    """include/linux/jiffies.h:time_after for unsigned long jiffies: a is after b, wrap-safe."""
+    return ((b - a) & (1 << 63)) != 0 and (b - a) & ((1 << 64) - 1) != 0
+
+
 @dataclass(frozen=True)
 class Tunables:
     """kernel/sched/fair.c defaults; debugfs sched/numa_balancing/* and kernel.numa_balancing."""

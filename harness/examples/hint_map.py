@@ -10,11 +10,12 @@ import sys
 from typing import Any
 
 import numpy as np
+from drgn import Program
 
 from harness import inspect as nh
 
 # `numa-harness drgn NAME SCRIPT` runs this with the live guest's drgn Program and the guest.
-prog: Any = globals()["prog"]
+prog: Program = globals()["prog"]
 guest: Any = globals()["guest"]
 
 pid = int(sys.argv[1])

@@ -8,12 +8,13 @@ Runs inside `numa-harness drgn`, which provides `prog` (the live guest) and `nh`
 
 from typing import Any
 
+from drgn import Program
 from drgn.helpers.linux.pid import for_each_task
 
 from harness import inspect as nh
 
 # `numa-harness drgn NAME SCRIPT` runs this with the live guest's drgn Program and the guest.
-prog: Any = globals()["prog"]
+prog: Program = globals()["prog"]
 guest: Any = globals()["guest"]
 
 guest.pause()

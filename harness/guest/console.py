@@ -11,7 +11,7 @@ import termios
 import tty
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import InfrastructureError
 
 DETACH = b"\x1d"  # Ctrl-]
 
@@ -21,7 +21,7 @@ def attach_console(path: Path) -> int:
     try:
         sock.connect(str(path))
     except OSError as err:
-        raise HarnessError(f"Cannot attach to the console {path}: {err}. Is another console attached?") from err
+        raise InfrastructureError(f"Cannot attach to the console {path}: {err}. Is another console attached?") from err
     stdin = sys.stdin.fileno()
     interactive = os.isatty(stdin)
     saved = termios.tcgetattr(stdin) if interactive else None

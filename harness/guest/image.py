@@ -20,7 +20,7 @@ from typing import Any
 
 from harness import REPO_ROOT
 from harness.cache import ensure_dir, read_json, sha256_file, staged_entry
-from harness.errors import HarnessError
+from harness.errors import InfrastructureError
 
 IMAGES_DIR = REPO_ROOT / "images"
 GUEST_TESTS_DIR = REPO_ROOT / "guest-tests"
@@ -28,7 +28,7 @@ RECIPE = IMAGES_DIR / "guest.toml"
 IMAGE_RECIPE_VERSION = 1
 
 
-class ImageError(HarnessError):
+class ImageError(InfrastructureError):
     """The guest image cannot be built (a missing package, a workload that does not compile)."""
 
 

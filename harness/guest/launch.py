@@ -8,11 +8,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness.cache import read_json
-from harness.errors import HarnessError
+from harness.errors import BadInput
 from harness.guest.image import build_image, client_identity
 from harness.guest.qemu import Guest, VmConfig
 from harness.guest.topology import parse_topology
 from harness.kernel.pipeline import BuildRequest, KernelArtifact, build
+from harness.kernel.source import resolve_source
 
 
 @dataclass(frozen=True)
@@ -47,18 +48,32 @@ class LaunchRequest:
         )
 
 
+def validate(request: LaunchRequest) -> None:
+    """Reject bad input before anything is built or booted: the topology and memory, --kernel, and
+    --source (the default source may still be installed by the build)."""
+    parse_topology(request.topology, request.memory)
+    if request.kernel_dir is not None:
+        _kernel_from_directory(request.kernel_dir)
+    elif request.build.source is not None:
+        resolve_source(request.build.source, install_default=False)
+
+
 def resolve_kernel(request: LaunchRequest) -> KernelArtifact:
     """--kernel DIR (a `numa-harness build` directory, or a kbuild output directory), else build."""
     if request.kernel_dir is None:
         return build(request.build)
-    directory = request.kernel_dir.resolve()
+    return _kernel_from_directory(request.kernel_dir)
+
+
+def _kernel_from_directory(kernel_dir: Path) -> KernelArtifact:
+    directory = kernel_dir.resolve()
     manifest = read_json(directory / "manifest.json")
     if manifest is not None and (directory / "bzImage").is_file():
         return KernelArtifact(directory, manifest, cache_hit=True)
     if (directory / "arch/x86/boot/bzImage").is_file():
         return _kbuild_dir_artifact(directory)
-    raise HarnessError(
-        f"--kernel {request.kernel_dir}: neither a `numa-harness build` directory (bzImage + manifest.json) "
+    raise BadInput(
+        f"--kernel {kernel_dir}: neither a `numa-harness build` directory (bzImage + manifest.json) "
         f"nor a kbuild output directory (arch/x86/boot/bzImage). Pass one of those, or leave --kernel out "
         f"to build the default kernel."
     )

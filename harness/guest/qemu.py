@@ -24,31 +24,29 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
 
+import drgn
 import pexpect
 import pexpect.fdpexpect
 
 from harness.cache import atomic_write_text, ensure_dir
-from harness.errors import HarnessError
+from harness.errors import InfrastructureError
 from harness.guest.crash import KernelBug, find_bugs
 from harness.guest.image import SshIdentity
+from harness.guest.ssh import SshSession
 from harness.guest.topology import GUEST_PROBE, ObservedNode, Topology, TopologyMismatch, compare, parse_guest_probe
-
-if TYPE_CHECKING:
-    from harness.guest.ssh import SshSession
 
 QEMU = "qemu-system-x86_64"
 READY_PREFIX = "numa-harness: ready "
 _PR_SET_PDEATHSIG = 1
 
 
-class VmError(HarnessError):
-    exit_code = 125
+class VmError(InfrastructureError):
+    """QEMU or the guest misbehaved."""
 
 
 class VmLaunchError(VmError):
@@ -57,14 +55,6 @@ class VmLaunchError(VmError):
 
 class BootTimeout(VmError):
     """The guest did not report ready in time."""
-
-
-class GuestCrashed(VmError):
-    """The guest kernel logged a bug (or died)."""
-
-    def __init__(self, message: str, bugs: Sequence[KernelBug]) -> None:
-        super().__init__(message)
-        self.bugs = tuple(bugs)
 
 
 @dataclass(frozen=True)
@@ -206,10 +196,15 @@ class GuestView:
     ssh_port: int
     host_key: str
     identity_file: Path
-    _ssh: object | None
+    _ssh: SshSession | None
     _bug_cursor: int
     # The one drgn Program attached to this guest (harness.inspect.attach); a class-level default.
-    _drgn_program: object | None = None
+    _drgn_program: drgn.Program | None = None
+
+    @property
+    def vmlinux(self) -> Path | None:
+        """The booted kernel's vmlinux (debug info for drgn), when the harness built it."""
+        return None
 
     # -- QMP -----------------------------------------------------------------------------------
 
@@ -283,15 +278,13 @@ class GuestView:
     @property
     def ssh(self) -> SshSession:
         if self._ssh is None:
-            from harness.guest.ssh import SshSession
-
             self._ssh = SshSession.open(self.ssh_port, self.host_key, self.identity_file, time.monotonic() + 30)
-        return self._ssh  # type: ignore[return-value]
+        return self._ssh
 
     def close_ssh(self) -> None:
         if self._ssh is not None:
             with contextlib.suppress(Exception):
-                self._ssh.close()  # type: ignore[attr-defined]
+                self._ssh.close()
             self._ssh = None
 
 
@@ -329,7 +322,7 @@ class Guest(GuestView):
     paths: RunPaths = field(init=False)
     boot_seconds: float = 0.0
     _bug_cursor: int = 0
-    _ssh: object | None = None
+    _ssh: SshSession | None = None
     observed_nodes: list[ObservedNode] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -369,9 +362,9 @@ class Guest(GuestView):
         self._write_info()
         try:
             self._wait_console_ready(started)
-            from harness.guest.ssh import SshSession
-
-            session = SshSession.connect(self, deadline=started + self.config.boot_timeout)
+            session = SshSession.open(self.ssh_port, self.config.host_key, self.identity.private_key,
+                                      started + self.config.boot_timeout,
+                                      alive=lambda: self._check_alive("while SSH was connecting"))
             self._ssh = session
             probe = session.run(GUEST_PROBE, timeout=30)
             if probe.exit_status != 0:
@@ -477,7 +470,7 @@ class Guest(GuestView):
             return
         if self.process.poll() is None and self._ssh is not None:
             with contextlib.suppress(Exception):
-                self._ssh.poweroff()  # type: ignore[attr-defined]
+                self._ssh.poweroff()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout / 2)
         if self.process.poll() is None:

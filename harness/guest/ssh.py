@@ -12,20 +12,17 @@ import contextlib
 import shlex
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import paramiko
 
-from harness.errors import HarnessError
-
-if TYPE_CHECKING:
-    from harness.guest.qemu import Guest
+from harness.errors import InfrastructureError
 
 
-class GuestCommandError(HarnessError):
-    exit_code = 125
+class GuestCommandError(InfrastructureError):
+    """A guest command failed, timed out, or SSH could not connect."""
 
 
 class CommandTimeout(GuestCommandError):
@@ -56,12 +53,9 @@ class SshSession:
         self.client = client
 
     @classmethod
-    def connect(cls, guest: Guest, deadline: float) -> SshSession:
-        return cls.open(guest.ssh_port, guest.config.host_key, guest.identity.private_key, deadline,
-                        alive=lambda: guest._check_alive("while SSH was connecting"))
-
-    @classmethod
-    def open(cls, port: int, host_key: str, identity: Path, deadline: float, alive: Any = None) -> SshSession:
+    def open(cls, port: int, host_key: str, identity: Path, deadline: float,
+             alive: Callable[[], None] | None = None) -> SshSession:
+        """Connect, retrying until `deadline`; `alive` raises when the guest died meanwhile."""
         key_type, key_b64 = host_key.split()[:2]
         pinned = paramiko.Ed25519Key(data=base64.b64decode(key_b64))
         last_error: Exception | None = None

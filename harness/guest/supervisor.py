@@ -15,13 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from harness.cache import atomic_write_text, ensure_dir
+from harness.cache import atomic_write_text
 from harness.errors import HarnessError
 from harness.guest.launch import LaunchRequest, make_guest
-
-
-def registry_dir(cache_root: Path) -> Path:
-    return ensure_dir(cache_root / "guests")
+from harness.guest.registry import registry_dir
 
 
 def main(argv: list[str]) -> int:

@@ -16,18 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.errors import BadInput, InfrastructureError
 
 DEFAULT_MEMORY_MB = 2048
 LOCAL_DISTANCE = 10
 DEFAULT_REMOTE_DISTANCE = 20
 
 
-class TopologyError(HarnessError):
+class TopologyError(BadInput):
     """An impossible or malformed NUMA machine."""
 
 
-class TopologyMismatch(HarnessError):
+class TopologyMismatch(InfrastructureError):
     """The booted guest does not see the machine that was asked for."""
 
 

@@ -5,17 +5,22 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from harness.errors import HarnessError
+from drgn import Object, Program
+
+from harness.errors import BadInput, InfrastructureError
 from harness.guest.qemu import GuestView
 
 
-class InspectError(HarnessError):
-    """The guest cannot be inspected as asked (down, no such pid, unmapped range)."""
+class InspectError(InfrastructureError):
+    """drgn cannot read the guest (down, no vmlinux, a read failed)."""
 
 
-def attach(view: GuestView, vmlinux: Path | None) -> Any:
+class NoSuchTask(InspectError, BadInput):
+    """The pid asked for is not a user task of the guest."""
+
+
+def attach(view: GuestView, vmlinux: Path | None) -> Program:
     """A drgn Program on the live guest (its second QMP socket) with the build's vmlinux.
 
     One Program per guest, reused: QEMU serves one client per QMP socket, so a second Program
@@ -46,17 +51,17 @@ def snapshot(view: GuestView) -> Iterator[None]:
         yield
 
 
-def find_task(prog: Any, pid: int) -> Any:
+def find_task(prog: Program, pid: int) -> Object:
     from drgn.helpers.linux.pid import find_task as drgn_find_task
 
     task = drgn_find_task(prog, pid)
     if not task:
-        raise InspectError(f"No task with pid {pid} in the guest. Check the pid (`numa-harness ssh NAME -- ps`).")
+        raise NoSuchTask(f"No task with pid {pid} in the guest. Check the pid (`numa-harness ssh NAME -- ps`).")
     return task
 
 
-def find_mm(prog: Any, pid: int) -> Any:
+def find_mm(prog: Program, pid: int) -> Object:
     task = find_task(prog, pid)
     if not task.mm:
-        raise InspectError(f"Task {pid} ({task.comm.string_().decode()}) is a kernel thread: it has no address space.")
+        raise NoSuchTask(f"Task {pid} ({task.comm.string_().decode()}) is a kernel thread: it has no address space.")
     return task.mm

@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from drgn import Object, Program
 
-from .attach import InspectError, find_task
+from .attach import InspectError, NoSuchTask, find_task
 from .pagetable import PageTableWalk
 
 # kernel/sched/fair.c: enum numa_faults_stats; index 2 * (stat * nr_node_ids + nid) + priv.
@@ -103,11 +104,11 @@ class BalancingState:
         return asdict(self)
 
 
-def nr_node_ids(prog: Any) -> int:
+def nr_node_ids(prog: Program) -> int:
     return int(prog["nr_node_ids"].value_())
 
 
-def read_task(prog: Any, pid: int) -> TaskNumaState:
+def read_task(prog: Program, pid: int) -> TaskNumaState:
     task = find_task(prog, pid)
     nodes = nr_node_ids(prog)
     faults: dict[str, list[tuple[int, int]]] = {name: [(0, 0)] * nodes for name in FAULT_STATS}
@@ -138,11 +139,11 @@ def read_task(prog: Any, pid: int) -> TaskNumaState:
     )
 
 
-def read_mm(prog: Any, pid: int) -> MmNumaState:
+def read_mm(prog: Program, pid: int) -> MmNumaState:
     task = find_task(prog, pid)
     mm = task.mm
     if not mm:
-        raise InspectError(f"Task {pid} is a kernel thread: it has no mm.")
+        raise NoSuchTask(f"Task {pid} is a kernel thread: it has no mm.")
     return MmNumaState(
         numa_next_scan=int(mm.numa_next_scan.value_()),
         numa_scan_offset=int(mm.numa_scan_offset.value_()),
@@ -152,7 +153,7 @@ def read_mm(prog: Any, pid: int) -> MmNumaState:
     )
 
 
-def _mm_rss(prog: Any, mm: Any) -> int:
+def _mm_rss(prog: Program, mm: Object) -> int:
     """include/linux/mm.h:get_mm_rss with get_mm_counter's percpu_counter_read_positive."""
     total = 0
     for member in ("MM_FILEPAGES", "MM_ANONPAGES", "MM_SHMEMPAGES"):
@@ -162,10 +163,9 @@ def _mm_rss(prog: Any, mm: Any) -> int:
 
 
 # include/uapi/linux/mempolicy.h (a #define, invisible to drgn).
-MPOL_F_MOF = 1 << 3
 
 
-def scan_stamps(prog: Any) -> dict[tuple[int, int], tuple[int, int]]:
+def scan_stamps(prog: Program) -> dict[tuple[int, int], tuple[int, int]]:
     """(numa_next_scan, numa_scan_seq) of every user mm, keyed by (tgid, mm address): an exited
     process's mm_struct is soon reused by the next short-lived one, so the address alone does
     not name an mm across two observations. Any scanner pass moves its mm's numa_next_scan
@@ -187,12 +187,12 @@ def scan_stamps(prog: Any) -> dict[tuple[int, int], tuple[int, int]]:
     return stamps
 
 
-def read_vmas(prog: Any, pid: int) -> list[VmaNumaState]:
+def read_vmas(prog: Program, pid: int) -> list[VmaNumaState]:
     from drgn.helpers.linux.mm import for_each_vma
 
     mm = find_task(prog, pid).mm
     if not mm:
-        raise InspectError(f"Task {pid} is a kernel thread: it has no VMAs.")
+        raise NoSuchTask(f"Task {pid} is a kernel thread: it has no VMAs.")
     result = []
     for vma in for_each_vma(mm):
         numab = None
@@ -214,21 +214,13 @@ def read_vmas(prog: Any, pid: int) -> list[VmaNumaState]:
     return result
 
 
-def read_balancing(prog: Any) -> BalancingState:
+def read_balancing(prog: Program) -> BalancingState:
     tunables = {name: int(prog[symbol].value_()) for name, symbol in TUNABLES.items()}
     hz = 0  # HZ is a macro: callers that need it read CONFIG_HZ from the guest
     return BalancingState(int(prog["sysctl_numa_balancing_mode"].value_()), int(prog["jiffies"].value_()), hz, tunables)
 
 
-def _has_constant(prog: Any, name: str) -> bool:
-    try:
-        prog.constant(name)
-    except (KeyError, LookupError):
-        return False
-    return True
-
-
-def read_vmstat(prog: Any) -> dict[str, int]:
+def read_vmstat(prog: Program) -> dict[str, int]:
     """The NUMA and migration event counters as /proc/vmstat shows them: per-CPU
     vm_event_states summed over online CPUs (mm/vmstat.c:sum_vm_events)."""
     from drgn.helpers.linux.cpumask import for_each_online_cpu
@@ -253,7 +245,7 @@ def read_vmstat(prog: Any) -> dict[str, int]:
     return totals
 
 
-def _enum_value(prog: Any, name: str) -> int | None:
+def _enum_value(prog: Program, name: str) -> int | None:
     try:
         return int(prog.constant(name).value_())
     except (KeyError, LookupError):

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, overload
 
 import numpy as np
+from drgn import Object, Program
 
 PRESENT, RW, ACCESSED, DIRTY, PSE, PROTNONE = 1 << 0, 1 << 1, 1 << 5, 1 << 6, 1 << 7, 1 << 8
 PFN_MASK = 0x000FFFFFFFFFF000
@@ -73,7 +74,7 @@ class NodeRanges:
         return nodes
 
 
-def node_ranges(prog: Any) -> NodeRanges:
+def node_ranges(prog: Program) -> NodeRanges:
     """Each online node's pfn span (mm/mm_init.c: node_start_pfn, node_spanned_pages)."""
     from drgn.helpers.linux.nodemask import for_each_online_node
 
@@ -85,7 +86,7 @@ def node_ranges(prog: Any) -> NodeRanges:
     return NodeRanges(tuple(ranges))
 
 
-def five_level(prog: Any) -> bool:
+def five_level(prog: Program) -> bool:
     """arch/x86/include/asm/pgtable_64_types.h:pgtable_l5_enabled (0 without CONFIG_X86_5LEVEL)."""
     try:
         return bool(prog["__pgtable_l5_enabled"].value_())
@@ -157,7 +158,7 @@ class PageTableWalk(Sequence[Entry]):
         return self.select((self.vaddr >= np.uint64(start)) & (self.vaddr < np.uint64(end)))
 
 
-def walk(prog: Any, mm: Any, start: int = 0, end: int = 1 << 57, *, nodes: NodeRanges | None = None) -> PageTableWalk:
+def walk(prog: Program, mm: Object, start: int = 0, end: int = 1 << 57, *, nodes: NodeRanges | None = None) -> PageTableWalk:
     """Every non-empty leaf entry (present, hint or swap) of `mm` mapping [start, end)."""
     from drgn.helpers.linux.mm import virt_to_phys
 
@@ -209,7 +210,7 @@ def walk(prog: Any, mm: Any, start: int = 0, end: int = 1 << 57, *, nodes: NodeR
     return PageTableWalk(vaddr_all, raw_all, level_all, nodes.nodes_of(pfns))
 
 
-def page_flags_layout(prog: Any) -> dict[str, int]:
+def page_flags_layout(prog: Program) -> dict[str, int]:
     """NODES_PGSHIFT, LAST_CPUPID_PGSHIFT, ... from vmcoreinfo (exported by the default patch)."""
     data = prog.read(prog["vmcoreinfo_data"].value_(), prog["vmcoreinfo_size"].value_())
     layout = {}
@@ -221,7 +222,7 @@ def page_flags_layout(prog: Any) -> dict[str, int]:
     return layout
 
 
-def vmemmap_base(prog: Any) -> int:
+def vmemmap_base(prog: Program) -> int:
     """The struct page array (SPARSEMEM_VMEMMAP). A variable with CONFIG_DYNAMIC_MEMORY_LAYOUT
     (5-level paging, KASLR), else the fixed __VMEMMAP_BASE_L4 (asm/pgtable_64_types.h)."""
     try:
@@ -230,12 +231,12 @@ def vmemmap_base(prog: Any) -> int:
         return 0xFFFFEA0000000000
 
 
-def page_flags(prog: Any, pfns: np.ndarray) -> np.ndarray:
+def page_flags(prog: Program, pfns: np.ndarray) -> np.ndarray:
     """page->flags for each pfn, reading runs of consecutive struct pages in one go."""
     return page_field(prog, pfns, 0, "<u8")
 
 
-def page_field(prog: Any, pfns: np.ndarray, offset: int, dtype: str) -> np.ndarray:
+def page_field(prog: Program, pfns: np.ndarray, offset: int, dtype: str) -> np.ndarray:
     """One field of struct page (at byte `offset`, of numpy `dtype`) for each pfn, reading runs
     of consecutive struct pages in one go."""
     result = np.zeros(pfns.shape, dtype=dtype)
@@ -256,7 +257,7 @@ def page_field(prog: Any, pfns: np.ndarray, offset: int, dtype: str) -> np.ndarr
     return result
 
 
-def with_last_cpupid(prog: Any, table: PageTableWalk) -> PageTableWalk:
+def with_last_cpupid(prog: Program, table: PageTableWalk) -> PageTableWalk:
     """The table with `last_cpupid` decoded from page->flags (raw field: cpu << 8 | pid & 0xff,
     include/linux/mm.h:cpu_pid_to_cpupid), using the layout the default patch exports."""
     layout = page_flags_layout(prog)
@@ -271,7 +272,7 @@ def with_last_cpupid(prog: Any, table: PageTableWalk) -> PageTableWalk:
     return PageTableWalk(table.vaddr, table.raw, table.level, table.node, cpupid, table.mapcount)
 
 
-def with_mapcount(prog: Any, table: PageTableWalk) -> PageTableWalk:
+def with_mapcount(prog: Program, table: PageTableWalk) -> PageTableWalk:
     """The table with each PTE's page->_mapcount + 1: the folio_mapcount of an order-0 folio,
     which change_pte_range tests (folio_likely_mapped_shared) to skip COW pages other processes
     map too, such as the vDSO's."""
@@ -284,7 +285,7 @@ def with_mapcount(prog: Any, table: PageTableWalk) -> PageTableWalk:
     return PageTableWalk(table.vaddr, table.raw, table.level, table.node, table.last_cpupid, mapcount)
 
 
-def last_cpupids(prog: Any, entries: PageTableWalk) -> PageTableWalk:
+def last_cpupids(prog: Program, entries: PageTableWalk) -> PageTableWalk:
     return with_last_cpupid(prog, entries)
 
 

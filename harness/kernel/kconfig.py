@@ -306,14 +306,20 @@ def _scan_file(
             if line and not line[0].isspace():
                 finish()
                 current = None
-        stripped = line.strip()
-        if not line[:1].isspace():
-            cond = _IF_RE.match(stripped)
-            if cond:
-                if_stack.append(_strip_comment(cond.group(1)))
-            elif stripped == "endif" and if_stack:
-                if_stack.pop()
+        _track_if(line, if_stack)
     finish()
+
+
+def _track_if(line: str, if_stack: list[str]) -> None:
+    """Keep the stack of enclosing `if` conditions (they add to every inner option's dependencies)."""
+    if line[:1].isspace():
+        return
+    stripped = line.strip()
+    cond = _IF_RE.match(stripped)
+    if cond:
+        if_stack.append(_strip_comment(cond.group(1)))
+    elif stripped == "endif" and if_stack:
+        if_stack.pop()
 
 
 def _strip_comment(text: str) -> str:

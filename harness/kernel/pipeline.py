@@ -183,28 +183,8 @@ def build(request: BuildRequest) -> KernelArtifact:
             (builddir / "numa-harness-objects").write_text(f"{result.compiled_objects}\n")
         final_text = (builddir / ".config").read_text()
         verification = verify_vmlinux(builddir / "vmlinux", final_text)
-        manifest = {
-            "harness_version": __version__,
-            "key": build_plan.key,
-            "source": {
-                "kind": build_plan.identity.kind,
-                "path": build_plan.identity.path,
-                "identity": build_plan.identity.description,
-                "digest": build_plan.identity.digest,
-                "version": kernel_version_of_tree(tree.path),
-            },
-            "patches": [
-                {"name": p.name, "origin": p.origin, "sha256": p.sha256()} for p in build_plan.patches
-            ],
-            "config_sha256": hashlib.sha256(final_text.encode()).hexdigest(),
-            "requested_config_sha256": build_plan.merged.digest(),
-            "kernel_release": kernel_release(builddir),
-            "build_id": verification.build_id,
-            "verification": verification.as_dict(),
-            "build_seconds": round(time.monotonic() - started, 1),
-            "compiled_objects": result.compiled_objects,
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        manifest = _manifest(build_plan, tree.path, builddir, final_text, verification.as_dict(),
+                             time.monotonic() - started, result.compiled_objects)
         final = root / "kernels" / build_plan.key
         with staged_entry(final) as staging:
             shutil.copyfile(builddir / "arch/x86/boot/bzImage", staging / "bzImage")
@@ -213,6 +193,31 @@ def build(request: BuildRequest) -> KernelArtifact:
             shutil.copyfile(log_path, staging / "build.log")
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         return KernelArtifact(final, manifest, cache_hit=False, compiled_objects=result.compiled_objects)
+
+
+def _manifest(build_plan: BuildPlan, srctree: Path, builddir: Path, final_text: str, verification: dict[str, Any],
+              seconds: float, compiled_objects: int) -> dict[str, Any]:
+    """What a cache entry records about its kernel (manifest.json)."""
+    return {
+        "harness_version": __version__,
+        "key": build_plan.key,
+        "source": {
+            "kind": build_plan.identity.kind,
+            "path": build_plan.identity.path,
+            "identity": build_plan.identity.description,
+            "digest": build_plan.identity.digest,
+            "version": kernel_version_of_tree(srctree),
+        },
+        "patches": [{"name": p.name, "origin": p.origin, "sha256": p.sha256()} for p in build_plan.patches],
+        "config_sha256": hashlib.sha256(final_text.encode()).hexdigest(),
+        "requested_config_sha256": build_plan.merged.digest(),
+        "kernel_release": kernel_release(builddir),
+        "build_id": verification.get("build_id"),
+        "verification": verification,
+        "build_seconds": round(seconds, 1),
+        "compiled_objects": compiled_objects,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def _check_requested_options(merged: MergedConfig, final_text: str, srctree: Path) -> None:

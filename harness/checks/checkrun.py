@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.checks.faults import CheckResult, run_checks
-from harness.errors import HarnessError
+from harness.checks.registry import CheckResult
+from harness.checks.runner import run_checks
+from harness.errors import HarnessError, InfrastructureError
 from harness.guest.launch import LaunchRequest, make_guest
+from harness.guest.qemu import Guest
 from harness.kernel.pipeline import KernelArtifact
 
 
-class BootFailure(HarnessError):
+class BootFailure(InfrastructureError):
     """The guest did not come up; carries the kernel-bug title when the console shows one."""
-
-    exit_code = 125
 
     def __init__(self, message: str, bug_title: str | None) -> None:
         super().__init__(message)
@@ -35,7 +35,7 @@ class CheckRun:
     boot_seconds: float
     seconds: float
     console_log: Path | None
-    # Counters at each check's start and end (crosscheck.Context.timeline).
+    # Counters at each check's start and end (observe.Context.timeline).
     timeline: tuple[dict[str, Any], ...] = ()
 
     @property
@@ -85,7 +85,7 @@ def check_kernel(request: LaunchRequest, kernel: KernelArtifact, names: Sequence
                     console_copy if console_copy is not None and console_copy.exists() else None, tuple(timeline))
 
 
-def _copy_console(guest: Any, destination: Path) -> None:
+def _copy_console(guest: Guest, destination: Path) -> None:
     source = guest.paths.console_log
     if source.exists():
         destination.parent.mkdir(parents=True, exist_ok=True)

@@ -1,18 +1,20 @@
 """Mutation self-check: build each deliberately broken kernel in kernel-config/patches/mutants/
 (incrementally, on the cached tree), boot it, run the cross-checks, and call the mutant killed
-when a check fails or hangs. A survivor means the checks lost their teeth for the behaviour the
-mutant's header describes."""
+when a check fails or hangs (never when one merely ends in a harness error). A survivor means
+the checks lost their teeth for the behaviour the mutant's header describes."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from harness.checks.checkrun import BootFailure, check_kernel
-from harness.errors import HarnessError, SeriesError
+from harness.checks.registry import CheckResult, Verdict
+from harness.errors import BadInput, HarnessError, SeriesError
 from harness.guest.launch import LaunchRequest
 from harness.kernel.pipeline import KCONFIG_DIR, build
 
@@ -30,25 +32,49 @@ class Mutant:
         return self.path.stem
 
 
+class MutantOutcome(StrEnum):
+    # A check failed on the mutant kernel, or it logged a kernel bug.
+    KILLED = "killed"
+    # A check reported a hang (detected in bounded time): a kill too.
+    HANG = "hang"
+    # Every check that ran passed: the checks missed what the mutant breaks.
+    SURVIVED = "survived"
+    # The mutant could not be built or booted for a reason that is not a kernel bug, or a check
+    # ended in a harness error and none failed: nothing is known about the mutant.
+    ERROR = "error"
+
+    @property
+    def killed(self) -> bool:
+        return self in (MutantOutcome.KILLED, MutantOutcome.HANG)
+
+
 @dataclass(frozen=True)
 class MutantResult:
     mutant: Mutant
-    # killed: a check failed; hang: a check reported a hang (detected in bounded time, counts as
-    # killed); survived: every check passed; error: the mutant could not be built or booted for a
-    # reason that is not a kernel bug (a broken mutant, or the harness itself).
-    outcome: str
+    outcome: MutantOutcome
     failed_checks: tuple[str, ...]
     seconds: float
     detail: str = ""
 
     @property
     def killed(self) -> bool:
-        return self.outcome in ("killed", "hang")
+        return self.outcome.killed
 
     def as_json(self) -> dict[str, Any]:
-        return {"mutant": self.mutant.name, "subject": self.mutant.subject, "outcome": self.outcome,
+        return {"mutant": self.mutant.name, "subject": self.mutant.subject, "outcome": self.outcome.value,
                 "killed": self.killed, "failed_checks": list(self.failed_checks), "seconds": round(self.seconds, 1),
                 "detail": self.detail}
+
+
+def outcome_of(results: Sequence[CheckResult]) -> MutantOutcome:
+    """Killed only by a check's fail (kernel bugs included) or hang; an error leaves it unknown."""
+    if any(r.verdict is Verdict.HANG for r in results):
+        return MutantOutcome.HANG
+    if any(r.verdict is Verdict.FAIL for r in results):
+        return MutantOutcome.KILLED
+    if any(r.verdict is Verdict.ERROR for r in results):
+        return MutantOutcome.ERROR
+    return MutantOutcome.SURVIVED
 
 
 def discover(directory: Path = MUTANTS_DIR) -> list[Mutant]:
@@ -74,7 +100,7 @@ def select(mutants: Sequence[Mutant], names: Sequence[str]) -> list[Mutant]:
     for name in names:
         found = [m for m in mutants if m.name == name or m.name.startswith(name)]
         if len(found) != 1:
-            raise HarnessError(f"--only {name}: {'no' if not found else 'more than one'} mutant matches. "
+            raise BadInput(f"--only {name}: {'no' if not found else 'more than one'} mutant matches. "
                                f"Mutants: {', '.join(m.name for m in mutants)}.")
         chosen.extend(found)
     return chosen
@@ -87,21 +113,21 @@ def run_mutant(mutant: Mutant, request: LaunchRequest, checks: Sequence[str] | N
     try:
         kernel = build(build_request)
     except HarnessError as err:
-        return MutantResult(mutant, "error", (), time.monotonic() - started, f"build failed: {err}")
+        return MutantResult(mutant, MutantOutcome.ERROR, (), time.monotonic() - started, f"build failed: {err}")
     try:
         run = check_kernel(replace(request, build=build_request, name=f"mutant-{mutant.name[:4]}"), kernel, checks,
                            console_copy=console_copy)
     except BootFailure as err:
         if err.bug_title:  # the mutant crashed the kernel at boot: that is a kill
-            return MutantResult(mutant, "killed", ("boot",), time.monotonic() - started, f"kernel bug: {err.bug_title}")
-        return MutantResult(mutant, "error", (), time.monotonic() - started, f"boot failed: {err}")
+            return MutantResult(mutant, MutantOutcome.KILLED, ("boot",), time.monotonic() - started,
+                                f"kernel bug: {err.bug_title}")
+        return MutantResult(mutant, MutantOutcome.ERROR, (), time.monotonic() - started, f"boot failed: {err}")
     except HarnessError as err:
-        return MutantResult(mutant, "error", (), time.monotonic() - started, f"could not boot: {err}")
-    # Checks skipped after a hang or a kernel bug ("not run: ...") are not counted as failing.
-    failed = tuple(r.name for r in run.results if not r.passed and not r.summary.startswith("not run"))
-    hung = any(r.hung for r in run.results)
-    outcome = "hang" if hung else "killed" if failed else "survived"
-    first = next((r for r in run.results if not r.passed), None)
+        return MutantResult(mutant, MutantOutcome.ERROR, (), time.monotonic() - started, f"could not boot: {err}")
+    failed = tuple(r.name for r in run.results if r.verdict.indicts_kernel)
+    outcome = outcome_of(run.results)
+    first = next((r for r in run.results if r.verdict.indicts_kernel), None) or \
+        next((r for r in run.results if r.verdict is Verdict.ERROR), None)
     detail = "" if first is None else f"{first.name}: {first.summary}" + (f"; {first.diffs[0]}" if first.diffs else "")
     return MutantResult(mutant, outcome, failed, time.monotonic() - started, detail)
 

@@ -11,11 +11,11 @@ import shlex
 import time
 from dataclasses import dataclass, field
 
-from harness.errors import HarnessError
+from harness.errors import InfrastructureError
 from harness.guest.qemu import GuestView
 
 
-class WorkloadError(HarnessError):
+class WorkloadError(InfrastructureError):
     """The guest workload did not start or did not answer."""
 
 
@@ -30,6 +30,25 @@ class WorkloadStuck(WorkloadError):
 STEP_TIMEOUT = 45.0
 
 
+@dataclass(frozen=True)
+class Region:
+    """What `nhmem hold` is asked for (guest-tests/nhmem.c documents each option)."""
+
+    mib: int
+    node: int | None = None  # first-touch the region on this node
+    thp: bool = False  # MADV_HUGEPAGE, 2 MiB aligned
+    extras: bool = False  # also map the regions the scanner must skip (PROT_NONE, MPOL_BIND, zero page)
+    helper: bool = False  # a sleeping helper thread (mm_users 2)
+    split: int | None = None  # first-touch the second half on this node
+    readonly: bool = False  # map it read-only (reads hit the page cache's zero-filled pages)
+
+    def nhmem_args(self) -> str:
+        options = [f"{self.mib}", "thp" if self.thp else "", f"node {self.node}" if self.node is not None else "",
+                   "extras" if self.extras else "", "helper" if self.helper else "",
+                   f"split {self.split}" if self.split is not None else "", "ro" if self.readonly else ""]
+        return " ".join(o for o in options if o)
+
+
 @dataclass
 class HeldRegion:
     guest: GuestView
@@ -42,14 +61,9 @@ class HeldRegion:
     _acks: int = 0
 
     @classmethod
-    def start(cls, guest: GuestView, mib: int, *, thp: bool = False, node: int | None = None, extras: bool = False,
-              helper: bool = False, split: int | None = None, readonly: bool = False,
-              timeout: float = 120.0) -> HeldRegion:
+    def start(cls, guest: GuestView, request: Region, timeout: float = 120.0) -> HeldRegion:
         directory = f"/tmp/nhmem-{time.monotonic_ns()}"
-        options = [f"{mib}", "thp" if thp else "", f"node {node}" if node is not None else "",
-                   "extras" if extras else "", "helper" if helper else "",
-                   f"split {split}" if split is not None else "", "ro" if readonly else ""]
-        args = " ".join(o for o in options if o)
+        args = request.nhmem_args()
         guest.ssh.run(
             f"mkdir {directory} && mkfifo {directory}/in && "
             f"{{ (exec 3>{directory}/in; exec sleep 1000000) & echo $! > {directory}/keeper; }} && "
@@ -59,9 +73,9 @@ class HeldRegion:
         while time.monotonic() < deadline:
             lines = guest.ssh.run(f"head -n2 {directory}/out").stdout.splitlines()
             words = lines[0].split() if lines else []
-            if len(words) >= 6 and words[0] == "pid" and (not extras or len(lines) == 2):
+            if len(words) >= 6 and words[0] == "pid" and (not request.extras or len(lines) == 2):
                 found = {}
-                if extras:
+                if request.extras:
                     fields = lines[1].split()
                     found = {fields[i]: int(fields[i + 1], 16) for i in range(1, len(fields) - 1, 2)}
                 return cls(guest, directory, int(words[1]), int(words[3], 16), int(words[5]), found)

@@ -1,0 +1,136 @@
+"""Observations of the live guest and the session they are made in.
+
+`Context` is one booted guest with drgn attached and the facts every check needs (which node each
+CPU is on, HZ). `observe` pauses the guest and reads, at one moment, everything a check compares:
+the task's page tables (node, last_cpupid, mapcount per entry), its NUMA state, its mm's and VMAs'
+scan state, the tunables and the event counters. `spin_until` lets a workload run until the kernel
+reaches a state the model says it must reach, and turns "never" into a `KernelNeverReached`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import drgn
+import numpy as np
+
+from harness import inspect as nh
+from harness.checks.workload import HeldRegion
+from harness.guest.qemu import GuestView
+from harness.guest.topology import parse_cpulist
+
+
+class KernelNeverReached(Exception):
+    """A state the kernel must reach (by the rules the model mirrors) did not come within the
+    check's bound; the message says what was waited for and what the kernel showed instead."""
+
+
+@dataclass
+class Context:
+    guest: GuestView
+    prog: drgn.Program
+    node_of_cpu: dict[int, int]
+    hz: int = 250
+    # The current check's two latest observations: the state a failure's diffs refer to.
+    recent: list[Observation] = field(default_factory=list)
+    # Counters read at every check's start and end: {"t": seconds since open, "check", "vmstat"}.
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    opened: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def open(cls, guest: GuestView) -> Context:
+        prog = nh.attach(guest, guest.vmlinux)
+        node_of_cpu: dict[int, int] = {}
+        out = guest.ssh.run("cd /sys/devices/system/node && for n in node*; do echo ${n#node} $(cat $n/cpulist); done")
+        for line in out.check().stdout.splitlines():
+            nid, _, cpus = line.partition(" ")
+            for cpu in parse_cpulist(cpus):
+                node_of_cpu[cpu] = int(nid)
+        # HZ is a macro, invisible to drgn; the guest's own config says it (CONFIG_IKCONFIG_PROC).
+        hz_line = guest.ssh.run("zcat /proc/config.gz | grep '^CONFIG_HZ='").check().stdout
+        return cls(guest, prog, node_of_cpu, int(hz_line.strip().split("=")[1]))
+
+    def nodes_with_cpus(self) -> list[int]:
+        return sorted(set(self.node_of_cpu.values()))
+
+
+@dataclass(frozen=True)
+class Observation:
+    table: nh.PageTableWalk
+    task: nh.TaskNumaState
+    mm: nh.MmNumaState
+    vmas: list[nh.VmaNumaState]
+    balancing: nh.BalancingState
+    vmstat: dict[str, int]
+    mm_address: int
+    # (numa_next_scan, numa_scan_seq) of every user mm: who ran scanner passes between two observations.
+    stamps: dict[tuple[int, int], tuple[int, int]]
+
+    def other_passes_since(self, earlier: Observation) -> list[int]:
+        """The tgids of other processes, alive at both observations, that had a scanner pass in
+        between. Processes that started in between are the harness's own SSH commands: a new
+        task's first pass needs scan_delay_ms of its own CPU time (fair.c:init_numa_balancing
+        sets numa_scan_period to it, task_tick_numa waits for it), which they never use."""
+        return sorted({tgid for (tgid, mm), stamp in self.stamps.items() if mm != self.mm_address and
+                       (tgid, mm) in earlier.stamps and earlier.stamps[(tgid, mm)][0] != stamp[0]})
+
+
+def observe(ctx: Context, pid: int) -> Observation:
+    with nh.snapshot(ctx.guest):
+        mm = nh.find_mm(ctx.prog, pid)
+        table = nh.with_mapcount(ctx.prog, nh.with_last_cpupid(ctx.prog, nh.walk(ctx.prog, mm)))
+        obs = Observation(table, nh.read_task(ctx.prog, pid), nh.read_mm(ctx.prog, pid), nh.read_vmas(ctx.prog, pid),
+                          nh.read_balancing(ctx.prog), nh.read_vmstat(ctx.prog), int(mm.value_()),
+                          nh.scan_stamps(ctx.prog))
+    ctx.recent[:] = [*ctx.recent[-1:], obs]
+    return obs
+
+
+def observation_json(obs: Observation) -> dict[str, Any]:
+    """An observation as JSON: the task's and mm's NUMA state, VMAs, tunables, counters and every
+    leaf entry (hex addresses and raw entries, node, last_cpupid, mapcount)."""
+    t = obs.table
+    return {
+        "task": obs.task.as_json(), "mm": obs.mm.as_json(), "vmas": [v.as_json() for v in obs.vmas],
+        "balancing": obs.balancing.as_json(), "vmstat": obs.vmstat,
+        "entries": {"vaddr": [hex(int(v)) for v in t.vaddr], "raw": [hex(int(r)) for r in t.raw],
+                    "level": [int(x) for x in t.level], "node": [int(n) for n in t.node],
+                    "last_cpupid": None if t.last_cpupid is None else [int(c) for c in t.last_cpupid],
+                    "mapcount": None if t.mapcount is None else [int(c) for c in t.mapcount]},
+    }
+
+
+def spin_until(region: HeldRegion, ctx: Context, node: int, done: Callable[[Observation], bool], *,
+                step: float = 1.0, limit: float = 60.0) -> Observation:
+    spent = 0.0
+    while True:
+        obs = observe(ctx, region.pid)
+        if done(obs):
+            return obs
+        if spent >= limit:
+            part = obs.table.within(region.addr, region.end)
+            nodes = {int(n): int((part.node == n).sum()) for n in np.unique(part.node)}
+            raise KernelNeverReached(
+                f"the kernel never reached the state the check waits for ({getattr(done, '__name__', 'condition')}) "
+                f"after {limit:.0f} s of spinning on node {node}: the region has {int(part.hint.sum())} of {len(part)} "
+                f"entries hinted, entries per node {nodes}; task numa_scan_seq {obs.task.numa_scan_seq}, mm "
+                f"numa_scan_seq {obs.mm.numa_scan_seq}, preferred node {obs.task.numa_preferred_nid}, mm_users "
+                f"{obs.mm.mm_users}, hint faults {obs.vmstat.get('numa_hint_faults')}")
+        region.spin(step, node=node)
+        spent += step
+
+
+def region_hinted(region: HeldRegion) -> Callable[[Observation], bool]:
+    """The wait condition "every entry of the region is a hint"."""
+    def every_page_of_the_region_hinted(o: Observation) -> bool:
+        part = o.table.within(region.addr, region.end)
+        return bool(len(part)) and bool(part.hint.all())
+    return every_page_of_the_region_hinted
+
+
+def outside_region(table: nh.PageTableWalk, region: HeldRegion) -> nh.PageTableWalk:
+    """The task's entries outside the workload's region (its stack, data, ...)."""
+    return table.select(~((table.vaddr >= np.uint64(region.addr)) & (table.vaddr < np.uint64(region.end))))

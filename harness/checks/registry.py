@@ -1,0 +1,115 @@
+"""What a check is, what it can conclude, and the registry every command reads.
+
+A check is a function from a `Context` (a booted guest with drgn attached) to a `Finding`,
+registered with `@check("name")`: its name is written once, here, and the runner, `--only`,
+`--checks`, `mutants` and the README table (a test compares them) all read `CHECKS`.
+
+A check concludes one of the `Verdict`s. It decides `pass` or `fail` itself (a finding with no
+diff passes); `hang`, `error` and `not-run` are decided by the runner from how the check ended,
+never from a message's wording.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from harness.checks.observe import Context
+from harness.errors import BadInput
+
+# A failure lists at most this many diffs (and says how many more there were).
+MAX_DIFFS = 20
+
+
+class Verdict(StrEnum):
+    """How one check ended on one kernel."""
+
+    PASS = "pass"
+    # The kernel did what the model forbids, or never reached a state it must reach.
+    FAIL = "fail"
+    # A workload step livelocked or the guest stopped answering: detected in bounded time.
+    HANG = "hang"
+    # The harness itself broke (a Python exception in a check, a drgn read, an SSH failure that
+    # is not a dead guest): says nothing about the kernel.
+    ERROR = "error"
+    # Not run because an earlier check found the kernel broken (bug, livelock, dead guest).
+    NOT_RUN = "not-run"
+
+    @property
+    def indicts_kernel(self) -> bool:
+        """A verdict against the kernel: what kills a mutant."""
+        return self in (Verdict.FAIL, Verdict.HANG)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What a check function concludes: no diff means pass."""
+
+    summary: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    diffs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    verdict: Verdict
+    summary: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    diffs: tuple[str, ...] = ()
+    seconds: float = 0.0
+    # Global event counters (/proc/vmstat names) moved during the check: numa_*, thp_migration_*.
+    vmstat_delta: dict[str, int] = field(default_factory=dict)
+    # For a failed check: the last observations it made (the state its diffs refer to), as JSON.
+    snapshot: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict is Verdict.PASS
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "verdict": self.verdict.value, "summary": self.summary,
+                "figures": self.figures, "diffs": list(self.diffs), "seconds": round(self.seconds, 2),
+                "vmstat_delta": self.vmstat_delta}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    run: Callable[[Context], Finding]
+
+    @property
+    def description(self) -> str:
+        """The first paragraph of the check's docstring."""
+        return " ".join((self.run.__doc__ or "").strip().split("\n\n", 1)[0].split())
+
+
+CHECKS: dict[str, Check] = {}
+
+
+def check(name: str) -> Callable[[Callable[[Context], Finding]], Callable[[Context], Finding]]:
+    """Register a check under `name` (the order of registration is the order checks run in)."""
+    def register(function: Callable[[Context], Finding]) -> Callable[[Context], Finding]:
+        if name in CHECKS:
+            raise ValueError(f"check {name!r} registered twice ({CHECKS[name].run.__qualname__}, {function.__qualname__})")
+        CHECKS[name] = Check(name, function)
+        return function
+    return register
+
+
+def limit_diffs(diffs: Iterable[str]) -> tuple[str, ...]:
+    listed = list(diffs)
+    if len(listed) > MAX_DIFFS:
+        return (*listed[:MAX_DIFFS], f"... and {len(listed) - MAX_DIFFS} more")
+    return tuple(listed)
+
+
+def validate_names(names: Iterable[str], option: str) -> tuple[str, ...]:
+    """The names as given, or BadInput naming the unknown ones and listing the checks."""
+    given = tuple(names)
+    unknown = [name for name in given if name not in CHECKS]
+    if unknown:
+        raise BadInput(f"{option} {', '.join(unknown)}: no such check. Checks: {', '.join(CHECKS)}.")
+    return given

@@ -1,0 +1,141 @@
+"""Runs registered checks in one booted guest and decides how each ended.
+
+A check's own finding gives pass or fail. How it stopped otherwise gives the rest, by exception
+class: `KernelNeverReached` is a fail (the kernel never reached a state it must reach); a workload
+step that does not finish, or a guest that stops answering, is a hang; anything else (a Python
+exception, a drgn read, an SSH failure while the guest still answers) is the harness's error and
+says nothing about the kernel. A kernel bug on the console during a check makes it a fail
+whatever the check concluded. After a bug, a livelock or a dead guest the remaining checks are
+not run: on such a kernel they would only wait out their own limits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from harness import inspect as nh
+from harness.checks.catalog import CHECKS
+from harness.checks.observe import Context, KernelNeverReached, observation_json
+from harness.checks.registry import Check, CheckResult, Verdict, limit_diffs
+from harness.checks.workload import WorkloadStuck
+from harness.errors import HarnessError
+from harness.guest.qemu import GuestView, VmError
+from harness.guest.ssh import CommandTimeout, GuestCommandError
+
+# How long a trivial SSH command may take before the guest counts as no longer answering.
+LIVENESS_TIMEOUT = 15.0
+
+VMSTAT_REPORTED = ("numa_pte_updates", "numa_huge_pte_updates", "numa_hint_faults", "numa_hint_faults_local",
+                   "numa_pages_migrated", "pgmigrate_success", "pgmigrate_fail", "thp_migration_success",
+                   "thp_migration_fail")
+
+
+def guest_answers(guest: GuestView, timeout: float = LIVENESS_TIMEOUT) -> bool:
+    """Whether the guest still runs a trivial command over SSH."""
+    try:
+        return guest.ssh.run("true", timeout=timeout).exit_status == 0
+    except HarnessError:
+        return False
+
+
+def _vmstat(ctx: Context, label: str) -> dict[str, int]:
+    with nh.snapshot(ctx.guest):
+        counters = nh.read_vmstat(ctx.prog)
+    reported = {name: counters[name] for name in VMSTAT_REPORTED if name in counters}
+    ctx.timeline.append({"t": round(time.monotonic() - ctx.opened, 2), "check": label, "vmstat": reported})
+    return reported
+
+
+def _harness_error(name: str, err: BaseException) -> CheckResult:
+    frames = traceback.format_exception(err)
+    return CheckResult(name, Verdict.ERROR, f"harness error: {type(err).__name__}: {err}",
+                       {"traceback": "".join(frames[-6:])})
+
+
+def _stopped(ctx: Context, name: str, err: BaseException) -> CheckResult:
+    """A check that stopped on a step that did not finish or an SSH/QMP failure: a hang when the
+    guest no longer answers or a workload step livelocked, the harness's error otherwise.
+    Bounded: a stuck step is noticed after STEP_TIMEOUT, a silent guest after one SSH timeout
+    (60 s), and the liveness probe adds LIVENESS_TIMEOUT."""
+    alive = guest_answers(ctx.guest)
+    if isinstance(err, WorkloadStuck | CommandTimeout):
+        where = "the guest still answers: a task livelocks" if alive else "the guest no longer answers SSH"
+        return CheckResult(name, Verdict.HANG, f"hang: {where}", {"guest_answers": alive}, (str(err),))
+    if not alive:
+        return CheckResult(name, Verdict.HANG, "hang: the guest no longer answers SSH", {"guest_answers": False},
+                           (str(err),))
+    return _harness_error(name, err)
+
+
+def run_check(ctx: Context, check: Check) -> CheckResult:
+    """One check, its verdict decided as the module docstring says (kernel bugs aside)."""
+    try:
+        finding = check.run(ctx)
+    except KernelNeverReached as err:
+        return CheckResult(check.name, Verdict.FAIL, "the kernel never reached a state it must reach", {}, (str(err),))
+    except (WorkloadStuck, GuestCommandError, VmError) as err:
+        return _stopped(ctx, check.name, err)
+    except Exception as err:
+        return _harness_error(check.name, err)
+    verdict = Verdict.FAIL if finding.diffs else Verdict.PASS
+    return CheckResult(check.name, verdict, finding.summary, finding.figures, limit_diffs(finding.diffs))
+
+
+def _run_one(ctx: Context, check: Check) -> CheckResult:
+    ctx.recent.clear()
+    try:
+        before = _vmstat(ctx, f"{check.name} start")
+    except Exception as err:  # the guest may be gone: the check cannot run
+        return _stopped(ctx, check.name, err)
+    result = run_check(ctx, check)
+    with contextlib.suppress(Exception):
+        after = _vmstat(ctx, f"{check.name} end")
+        result = replace(result, vmstat_delta={k: after[k] - before[k] for k in after if k in before})
+    if result.verdict is Verdict.FAIL and ctx.recent:
+        result = replace(result, snapshot=tuple(observation_json(o) for o in ctx.recent))
+    return result
+
+
+def _stop_reason(result: CheckResult) -> str | None:
+    if result.verdict is not Verdict.HANG:
+        return None
+    if not result.figures.get("guest_answers", True):
+        return f"the guest stopped answering during {result.name}"
+    # A task that cannot get past its memory accesses: every later check would wait out its own
+    # step timeout on the same broken kernel.
+    return f"a task livelocked during {result.name}"
+
+
+def run_checks(guest: GuestView, names: Sequence[str] | None = None,
+               progress: Callable[[CheckResult], None] | None = None,
+               timeline: list[dict[str, Any]] | None = None) -> list[CheckResult]:
+    """Run the checks (all registered ones, or `names`) in registry order."""
+    ctx = Context.open(guest)
+    if timeline is not None:
+        ctx.timeline = timeline
+    results: list[CheckResult] = []
+    stopped: str | None = None
+    for check in (CHECKS[name] for name in (names or CHECKS)):
+        started = time.monotonic()
+        if stopped is not None:
+            result = CheckResult(check.name, Verdict.NOT_RUN, f"not run: {stopped}")
+        else:
+            result = _run_one(ctx, check)
+            stopped = _stop_reason(result)
+        bugs = guest.new_bugs()
+        if bugs:
+            verdict = Verdict.NOT_RUN if result.verdict is Verdict.NOT_RUN else Verdict.FAIL
+            result = replace(result, verdict=verdict, diffs=(*result.diffs, *(f"kernel bug: {b.title}" for b in bugs)),
+                             figures={**result.figures, "kernel_bugs": [b.title for b in bugs]})
+            # The kernel is broken: what the remaining checks would see is no longer NUMA balancing.
+            stopped = stopped or f"the kernel reported {bugs[0].title!r} during {result.name}"
+        result = replace(result, seconds=time.monotonic() - started)
+        results.append(result)
+        if progress is not None:
+            progress(result)
+    return results

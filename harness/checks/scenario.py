@@ -1,0 +1,52 @@
+"""The frame every scenario shares: hold a region in a workload process, set the scan knobs for
+the duration, always put both back. Written once here instead of in each check."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+from harness.checks.observe import Context
+from harness.checks.workload import HeldRegion, Region
+from harness.guest.qemu import GuestView
+
+KNOBS = "/sys/kernel/debug/sched/numa_balancing"
+# Scan 100 ms after a VMA is first met and at most every 100-400 ms, instead of every 1-60 s:
+# the checks then see several scanner passes in seconds of spinning.
+FAST_SCAN = {"scan_delay_ms": 100, "scan_period_min_ms": 100, "scan_period_max_ms": 400}
+
+
+
+@contextlib.contextmanager
+def tunables(guest: GuestView, **knobs: int) -> Iterator[None]:
+    """Set debugfs scan knobs for the duration (restored after, also on error)."""
+    names = " ".join(f"{KNOBS}/{k}" for k in knobs)
+    saved = dict(zip(knobs, guest.ssh.run(f"cat {names}").check().stdout.split(), strict=True))
+    guest.ssh.run("; ".join(f"echo {v} > {KNOBS}/{k}" for k, v in knobs.items())).check()
+    try:
+        yield
+    finally:
+        guest.ssh.run("; ".join(f"echo {v} > {KNOBS}/{k}" for k, v in saved.items()) +
+                      "; echo 1 > /proc/sys/kernel/numa_balancing").check()
+
+
+def drain_lru_batches(guest: GuestView) -> None:
+    """Per-CPU LRU add batches hold recently faulted folios off the LRU, and folio_isolate_lru then
+    fails (migrate_misplaced_folio_prepare: TNF_MIGRATE_FAIL). Writing compact_memory runs
+    lru_add_drain_all() (mm/compaction.c:compact_nodes), so every folio can be isolated.
+    Call it before hinting: compaction may migrate a page within its node, and a migrated PTE is
+    rebuilt from vm_page_prot (remove_migration_pte), which would silently drop a hint."""
+    guest.ssh.run("echo 1 > /proc/sys/vm/compact_memory").check()
+
+
+
+@contextlib.contextmanager
+def scenario(ctx: Context, region: Region, knobs: Mapping[str, int] = FAST_SCAN) -> Iterator[HeldRegion]:
+    """A workload holding `region`, run with the debugfs scan `knobs`; the region is closed and
+    the knobs restored however the block ends."""
+    held = HeldRegion.start(ctx.guest, region)
+    try:
+        with tunables(ctx.guest, **knobs):
+            yield held
+    finally:
+        held.close()

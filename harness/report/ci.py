@@ -20,16 +20,13 @@ from typing import Any
 from harness import __version__
 from harness.cache import atomic_write_text
 from harness.checks.checkrun import BootFailure, check_kernel, kernel_identity
-from harness.checks.mutants import Mutant, MutantResult, run_mutants
-from harness.errors import HarnessError
+from harness.checks.mutants import Mutant, MutantOutcome, MutantResult, run_mutants
+from harness.checks.registry import Verdict
+from harness.errors import BadInput, ExitCode, HarnessError
 from harness.guest.launch import LaunchRequest
 from harness.guest.topology import parse_topology
 from harness.kernel.pipeline import KernelArtifact, build
-from harness.report.summary import SCHEMA_ID, regressions
-
-EXIT_PASS, EXIT_CHECK_FAILED, EXIT_REGRESSION, EXIT_INFRA = 0, 1, 3, 125
-STATUS = {EXIT_PASS: "pass", EXIT_CHECK_FAILED: "check-failed", EXIT_REGRESSION: "regression",
-          EXIT_INFRA: "infrastructure-failure"}
+from harness.report.summary import SCHEMA_ID, STATUS, regressions
 
 
 @dataclass(frozen=True)
@@ -46,7 +43,7 @@ class CiRequest:
 @dataclass
 class CiOutcome:
     summary: dict[str, Any]
-    exit_code: int
+    exit_code: ExitCode
     out: Path
     files: list[str] = field(default_factory=list)
 
@@ -55,10 +52,10 @@ def validate(request: CiRequest) -> dict[str, Any] | None:
     """Everything that can be wrong with the inputs, before anything is built. Returns the baseline."""
     out = request.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise HarnessError(f"--out {out}: exists and is not an empty directory. Pass a fresh directory (a nightly "
+        raise BadInput(f"--out {out}: exists and is not an empty directory. Pass a fresh directory (a nightly "
                            f"job uses one per night) so that no earlier report is overwritten.")
     if not out.parent.is_dir():
-        raise HarnessError(f"--out {out}: its parent directory {out.parent} does not exist. Create it first.")
+        raise BadInput(f"--out {out}: its parent directory {out.parent} does not exist. Create it first.")
     for spec in request.topologies:
         parse_topology(spec, request.launch.memory)
     if request.baseline is None:
@@ -67,10 +64,10 @@ def validate(request: CiRequest) -> dict[str, Any] | None:
     try:
         baseline: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise HarnessError(f"--baseline {request.baseline}: cannot read {path} ({err}). Pass the --out directory of "
+        raise BadInput(f"--baseline {request.baseline}: cannot read {path} ({err}). Pass the --out directory of "
                            f"an earlier `numa-harness ci` run, or its summary.json.") from err
     if baseline.get("schema") != SCHEMA_ID:
-        raise HarnessError(f"--baseline {path}: not a numa-harness summary (schema {baseline.get('schema')!r}, "
+        raise BadInput(f"--baseline {path}: not a numa-harness summary (schema {baseline.get('schema')!r}, "
                            f"expected {SCHEMA_ID!r}).")
     return baseline
 
@@ -103,13 +100,13 @@ def run_ci(request: CiRequest, say: Callable[[str], None]) -> CiOutcome:
                 mutant_results = run_mutants(request.mutants, request.launch, request.mutant_checks, staging,
                                              progress=lambda r: say(f"mutant {r.mutant.name}: {r.outcome} "
                                                                     f"({r.seconds:.0f} s)"))
-                errors.extend(f"mutant {r.mutant.name}: {r.detail}" for r in mutant_results if r.outcome == "error")
+                errors.extend(f"mutant {r.mutant.name}: {r.detail}" for r in mutant_results if r.outcome is MutantOutcome.ERROR)
         summary = _summary(request, kernel, build_seconds, topology_runs, mutant_results, errors, started_at,
                            time.monotonic() - started, staging)
         summary["regressions"] = regressions(summary, baseline) if baseline is not None else []
         summary["baseline"] = str(request.baseline) if request.baseline else None
         exit_code = _exit_code(summary)
-        summary["exit_code"], summary["status"] = exit_code, STATUS[exit_code]
+        summary["exit_code"], summary["status"] = int(exit_code), STATUS[exit_code]
         _write_outputs(summary, staging)
         if request.out.exists():
             _move_into(staging, request.out)
@@ -196,19 +193,24 @@ def _host() -> dict[str, Any]:
             "drgn": version("drgn"), "machine": platform.machine(), "cpus": os.cpu_count()}
 
 
-def _exit_code(summary: dict[str, Any]) -> int:
-    if summary["errors"] or any(t.get("error") for t in summary["topologies"]) or not summary["topologies"]:
-        return EXIT_INFRA
-    if summary["regressions"]:
-        return EXIT_REGRESSION
-    failed = any(not t["passed"] for t in summary["topologies"])
-    survived = summary["mutants"] is not None and summary["mutants"]["killed"] < summary["mutants"]["total"]
-    return EXIT_CHECK_FAILED if failed or survived else EXIT_PASS
+def _exit_code(summary: dict[str, Any]) -> ExitCode:
+    """ExitCode.most_telling over what the run found (its docstring says why regressions come
+    first and infrastructure failures last)."""
+    checks = [c for t in summary["topologies"] for c in t["checks"]]
+    infrastructure = (bool(summary["errors"]) or not summary["topologies"] or any(t.get("error") for t in summary["topologies"])
+                      or any(c["verdict"] == Verdict.ERROR for c in checks))
+    failed = any(Verdict(c["verdict"]).indicts_kernel for c in checks)
+    survived = summary["mutants"] is not None and any(m["outcome"] == MutantOutcome.SURVIVED
+                                                      for m in summary["mutants"]["mutants"])
+    found = [ExitCode.REGRESSION] if summary["regressions"] else []
+    found += [ExitCode.CHECK_FAILED] if failed or survived else []
+    found += [ExitCode.HARNESS_FAILED] if infrastructure else []
+    return ExitCode.most_telling(found)
 
 
 def _write_outputs(summary: dict[str, Any], directory: Path) -> None:
     from harness.report.html import write_html
-    from harness.report.terminal import write_ci_junit
+    from harness.report.junit import write_ci_junit
 
     atomic_write_text(directory / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_ci_junit(directory / "junit.xml", summary)

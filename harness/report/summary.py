@@ -6,7 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from harness.checks.mutants import MutantOutcome
+from harness.checks.registry import Verdict
+from harness.errors import ExitCode
+
 SCHEMA_ID = "numa-harness/summary/1"
+
+# summary.json's `status` for each exit code a ci run can end with.
+STATUS = {ExitCode.OK: "pass", ExitCode.CHECK_FAILED: "check-failed", ExitCode.REGRESSION: "regression",
+          ExitCode.HARNESS_FAILED: "infrastructure-failure"}
 
 _CHECK = {
     "type": "object",
@@ -14,7 +22,7 @@ _CHECK = {
     "properties": {
         "name": {"type": "string"},
         "passed": {"type": "boolean"},
-        "verdict": {"enum": ["pass", "fail", "hang"]},
+        "verdict": {"enum": [v.value for v in Verdict]},
         "summary": {"type": "string"},
         "figures": {"type": "object"},
         "diffs": {"type": "array", "items": {"type": "string"}},
@@ -49,7 +57,7 @@ _MUTANT = {
     "properties": {
         "mutant": {"type": "string"},
         "subject": {"type": "string"},
-        "outcome": {"enum": ["killed", "hang", "survived", "error"]},
+        "outcome": {"enum": [o.value for o in MutantOutcome]},
         "killed": {"type": "boolean"},
         "failed_checks": {"type": "array", "items": {"type": "string"}},
         "seconds": {"type": "number"},
@@ -67,7 +75,7 @@ SCHEMA: dict[str, Any] = {
     "properties": {
         "schema": {"const": SCHEMA_ID},
         "harness_version": {"type": "string"},
-        "status": {"enum": ["pass", "check-failed", "regression", "infrastructure-failure"]},
+        "status": {"enum": list(STATUS.values())},
         "exit_code": {"enum": [0, 1, 3, 125]},
         "started": {"type": "string"},
         "seconds": {"type": "number"},
@@ -121,9 +129,10 @@ TRACKED: dict[str, Tracked] = {
 
 
 def regressions(current: dict[str, Any], baseline: dict[str, Any]) -> list[dict[str, Any]]:
-    """What got worse since the baseline run: a check that passed and now does not (same
-    topology), a mutant that was killed and now survives, a tracked figure that moved the wrong
-    way by more than its noise."""
+    """What got worse since the baseline run: a check that passed and now fails or hangs (same
+    topology; a harness error or a check not run says nothing about the kernel, so it is no
+    regression), a mutant that was killed and now survives, a tracked figure that moved the
+    wrong way by more than its noise."""
     found: list[dict[str, Any]] = []
     base_checks = {(t["topology"], c["name"]): c for t in baseline.get("topologies", []) for c in t.get("checks", [])}
     for topology in current.get("topologies", []):
@@ -132,7 +141,7 @@ def regressions(current: dict[str, Any], baseline: dict[str, Any]) -> list[dict[
             before = base_checks.get((topology["topology"], check["name"]))
             if before is None:
                 continue
-            if before["passed"] and not check["passed"]:
+            if before["passed"] and Verdict(check["verdict"]).indicts_kernel:
                 first = check["diffs"][0] if check.get("diffs") else check["summary"]
                 found.append({"kind": "check", "where": where, "baseline": "pass", "current": check["verdict"],
                               "message": f"{where} passed in the baseline and now is {check['verdict']}: {first}"})
@@ -140,7 +149,7 @@ def regressions(current: dict[str, Any], baseline: dict[str, Any]) -> list[dict[
     base_mutants = {m["mutant"]: m for m in (baseline.get("mutants") or {}).get("mutants", [])}
     for mutant in (current.get("mutants") or {}).get("mutants", []):
         before = base_mutants.get(mutant["mutant"])
-        if before is not None and before["killed"] and not mutant["killed"]:
+        if before is not None and before["killed"] and mutant["outcome"] == MutantOutcome.SURVIVED:
             found.append({"kind": "mutant", "where": mutant["mutant"], "baseline": before["outcome"],
                           "current": mutant["outcome"],
                           "message": f"mutant {mutant['mutant']} was {before['outcome']} in the baseline and now "

@@ -1,4 +1,5 @@
-"""The command line: one module per command group, `main` maps errors to exit codes."""
+"""The command line: one module per command group (build, guests, checks, inspect), option parents
+shared in `options`, and `main`, which maps errors to exit codes."""
 
 from harness.cli.main import main
 

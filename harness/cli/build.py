@@ -1,0 +1,59 @@
+"""`numa-harness build` and `numa-harness config`: the kernel stage from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from harness.cli.options import build_options, build_request
+from harness.kernel.pipeline import KernelArtifact, build, merged_config
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    artifact = build(build_request(args))
+    if args.json:
+        print(json.dumps(artifact.as_json(), indent=2))
+    else:
+        print_artifact(artifact)
+    return 0
+
+
+def print_artifact(artifact: KernelArtifact) -> None:
+    manifest = artifact.manifest
+    verification = manifest.get("verification", {})
+    how = "cache hit" if artifact.cache_hit else f"built in {manifest.get('build_seconds')} s"
+    print(f"kernel {manifest.get('kernel_release')} ({how})")
+    print(f"  directory  {artifact.directory}")
+    print(f"  vmlinux    {artifact.vmlinux}")
+    print(f"  bzImage    {artifact.bzimage}")
+    print(f"  source     {manifest['source']['identity']}")
+    patches = ", ".join(p["name"] for p in manifest.get("patches", [])) or "none"
+    print(f"  patches    {patches}")
+    print(f"  build-id   {manifest.get('build_id')}")
+    print(
+        f"  verified   DWARF v{verification.get('dwarf_version')} "
+        f"({int(verification.get('debug_info_bytes', 0)) >> 20} MiB .debug_info), embedded config "
+        f"{'matches .config' if verification.get('embedded_config_matches') else 'DIFFERS'}, "
+        f"CONFIG_NUMA_BALANCING=y"
+    )
+    for name, evidence in verification.get("function_evidence", {}).items():
+        print(f"  function   {name}: {evidence}")
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    merged = merged_config(build_request(args))
+    for conflict in merged.conflicts:
+        print(f"# conflict: {conflict.describe()}")
+    sys.stdout.write(merged.text())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("build", parents=[build_options()], help="build (or find cached) the kernel")
+    p.add_argument("--json", action="store_true", help="print the manifest and artifact paths as JSON")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("config", parents=[build_options()], help="print the merged Kconfig fragment")
+    p.add_argument("--dry-run", action="store_true", help="only print, never build (the default)")
+    p.set_defaults(func=cmd_config)

@@ -1,0 +1,118 @@
+"""The verdict commands: `check` (one kernel, one topology), `mutants` (the self-check) and `ci`
+(unattended: both, on several topologies, with reports). Every input is validated before the
+first build starts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.checks.catalog import CHECKS
+from harness.checks.checkrun import check_kernel, kernel_identity
+from harness.checks.mutants import MUTANTS_DIR, MutantOutcome, discover, run_mutants, select
+from harness.checks.registry import CheckResult, Verdict, validate_names
+from harness.cli.options import build_options, guest_options, launch_request, machine_options, say
+from harness.errors import BadInput, ExitCode
+from harness.guest.launch import resolve_kernel, validate
+from harness.report.ci import CiRequest, run_ci
+from harness.report.junit import write_junit
+from harness.report.terminal import print_mutant_table, print_table, write_json, write_mutants_json
+
+
+def verdict_exit(results: list[CheckResult]) -> ExitCode:
+    return ExitCode.most_telling(
+        ExitCode.CHECK_FAILED if r.verdict.indicts_kernel else ExitCode.HARNESS_FAILED if r.verdict is Verdict.ERROR
+        else ExitCode.OK for r in results)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    names = validate_names(args.only, "--only")
+    request = launch_request(args, name="check")
+    validate(request)
+    kernel = resolve_kernel(request)
+    run = check_kernel(request, kernel, names or None, on_boot=lambda seconds, accel: say(
+        f"guest up in {seconds:.1f} s ({accel}, {args.topology}); running {len(names) or len(CHECKS)} checks"),
+        progress=lambda r: say(f"{r.name}: {r.verdict.value} ({r.seconds:.1f} s) {r.summary}"))
+    manifest = kernel.manifest
+    title = (f"numa-harness check: kernel {manifest.get('kernel_release')} "
+             f"({', '.join(p['name'] for p in manifest.get('patches', [])) or 'no patches'}), {args.topology}")
+    print_table(run.results, title)
+    if args.json:
+        write_json(args.json, run.results, {"kernel": kernel_identity(kernel), "topology": args.topology,
+                                            "accel": run.accel})
+    if args.junit:
+        write_junit(args.junit, run.results, f"numa-harness.{args.topology}")
+    return verdict_exit(list(run.results))
+
+
+def cmd_mutants(args: argparse.Namespace) -> int:
+    checks = validate_names(args.checks, "--checks")
+    if args.kernel:
+        raise BadInput("mutants: --kernel cannot be used; each mutant is built from the source and series.")
+    mutants = discover(args.dir or MUTANTS_DIR)
+    if args.only:
+        mutants = select(mutants, args.only)
+    request = launch_request(args)
+    validate(request)
+    say(f"{len(mutants)} mutants, each built incrementally and checked ({len(checks) or len(CHECKS)} checks)")
+    results = run_mutants(mutants, request, checks or None, progress=lambda r: say(
+        f"{r.mutant.name}: {r.outcome.value} ({r.seconds:.0f} s) {r.detail[:160]}"))
+    print_mutant_table(results)
+    if args.json:
+        write_mutants_json(args.json, results)
+    return ExitCode.most_telling(
+        ExitCode.CHECK_FAILED if r.outcome is MutantOutcome.SURVIVED else ExitCode.HARNESS_FAILED
+        if r.outcome is MutantOutcome.ERROR else ExitCode.OK for r in results)
+
+
+def cmd_ci(args: argparse.Namespace) -> int:
+    checks = validate_names(args.checks, "--checks")
+    mutant_checks = validate_names(args.mutant_checks, "--mutant-checks")
+    mutants = []
+    if not args.no_mutants:
+        mutants = discover(args.mutants_dir or MUTANTS_DIR)
+        if args.mutant:
+            mutants = select(mutants, args.mutant)
+    topologies = tuple(args.topology or ("2x2", "4x1"))
+    for spec in topologies:
+        validate(launch_request(args, topology=spec))
+    request = CiRequest(launch=launch_request(args), out=args.out, topologies=topologies, checks=checks or None,
+                        mutants=tuple(mutants), mutant_checks=mutant_checks or None, baseline=args.baseline)
+    outcome = run_ci(request, say)
+    summary = outcome.summary
+    say(f"{summary['status']} (exit {outcome.exit_code}); report: {outcome.out / 'report.html'}")
+    for regression in summary["regressions"]:
+        say(f"regression: {regression['message']}")
+    return outcome.exit_code
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("check", parents=[build_options(), guest_options()],
+                       help="build, boot and cross-check NUMA balancing against the model; exit 0 only if all pass")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="write the results as JUnit XML")
+    p.add_argument("--only", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("mutants", parents=[build_options(), guest_options()],
+                       help="mutation self-check: build each mutant kernel, run check; exit 0 only if all are killed")
+    p.add_argument("--dir", type=Path, metavar="DIR", help="mutant patches (default kernel-config/patches/mutants)")
+    p.add_argument("--only", action="append", default=[], metavar="MUTANT", help="run only this mutant (name or prefix)")
+    p.add_argument("--checks", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the mutant table as JSON")
+    p.set_defaults(func=cmd_mutants)
+
+    p = sub.add_parser("ci", parents=[build_options(), machine_options()],
+                       help="unattended: build, check on each topology, mutation self-check; write junit.xml, "
+                            "summary.json, report.html into --out")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="a fresh (absent or empty) directory")
+    p.add_argument("--topology", action="append", default=[], metavar="SPEC",
+                   help="NxC or a TOML file (repeatable; default 2x2 and 4x1)")
+    p.add_argument("--checks", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")
+    p.add_argument("--no-mutants", action="store_true", help="skip the mutation self-check")
+    p.add_argument("--mutants-dir", type=Path, metavar="DIR", help="default kernel-config/patches/mutants")
+    p.add_argument("--mutant", action="append", default=[], metavar="NAME", help="run only this mutant (repeatable)")
+    p.add_argument("--mutant-checks", action="append", default=[], metavar="CHECK",
+                   help="checks to run on each mutant (default: all)")
+    p.add_argument("--baseline", type=Path, metavar="DIR", help="an earlier run's --out directory (or summary.json)")
+    p.set_defaults(func=cmd_ci)

@@ -1,0 +1,90 @@
+"""Option parents shared by the commands (after kunit_tool's add_common_opts/add_build_opts), and
+the requests they become. Each option is declared once, here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from harness.cache import default_cache_root
+from harness.guest.launch import LaunchRequest
+from harness.kernel.pipeline import BuildRequest
+
+DEFAULT_TOPOLOGY = "2x2"
+
+
+def cache_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--cache-dir", metavar="DIR", type=Path,
+                        help="artifact cache (default $NUMA_HARNESS_CACHE or ~/.cache/numa-harness)")
+    return parent
+
+
+def build_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False, parents=[cache_options()])
+    group = parent.add_argument_group("kernel build options")
+    group.add_argument("--source", metavar="PATH", help="kernel git tree, unpacked tree or tarball "
+                       "(default: Debian's linux-source-6.12 tarball, installed when missing)")
+    group.add_argument("--series", metavar="DIR", type=Path, help="patch series directory with a quilt "
+                       "`series` file (replaces kernel-config/patches)")
+    group.add_argument("--patch", metavar="FILE", type=Path, action="append", default=[],
+                       help="append a patch to the series (repeatable)")
+    group.add_argument("--config", metavar="FILE", type=Path, action="append", default=[],
+                       help="merge a Kconfig fragment after the defaults (repeatable, later wins)")
+    group.add_argument("--kconfig", metavar="CONFIG_X=V", action="append", default=[],
+                       help="set one option after all fragments (repeatable)")
+    group.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, help="make -j (default: nproc)")
+    return parent
+
+
+def machine_options() -> argparse.ArgumentParser:
+    """What every boot takes, whatever the topology."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("machine options")
+    group.add_argument("--memory", metavar="SIZE", help="total guest memory for NxC (default 2G)")
+    group.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                       help="accelerator; auto probes KVM once and falls back to TCG")
+    group.add_argument("--boot-timeout", type=float, default=120.0, metavar="S", help="seconds (default 120)")
+    group.add_argument("--append", action="append", default=[], metavar="PARAM",
+                       help="extra kernel command-line parameter (repeatable)")
+    return parent
+
+
+def guest_options() -> argparse.ArgumentParser:
+    """One guest: a topology and, optionally, a kernel built elsewhere."""
+    parent = argparse.ArgumentParser(add_help=False, parents=[machine_options()])
+    group = parent.add_argument_group("guest options")
+    group.add_argument("--kernel", metavar="DIR", type=Path,
+                       help="boot this kernel (a `numa-harness build` or kbuild output directory) instead of building")
+    group.add_argument("--topology", default=DEFAULT_TOPOLOGY, metavar="SPEC",
+                       help=f"NxC (N nodes of C CPUs) or a TOML file (default {DEFAULT_TOPOLOGY})")
+    return parent
+
+
+def build_request(args: argparse.Namespace) -> BuildRequest:
+    return BuildRequest(source=args.source, series_dir=args.series, extra_patches=tuple(args.patch),
+                        config_files=tuple(args.config), kconfig=tuple(args.kconfig), cache_dir=args.cache_dir,
+                        jobs=args.jobs)
+
+
+def launch_request(args: argparse.Namespace, name: str = "", topology: str | None = None) -> LaunchRequest:
+    return LaunchRequest(
+        build=build_request(args), kernel_dir=getattr(args, "kernel", None),
+        topology=topology or str(getattr(args, "topology", DEFAULT_TOPOLOGY)), memory=args.memory, accel=args.accel,
+        boot_timeout=args.boot_timeout, name=name, cmdline=tuple(args.append),
+    )
+
+
+def cache_root(args: argparse.Namespace) -> Path:
+    return Path(args.cache_dir) if args.cache_dir else default_cache_root()
+
+
+def remote_command(words: list[str]) -> list[str]:
+    """CMD after an optional `--`."""
+    return words[1:] if words and words[0] == "--" else words
+
+
+def say(message: str) -> None:
+    print(f"numa-harness: {message}", file=sys.stderr)

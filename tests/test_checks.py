@@ -12,7 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.checks.faults import CHECKS, CheckResult, model_accounting, recover_accounting, run_checks
+from harness.checks.accounting import model_accounting, recover_accounting
+from harness.checks.catalog import CHECKS
+from harness.checks.mutants import MutantOutcome, discover, outcome_of, select
+from harness.checks.registry import Check, CheckResult, Finding, Verdict
+from harness.checks.runner import run_check, run_checks
+from harness.cli.main import main
+from harness.errors import ExitCode
 from harness.guest.launch import LaunchRequest, make_guest
 from harness.guest.qemu import GuestView
 from harness.inspect import TaskNumaState
@@ -21,7 +27,8 @@ from harness.model import Task
 from harness.model.faults import task_numa_fault
 from harness.model.placement import task_numa_placement
 from harness.model.state import cpupid
-from harness.report.terminal import write_json, write_junit
+from harness.report.junit import write_junit
+from harness.report.terminal import write_json
 
 MUTANTS = KCONFIG_DIR / "patches" / "mutants"
 
@@ -51,8 +58,8 @@ def test_two_stage_filter_mutant_is_caught(built_kernel: KernelArtifact, nh_cach
 
 
 def test_reports_are_well_formed(tmp_path: Path) -> None:
-    results = [CheckResult("a", True, "fine", {"x": 1}, (), 1.5),
-               CheckResult("b", False, "broken", {}, ("0x1000: model node 1, kernel node 0",), 2.0)]
+    results = [CheckResult("a", Verdict.PASS, "fine", {"x": 1}, (), 1.5),
+               CheckResult("b", Verdict.FAIL, "broken", {}, ("0x1000: model node 1, kernel node 0",), 2.0)]
     write_json(tmp_path / "r.json", results, {"topology": "2x2"})
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["passed"] is False and [c["name"] for c in data["checks"]] == ["a", "b"]
@@ -63,6 +70,59 @@ def test_reports_are_well_formed(tmp_path: Path) -> None:
     assert failure is not None and failure.text == "0x1000: model node 1, kernel node 0"
 
 
+def test_junit_maps_every_verdict_and_survives_control_characters(tmp_path: Path) -> None:
+    """A console tail with ESC (colour codes) and NUL (a torn line) still gives a file that parses;
+    error is <error>, not-run is <skipped>, fail and hang are <failure> typed with the verdict."""
+    tail = "kernel bug: \x1b[31mBUG: soft lockup\x1b[0m\x00 CPU#1 stuck"
+    results = [CheckResult("hung", Verdict.HANG, "hang: a task livelocks", {}, (tail,), 45.0),
+               CheckResult("broke", Verdict.ERROR, "harness error: KeyError: 'x'", {"traceback": "Traceback\x00"}),
+               CheckResult("later", Verdict.NOT_RUN, "not run: a task livelocked during hung"),
+               CheckResult("wrong", Verdict.FAIL, "1 diff", {}, ("0x1000: node 0, model node 1",))]
+    write_junit(tmp_path / "r.xml", results, "numa-harness.2x2")
+    suite = ET.parse(tmp_path / "r.xml").getroot().find("testsuite")
+    assert suite is not None
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("4", "2", "1", "1")
+    hung = suite.find("testcase[@name='hung']/failure")
+    assert hung is not None and hung.get("type") == "hang" and hung.text is not None and "\\x1b[31mBUG" in hung.text
+    assert suite.find("testcase[@name='broke']/error") is not None
+    assert suite.find("testcase[@name='later']/skipped") is not None
+
+
+def test_a_check_that_raises_is_an_error_not_a_kill() -> None:
+    """A Python exception in a check is the harness's error: never a fail, so never a kill."""
+    def broken(ctx: object) -> Finding:
+        raise KeyError("numa_scan_seq")
+
+    result = run_check(None, Check("broken", broken))  # type: ignore[arg-type]  # the ctx is never touched
+    assert result.verdict is Verdict.ERROR and "KeyError" in result.summary
+    assert "numa_scan_seq" in result.figures["traceback"]
+    assert outcome_of([result]) is MutantOutcome.ERROR
+    assert not outcome_of([result]).killed
+    failed = CheckResult("x", Verdict.FAIL, "diff", {}, ("a diff",))
+    assert outcome_of([result, failed]) is MutantOutcome.KILLED
+    assert outcome_of([CheckResult("x", Verdict.PASS, "ok")]) is MutantOutcome.SURVIVED
+
+
+@pytest.mark.kernel
+@pytest.mark.guest
+def test_mutants_exits_125_when_a_check_errors_on_a_mutant_kernel(built_kernel: KernelArtifact,
+                                                                   nh_cache_dir: Path | None,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The real mutant 0001, built and booted; the only check run raises. The mutant is not
+    killed, its outcome is error, and `numa-harness mutants` exits 125."""
+    def raises(ctx: object) -> Finding:
+        raise RuntimeError("a bug in the harness, not in the kernel")
+
+    monkeypatch.setitem(CHECKS, "raises", Check("raises", raises))
+    cache = ["--cache-dir", str(nh_cache_dir)] if nh_cache_dir else []
+    status = main(["mutants", "--only", "0001", "--checks", "raises", *cache])
+    out = capsys.readouterr().out
+    assert status == ExitCode.HARNESS_FAILED and int(status) == 125
+    assert "error" in out and "0 of 1 killed" in out
+    assert select(discover(), ["0001"])[0].name.startswith("0001")
+
+
 @pytest.mark.kernel
 @pytest.mark.guest
 def test_check_command_writes_reports(built_kernel: KernelArtifact, tmp_path: Path) -> None:
@@ -70,7 +130,7 @@ def test_check_command_writes_reports(built_kernel: KernelArtifact, tmp_path: Pa
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "harness.cli.main", "check", "--kernel", str(built_kernel.directory), "--only", "skip-rules",
+        [sys.executable, "-m", "harness.cli", "check", "--kernel", str(built_kernel.directory), "--only", "skip-rules",
          "--json", str(tmp_path / "c.json"), "--junit", str(tmp_path / "c.xml")],
         capture_output=True, text=True, timeout=600,
     )
@@ -80,7 +140,7 @@ def test_check_command_writes_reports(built_kernel: KernelArtifact, tmp_path: Pa
     assert data["passed"] is True and data["kernel"]["build_id"] == built_kernel.manifest["build_id"]
     suite = ET.parse(tmp_path / "c.xml").getroot().find("testsuite")
     assert suite is not None and suite.get("tests") == "1" and suite.get("failures") == "0"
-    bad = subprocess.run([sys.executable, "-m", "harness.cli.main", "check", "--only", "nonsense"], capture_output=True,
+    bad = subprocess.run([sys.executable, "-m", "harness.cli", "check", "--only", "nonsense"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "no such check" in bad.stderr  # a user error, like other commands
 

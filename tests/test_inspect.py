@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from harness.checks.workload import HeldRegion
+from harness.checks.workload import HeldRegion, Region
 from harness.guest.qemu import Guest, GuestView
 from harness.inspect import (
     InspectError,
+    PageTableWalk,
     attach,
     find_mm,
     five_level,
@@ -34,18 +35,18 @@ from harness.inspect import (
 
 pytestmark = [pytest.mark.kernel, pytest.mark.guest]
 SCAN_KNOBS = "/sys/kernel/debug/sched/numa_balancing"
-CLI = [sys.executable, "-m", "harness.cli.main"]
+CLI = [sys.executable, "-m", "harness.cli"]
 EXAMPLES = Path(__file__).resolve().parent.parent / "harness/examples"
 
 
 @pytest.fixture(scope="module")
 def prog(guest: GuestView) -> Any:
-    return attach(guest, guest.vmlinux)  # type: ignore[attr-defined]
+    return attach(guest, guest.vmlinux)
 
 
 @pytest.fixture
 def region(guest: GuestView) -> Iterator[HeldRegion]:
-    held = HeldRegion.start(guest, 32, node=0)
+    held = HeldRegion.start(guest, Region(32, node=0))
     yield held
     held.close()
 
@@ -59,6 +60,21 @@ def fast_scanner(guest: GuestView) -> Iterator[None]:
     yield
     guest.ssh.run(f"echo {saved[0]} > {SCAN_KNOBS}/scan_delay_ms; echo {saved[1]} > {SCAN_KNOBS}/scan_period_min_ms; "
                   "echo 1 > /proc/sys/kernel/numa_balancing").check()
+
+
+def _spin_until_hinted(guest: GuestView, prog: Any, held: HeldRegion, done: Callable[[PageTableWalk], bool],
+                       node: int = 1, limit: float = 60.0) -> PageTableWalk:
+    """Let the holder spin on `node` (so its scanner runs) until its region's walk satisfies `done`;
+    a state the scanner must reach, so not reaching it within `limit` seconds of spinning fails."""
+    spun = 0.0
+    while True:
+        with snapshot(guest):
+            table = walk(prog, find_mm(prog, held.pid), held.addr, held.end)
+        if done(table):
+            return table
+        assert spun < limit, f"after {spun:.0f} s of spinning: {int(table.hint.sum())} of {len(table)} entries hinted"
+        held.spin(0.5, node=node)
+        spun += 0.5
 
 
 def _pagemap(guest: GuestView, r: HeldRegion) -> dict[int, int]:
@@ -83,7 +99,7 @@ def test_walk_agrees_with_pagemap_and_move_pages(guest: GuestView, prog: Any, re
 
 
 def test_thp_region_has_pmd_entries(guest: GuestView, prog: Any) -> None:
-    held = HeldRegion.start(guest, 8, thp=True, node=0)
+    held = HeldRegion.start(guest, Region(8, thp=True, node=0))
     try:
         with snapshot(guest):
             table = walk(prog, find_mm(prog, held.pid), held.addr, held.end)
@@ -105,9 +121,8 @@ def test_hints_appear_after_scanning_and_vanish_on_access(
     so task_numa_work marks it (pages not on the scanning CPU's node are not skipped:
     mm/mprotect.c:change_pte_range). Touching it again restores every entry (do_numa_page)."""
     before = read_vmstat(prog)
-    region.spin(4, node=1)
+    table = _spin_until_hinted(guest, prog, region, lambda w: len(w) > 0 and bool(w.hint.all()))
     with snapshot(guest):
-        table = walk(prog, find_mm(prog, region.pid), region.addr, region.end)
         after_scan = read_vmstat(prog)
     assert int(table.hint.sum()) == len(table) == region.length // 4096
     assert not table.present.any()
@@ -128,12 +143,11 @@ def test_hints_appear_after_scanning_and_vanish_on_access(
 
 
 def test_thp_region_gets_a_pmd_level_hint(guest: GuestView, prog: Any, fast_scanner: None) -> None:
-    held = HeldRegion.start(guest, 8, thp=True, node=0)
+    held = HeldRegion.start(guest, Region(8, thp=True, node=0))
     try:
         before = read_vmstat(prog)
-        held.spin(4, node=1)
+        table = _spin_until_hinted(guest, prog, held, lambda w: int(w.hint[w.level == 1].sum()) == 4)
         with snapshot(guest):
-            table = walk(prog, find_mm(prog, held.pid), held.addr, held.end)
             after = read_vmstat(prog)
         pmds = [e for e in table if e.level == "pmd"]
         assert len(pmds) == 4 and all(e.hint and not e.present for e in pmds)
@@ -144,7 +158,7 @@ def test_thp_region_gets_a_pmd_level_hint(guest: GuestView, prog: Any, fast_scan
 
 
 def test_task_state_matches_proc_sched(guest: GuestView, prog: Any, region: HeldRegion, fast_scanner: None) -> None:
-    region.spin(3, node=1)
+    _spin_until_hinted(guest, prog, region, lambda w: len(w) > 0 and bool(w.hint.all()))
     # Balancing stays on: with it off, do_numa_page still restores the entries but
     # kernel/sched/fair.c:task_numa_fault returns before recording anything.
     region.touch(node=1)  # hint faults: numa_faults buckets and locality get filled
@@ -206,18 +220,25 @@ def test_page_flags_layout_patch_decodes_nodes_live(guest: GuestView, prog: Any,
     assert all(e.last_cpupid is not None for e in table)
 
 
-def test_tcg_guest_uses_five_level_paging(prog: Any) -> None:
-    assert five_level(prog) is True  # -cpu max has LA57 and the config has X86_5LEVEL
+def test_paging_levels_follow_the_guest_cpu(guest: GuestView, prog: Any) -> None:
+    """The walker's level count is the guest's: 5 when its CPU has LA57 (TCG's -cpu max) and the
+    config has X86_5LEVEL, 4 otherwise (KVM with -cpu host on a host without LA57)."""
+    flags = guest.ssh.run("grep -m1 '^flags' /proc/cpuinfo").check().stdout.split()
+    assert five_level(prog) is ("la57" in flags)
 
 
 def test_snapshot_really_pauses(guest: GuestView, prog: Any) -> None:
+    """Inside a snapshot the guest's jiffies stay put while the host's clock moves on by ten of
+    the guest's ticks; after it, a guest-side sleep (which needs guest ticks to end) moves them."""
+    hz = int(guest.ssh.run("zcat /proc/config.gz | grep '^CONFIG_HZ='").check().stdout.strip().split("=")[1])
     with snapshot(guest):
+        assert guest.running() is False
         first = prog["jiffies"].value_()
-        time.sleep(0.5)
-        assert prog["jiffies"].value_() == first
-    time.sleep(0.5)
+        host_ticks_later = time.monotonic() + 10 / hz
+        while time.monotonic() < host_ticks_later:
+            assert prog["jiffies"].value_() == first
+    assert guest.ssh.run("sleep 0.1").exit_status == 0  # 0.1 s of the guest's own time
     assert prog["jiffies"].value_() > first
-    assert guest.ssh.run("true").exit_status == 0
 
 
 def test_bad_pid_is_a_clear_error(prog: Any) -> None:
@@ -282,7 +303,7 @@ def test_four_level_guest_walks_the_same(guest_factory: Callable[..., Guest]) ->
     four = guest_factory(cmdline=("no5lvl",))
     prog4 = attach(four, four.vmlinux)
     assert five_level(prog4) is False
-    held = HeldRegion.start(four, 16, node=1)
+    held = HeldRegion.start(four, Region(16, node=1))
     try:
         with snapshot(four):
             table = walk(prog4, find_mm(prog4, held.pid), held.addr, held.end)

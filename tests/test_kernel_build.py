@@ -23,7 +23,7 @@ from harness.kernel.source import DEFAULT_TARBALL
 
 pytestmark = pytest.mark.kernel
 
-HARNESS = [sys.executable, "-m", "harness.cli.main"]
+HARNESS = [sys.executable, "-m", "harness.cli"]
 
 
 def _cli(*args: str, cache_dir: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -1,6 +1,6 @@
 """The mutant collection itself: at least six, each saying what it breaks, each a small change to
 the NUMA-balancing code of 6.12 (the real build-and-check of mutants runs in test_ci.py and
-test_crosscheck.py)."""
+test_checks.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""Attach drgn to a live guest over QEMU's QMP socket, and pause the guest for snapshots."""
+"""
+Attaching
+---------
+
+The ``harness.inspect.attach`` module attaches drgn to a live guest over QEMU's QMP socket, pauses
+the guest so that a series of reads is one consistent moment, and finds tasks by pid.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,15 @@ from drgn import Object, Program
 from harness.errors import BadInput, InfrastructureError
 from harness.guest.qemu import GuestView
 
+__all__ = (
+    "InspectError",
+    "NoSuchTask",
+    "attach",
+    "find_mm",
+    "find_task",
+    "snapshot",
+)
+
 
 class InspectError(InfrastructureError):
     """drgn cannot read the guest (down, no vmlinux, a read failed)."""
@@ -21,10 +36,17 @@ class NoSuchTask(InspectError, BadInput):
 
 
 def attach(view: GuestView, vmlinux: Path | None) -> Program:
-    """A drgn Program on the live guest (its second QMP socket) with the build's vmlinux.
+    """
+    Get the drgn program of a live guest, attaching on first use (the guest's second QMP socket,
+    the build's vmlinux for debug info).
 
-    One Program per guest, reused: QEMU serves one client per QMP socket, so a second Program
-    would wait forever for a greeting while the first is still alive."""
+    One program per guest, reused: QEMU serves one client per QMP socket, so a second program
+    would wait forever for a greeting while the first is still alive.
+
+    :param view: The guest.
+    :param vmlinux: The booted kernel's vmlinux.
+    :raises InspectError: if the guest has no vmlinux or its socket is gone.
+    """
     import drgn
 
     cached = view._drgn_program
@@ -46,12 +68,25 @@ def attach(view: GuestView, vmlinux: Path | None) -> Program:
 
 @contextlib.contextmanager
 def snapshot(view: GuestView) -> Iterator[None]:
-    """The guest paused (QMP stop) while reading, so what is read is one consistent state."""
+    """
+    Pause the guest (QMP ``stop``) for the duration of a ``with`` block and resume it afterwards,
+    also on error, so that everything read inside is one consistent state.
+
+    :param view: The guest.
+    """
     with view.paused():
         yield
 
 
 def find_task(prog: Program, pid: int) -> Object:
+    """
+    Return the task with the given PID, like drgn's ``find_task()`` but with an error that names
+    the pid instead of a null pointer.
+
+    :param pid: PID in the initial PID namespace.
+    :return: ``struct task_struct *``
+    :raises NoSuchTask: if there is no such task.
+    """
     from drgn.helpers.linux.pid import find_task as drgn_find_task
 
     task = drgn_find_task(prog, pid)
@@ -61,6 +96,13 @@ def find_task(prog: Program, pid: int) -> Object:
 
 
 def find_mm(prog: Program, pid: int) -> Object:
+    """
+    Return the address space of the task with the given PID.
+
+    :param pid: PID of a user task.
+    :return: ``struct mm_struct *``
+    :raises NoSuchTask: if there is no such task, or it is a kernel thread.
+    """
     task = find_task(prog, pid)
     if not task.mm:
         raise NoSuchTask(f"Task {pid} ({task.comm.string_().decode()}) is a kernel thread: it has no address space.")

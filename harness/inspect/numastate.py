@@ -15,6 +15,21 @@ from drgn import Object, Program
 from .attach import InspectError, NoSuchTask, find_task
 from .pagetable import PageTableWalk
 
+__all__ = (
+    "BalancingState",
+    "MmNumaState",
+    "TaskNumaState",
+    "VmaNumaState",
+    "nr_node_ids",
+    "read_balancing",
+    "read_mm",
+    "read_task",
+    "read_vmas",
+    "read_vmstat",
+    "scan_stamps",
+    "summarize_by_vma",
+)
+
 # kernel/sched/fair.c: enum numa_faults_stats; index 2 * (stat * nr_node_ids + nid) + priv.
 FAULT_STATS = ("mem", "cpu", "membuf", "cpubuf")
 # include/linux/vm_event_item.h (CONFIG_NUMA_BALANCING / CONFIG_MIGRATION), as /proc/vmstat names them.
@@ -105,10 +120,18 @@ class BalancingState:
 
 
 def nr_node_ids(prog: Program) -> int:
+    """Return the number of possible node ids (``nr_node_ids``): the stride of ``numa_faults``."""
     return int(prog["nr_node_ids"].value_())
 
 
 def read_task(prog: Program, pid: int) -> TaskNumaState:
+    """
+    Read a task's NUMA balancing state: scan sequence and period, preferred node, the
+    ``numa_faults`` buckets (``kernel/sched/fair.c:task_faults_idx`` order: mem, cpu, membuf,
+    cpubuf, each per node as (shared, private)), ``numa_faults_locality`` and its group.
+
+    :param pid: PID of the task.
+    """
     task = find_task(prog, pid)
     nodes = nr_node_ids(prog)
     faults: dict[str, list[tuple[int, int]]] = {name: [(0, 0)] * nodes for name in FAULT_STATS}
@@ -140,6 +163,12 @@ def read_task(prog: Program, pid: int) -> TaskNumaState:
 
 
 def read_mm(prog: Program, pid: int) -> MmNumaState:
+    """
+    Read the scanner's per-mm state of a task: ``numa_next_scan``, ``numa_scan_offset``,
+    ``numa_scan_seq``, ``mm_users`` and the RSS the scan periods are sized by.
+
+    :param pid: PID of a user task.
+    """
     task = find_task(prog, pid)
     mm = task.mm
     if not mm:
@@ -160,9 +189,6 @@ def _mm_rss(prog: Program, mm: Object) -> int:
         count = int(mm.rss_stat[int(prog.constant(member).value_())].count.value_())
         total += max(count, 0)
     return total
-
-
-# include/uapi/linux/mempolicy.h (a #define, invisible to drgn).
 
 
 def scan_stamps(prog: Program) -> dict[tuple[int, int], tuple[int, int]]:
@@ -188,6 +214,12 @@ def scan_stamps(prog: Program) -> dict[tuple[int, int], tuple[int, int]]:
 
 
 def read_vmas(prog: Program, pid: int) -> list[VmaNumaState]:
+    """
+    Read every VMA of a task with its flags, whether it is file-backed, its ``numab_state`` (None
+    until the scanner first meets the VMA) and whether its own policy allows balancing.
+
+    :param pid: PID of a user task.
+    """
     from drgn.helpers.linux.mm import for_each_vma
 
     mm = find_task(prog, pid).mm
@@ -215,6 +247,10 @@ def read_vmas(prog: Program, pid: int) -> list[VmaNumaState]:
 
 
 def read_balancing(prog: Program) -> BalancingState:
+    """
+    Read ``sysctl_numa_balancing_mode``, ``jiffies`` and the debugfs scan tunables
+    (``sysctl_numa_balancing_scan_*``).
+    """
     tunables = {name: int(prog[symbol].value_()) for name, symbol in TUNABLES.items()}
     hz = 0  # HZ is a macro: callers that need it read CONFIG_HZ from the guest
     return BalancingState(int(prog["sysctl_numa_balancing_mode"].value_()), int(prog["jiffies"].value_()), hz, tunables)

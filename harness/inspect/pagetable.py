@@ -22,6 +22,24 @@ from typing import Any, overload
 import numpy as np
 from drgn import Object, Program
 
+__all__ = (
+    "Entry",
+    "NodeRanges",
+    "PageTableWalk",
+    "decode",
+    "five_level",
+    "last_cpupids",
+    "node_ranges",
+    "page_field",
+    "page_flags",
+    "page_flags_layout",
+    "summarize",
+    "vmemmap_base",
+    "walk",
+    "with_last_cpupid",
+    "with_mapcount",
+)
+
 PRESENT, RW, ACCESSED, DIRTY, PSE, PROTNONE = 1 << 0, 1 << 1, 1 << 5, 1 << 6, 1 << 7, 1 << 8
 PFN_MASK = 0x000FFFFFFFFFF000
 PAGE_SIZE = 4096
@@ -50,7 +68,16 @@ class Entry:
 
 
 def decode(raw: int) -> tuple[bool, bool, int]:
-    """(present, NUMA hint, pfn) of one entry."""
+    """
+    Decode one x86-64 page-table entry.
+
+    A NUMA hint is ``_PAGE_PROTNONE`` without ``_PAGE_PRESENT``
+    (``arch/x86/include/asm/pgtable.h:pte_protnone``); its pfn is stored inverted
+    (``asm/pgtable-invert.h``).
+
+    :param raw: The entry's value.
+    :return: (present, NUMA hint, pfn)
+    """
     present = bool(raw & PRESENT)
     hint = (raw & (PRESENT | PROTNONE)) == PROTNONE
     pfn = ((~raw if not present else raw) & PFN_MASK) >> 12
@@ -159,7 +186,16 @@ class PageTableWalk(Sequence[Entry]):
 
 
 def walk(prog: Program, mm: Object, start: int = 0, end: int = 1 << 57, *, nodes: NodeRanges | None = None) -> PageTableWalk:
-    """Every non-empty leaf entry (present, hint or swap) of `mm` mapping [start, end)."""
+    """
+    Walk an address space's page tables (4 or 5 levels) and return every non-empty leaf entry
+    (present, NUMA hint or swap) mapping [start, end), as columns. Each table page is read whole
+    (one physical read per table, not one object per entry).
+
+    :param mm: ``struct mm_struct *``
+    :param start: First virtual address.
+    :param end: Virtual address after the last.
+    :param nodes: The pfn span of each node, when already known (``node_ranges()``).
+    """
     from drgn.helpers.linux.mm import virt_to_phys
 
     nodes = nodes or node_ranges(prog)

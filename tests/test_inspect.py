@@ -151,6 +151,11 @@ def test_thp_region_gets_a_pmd_level_hint(guest: GuestView, prog: Any, fast_scan
             after = read_vmstat(prog)
         pmds = [e for e in table if e.level == "pmd"]
         assert len(pmds) == 4 and all(e.hint and not e.present for e in pmds)
+        # The hinted PMD still names the THP's head page (its pfn is stored inverted above bit
+        # 21 only): the same pfns pagemap reports, and the head's page->flags hold last_cpupid.
+        pagemap = _pagemap(guest, held)
+        assert [e.pfn for e in pmds] == [pagemap[e.vaddr] for e in pmds]
+        assert all(e.pfn % 512 == 0 for e in pmds)
         # mm/mprotect.c:change_pmd_range counts each PMD once, and 512 base pages (change_prot_numa).
         assert after["numa_huge_pte_updates"] - before["numa_huge_pte_updates"] >= 4
     finally:

@@ -9,7 +9,10 @@ x86_64 entry bits (arch/x86/include/asm/pgtable_types.h): PRESENT 0, RW 1, ACCES
 PSE 7 (a huge leaf at PMD/PUD level), PROTNONE 8 (aliases GLOBAL, meaningful when PRESENT is
 clear). A NUMA hint entry is `(entry & 0x101) == 0x100` (asm/pgtable.h:pte_protnone; the same
 test for a PMD, asm/pgtable.h:pmd_protnone), and a non-present entry stores its PFN inverted
-(asm/pgtable-invert.h:__pte_needs_invert, the L1TF mitigation).
+(asm/pgtable-invert.h:__pte_needs_invert, the L1TF mitigation). The PFN of a huge leaf is the
+entry's bits from 21 (PMD) or 30 (PUD) up (pgtable_types.h:pmd_pfn_mask/pud_pfn_mask): the bits
+below are flags or zero, and after the inversion they read as ones, so masking with the 4 KiB
+PFN mask would name the last tail page of the folio instead of its head (asm/pgtable.h:pmd_pfn).
 """
 
 from __future__ import annotations
@@ -41,9 +44,12 @@ __all__ = (
 )
 
 PRESENT, RW, ACCESSED, DIRTY, PSE, PROTNONE = 1 << 0, 1 << 1, 1 << 5, 1 << 6, 1 << 7, 1 << 8
-PFN_MASK = 0x000FFFFFFFFFF000
+PFN_MASK = 0x000FFFFFFFFFF000  # PTE_PFN_MASK
+PMD_PFN_MASK = 0x000FFFFFFFE00000  # PHYSICAL_PMD_PAGE_MASK
+PUD_PFN_MASK = 0x000FFFFFC0000000  # PHYSICAL_PUD_PAGE_MASK
 PAGE_SIZE = 4096
 LEVELS = ("pte", "pmd", "pud")  # index = level code in PageTableWalk.level
+PFN_MASKS = np.array([PFN_MASK, PMD_PFN_MASK, PUD_PFN_MASK], dtype=np.uint64)  # by level code
 PAGES_PER_LEVEL = np.array([1, 512, 512 * 512], dtype=np.int64)
 
 
@@ -67,7 +73,7 @@ class Entry:
         return asdict(self)
 
 
-def decode(raw: int) -> tuple[bool, bool, int]:
+def decode(raw: int, level: int = 0) -> tuple[bool, bool, int]:
     """
     Decode one x86-64 page-table entry.
 
@@ -76,12 +82,20 @@ def decode(raw: int) -> tuple[bool, bool, int]:
     (``asm/pgtable-invert.h``).
 
     :param raw: The entry's value.
-    :return: (present, NUMA hint, pfn)
+    :param level: 0 for a PTE, 1 for a huge PMD, 2 for a huge PUD (the PFN's low bit differs).
+    :return: (present, NUMA hint, pfn of the first base page mapped)
     """
     present = bool(raw & PRESENT)
     hint = (raw & (PRESENT | PROTNONE)) == PROTNONE
-    pfn = ((~raw if not present else raw) & PFN_MASK) >> 12
+    pfn = ((~raw if raw and not present else raw) & int(PFN_MASKS[level])) >> 12
     return present, hint, pfn
+
+
+def _pfns(raw: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """decode()'s pfn for arrays of entries and their level codes (asm/pgtable.h:pte_pfn/pmd_pfn)."""
+    inverted = (raw != 0) & ((raw & np.uint64(PRESENT)) == 0)
+    result: np.ndarray = (np.where(inverted, ~raw, raw) & PFN_MASKS[level]) >> np.uint64(12)
+    return result
 
 
 @dataclass(frozen=True)
@@ -144,7 +158,7 @@ class PageTableWalk(Sequence[Entry]):
 
     @property
     def pfn(self) -> np.ndarray:
-        return (np.where(self.present, self.raw, ~self.raw) & np.uint64(PFN_MASK)) >> np.uint64(12)
+        return _pfns(self.raw, self.level)
 
     @property
     def pages(self) -> np.ndarray:
@@ -241,9 +255,7 @@ def walk(prog: Program, mm: Object, start: int = 0, end: int = 1 << 57, *, nodes
     level_all = np.concatenate(level_chunks)
     order = np.argsort(vaddr_all, kind="stable")  # leaves of different levels interleave by address
     vaddr_all, raw_all, level_all = vaddr_all[order], raw_all[order], level_all[order]
-    present = (raw_all & PRESENT) != 0
-    pfns = (np.where(present, raw_all, ~raw_all) & np.uint64(PFN_MASK)) >> np.uint64(12)
-    return PageTableWalk(vaddr_all, raw_all, level_all, nodes.nodes_of(pfns))
+    return PageTableWalk(vaddr_all, raw_all, level_all, nodes.nodes_of(_pfns(raw_all, level_all)))
 
 
 def page_flags_layout(prog: Program) -> dict[str, int]:

@@ -27,6 +27,21 @@ def test_every_mutant_says_what_it_breaks_and_touches_numa_balancing() -> None:
         assert "Expected:" in text and mutant.breaks and mutant.subject
 
 
+def test_every_mutant_names_registered_checks_that_must_catch_it() -> None:
+    by_name = {m.name[:4]: m for m in discover()}
+    assert by_name["0001"].expected == ("two-stage-filter",)
+    assert by_name["0004"].expected == ("scanner-window",)
+    assert by_name["0006"].expects_hang
+    assert all(m.expected or m.expects_hang for m in by_name.values())
+
+
+def test_a_mutant_naming_no_check_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "0001-x.patch").write_text("Subject: [MUTANT] x\n\nWhat it breaks: y.\n\nExpected: something fails.\n"
+                                           "---\n--- a/mm/memory.c\n+++ b/mm/memory.c\n")
+    with pytest.raises(SeriesError, match="names no check"):
+        discover(tmp_path)
+
+
 def test_mutants_cover_the_functions_the_issue_names() -> None:
     text = " ".join(m.breaks for m in discover())
     for function in ("should_numa_migrate_memory", "numa_migrate_check", "task_numa_work", "change_pte_range",

@@ -5,6 +5,7 @@ the checks lost their teeth for the behaviour the mutant's header describes."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -12,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from harness.checks.catalog import CHECKS
 from harness.checks.checkrun import BootFailure, check_kernel
 from harness.checks.registry import CheckResult, Verdict
 from harness.errors import BadInput, HarnessError, SeriesError
@@ -26,6 +28,10 @@ class Mutant:
     path: Path
     subject: str
     breaks: str  # the header's "What it breaks" paragraph
+    # From the header's "Expected:" paragraph: the registered checks that must catch it, and
+    # whether it must be caught as a hang (a livelock) instead.
+    expected: tuple[str, ...] = ()
+    expects_hang: bool = False
 
     @property
     def name(self) -> str:
@@ -60,10 +66,17 @@ class MutantResult:
     def killed(self) -> bool:
         return self.outcome.killed
 
+    @property
+    def as_expected(self) -> bool:
+        """Killed by what its header names: one of its expected checks failed, or it hung."""
+        if self.mutant.expects_hang and self.outcome is MutantOutcome.HANG:
+            return True
+        return self.killed and bool(set(self.mutant.expected) & set(self.failed_checks))
+
     def as_json(self) -> dict[str, Any]:
         return {"mutant": self.mutant.name, "subject": self.mutant.subject, "outcome": self.outcome.value,
-                "killed": self.killed, "failed_checks": list(self.failed_checks), "seconds": round(self.seconds, 1),
-                "detail": self.detail}
+                "killed": self.killed, "expected_checks": list(self.mutant.expected), "as_expected": self.as_expected,
+                "failed_checks": list(self.failed_checks), "seconds": round(self.seconds, 1), "detail": self.detail}
 
 
 def outcome_of(results: Sequence[CheckResult]) -> MutantOutcome:
@@ -89,10 +102,24 @@ def discover(directory: Path = MUTANTS_DIR) -> list[Mutant]:
         if not subject or not breaks:
             raise SeriesError(f"Mutant {path} has no Subject: line or no 'What it breaks:' paragraph in its header. "
                               f"Every mutant says what it breaks, so a survivor points at a behaviour.")
-        mutants.append(Mutant(path, subject, " ".join(breaks.split())))
+        expected, hang = _expected(path, header)
+        mutants.append(Mutant(path, subject, " ".join(breaks.split()), expected, hang))
     if not mutants:
         raise SeriesError(f"Mutant directory {directory} holds no *.patch files.")
     return mutants
+
+
+def _expected(path: Path, header: str) -> tuple[tuple[str, ...], bool]:
+    """The checks the header's "Expected:" paragraph names (`fails CHECK`), read against the
+    registry, and whether it expects a hang; a header that names neither is refused."""
+    paragraph = " ".join(header.split("Expected:", 1)[1].split("\n\n", 1)[0].split()) if "Expected:" in header else ""
+    named = tuple(name for name in CHECKS if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", paragraph))
+    hang = "hang" in paragraph
+    if not named and not hang:
+        raise SeriesError(f"Mutant {path}: its 'Expected:' paragraph names no check ({paragraph or 'missing'!r}). "
+                          f"Say which check must catch it (`fails CHECK`, one of {', '.join(CHECKS)}) or that it "
+                          f"must be reported as a hang.")
+    return named, hang
 
 
 def select(mutants: Sequence[Mutant], names: Sequence[str]) -> list[Mutant]:

@@ -59,6 +59,8 @@ _MUTANT = {
         "subject": {"type": "string"},
         "outcome": {"enum": [o.value for o in MutantOutcome]},
         "killed": {"type": "boolean"},
+        "expected_checks": {"type": "array", "items": {"type": "string"}},
+        "as_expected": {"type": "boolean"},
         "failed_checks": {"type": "array", "items": {"type": "string"}},
         "seconds": {"type": "number"},
         "detail": {"type": "string"},

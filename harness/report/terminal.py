@@ -43,12 +43,15 @@ def write_json(path: Path, results: Sequence[CheckResult], context: dict[str, An
 
 def print_mutant_table(results: Sequence[MutantResult]) -> None:
     killed = sum(r.killed for r in results)
-    table = Table(title=f"numa-harness mutants: {killed} of {len(results)} killed")
-    for column in ("mutant", "outcome", "failed checks", "seconds", "what it breaks / first diff"):
+    expected = sum(r.as_expected for r in results)
+    table = Table(title=f"numa-harness mutants: {killed} of {len(results)} killed, {expected} by the check their header names")
+    for column in ("mutant", "outcome", "expected", "failed checks", "seconds", "what it breaks / first diff"):
         table.add_column(column)
     for r in results:
         colour = "green" if r.killed else "red" if r.outcome is MutantOutcome.SURVIVED else "yellow"
+        named = ", ".join(r.mutant.expected) + (" (hang)" if r.mutant.expects_hang else "")
         table.add_row(r.mutant.name, f"[{colour}]{r.outcome.value}[/{colour}]",
+                      named + ("" if r.as_expected or not r.killed else " [yellow]not by these[/yellow]"),
                       ", ".join(r.failed_checks) or "-", f"{r.seconds:.0f}", r.detail or r.mutant.subject)
     _console().print(table)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness import inspect as nh
-from harness.checks.observe import Context, Observation, outside_region
+from harness.checks.observe import GuestFacts, Observation, outside_region
 from harness.checks.workload import HeldRegion
 from harness.model import LAST__PID_MASK, MEMBUF, Decision, FaultResult, Page, Task, cpupid_cpu, cpupid_pid, task_numa_fault
 
@@ -143,16 +143,16 @@ def compare_local_counter(model_local: int, model_faults: int, before: Observati
     return []
 
 
-def compare_last_cpupid(ctx: Context, va: int, model: int | None, kernel: int | None, node: int, pid: int) -> list[str]:
+def compare_last_cpupid(facts: GuestFacts, va: int, model: int | None, kernel: int | None, node: int, pid: int) -> list[str]:
     """The model's last_cpupid against page->flags: "unset" must match exactly; otherwise the node
     of the CPU (which CPU inside the node is the scheduler's choice) and the pid bits."""
     if kernel is None:
         return []
-    unset = kernel == (1 << nh.page_flags_layout(ctx.prog).get("LAST_CPUPID_WIDTH", 0)) - 1
+    unset = kernel == facts.cpupid_unset
     if model is None:
         return [] if unset else [f"{va:#x}: last_cpupid {kernel:#x}, model: unset (reset by wp_page_reuse)"]
     k_cpu, k_pid = cpupid_cpu(kernel), cpupid_pid(kernel)
-    if unset or ctx.node_of_cpu.get(k_cpu) != node or k_pid != pid & LAST__PID_MASK:
+    if unset or facts.node_of_cpu.get(k_cpu) != node or k_pid != pid & LAST__PID_MASK:
         return [f"{va:#x}: last_cpupid {'unset' if unset else f'cpu {k_cpu} pid {k_pid}'}, model: a node-{node} "
                 f"cpu and pid {pid & LAST__PID_MASK}"]
     return []

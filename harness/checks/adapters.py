@@ -6,8 +6,7 @@ business. VM_* flags are include/linux/mm.h's.
 
 from __future__ import annotations
 
-from harness import inspect as nh
-from harness.checks.observe import Context, Observation
+from harness.checks.observe import GuestFacts, Observation
 from harness.model import HPAGE_SIZE, PAGE_SIZE, NumabState, Page, Task, Tunables, Vma
 
 VM_READ, VM_WRITE, VM_EXEC, VM_SHARED = 0x1, 0x2, 0x4, 0x8
@@ -40,11 +39,9 @@ def model_vmas(obs: Observation) -> list[Vma]:
 
 
 
-def model_pages(ctx: Context, obs: Observation) -> dict[int, Page]:
+def model_pages(facts: GuestFacts, obs: Observation) -> dict[int, Page]:
     """Present and hinted leaf entries as model pages; last_cpupid all-ones is "pid unset"."""
-    zero_pfn = int(ctx.prog["zero_pfn"].value_())
-    layout = nh.page_flags_layout(ctx.prog)
-    unset = (1 << layout.get("LAST_CPUPID_WIDTH", 0)) - 1
+    zero_pfn, unset = facts.zero_pfn, facts.cpupid_unset
     pages = {}
     for e in obs.table:
         if not (e.present or e.hint):

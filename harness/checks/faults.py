@@ -36,7 +36,7 @@ def check_fault_migration(ctx: Context) -> Finding:
         after = observe(ctx, region.pid)
     task = model_task(before, len(ctx.nodes_with_cpus()))
     books = FaultBooks.opening(task)
-    pages = model_pages(ctx, before)
+    pages = model_pages(ctx.facts, before)
     diffs: list[str] = []
     migrated_model = 0
     kernel_region = {e.vaddr: e for e in after.table.within(region.addr, region.end)}
@@ -56,7 +56,7 @@ def check_fault_migration(ctx: Context) -> Finding:
         if kernel.hint:
             diffs.append(f"{va:#x}: still a hint entry after being touched")
         diffs.extend(compare_writable(va, result, kernel))
-        diffs.extend(compare_last_cpupid(ctx, va, result.page.last_cpupid, kernel.last_cpupid, remote, region.pid))
+        diffs.extend(compare_last_cpupid(ctx.facts, va, result.page.last_cpupid, kernel.last_cpupid, remote, region.pid))
     kernel_delta = after.task.numa_pages_migrated - before.task.numa_pages_migrated
     outside = outside_region(before.table, region)
     slack = int(outside.pages[outside.hint].sum())
@@ -134,7 +134,7 @@ def _replay_read(ctx: Context, region: HeldRegion, before: Observation, after: O
     """One round of check_two_stage_filter: the read from `read_node` replayed fault by fault in
     the model from `before`, compared page by page with `after`, within the docstring's bound
     on pages that faulted twice."""
-    task, pages = model_task(before, len(ctx.nodes_with_cpus())), model_pages(ctx, before)
+    task, pages = model_task(before, len(ctx.nodes_with_cpus())), model_pages(ctx.facts, before)
     kernel_after = {e.vaddr: e for e in after.table.within(region.addr, region.end)}
     moved_model = moved_kernel = 0
     second_faults: list[int] = []
@@ -167,7 +167,7 @@ def _replay_read(ctx: Context, region: HeldRegion, before: Observation, after: O
             # Re-hinted after it moved and faulted again, locally: restored in place, writable.
             second_faults.append(va)
             writable = []
-        diffs.extend(compare_last_cpupid(ctx, va, result.page.last_cpupid, kernel.last_cpupid, read_node, region.pid)
+        diffs.extend(compare_last_cpupid(ctx.facts, va, result.page.last_cpupid, kernel.last_cpupid, read_node, region.pid)
                      + writable)
     period = max(1, model_tunables(before, ctx.hz).ms_to_jiffies(before.task.numa_scan_period))
     passes = 0 if after.mm.numa_next_scan == before.mm.numa_next_scan else \
@@ -212,7 +212,7 @@ def check_thp(ctx: Context) -> Finding:
         diffs.append(f"numa_huge_pte_updates grew by {huge_updates} while the 4 PMDs were hinted, model: 4")
     task = model_task(hinted, len(ctx.nodes_with_cpus()))
     books = FaultBooks.opening(task)
-    pages = model_pages(ctx, hinted)
+    pages = model_pages(ctx.facts, hinted)
     kernel_after = {e.vaddr: e for e in after.table.within(region.addr, region.end)}
     migrated = 0
     for va in sorted(p for p in pages if region.addr <= p < region.end):
@@ -229,7 +229,7 @@ def check_thp(ctx: Context) -> Finding:
             # node, and the scanner keeps running while the task touches the region.
             diffs.append(f"{va:#x}: THP on node {kernel.node}, model node {result.page.node}")
         else:
-            diffs.extend(compare_last_cpupid(ctx, va, result.page.last_cpupid, kernel.last_cpupid, remote, region.pid))
+            diffs.extend(compare_last_cpupid(ctx.facts, va, result.page.last_cpupid, kernel.last_cpupid, remote, region.pid))
     thp_migrations = after.vmstat["thp_migration_success"] - hinted.vmstat["thp_migration_success"]
     if thp_migrations != migrated:
         diffs.append(f"thp_migration_success grew by {thp_migrations}, model migrates {migrated} THPs")

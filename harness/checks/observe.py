@@ -28,14 +28,42 @@ class KernelNeverReached(Exception):
     check's bound; the message says what was waited for and what the kernel showed instead."""
 
 
+@dataclass(frozen=True)
+class GuestFacts:
+    """What a comparison needs to know about the guest beyond an observation: which node each CPU
+    is on, HZ (a macro: read from the guest's CONFIG_HZ), the zero page's pfn, and the width of
+    page->flags' last_cpupid field (all ones is "pid unset": page_cpupid_reset_last)."""
+
+    node_of_cpu: dict[int, int]
+    hz: int
+    zero_pfn: int
+    cpupid_width: int
+
+    @property
+    def cpupid_unset(self) -> int:
+        return (1 << self.cpupid_width) - 1
+
+    def as_json(self) -> dict[str, Any]:
+        return {"node_of_cpu": {str(c): n for c, n in self.node_of_cpu.items()}, "hz": self.hz,
+                "zero_pfn": self.zero_pfn, "cpupid_width": self.cpupid_width}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GuestFacts:
+        return cls({int(c): int(n) for c, n in data["node_of_cpu"].items()}, int(data["hz"]), int(data["zero_pfn"]),
+                   int(data["cpupid_width"]))
+
+
 @dataclass
 class Context:
     guest: GuestView
     prog: drgn.Program
-    node_of_cpu: dict[int, int]
-    hz: int = 250
+    facts: GuestFacts
     # The current check's two latest observations: the state a failure's diffs refer to.
     recent: list[Observation] = field(default_factory=list)
+    # With `check --record DIR`: the observations each check chose to keep, by label (golden data),
+    # and the facts about its scenario a replay needs (region, nodes, CPUs), by label.
+    kept: dict[str, Observation] | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
     # Counters read at every check's start and end: {"t": seconds since open, "check", "vmstat"}.
     timeline: list[dict[str, Any]] = field(default_factory=list)
     opened: float = field(default_factory=time.monotonic)
@@ -51,10 +79,28 @@ class Context:
                 node_of_cpu[cpu] = int(nid)
         # HZ is a macro, invisible to drgn; the guest's own config says it (CONFIG_IKCONFIG_PROC).
         hz_line = guest.ssh.run("zcat /proc/config.gz | grep '^CONFIG_HZ='").check().stdout
-        return cls(guest, prog, node_of_cpu, int(hz_line.strip().split("=")[1]))
+        width = nh.page_flags_layout(prog).get("LAST_CPUPID_WIDTH", 0)
+        facts = GuestFacts(node_of_cpu, int(hz_line.strip().split("=")[1]), int(prog["zero_pfn"].value_()), width)
+        return cls(guest, prog, facts)
+
+    @property
+    def node_of_cpu(self) -> dict[int, int]:
+        return self.facts.node_of_cpu
+
+    @property
+    def hz(self) -> int:
+        return self.facts.hz
 
     def nodes_with_cpus(self) -> list[int]:
         return sorted(set(self.node_of_cpu.values()))
+
+    def keep(self, label: str, obs: Observation, **notes: Any) -> None:
+        """Keep `obs` as golden data under `label` when the run records (check --record), with
+        what a replay needs to know about the scenario at that point."""
+        if self.kept is not None:
+            self.kept[label] = obs
+            if notes:
+                self.notes[label] = notes
 
 
 @dataclass(frozen=True)
@@ -90,17 +136,39 @@ def observe(ctx: Context, pid: int) -> Observation:
 
 
 def observation_json(obs: Observation) -> dict[str, Any]:
-    """An observation as JSON: the task's and mm's NUMA state, VMAs, tunables, counters and every
-    leaf entry (hex addresses and raw entries, node, last_cpupid, mapcount)."""
+    """An observation as JSON: the task's and mm's NUMA state, VMAs, tunables, counters, every
+    leaf entry (hex addresses and raw entries, node, last_cpupid, mapcount) and the scan stamps
+    of the guest's other processes. `observation_from_json` reads it back."""
     t = obs.table
     return {
         "task": obs.task.as_json(), "mm": obs.mm.as_json(), "vmas": [v.as_json() for v in obs.vmas],
-        "balancing": obs.balancing.as_json(), "vmstat": obs.vmstat,
+        "balancing": obs.balancing.as_json(), "vmstat": obs.vmstat, "mm_address": hex(obs.mm_address),
+        "stamps": [[tgid, hex(mm), *stamp] for (tgid, mm), stamp in obs.stamps.items()],
         "entries": {"vaddr": [hex(int(v)) for v in t.vaddr], "raw": [hex(int(r)) for r in t.raw],
                     "level": [int(x) for x in t.level], "node": [int(n) for n in t.node],
                     "last_cpupid": None if t.last_cpupid is None else [int(c) for c in t.last_cpupid],
                     "mapcount": None if t.mapcount is None else [int(c) for c in t.mapcount]},
     }
+
+
+def observation_from_json(data: dict[str, Any]) -> Observation:
+    """An observation recorded by observation_json (golden data from real guests)."""
+    e = data["entries"]
+
+    def column(values: list[int] | None, dtype: str) -> np.ndarray | None:
+        return None if values is None else np.array(values, dtype=dtype)
+
+    table = nh.PageTableWalk(np.array([int(v, 16) for v in e["vaddr"]], dtype=np.uint64),
+                             np.array([int(r, 16) for r in e["raw"]], dtype=np.uint64),
+                             np.array(e["level"], dtype=np.uint8), np.array(e["node"], dtype=np.int16),
+                             column(e["last_cpupid"], "int64"), column(e["mapcount"], "int64"))
+    task = dict(data["task"])
+    task["faults"] = {name: [(int(s), int(p)) for s, p in pairs] for name, pairs in task["faults"].items()}
+    task["locality"] = tuple(task["locality"])
+    return Observation(table, nh.TaskNumaState(**task), nh.MmNumaState(**data["mm"]),
+                       [nh.VmaNumaState(**v) for v in data["vmas"]], nh.BalancingState(**data["balancing"]),
+                       dict(data["vmstat"]), int(data.get("mm_address", "0x0"), 16),
+                       {(int(s[0]), int(s[1], 16)): (int(s[2]), int(s[3])) for s in data.get("stamps", [])})
 
 
 def spin_until(region: HeldRegion, ctx: Context, node: int, done: Callable[[Observation], bool], *,

@@ -1,80 +1,222 @@
-"""Placement checks: the preferred node, and task_numa_placement + update_task_scan_period replayed exactly."""
+"""Placement checks: task_numa_placement (fold and decay of the fault books, the preferred node) and
+update_task_scan_period, predicted by the model from the books the kernel will use.
+
+Why a pending placement can be predicted from one observation: fair.c:task_numa_fault calls
+task_numa_placement before it adds its own fault to the books, and only when
+time_after(jiffies, p->numa_migrate_retry); task_numa_placement acts only when
+p->numa_scan_seq != mm->numa_scan_seq. A task observed with both true has its placement pending,
+and the first hint fault after the observation runs it; no fault can come between the
+observation and that first fault, so the placement folds exactly the books observed. Which fault
+comes first does not matter. What the later faults add goes to NUMA_MEMBUF, NUMA_CPUBUF and
+numa_faults_locality, which the post-placement comparison leaves out (placement-exact predicts
+those too). A second placement can run only after the mm starts another sequence: a round in
+which the mm's sequence moved is not judged, and is counted.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from harness.checks.adapters import model_task, model_tunables
-from harness.checks.observe import Context, KernelNeverReached, Observation, observe, region_hinted, spin_until
+from harness.checks.accounting import compare_last_cpupid
+from harness.checks.adapters import model_pages, model_task, model_tunables
+from harness.checks.observe import Context, GuestFacts, KernelNeverReached, Observation, observe, region_hinted, spin_until
 from harness.checks.registry import Finding, check
 from harness.checks.scenario import drain_lru_batches, scenario
-from harness.checks.workload import Region
+from harness.checks.workload import HeldRegion, Region
 from harness.model import (
+    MEM,
+    MEMBUF,
+    Page,
+    Task,
+    hint_fault,
     task_numa_placement,
     task_scan_max,
     task_scan_min,
     time_after,
 )
 
+# A round that cannot be judged (the mm started another sequence, a pass ran during the read) is
+# retried; after this many such rounds without enough judged ones the check is inconclusive and
+# fails, saying why (a kernel whose sequences run away from its faults is itself suspect).
+MAX_UNJUDGED_ROUNDS = 8
+
+
+def placement_pending(o: Observation) -> bool:
+    """The next hint fault runs task_numa_placement (see the module docstring)."""
+    return (o.task.numa_scan_seq != o.mm.numa_scan_seq and time_after(o.balancing.jiffies, o.task.numa_migrate_retry)
+            and o.task.numa_group_id is None)
+
+
+def predict_placement(facts: GuestFacts, a: Observation, books: Task) -> Task:
+    """The model's task_numa_placement + update_task_scan_period on `books` at observation `a`
+    (task_scan_min/max from a's RSS and tunables: fair.c:task_scan_min/task_scan_max)."""
+    tun = model_tunables(a, facts.hz)
+    rss = a.mm.rss_pages
+    return task_numa_placement(books, a.mm.numa_scan_seq, scan_min=task_scan_min(rss, tun),
+                               scan_max=task_scan_max(rss, tun))
+
+
+def compare_placed(label: str, model: Task, kernel: Observation, *, period: bool) -> list[str]:
+    """What task_numa_placement (and, with `period`, update_task_scan_period) decided, model vs the
+    kernel right after it: preferred node, NUMA_MEM per node and kind, total_numa_faults."""
+    pairs: list[tuple[str, int, int]] = [
+        ("numa_preferred_nid", model.numa_preferred_nid, kernel.task.numa_preferred_nid),
+        ("total_numa_faults", model.total_numa_faults, kernel.task.total_numa_faults),
+    ]
+    if period:
+        pairs += [("numa_scan_period", model.numa_scan_period, kernel.task.numa_scan_period),
+                  ("numa_scan_period_max", model.numa_scan_period_max, kernel.task.numa_scan_period_max)]
+    for nid in range(model.nr_nodes):
+        for priv, kind in ((1, "private"), (0, "shared")):
+            pairs.append((f"NUMA_MEM node {nid} {kind}", model.faults[MEM][nid][priv], kernel.task.faults["mem"][nid][priv]))
+    return [f"{label}: {name} kernel {got}, model {want}" for name, want, got in pairs if want != got]
+
+
+def compare_books(label: str, model: Task, kernel: Observation) -> list[str]:
+    """The books the model carried since its last placement against the kernel's: NUMA_MEMBUF per
+    node and kind, numa_faults_locality, and what placement left (NUMA_MEM, total, period)."""
+    diffs = compare_placed(label, model, kernel, period=True)
+    for nid in range(model.nr_nodes):
+        for priv, kind in ((1, "private"), (0, "shared")):
+            want, got = model.faults[MEMBUF][nid][priv], kernel.task.faults["membuf"][nid][priv]
+            if want != got:
+                diffs.append(f"{label}: NUMA_MEMBUF node {nid} {kind} kernel {got}, model {want} (task_numa_fault)")
+    if tuple(model.locality) != tuple(kernel.task.locality):
+        diffs.append(f"{label}: numa_faults_locality (remote, local, migrate-failed) kernel {kernel.task.locality}, "
+                     f"model {model.locality} (task_numa_fault: TNF_FAULT_LOCAL, TNF_MIGRATE_FAIL)")
+    return diffs
+
+
+@dataclass
+class _Rounds:
+    """Judged and unjudged rounds of a placement scenario, and the diffs of the judged ones."""
+
+    judged: list[dict[str, Any]] = field(default_factory=list)
+    unjudged: list[str] = field(default_factory=list)
+    diffs: list[str] = field(default_factory=list)
+
+    def inconclusive(self, needed: int, what: str) -> list[str]:
+        if len(self.judged) >= needed:
+            return []
+        return [f"inconclusive: {len(self.judged)} of the {needed} {what} needed could be judged; unjudged rounds: "
+                f"{'; '.join(self.unjudged) or 'none'}"]
+
+
+def _placement_rounds(ctx: Context, region: HeldRegion, node: int, rounds: _Rounds, wanted: int,
+                      label: str) -> None:
+    """Rounds of "spin on `node` until a placement is pending (observation a), spin a little
+    more so that some fault runs it (observation b)", each judged on a's books."""
+    tries = 0
+    while len(rounds.judged) < wanted and tries < wanted + MAX_UNJUDGED_ROUNDS:
+        tries += 1
+        a = spin_until(region, ctx, node, placement_pending, step=0.3)
+        b = a
+        for _ in range(40):  # the task faults on its own hinted pages within a few steps
+            region.spin(0.1, node=node)
+            b = observe(ctx, region.pid)
+            if b.task.numa_scan_seq != a.task.numa_scan_seq or b.mm.numa_scan_seq != a.mm.numa_scan_seq:
+                break
+        if b.mm.numa_scan_seq != a.mm.numa_scan_seq:
+            rounds.unjudged.append(f"{label}: the mm started sequence {b.mm.numa_scan_seq} before the placement was seen")
+            continue
+        if b.task.numa_group_id is not None:  # task_numa_group runs before the placement; not modelled
+            rounds.unjudged.append(f"{label}: the fault that ran the placement put the task in numa_group "
+                                   f"{b.task.numa_group_id}")
+            continue
+        if b.task.numa_scan_seq != a.mm.numa_scan_seq:
+            raise KernelNeverReached(f"{label}: a placement was pending (task sequence {a.task.numa_scan_seq}, mm "
+                                     f"{a.mm.numa_scan_seq}) but no hint fault ran it in 4 s of spinning on node {node}")
+        number = len(rounds.judged) + 1
+        ctx.keep(f"placement-{number:02}-a", a, phase=label)
+        ctx.keep(f"placement-{number:02}-b", b)
+        judge_placement_round(ctx.facts, label, a, b, rounds)
+
+
+def judge_placement_round(facts: GuestFacts, label: str, a: Observation, b: Observation, rounds: _Rounds) -> None:
+    """The model's side of one check_placement round (no guest: golden observations replay too)."""
+    model = predict_placement(facts, a, model_task(a, len(set(facts.node_of_cpu.values()))))
+    number = len(rounds.judged) + 1
+    rounds.diffs.extend(compare_placed(f"{label} placement {number} (jiffies {a.balancing.jiffies})", model, b,
+                                       period=False))
+    rounds.judged.append({"phase": label, "mem_before": a.task.faults["mem"], "membuf": a.task.faults["membuf"],
+                          "mem_kernel": b.task.faults["mem"], "preferred_model": model.numa_preferred_nid,
+                          "preferred_kernel": b.task.numa_preferred_nid})
+
 
 @check("placement")
 def check_placement(ctx: Context) -> Finding:
-    """Placement: right after task_numa_placement the preferred node is the node with the most
-    memory faults (numa_faults[MEM], private + shared; ties to the lower node id since the
-    kernel's test is a strict '>'). The kernel runs placement on a fault once the mm started a
-    new sequence (p->numa_scan_seq != mm->numa_scan_seq); when the observed task has caught up
-    (equal sequences), its MEM buckets are exactly those placement used, so the preferred nid
-    must be their argmax. A task whose memory all lives on node 1 must prefer node 1."""
+    """The preferred node follows the memory, predicted from the books placement folds. A 16 MiB
+    region is first touched on node 0 by a task with a sleeping helper thread (mm_users 2, so the
+    scanner also hints the task's pages on the node it runs on and it keeps faulting). The task
+    spins on the last node; at each pending placement (module docstring) the model folds the
+    observed pre-placement books (task_numa_placement: mem - mem/2 + membuf per node and kind,
+    the node with most memory faults, ties to the lower id as the kernel's strict '>') and must
+    give the kernel's preferred node, NUMA_MEM and total_numa_faults right after. Then the task
+    writes the whole region from the last node (its pages migrate there: first faults, pid unset,
+    so the early-scan rule lets them move), and the rounds repeat: the model must now predict the
+    last node, and the kernel must agree."""
     remote = ctx.nodes_with_cpus()[-1]
-    # The helper thread keeps the spinning task faulting (see check_two_stage_filter), so its
-    # numa_scan_seq keeps catching up with the mm's.
+    rounds = _Rounds()
     with scenario(ctx, Region(16, node=0, helper=True)) as region:
-        obs = spin_until(region, ctx, remote, lambda o: o.task.total_numa_faults > 0 and
-                          o.task.numa_scan_seq == o.mm.numa_scan_seq and o.task.numa_preferred_nid >= 0, step=0.5)
+        drain_lru_batches(ctx.guest)
+        _placement_rounds(ctx, region, remote, rounds, 2, "before the move")
         region.touch(node=remote)
-        settled = spin_until(region, ctx, remote, lambda o: o.task.numa_scan_seq == o.mm.numa_scan_seq and
-                              o.mm.numa_scan_seq > obs.mm.numa_scan_seq + 1, step=0.5)
-    diffs = []
-    figures: dict[str, Any] = {}
-    for label, o in (("first", obs), (f"after touching from node {remote}", settled)):
-        mem = [sum(pair) for pair in o.task.faults["mem"]]
-        expected = max(range(len(mem)), key=lambda n: (mem[n], -n)) if any(mem) else -1
-        figures[label] = {"mem_faults": mem, "preferred": o.task.numa_preferred_nid, "seq": o.task.numa_scan_seq}
-        if o.task.numa_preferred_nid != expected:
-            diffs.append(f"{label}: numa_preferred_nid {o.task.numa_preferred_nid}, model {expected} from mem faults {mem}")
-    if settled.task.numa_preferred_nid != remote:
-        diffs.append(f"after all its memory moved to node {remote} the task prefers node {settled.task.numa_preferred_nid}")
-    return Finding(f"preferred node {settled.task.numa_preferred_nid} "
-                       f"(mem faults {figures[next(iter(reversed(figures)))]['mem_faults']})", figures, tuple(diffs))
+        moved_from = len(rounds.judged)
+        _placement_rounds(ctx, region, remote, rounds, moved_from + 2, f"after the move to node {remote}")
+    diffs = rounds.diffs + rounds.inconclusive(4, "placements")
+    last = rounds.judged[-1] if rounds.judged else None
+    if last is not None and last["preferred_model"] != remote:
+        diffs.append(f"after the region moved to node {remote} the model itself prefers node {last['preferred_model']} "
+                     f"(from mem {last['mem_before']}, membuf {last['membuf']}): the scenario lost its subject")
+    summary = (f"{len(rounds.judged)} placements predicted from their pre-placement books ({len(rounds.unjudged)} not "
+               f"judged); preferred " + " -> ".join(str(r["preferred_kernel"]) for r in rounds.judged))
+    return Finding(summary, {"rounds": rounds.judged, "unjudged": rounds.unjudged}, tuple(diffs))
 
+
+@dataclass
+class _FreeRun:
+    """The model's own copy of the task's books and of the region's pages, carried from the
+    scenario's first observation through every placement and fault the model replays."""
+
+    task: Task
+    pages: dict[int, Page]
 
 
 @check("placement-exact")
 def check_placement_exact(ctx: Context) -> Finding:
-    """Placement and scan period, exactly. fair.c:task_numa_placement runs on the first hint
-    fault after the mm started a new sequence (and after numa_migrate_retry). When the task is
-    observed with a placement pending and no fault can come before it (its memory is all local
-    or untouched while it spins), the next fault runs placement on exactly the observed books:
-    the model (task_numa_placement + update_task_scan_period, with task_scan_min/max from the
-    observed RSS and tunables) must then give the kernel's NUMA_MEM buckets (mem - mem/2 +
-    membuf), total_numa_faults, preferred node, numa_scan_period and numa_scan_period_max.
+    """Placement, scan period and the fault books, free-running. The scenario makes the period
+    take the "speed up" branch: a 4 MiB read-only region (no numa_group: TNF_NO_GROUP) is moved
+    to the far node by a short-lived thread, so the main thread's faults on it are remote and
+    shared (another tid in last_cpupid) and are refused by the two-stage filter. Then, round by
+    round, the task spins on the near node (its own pages are local there and mm_users is 1, so
+    change_pte_range never hints them: it has no faults but the ones its reads make) until a
+    placement is pending, and reads the region's first pages one more each round.
 
-    The scenario makes the period take the "speed up" branch: a 4 MiB read-only region (no
-    numa_group: TNF_NO_GROUP) is moved to the far node by a short-lived thread, so the main
-    thread's next faults on it are remote and shared (another tid in last_cpupid) and are refused
-    by the two-stage filter. Then, round by round, the task spins on the near node until a
-    placement is pending and reads one more page, whose single fault runs placement. A round
-    counts only if exactly one placement can have run (the mm's sequence did not move on)."""
+    The model takes the task's books and the region's pages (node, last_cpupid) from the first
+    round's observation only. From then on it carries them: it runs the placement (fold, decay,
+    preferred node, update_task_scan_period with task_scan_min/max from the RSS), then replays
+    each fault of the read on the pages the scanner had hinted (hint_fault: the two-stage filter,
+    the early-scan rule, the exchanged last_cpupid; task_numa_fault: NUMA_MEMBUF, NUMA_CPUBUF and
+    numa_faults_locality, counted by the model, never read back). Compared right after each
+    placement: preferred node, NUMA_MEM, total_numa_faults, numa_scan_period and its max; and at
+    the next round's start, before its placement: the carried NUMA_MEMBUF and locality as well.
+    Inputs from the kernel after the start: which pages the scanner hinted (the scanner's own
+    prediction is scanner-window's), the mm's sequence and the RSS. A round during which a
+    scanner pass ran (numa_next_scan moved: it may have hinted a page between a fault and its
+    retry, a second fault the model cannot see) or the mm started another sequence (a second
+    placement) ends the free run; the next round starts a new one from its observation, and the
+    restart is counted and reported. Too few judged rounds is a failure."""
     nodes = ctx.nodes_with_cpus()
     near, far = nodes[0], nodes[-1]
-    diffs: list[str] = []
-    rounds: list[dict[str, Any]] = []
-    skipped = 0
-    with scenario(ctx, Region(4, node=near, readonly=True)) as region:
+    near_cpu = min(c for c, n in ctx.node_of_cpu.items() if n == near)
+    rounds = _Rounds()
+    with scenario(ctx, Region(4, node=near, readonly=True, exec_on_node=True)) as region:
         all_hinted = region_hinted(region)
         drain_lru_batches(ctx.guest)
         # A short-lived thread spins on the far node so that passes hint the region without the
-        # main thread leaving the near node (its own pages stay local, so it has no stray faults).
+        # main thread leaving the near node.
         for _ in range(120):
             if all_hinted(observe(ctx, region.pid)):
                 break
@@ -84,65 +226,128 @@ def check_placement_exact(ctx: Context) -> Finding:
         region.read(node=far, thread=True)
         spin_until(region, ctx, near, all_hinted, step=0.5)
         region.read(node=near)
-        for page in range(1, 12):
-            va = region.addr + page * 4096
-
-            def pending(o: Observation, va: int = va) -> bool:
-                entry = o.table.within(va, va + 4096)
-                return (o.task.numa_scan_seq != o.mm.numa_scan_seq and bool(len(entry)) and bool(entry.hint.all())
-                        and time_after(o.balancing.jiffies, o.task.numa_migrate_retry))
-            a = spin_until(region, ctx, near, pending, step=0.3)
-            region.read(node=near, pages=page + 1)
-            b = observe(ctx, region.pid)
-            if b.mm.numa_scan_seq != a.mm.numa_scan_seq or b.task.numa_scan_seq != a.mm.numa_scan_seq:
-                skipped += 1
-                continue
-            rounds.append(_compare_placement(ctx, a, b, diffs, len(rounds) + 1))
-            if len(rounds) >= 3 and any(r["mem_history"] for r in rounds):
+        free: _FreeRun | None = None
+        for page in range(1, 16):
+            if len([r for r in rounds.judged if r["carried"]]) >= 3:
                 break
-    if not any(r["mem_history"] for r in rounds):
-        diffs.append(f"no exact round had fault history to decay ({len(rounds)} rounds, {skipped} skipped): "
-                     f"the check lost its subject")
-    if not any(r["branch"] == "speed up" for r in rounds):
+            free = _exact_round(ctx, region, page, near, near_cpu, free, rounds)
+    diffs = rounds.diffs + rounds.inconclusive(3, "placements")
+    carried = [r for r in rounds.judged if r["carried"]]
+    if len(carried) < 2:
+        diffs.append(f"only {len(carried)} rounds compared books the model carried itself (restarts: "
+                     f"{'; '.join(rounds.unjudged) or 'none'}): the free run never got going")
+    if not any(r["mem_history"] for r in rounds.judged):
+        diffs.append("no judged round had fault history to decay: the check lost its subject")
+    if not any(r["branch"] == "speed up" for r in rounds.judged):
         diffs.append("no round took update_task_scan_period's speed-up branch: the check lost its subject")
-    summary = (f"{len(rounds)} placements replayed exactly ({skipped} skipped: another sequence started); "
-               + ", ".join(f"period {r['period_before']}->{r['period_kernel']} ms (model {r['period_model']})"
-                           for r in rounds))
-    return Finding(summary, {"rounds": rounds, "skipped": skipped}, tuple(diffs))
+    summary = (f"{len(rounds.judged)} placements predicted, {len(carried)} on books the model carried "
+               f"({len(rounds.unjudged)} restarts); " + ", ".join(
+                   f"period {r['period_before']}->{r['period_kernel']} ms (model {r['period_model']})"
+                   for r in rounds.judged))
+    return Finding(summary, {"rounds": rounds.judged, "restarts": rounds.unjudged}, tuple(diffs))
 
 
+@dataclass(frozen=True)
+class ExactRound:
+    """What one round of check_placement_exact saw: the region's span, the page the round reads
+    up to, the node and CPU it reads from, the task's pid, and its two observations."""
 
-def _compare_placement(ctx: Context, a: Observation, b: Observation, diffs: list[str], number: int) -> dict[str, Any]:
-    tun = model_tunables(a, ctx.hz)
-    rss = a.mm.rss_pages
-    before = model_task(a, len(ctx.nodes_with_cpus()))
-    model = task_numa_placement(before, a.mm.numa_scan_seq, scan_min=task_scan_min(rss, tun),
-                                scan_max=task_scan_max(rss, tun))
-    kernel = b.task
-    label = f"placement {number} (jiffies {a.balancing.jiffies})"
-    pairs: list[tuple[str, Any, Any]] = [
-        ("numa_preferred_nid", model.numa_preferred_nid, kernel.numa_preferred_nid),
-        ("numa_scan_period", model.numa_scan_period, kernel.numa_scan_period),
-        ("numa_scan_period_max", model.numa_scan_period_max, kernel.numa_scan_period_max),
-        ("total_numa_faults", model.total_numa_faults, kernel.total_numa_faults),
-    ]
-    for nid in range(before.nr_nodes):
-        for priv, kind in ((1, "private"), (0, "shared")):
-            pairs.append((f"NUMA_MEM node {nid} {kind}", model.faults[0][nid][priv], kernel.faults["mem"][nid][priv]))
-    for name, want, got in pairs:
-        if want != got:
-            diffs.append(f"{label}: {name} kernel {got}, model {want} (from mem {a.task.faults['mem']}, membuf "
-                         f"{a.task.faults['membuf']}, locality {a.task.locality}, period {a.task.numa_scan_period} ms, "
-                         f"rss {rss} pages)")
-    remote, local, _ = a.task.locality
-    shared = sum(p[0] for p in a.task.faults["membuf"])
-    private = sum(p[1] for p in a.task.faults["membuf"])
-    ratio_lr = local * 10 // (local + remote) if local + remote else None
-    ratio_ps = private * 10 // (private + shared) if private + shared else None
-    branch = ("slow down (no local or shared faults, or failed migrations)" if local + shared == 0 or a.task.locality[2]
+    region: tuple[int, int]
+    page: int
+    node: int
+    cpu: int
+    pid: int
+    a: Observation  # a placement pending, before the read
+    b: Observation  # right after the read
+
+
+def _exact_round(ctx: Context, region: HeldRegion, page: int, near: int, near_cpu: int, free: _FreeRun | None,
+                 rounds: _Rounds) -> _FreeRun | None:
+    """One round of check_placement_exact on the guest; returns the free run to carry on with."""
+    va = region.addr + page * 4096
+
+    def pending(o: Observation) -> bool:
+        entry = o.table.within(va, va + 4096)
+        return placement_pending(o) and bool(len(entry)) and bool(entry.hint.all())
+
+    a = spin_until(region, ctx, near, pending, step=0.3)
+    region.read(node=near, pages=page + 1)
+    b = observe(ctx, region.pid)
+    number = len(rounds.judged) + len(rounds.unjudged) + 1
+    ctx.keep(f"round-{number:02}-a", a, region=[region.addr, region.end], page=page, node=near, cpu=near_cpu,
+             pid=region.pid)
+    ctx.keep(f"round-{number:02}-b", b)
+    return judge_exact_round(ctx.facts, ExactRound((region.addr, region.end), page, near, near_cpu, region.pid, a, b),
+                             free, rounds)
+
+
+def judge_exact_round(facts: GuestFacts, r: ExactRound, free: _FreeRun | None, rounds: _Rounds) -> _FreeRun | None:
+    """The model's side of one round (no guest: golden observations replay through it too).
+    Returns the free run to carry into the next round, None when the next must restart it."""
+    a, b = r.a, r.b
+    start, end = r.region
+    va = start + r.page * 4096
+    number = len(rounds.judged) + 1
+    carried = free is not None
+    if free is None:  # the free run's one observation
+        free = _FreeRun(model_task(a, len(set(facts.node_of_cpu.values()))),
+                        {v: p for v, p in model_pages(facts, a).items() if start <= v < end})
+    else:
+        rounds.diffs.extend(compare_books(f"round {number} before its placement", free.task, a))
+    part = a.table.within(start, end)
+    hinted = {int(v) for v in part.vaddr[part.hint]}
+    placed = predict_placement(facts, a, free.task)
+    task, pages = placed, {v: replace(p, hint=v in hinted) for v, p in free.pages.items()}
+    read = [v for v in sorted(pages) if v < va + 4096 and pages[v].hint]
+    for v in read:  # the read's faults, in address order (nhmem's loop)
+        result = hint_fault(task, pages[v], cpu=r.cpu, node_of_cpu=facts.node_of_cpu, jiffies_after_retry=False)
+        task, pages[v] = result.task, result.page
+    if b.mm.numa_next_scan != a.mm.numa_next_scan or b.mm.numa_scan_seq != a.mm.numa_scan_seq:
+        rounds.unjudged.append(f"round {number}: a scanner pass ran during the read (numa_next_scan "
+                               f"{a.mm.numa_next_scan} -> {b.mm.numa_next_scan}, sequence {a.mm.numa_scan_seq} -> "
+                               f"{b.mm.numa_scan_seq}); the next round restarts the free run")
+        return None
+    label = f"round {number} placement (jiffies {a.balancing.jiffies})"
+    if b.task.numa_group_id is not None:
+        rounds.diffs.append(f"{label}: the task joined numa_group {b.task.numa_group_id}, but every fault on a "
+                            f"read-only VMA carries TNF_NO_GROUP (mm/memory.c:numa_migrate_check)")
+    if b.task.numa_scan_seq != a.mm.numa_scan_seq:
+        rounds.diffs.append(f"{label}: the read faulted on {len(read)} hinted pages but task_numa_placement did not "
+                            f"run (task sequence {b.task.numa_scan_seq}, mm {a.mm.numa_scan_seq})")
+    rounds.diffs.extend(compare_placed(label, placed, b, period=True))
+    kernel_after = {e.vaddr: e for e in b.table.within(start, va + 4096)}
+    for v in read:
+        kernel = kernel_after.get(v)
+        if kernel is not None:
+            rounds.diffs.extend(f"round {number}: {d}" for d in compare_last_cpupid(
+                facts, v, pages[v].last_cpupid, kernel.last_cpupid, r.node, r.pid))
+    rounds.judged.append(_round_figures(free.task, placed, b, carried, len(read)))
+    return _FreeRun(task, pages)
+
+
+def _round_figures(before: Task, placed: Task, b: Observation, carried: bool, faults: int) -> dict[str, Any]:
+    remote, local, failed = before.locality
+    shared = sum(p[0] for p in before.faults[MEMBUF])
+    private = sum(p[1] for p in before.faults[MEMBUF])
+    fraction: Callable[[int, int], int | None] = lambda part, whole: part * 10 // whole if whole else None  # noqa: E731
+    ratio_lr, ratio_ps = fraction(local, local + remote), fraction(private, private + shared)
+    branch = ("slow down (no local or shared faults, or failed migrations)" if local + shared == 0 or failed
               else "slow down" if (ratio_ps or 0) >= 7 or (ratio_lr or 0) >= 7 else "speed up")
-    return {"period_before": a.task.numa_scan_period, "period_model": model.numa_scan_period,
-            "period_kernel": kernel.numa_scan_period, "branch": branch, "locality": list(a.task.locality),
-            "membuf": a.task.faults["membuf"], "mem_before": a.task.faults["mem"], "mem_kernel": kernel.faults["mem"],
-            "mem_history": any(sum(p) for p in a.task.faults["mem"]), "rss_pages": rss}
+    return {"carried": carried, "faults_replayed": faults, "period_before": before.numa_scan_period,
+            "period_model": placed.numa_scan_period, "period_kernel": b.task.numa_scan_period, "branch": branch,
+            "locality": list(before.locality), "membuf": [list(p) for p in before.faults[MEMBUF]],
+            "mem_before": [list(p) for p in before.faults[MEM]], "mem_kernel": b.task.faults["mem"],
+            "mem_history": any(sum(p) for p in before.faults[MEM])}
 
+
+def replay_exact_rounds(facts: GuestFacts, observations: dict[str, Observation], notes: dict[str, Any]) -> _Rounds:
+    """check_placement_exact's judgement over recorded rounds (labels round-NN-a/-b, with the
+    scenario facts noted on each -a): golden observations from real guests through the model."""
+    rounds = _Rounds()
+    free: _FreeRun | None = None
+    for label in sorted(k for k in observations if k.endswith("-a")):
+        n = notes[label]
+        r = ExactRound((int(n["region"][0]), int(n["region"][1])), int(n["page"]), int(n["node"]), int(n["cpu"]),
+                       int(n["pid"]), observations[label], observations[label[:-2] + "-b"])
+        free = judge_exact_round(facts, r, free, rounds)
+    return rounds

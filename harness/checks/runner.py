@@ -12,15 +12,26 @@ not run: on such a kernel they would only wait out their own limits.
 from __future__ import annotations
 
 import contextlib
+import gzip
+import json
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from harness import inspect as nh
+from harness.cache import atomic_write_bytes
 from harness.checks.catalog import CHECKS
-from harness.checks.observe import Context, KernelNeverReached, observation_json
+from harness.checks.observe import (
+    Context,
+    GuestFacts,
+    KernelNeverReached,
+    Observation,
+    observation_from_json,
+    observation_json,
+)
 from harness.checks.registry import Check, CheckResult, Verdict, limit_diffs
 from harness.checks.workload import WorkloadStuck
 from harness.errors import HarnessError
@@ -86,6 +97,35 @@ def run_check(ctx: Context, check: Check) -> CheckResult:
     return CheckResult(check.name, verdict, finding.summary, finding.figures, limit_diffs(finding.diffs))
 
 
+def write_recording(directory: Path, result: CheckResult, facts: GuestFacts, kept: dict[str, Observation],
+                    notes: dict[str, Any]) -> Path:
+    """The observations a check kept, with the guest facts they need, as golden data
+    (gzip-compressed JSON, read back by load_recording)."""
+    path = directory / f"{result.name}.json.gz"
+    data = {"check": result.name, "verdict": result.verdict.value, "facts": facts.as_json(),
+            "observations": {label: observation_json(obs) for label, obs in kept.items()}, "notes": notes}
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, gzip.compress(json.dumps(data).encode(), mtime=0))
+    return path
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A check's golden observations from a real guest (write_recording's file)."""
+
+    check: str
+    verdict: Verdict
+    facts: GuestFacts
+    observations: dict[str, Observation]
+    notes: dict[str, Any]
+
+
+def load_recording(path: Path) -> Recording:
+    data = json.loads(gzip.decompress(path.read_bytes()))
+    return Recording(data["check"], Verdict(data["verdict"]), GuestFacts.from_json(data["facts"]),
+                     {k: observation_from_json(v) for k, v in data["observations"].items()}, data.get("notes", {}))
+
+
 def _run_one(ctx: Context, check: Check) -> CheckResult:
     ctx.recent.clear()
     try:
@@ -113,8 +153,9 @@ def _stop_reason(result: CheckResult) -> str | None:
 
 def run_checks(guest: GuestView, names: Sequence[str] | None = None,
                progress: Callable[[CheckResult], None] | None = None,
-               timeline: list[dict[str, Any]] | None = None) -> list[CheckResult]:
-    """Run the checks (all registered ones, or `names`) in registry order."""
+               timeline: list[dict[str, Any]] | None = None, record: Path | None = None) -> list[CheckResult]:
+    """Run the checks (all registered ones, or `names`) in registry order; with `record`, write the
+    observations each check keeps (Context.keep) there as golden data."""
     ctx = Context.open(guest)
     if timeline is not None:
         ctx.timeline = timeline
@@ -125,8 +166,11 @@ def run_checks(guest: GuestView, names: Sequence[str] | None = None,
         if stopped is not None:
             result = CheckResult(check.name, Verdict.NOT_RUN, f"not run: {stopped}")
         else:
+            ctx.kept, ctx.notes = ({} if record is not None else None), {}
             result = _run_one(ctx, check)
             stopped = _stop_reason(result)
+            if record is not None and ctx.kept:
+                write_recording(record, result, ctx.facts, ctx.kept, ctx.notes)
         bugs = guest.new_bugs()
         if bugs:
             verdict = Verdict.NOT_RUN if result.verdict is Verdict.NOT_RUN else Verdict.FAIL

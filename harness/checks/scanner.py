@@ -37,7 +37,7 @@ def check_skip_rules(ctx: Context) -> Finding:
         if not reason and not met:
             diffs.append(f"VMA {kernel_vma.start:#x}-{kernel_vma.end:#x}: model scans it but after "
                          f"{obs.mm.numa_scan_seq} sequences the kernel never met it (numab_state NULL)")
-    zero_pfn = int(ctx.prog["zero_pfn"].value_())
+    zero_pfn = ctx.facts.zero_pfn
     for entry in obs.table:
         vma = next((v for v in vmas if v.start <= entry.vaddr < v.end), None)
         if entry.hint and (vma is None or skipped[vma.start]):
@@ -137,7 +137,7 @@ def _compare_one_pass(ctx: Context, region: HeldRegion, before: Observation, aft
                       node: int) -> tuple[list[str], int, list[str], int, int]:
     result = scan_pass(
         Mm(before.mm.numa_scan_offset, before.mm.numa_scan_seq, before.mm.mm_users), model_vmas(before),
-        model_pages(ctx, before), model_tunables(before, ctx.hz), scanning_node=node, jiffies=ran_at, pid=region.pid,
+        model_pages(ctx.facts, before), model_tunables(before, ctx.hz), scanning_node=node, jiffies=ran_at, pid=region.pid,
     )
     predicted = {va for va, p in result.pages.items() if p.hint and region.addr <= va < region.end}
     already = before.table.within(region.addr, region.end)

@@ -40,13 +40,20 @@ class Region:
     extras: bool = False  # also map the regions the scanner must skip (PROT_NONE, MPOL_BIND, zero page)
     helper: bool = False  # a sleeping helper thread (mm_users 2)
     split: int | None = None  # first-touch the second half on this node
-    readonly: bool = False  # map it read-only (reads hit the page cache's zero-filled pages)
+    readonly: bool = False  # write it, then make it read-only (its hint faults carry TNF_NO_GROUP)
+    # Exec nhmem on `node`'s CPUs too (numactl --cpunodebind, no memory policy), so that its own
+    # pages (initial stack, static data) are first touched there, not wherever the shell ran.
+    exec_on_node: bool = False
 
     def nhmem_args(self) -> str:
         options = [f"{self.mib}", "thp" if self.thp else "", f"node {self.node}" if self.node is not None else "",
                    "extras" if self.extras else "", "helper" if self.helper else "",
                    f"split {self.split}" if self.split is not None else "", "ro" if self.readonly else ""]
         return " ".join(o for o in options if o)
+
+    def command(self) -> str:
+        prefix = f"numactl --cpunodebind={self.node} " if self.exec_on_node and self.node is not None else ""
+        return f"{prefix}nhmem hold {self.nhmem_args()}"
 
 
 @dataclass
@@ -67,7 +74,7 @@ class HeldRegion:
         guest.ssh.run(
             f"mkdir {directory} && mkfifo {directory}/in && "
             f"{{ (exec 3>{directory}/in; exec sleep 1000000) & echo $! > {directory}/keeper; }} && "
-            f"{{ nhmem hold {args} < {directory}/in > {directory}/out 2>&1 & echo $! > {directory}/pid; }}"
+            f"{{ {request.command()} < {directory}/in > {directory}/out 2>&1 & echo $! > {directory}/pid; }}"
         ).check()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

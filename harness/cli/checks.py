@@ -32,7 +32,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     kernel = resolve_kernel(request)
     run = check_kernel(request, kernel, names or None, on_boot=lambda seconds, accel: say(
         f"guest up in {seconds:.1f} s ({accel}, {args.topology}); running {len(names) or len(CHECKS)} checks"),
-        progress=lambda r: say(f"{r.name}: {r.verdict.value} ({r.seconds:.1f} s) {r.summary}"))
+        progress=lambda r: say(f"{r.name}: {r.verdict.value} ({r.seconds:.1f} s) {r.summary}"), record=args.record)
     manifest = kernel.manifest
     title = (f"numa-harness check: kernel {manifest.get('kernel_release')} "
              f"({', '.join(p['name'] for p in manifest.get('patches', [])) or 'no patches'}), {args.topology}")
@@ -92,6 +92,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
     p.add_argument("--junit", type=Path, metavar="FILE", help="write the results as JUnit XML")
     p.add_argument("--only", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")
+    p.add_argument("--record", type=Path, metavar="DIR",
+                   help="write the observations each check keeps to DIR/CHECK.json.gz (golden data for tests/data)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("mutants", parents=[build_options(), guest_options()],

@@ -15,6 +15,7 @@ from .scanner import (
 from .state import (
     HPAGE_SIZE,
     LAST__PID_MASK,
+    MEM,
     MEMBUF,
     PAGE_SIZE,
     Counters,
@@ -31,7 +32,7 @@ from .state import (
 )
 
 __all__ = [
-    "HPAGE_SIZE", "LAST__PID_MASK", "MEMBUF", "PAGE_SIZE", "Counters", "Decision", "FaultResult", "Mm", "NumabState",
+    "HPAGE_SIZE", "LAST__PID_MASK", "MEM", "MEMBUF", "PAGE_SIZE", "Counters", "Decision", "FaultResult", "Mm", "NumabState",
     "Page", "PassResult", "Task", "Tunables", "Vma", "change_prot_numa", "cpupid", "cpupid_cpu", "cpupid_pid",
     "hint_fault", "scan_pass", "should_numa_migrate_memory", "skip_reason", "task_nr_scan_windows", "task_numa_fault",
     "task_numa_placement", "task_scan_max", "task_scan_min", "time_after", "update_task_scan_period",

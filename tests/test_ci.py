@@ -54,7 +54,7 @@ def test_ci_writes_every_report_file(good_run: Path) -> None:
 def test_ci_junit_counts_match(good_run: Path) -> None:
     root = ET.parse(good_run / "junit.xml").getroot()
     suites = {s.get("name"): s for s in root.findall("testsuite")}
-    checks, mutants = suites["numa-harness.2x2"], suites["numa-harness.checks.mutants"]
+    checks, mutants = suites["numa-harness.2x2"], suites["numa-harness.mutants"]
     assert (checks.get("tests"), checks.get("failures")) == ("2", "0")
     assert [c.get("name") for c in checks.findall("testcase")] == ["fault-migration", "thp"]
     assert (mutants.get("tests"), mutants.get("failures"), mutants.get("errors")) == ("2", "0", "0")

@@ -62,3 +62,15 @@ def test_select_by_prefix_and_refuses_unknown_names() -> None:
     assert [m.name[:4] for m in select(mutants, ["0003"])] == ["0003"]
     with pytest.raises(HarnessError, match="no mutant matches"):
         select(mutants, ["nope"])
+
+
+def test_kill_order_puts_the_named_check_first_then_the_cheapest() -> None:
+    from harness.checks.catalog import CHECKS
+    from harness.checks.registry import kill_order
+
+    order = kill_order(("two-stage-filter",))
+    assert order[0] == "two-stage-filter" and sorted(order) == sorted(CHECKS)
+    rest = [CHECKS[n].seconds for n in order[1:]]
+    assert rest == sorted(rest) and order[-1] == "convergence"
+    assert kill_order(("thp",), ["fault-migration", "thp"]) == ["thp", "fault-migration"]
+    assert kill_order(("convergence",), ["thp"]) == ["thp"]  # a subset leaves out what it does not name

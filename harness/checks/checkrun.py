@@ -64,7 +64,8 @@ def kernel_identity(kernel: KernelArtifact) -> dict[str, Any]:
 
 def check_kernel(request: LaunchRequest, kernel: KernelArtifact, names: Sequence[str] | None = None, *,
                  console_copy: Path | None = None, progress: Callable[[CheckResult], None] | None = None,
-                 on_boot: Callable[[float, str], None] | None = None, record: Path | None = None) -> CheckRun:
+                 on_boot: Callable[[float, str], None] | None = None, record: Path | None = None,
+                 fail_fast: bool = False) -> CheckRun:
     started = time.monotonic()
     guest = make_guest(request, kernel)
     try:
@@ -73,7 +74,7 @@ def check_kernel(request: LaunchRequest, kernel: KernelArtifact, names: Sequence
                 on_boot(guest.boot_seconds, guest.accel)
             guest.mark_bugs_seen()
             timeline: list[dict[str, Any]] = []
-            results = run_checks(guest, names, progress=progress, timeline=timeline, record=record)
+            results = run_checks(guest, names, progress=progress, timeline=timeline, record=record, fail_fast=fail_fast)
             boot_seconds, accel = guest.boot_seconds, guest.accel
     except HarnessError as err:
         bugs = guest.bugs() if guest.paths.console_log.exists() else []

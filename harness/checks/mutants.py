@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.checks.catalog import CHECKS
 from harness.checks.checkrun import BootFailure, check_kernel
-from harness.checks.registry import CheckResult, Verdict
+from harness.checks.registry import CheckResult, Verdict, kill_order
 from harness.errors import BadInput, HarnessError, SeriesError
 from harness.guest.launch import LaunchRequest
 from harness.kernel.pipeline import KCONFIG_DIR, build
@@ -134,7 +134,10 @@ def select(mutants: Sequence[Mutant], names: Sequence[str]) -> list[Mutant]:
 
 
 def run_mutant(mutant: Mutant, request: LaunchRequest, checks: Sequence[str] | None = None,
-               console_copy: Path | None = None) -> MutantResult:
+               console_copy: Path | None = None, full_matrix: bool = False) -> MutantResult:
+    """Build, boot and check one mutant. The checks its header names run first, then the others
+    cheapest first, and the first fail or hang ends the run (it is killed); with `full_matrix`
+    every check runs, for a report of which checks see what."""
     started = time.monotonic()
     build_request = replace(request.build, extra_patches=(*request.build.extra_patches, mutant.path))
     try:
@@ -142,8 +145,8 @@ def run_mutant(mutant: Mutant, request: LaunchRequest, checks: Sequence[str] | N
     except HarnessError as err:
         return MutantResult(mutant, MutantOutcome.ERROR, (), time.monotonic() - started, f"build failed: {err}")
     try:
-        run = check_kernel(replace(request, build=build_request, name=f"mutant-{mutant.name[:4]}"), kernel, checks,
-                           console_copy=console_copy)
+        run = check_kernel(replace(request, build=build_request, name=f"mutant-{mutant.name[:4]}"), kernel,
+                           kill_order(mutant.expected, checks), console_copy=console_copy, fail_fast=not full_matrix)
     except BootFailure as err:
         if err.bug_title:  # the mutant crashed the kernel at boot: that is a kill
             return MutantResult(mutant, MutantOutcome.KILLED, ("boot",), time.monotonic() - started,
@@ -160,12 +163,12 @@ def run_mutant(mutant: Mutant, request: LaunchRequest, checks: Sequence[str] | N
 
 
 def run_mutants(mutants: Sequence[Mutant], request: LaunchRequest, checks: Sequence[str] | None = None,
-                console_dir: Path | None = None,
-                progress: Callable[[MutantResult], None] | None = None) -> list[MutantResult]:
+                console_dir: Path | None = None, progress: Callable[[MutantResult], None] | None = None,
+                full_matrix: bool = False) -> list[MutantResult]:
     results = []
     for mutant in mutants:
         copy = console_dir / f"console-mutant-{mutant.name}.log" if console_dir else None
-        result = run_mutant(mutant, request, checks, copy)
+        result = run_mutant(mutant, request, checks, copy, full_matrix)
         results.append(result)
         if progress is not None:
             progress(result)

@@ -145,7 +145,7 @@ def judge_placement_round(facts: GuestFacts, label: str, a: Observation, b: Obse
                           "preferred_kernel": b.task.numa_preferred_nid})
 
 
-@check("placement")
+@check("placement", seconds=10)
 def check_placement(ctx: Context) -> Finding:
     """The preferred node follows the memory, predicted from the books placement folds. A 16 MiB
     region is first touched on node 0 by a task with a sleeping helper thread (mm_users 2, so the
@@ -184,7 +184,7 @@ class _FreeRun:
     pages: dict[int, Page]
 
 
-@check("placement-exact")
+@check("placement-exact", seconds=10)
 def check_placement_exact(ctx: Context) -> Finding:
     """Placement, scan period and the fault books, free-running. The scenario makes the period
     take the "speed up" branch: a 4 MiB read-only region (no numa_group: TNF_NO_GROUP) is moved

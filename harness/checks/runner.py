@@ -153,9 +153,11 @@ def _stop_reason(result: CheckResult) -> str | None:
 
 def run_checks(guest: GuestView, names: Sequence[str] | None = None,
                progress: Callable[[CheckResult], None] | None = None,
-               timeline: list[dict[str, Any]] | None = None, record: Path | None = None) -> list[CheckResult]:
+               timeline: list[dict[str, Any]] | None = None, record: Path | None = None,
+               fail_fast: bool = False) -> list[CheckResult]:
     """Run the checks (all registered ones, or `names`) in registry order; with `record`, write the
-    observations each check keeps (Context.keep) there as golden data."""
+    observations each check keeps (Context.keep) there as golden data; with `fail_fast`, the
+    checks after the first that fails or hangs are not run."""
     ctx = Context.open(guest)
     if timeline is not None:
         ctx.timeline = timeline
@@ -169,6 +171,8 @@ def run_checks(guest: GuestView, names: Sequence[str] | None = None,
             ctx.kept, ctx.notes = ({} if record is not None else None), {}
             result = _run_one(ctx, check)
             stopped = _stop_reason(result)
+            if fail_fast and stopped is None and result.verdict.indicts_kernel:
+                stopped = f"--fail-fast: {check.name} failed"
             if record is not None and ctx.kept:
                 write_recording(record, result, ctx.facts, ctx.kept, ctx.notes)
         bugs = guest.new_bugs()

@@ -15,7 +15,7 @@ from harness.model import (
 )
 
 
-@check("skip-rules")
+@check("skip-rules", seconds=5)
 def check_skip_rules(ctx: Context) -> Finding:
     """Skip rules: the scanner never allocates numab_state for (so never scans) a VMA that
     task_numa_work skips as unsuitable (VM_IO/PFNMAP, MPOL_BIND without MPOL_F_NUMA_BALANCING,
@@ -70,7 +70,7 @@ def check_skip_rules(ctx: Context) -> Finding:
 WINDOW_KNOBS = {"scan_delay_ms": 100, "scan_size_mb": 16, "scan_period_min_ms": 1000, "scan_period_max_ms": 1000}
 
 
-@check("scanner-window")
+@check("scanner-window", seconds=10)
 def check_scanner_window(ctx: Context) -> Finding:
     """Scanner window. A 64 MiB region first touched on node 0 (its second half on the node the
     task spins on: change_pte_range must skip those pages, mm_users being 1); its task spins on another node

@@ -32,7 +32,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     kernel = resolve_kernel(request)
     run = check_kernel(request, kernel, names or None, on_boot=lambda seconds, accel: say(
         f"guest up in {seconds:.1f} s ({accel}, {args.topology}); running {len(names) or len(CHECKS)} checks"),
-        progress=lambda r: say(f"{r.name}: {r.verdict.value} ({r.seconds:.1f} s) {r.summary}"), record=args.record)
+        progress=lambda r: say(f"{r.name}: {r.verdict.value} ({r.seconds:.1f} s) {r.summary}"), record=args.record,
+        fail_fast=args.fail_fast)
     manifest = kernel.manifest
     title = (f"numa-harness check: kernel {manifest.get('kernel_release')} "
              f"({', '.join(p['name'] for p in manifest.get('patches', [])) or 'no patches'}), {args.topology}")
@@ -56,7 +57,7 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     validate(request)
     say(f"{len(mutants)} mutants, each built incrementally and checked ({len(checks) or len(CHECKS)} checks)")
     results = run_mutants(mutants, request, checks or None, progress=lambda r: say(
-        f"{r.mutant.name}: {r.outcome.value} ({r.seconds:.0f} s) {r.detail[:160]}"))
+        f"{r.mutant.name}: {r.outcome.value} ({r.seconds:.0f} s) {r.detail[:160]}"), full_matrix=args.full_matrix)
     print_mutant_table(results)
     if args.json:
         write_mutants_json(args.json, results)
@@ -77,7 +78,8 @@ def cmd_ci(args: argparse.Namespace) -> int:
     for spec in topologies:
         validate(launch_request(args, topology=spec))
     request = CiRequest(launch=launch_request(args), out=args.out, topologies=topologies, checks=checks or None,
-                        mutants=tuple(mutants), mutant_checks=mutant_checks or None, baseline=args.baseline)
+                        mutants=tuple(mutants), mutant_checks=mutant_checks or None, baseline=args.baseline,
+                        mutants_full_matrix=args.mutants_full_matrix)
     outcome = run_ci(request, say)
     summary = outcome.summary
     say(f"{summary['status']} (exit {outcome.exit_code}); report: {outcome.out / 'report.html'}")
@@ -92,6 +94,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
     p.add_argument("--junit", type=Path, metavar="FILE", help="write the results as JUnit XML")
     p.add_argument("--only", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop at the first check that fails or hangs (the rest are reported as not run)")
     p.add_argument("--record", type=Path, metavar="DIR",
                    help="write the observations each check keeps to DIR/CHECK.json.gz (golden data for tests/data)")
     p.set_defaults(func=cmd_check)
@@ -102,6 +106,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--only", action="append", default=[], metavar="MUTANT", help="run only this mutant (name or prefix)")
     p.add_argument("--checks", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the mutant table as JSON")
+    p.add_argument("--full-matrix", action="store_true",
+                   help="run every check on every mutant (default: stop a mutant at its first kill)")
     p.set_defaults(func=cmd_mutants)
 
     p = sub.add_parser("ci", parents=[build_options(), machine_options()],
@@ -116,5 +122,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--mutant", action="append", default=[], metavar="NAME", help="run only this mutant (repeatable)")
     p.add_argument("--mutant-checks", action="append", default=[], metavar="CHECK",
                    help="checks to run on each mutant (default: all)")
+    p.add_argument("--mutants-full-matrix", action="store_true",
+                   help="run every check on every mutant (default: stop a mutant at its first kill)")
     p.add_argument("--baseline", type=Path, metavar="DIR", help="an earlier run's --out directory (or summary.json)")
     p.set_defaults(func=cmd_ci)

@@ -38,6 +38,8 @@ class CiRequest:
     mutants: tuple[Mutant, ...] = ()
     mutant_checks: tuple[str, ...] | None = None
     baseline: Path | None = None
+    # Every check on every mutant, instead of stopping each at its first kill.
+    mutants_full_matrix: bool = False
 
 
 @dataclass
@@ -99,7 +101,8 @@ def run_ci(request: CiRequest, say: Callable[[str], None]) -> CiOutcome:
                 say(f"mutation self-check: {len(request.mutants)} mutants")
                 mutant_results = run_mutants(request.mutants, request.launch, request.mutant_checks, staging,
                                              progress=lambda r: say(f"mutant {r.mutant.name}: {r.outcome} "
-                                                                    f"({r.seconds:.0f} s)"))
+                                                                    f"({r.seconds:.0f} s)"),
+                                             full_matrix=request.mutants_full_matrix)
                 errors.extend(f"mutant {r.mutant.name}: {r.detail}" for r in mutant_results if r.outcome is MutantOutcome.ERROR)
         summary = _summary(request, kernel, build_seconds, topology_runs, mutant_results, errors, started_at,
                            time.monotonic() - started, staging)

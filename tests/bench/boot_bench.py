@@ -36,7 +36,7 @@ def main() -> int:
     parser.add_argument("--topology", default="2x2")
     args = parser.parse_args()
     kernel = build(BuildRequest())
-    ours, error = time_command([sys.executable, "-m", "harness.cli.main", "run", "--kernel", str(kernel.directory),
+    ours, error = time_command([sys.executable, "-m", "harness.cli", "run", "--kernel", str(kernel.directory),
                                 "--topology", args.topology, "--", "true"], args.n)
     if error:
         print(f"numa-harness run failed: {error}")

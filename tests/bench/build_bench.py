@@ -21,7 +21,7 @@ from harness.kernel.pipeline import BuildRequest, build
 
 def timed_cli(*args: str) -> tuple[float, dict]:  # type: ignore[type-arg]
     start = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "harness.cli.main", "build", "--json", *args],
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "build", "--json", *args],
                          capture_output=True, text=True, check=True).stdout
     return time.monotonic() - start, json.loads(out)
 

@@ -30,7 +30,9 @@ from harness.model import (
     MEMBUF,
     Page,
     Task,
+    Tunables,
     hint_fault,
+    placement_restarts_scan_clock,
     task_numa_placement,
     task_scan_max,
     task_scan_min,
@@ -104,36 +106,6 @@ class _Rounds:
                 f"{'; '.join(self.unjudged) or 'none'}"]
 
 
-def _placement_rounds(ctx: Context, region: HeldRegion, node: int, rounds: _Rounds, wanted: int,
-                      label: str) -> None:
-    """Rounds of "spin on `node` until a placement is pending (observation a), spin a little
-    more so that some fault runs it (observation b)", each judged on a's books."""
-    tries = 0
-    while len(rounds.judged) < wanted and tries < wanted + MAX_UNJUDGED_ROUNDS:
-        tries += 1
-        a = spin_until(region, ctx, node, placement_pending, step=0.3)
-        b = a
-        for _ in range(40):  # the task faults on its own hinted pages within a few steps
-            region.spin(0.1, node=node)
-            b = observe(ctx, region.pid)
-            if b.task.numa_scan_seq != a.task.numa_scan_seq or b.mm.numa_scan_seq != a.mm.numa_scan_seq:
-                break
-        if b.mm.numa_scan_seq != a.mm.numa_scan_seq:
-            rounds.unjudged.append(f"{label}: the mm started sequence {b.mm.numa_scan_seq} before the placement was seen")
-            continue
-        if b.task.numa_group_id is not None:  # task_numa_group runs before the placement; not modelled
-            rounds.unjudged.append(f"{label}: the fault that ran the placement put the task in numa_group "
-                                   f"{b.task.numa_group_id}")
-            continue
-        if b.task.numa_scan_seq != a.mm.numa_scan_seq:
-            raise KernelNeverReached(f"{label}: a placement was pending (task sequence {a.task.numa_scan_seq}, mm "
-                                     f"{a.mm.numa_scan_seq}) but no hint fault ran it in 4 s of spinning on node {node}")
-        number = len(rounds.judged) + 1
-        ctx.keep(f"placement-{number:02}-a", a, phase=label)
-        ctx.keep(f"placement-{number:02}-b", b)
-        judge_placement_round(ctx.facts, label, a, b, rounds)
-
-
 def judge_placement_round(facts: GuestFacts, label: str, a: Observation, b: Observation, rounds: _Rounds) -> None:
     """The model's side of one check_placement round (no guest: golden observations replay too)."""
     model = predict_placement(facts, a, model_task(a, len(set(facts.node_of_cpu.values()))))
@@ -145,34 +117,69 @@ def judge_placement_round(facts: GuestFacts, label: str, a: Observation, b: Obse
                           "preferred_kernel": b.task.numa_preferred_nid})
 
 
+# Each round writes this many more pages of the region from the last node (2 MiB); four rounds:
+# the first placement has no fault history, the next three fold and decay the moved pages'.
+PLACEMENT_STEP_PAGES = 512
+PLACEMENT_ROUNDS = 4
+
+
 @check("placement", seconds=10)
 def check_placement(ctx: Context) -> Finding:
     """The preferred node follows the memory, predicted from the books placement folds. A 16 MiB
-    region is first touched on node 0 by a task with a sleeping helper thread (mm_users 2, so the
-    scanner also hints the task's pages on the node it runs on and it keeps faulting). The task
-    spins on the last node; at each pending placement (module docstring) the model folds the
-    observed pre-placement books (task_numa_placement: mem - mem/2 + membuf per node and kind,
-    the node with most memory faults, ties to the lower id as the kernel's strict '>') and must
-    give the kernel's preferred node, NUMA_MEM and total_numa_faults right after. Then the task
-    writes the whole region from the last node (its pages migrate there: first faults, pid unset,
-    so the early-scan rule lets them move), and the rounds repeat: the model must now predict the
-    last node, and the kernel must agree."""
+    region is first touched on node 0 by a task exec'd on the last node; the task spins there
+    (its own pages are local, mm_users is 1: change_pte_range never hints them, so it has no
+    hint faults but the ones its writes make). Round by round it waits for a pending placement
+    (module docstring) with the first page it has not written yet hinted, then writes 2 MiB more
+    of the region from the last node: the first fault runs the placement on the observed books,
+    and the pages migrate (first faults: last_cpupid unset, so the early-scan rule moves them).
+    The model folds the observed pre-placement books (task_numa_placement: mem - mem/2 + membuf
+    per node and kind, the node with most memory faults, ties to the lower id as the kernel's
+    strict '>') and must give the kernel's preferred node, NUMA_MEM and total_numa_faults right
+    after. As the memory moves, the model, and the kernel, must come to prefer the last node."""
     remote = ctx.nodes_with_cpus()[-1]
     rounds = _Rounds()
-    with scenario(ctx, Region(16, node=0, helper=True)) as region:
+    with scenario(ctx, Region(16, node=0, exec_on=remote)) as region:
         drain_lru_batches(ctx.guest)
-        _placement_rounds(ctx, region, remote, rounds, 2, "before the move")
-        region.touch(node=remote)
-        moved_from = len(rounds.judged)
-        _placement_rounds(ctx, region, remote, rounds, moved_from + 2, f"after the move to node {remote}")
-    diffs = rounds.diffs + rounds.inconclusive(4, "placements")
+        written = 0
+        while (written < region.length // 4096 and len(rounds.judged) < PLACEMENT_ROUNDS
+               and len(rounds.unjudged) <= MAX_UNJUDGED_ROUNDS):
+            first_new = region.addr + written * 4096
+
+            def pending(o: Observation, va: int = first_new) -> bool:
+                entry = o.table.within(va, va + 4096)
+                return placement_pending(o) and bool(len(entry)) and bool(entry.hint.all())
+
+            a = spin_until(region, ctx, remote, pending, step=0.3)
+            written += PLACEMENT_STEP_PAGES
+            region.touch(node=remote, pages=written)
+            b = observe(ctx, region.pid)
+            label = f"{written // 256} MiB written from node {remote}"
+            if b.mm.numa_scan_seq != a.mm.numa_scan_seq:  # a second placement may have run
+                rounds.unjudged.append(f"{label}: the mm started sequence {b.mm.numa_scan_seq} during the write")
+                continue
+            number = len(rounds.judged) + 1
+            ctx.keep(f"placement-{number:02}-a", a, phase=label)
+            ctx.keep(f"placement-{number:02}-b", b)
+            judge_placement_round(ctx.facts, label, a, b, rounds)
+            if b.task.numa_scan_seq != a.mm.numa_scan_seq:
+                rounds.diffs.append(f"{label}: the write faulted on hinted pages but task_numa_placement did not run "
+                                    f"(task sequence {b.task.numa_scan_seq}, mm {a.mm.numa_scan_seq})")
+    diffs = rounds.diffs + rounds.inconclusive(PLACEMENT_ROUNDS, "placements")
     last = rounds.judged[-1] if rounds.judged else None
     if last is not None and last["preferred_model"] != remote:
-        diffs.append(f"after the region moved to node {remote} the model itself prefers node {last['preferred_model']} "
+        diffs.append(f"with its memory moved to node {remote} the model itself prefers node {last['preferred_model']} "
                      f"(from mem {last['mem_before']}, membuf {last['membuf']}): the scenario lost its subject")
     summary = (f"{len(rounds.judged)} placements predicted from their pre-placement books ({len(rounds.unjudged)} not "
                f"judged); preferred " + " -> ".join(str(r["preferred_kernel"]) for r in rounds.judged))
     return Finding(summary, {"rounds": rounds.judged, "unjudged": rounds.unjudged}, tuple(diffs))
+
+
+# placement-exact scans every 400-800 ms (not FAST_SCAN's 100-400): a round's read must not
+# contain a scanner pass, and the round waits for a moment whose numa_next_scan is at least
+# READ_MARGIN_MS away (task_numa_work does nothing before it). The read is one SSH command,
+# 30-70 ms measured; 200 ms is three times that. A pass that still comes restarts the free run.
+EXACT_KNOBS = {"scan_delay_ms": 100, "scan_period_min_ms": 400, "scan_period_max_ms": 800}
+READ_MARGIN_MS = 200
 
 
 @dataclass
@@ -212,7 +219,7 @@ def check_placement_exact(ctx: Context) -> Finding:
     near, far = nodes[0], nodes[-1]
     near_cpu = min(c for c, n in ctx.node_of_cpu.items() if n == near)
     rounds = _Rounds()
-    with scenario(ctx, Region(4, node=near, readonly=True, exec_on_node=True)) as region:
+    with scenario(ctx, Region(4, node=near, readonly=True, exec_on=near), knobs=EXACT_KNOBS) as region:
         all_hinted = region_hinted(region)
         drain_lru_batches(ctx.guest)
         # A short-lived thread spins on the far node so that passes hint the region without the
@@ -228,7 +235,7 @@ def check_placement_exact(ctx: Context) -> Finding:
         region.read(node=near)
         free: _FreeRun | None = None
         for page in range(1, 16):
-            if len([r for r in rounds.judged if r["carried"]]) >= 3:
+            if len([r for r in rounds.judged if r["carried"]]) >= 2:
                 break
             free = _exact_round(ctx, region, page, near, near_cpu, free, rounds)
     diffs = rounds.diffs + rounds.inconclusive(3, "placements")
@@ -266,9 +273,12 @@ def _exact_round(ctx: Context, region: HeldRegion, page: int, near: int, near_cp
     """One round of check_placement_exact on the guest; returns the free run to carry on with."""
     va = region.addr + page * 4096
 
+    margin = Tunables(hz=ctx.hz).ms_to_jiffies(READ_MARGIN_MS)
+
     def pending(o: Observation) -> bool:
         entry = o.table.within(va, va + 4096)
-        return placement_pending(o) and bool(len(entry)) and bool(entry.hint.all())
+        return (placement_pending(o) and bool(len(entry)) and bool(entry.hint.all())
+                and o.mm.numa_next_scan - o.balancing.jiffies >= margin)
 
     a = spin_until(region, ctx, near, pending, step=0.3)
     region.read(node=near, pages=page + 1)
@@ -302,12 +312,14 @@ def judge_exact_round(facts: GuestFacts, r: ExactRound, free: _FreeRun | None, r
     for v in read:  # the read's faults, in address order (nhmem's loop)
         result = hint_fault(task, pages[v], cpu=r.cpu, node_of_cpu=facts.node_of_cpu, jiffies_after_retry=False)
         task, pages[v] = result.task, result.page
-    if b.mm.numa_next_scan != a.mm.numa_next_scan or b.mm.numa_scan_seq != a.mm.numa_scan_seq:
-        rounds.unjudged.append(f"round {number}: a scanner pass ran during the read (numa_next_scan "
+    label = f"round {number} placement (jiffies {a.balancing.jiffies})"
+    clock = _scan_clock(facts, free.task, placed, a, b)
+    if clock is None or b.mm.numa_scan_seq != a.mm.numa_scan_seq:
+        rounds.unjudged.append(f"round {number}: a scanner pass may have run during the read (numa_next_scan "
                                f"{a.mm.numa_next_scan} -> {b.mm.numa_next_scan}, sequence {a.mm.numa_scan_seq} -> "
                                f"{b.mm.numa_scan_seq}); the next round restarts the free run")
         return None
-    label = f"round {number} placement (jiffies {a.balancing.jiffies})"
+    rounds.diffs.extend(f"{label}: {d}" for d in clock)
     if b.task.numa_group_id is not None:
         rounds.diffs.append(f"{label}: the task joined numa_group {b.task.numa_group_id}, but every fault on a "
                             f"read-only VMA carries TNF_NO_GROUP (mm/memory.c:numa_migrate_check)")
@@ -323,6 +335,25 @@ def judge_exact_round(facts: GuestFacts, r: ExactRound, free: _FreeRun | None, r
                 facts, v, pages[v].last_cpupid, kernel.last_cpupid, r.node, r.pid))
     rounds.judged.append(_round_figures(free.task, placed, b, carried, len(read)))
     return _FreeRun(task, pages)
+
+
+def _scan_clock(facts: GuestFacts, books: Task, placed: Task, a: Observation, b: Observation) -> list[str] | None:
+    """mm->numa_next_scan across a round: the diffs, or None when a scanner pass may have run.
+
+    When the placement takes update_task_scan_period's first branch it sets numa_next_scan to
+    jiffies + the new period, at the moment of the first fault: between a's and b's jiffies.
+    No pass can follow it within the round unless b's jiffies reach that. Otherwise only a pass
+    moves numa_next_scan (to at least its old value plus a period)."""
+    if placement_restarts_scan_clock(books, a.mm.numa_scan_seq):
+        period = Tunables(hz=facts.hz).ms_to_jiffies(placed.numa_scan_period)
+        low, high = a.balancing.jiffies + period, b.balancing.jiffies + period
+        if b.balancing.jiffies >= low:
+            return None
+        if not low <= b.mm.numa_next_scan <= high:
+            return [f"numa_next_scan {b.mm.numa_next_scan}, model {low}..{high} (update_task_scan_period slows the "
+                    f"scan to {placed.numa_scan_period} ms and restarts its clock: jiffies + period)"]
+        return []
+    return [] if b.mm.numa_next_scan == a.mm.numa_next_scan else None
 
 
 def _round_figures(before: Task, placed: Task, b: Observation, carried: bool, faults: int) -> dict[str, Any]:

@@ -106,6 +106,7 @@ def write_recording(directory: Path, result: CheckResult, facts: GuestFacts, kep
             "observations": {label: observation_json(obs) for label, obs in kept.items()}, "notes": notes}
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, gzip.compress(json.dumps(data).encode(), mtime=0))
+    path.chmod(0o644)  # data to commit and share, not a secret
     return path
 
 

@@ -41,9 +41,9 @@ class Region:
     helper: bool = False  # a sleeping helper thread (mm_users 2)
     split: int | None = None  # first-touch the second half on this node
     readonly: bool = False  # write it, then make it read-only (its hint faults carry TNF_NO_GROUP)
-    # Exec nhmem on `node`'s CPUs too (numactl --cpunodebind, no memory policy), so that its own
+    # Exec nhmem on this node's CPUs (numactl --cpunodebind, no memory policy), so that its own
     # pages (initial stack, static data) are first touched there, not wherever the shell ran.
-    exec_on_node: bool = False
+    exec_on: int | None = None
 
     def nhmem_args(self) -> str:
         options = [f"{self.mib}", "thp" if self.thp else "", f"node {self.node}" if self.node is not None else "",
@@ -52,7 +52,7 @@ class Region:
         return " ".join(o for o in options if o)
 
     def command(self) -> str:
-        prefix = f"numactl --cpunodebind={self.node} " if self.exec_on_node and self.node is not None else ""
+        prefix = f"numactl --cpunodebind={self.exec_on} " if self.exec_on is not None else ""
         return f"{prefix}nhmem hold {self.nhmem_args()}"
 
 

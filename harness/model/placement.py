@@ -49,9 +49,25 @@ def task_numa_placement(task: Task, mm_seq: int, *, scan_min: int | None = None,
                                    scan_max=scan_max)
 
 
+def placement_restarts_scan_clock(task: Task, mm_seq: int) -> bool:
+    """Whether the placement the task has pending takes update_task_scan_period's first branch
+    ("no recorded local or shared faults, or failed migrations": scan slower), which besides
+    doubling the period sets mm->numa_next_scan = jiffies + msecs_to_jiffies(new period)
+    (kernel/sched/fair.c:update_task_scan_period), moving the scanner's clock without a pass.
+    Decided on the pre-placement books: local and failed from numa_faults_locality, shared from
+    the NUMA_MEMBUF shared faults task_numa_placement sums into fault_types[0]."""
+    if task.numa_scan_seq == mm_seq:
+        return False
+    shared = sum(pair[0] for pair in task.faults[MEMBUF])
+    _, local, failed = task.locality
+    return local + shared == 0 or failed != 0
+
+
 def update_task_scan_period(task: Task, *, shared: int, private: int, scan_min: int | None = None,
                             scan_max: int | None = None) -> Task:
-    """fair.c:update_task_scan_period: slow down when faults are private or local, speed up otherwise."""
+    """fair.c:update_task_scan_period: slow down when faults are private or local, speed up otherwise.
+    The first branch also restarts mm->numa_next_scan (placement_restarts_scan_clock): the model
+    has no mm, so the caller that carries one applies it."""
     remote, local, failed = task.locality
     period_max = scan_max if scan_max is not None else task.numa_scan_period_max
     if local + shared == 0 or failed:

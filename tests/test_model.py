@@ -268,3 +268,18 @@ def test_write_bit_after_a_fault() -> None:
     assert hint_fault(task, page, cpu=0, node_of_cpu=NODE_OF_CPU, vma_writable=False).writable is False
     huge = Page(BASE, node=0, size=HPAGE_SIZE, hint=True)
     assert hint_fault(task, huge, cpu=2, node_of_cpu=NODE_OF_CPU).writable is None
+
+
+def test_a_slow_down_placement_restarts_the_scan_clock() -> None:
+    """fair.c:update_task_scan_period's first branch (no local or shared faults, or failed
+    migrations) sets mm->numa_next_scan; the others leave it alone."""
+    from harness.model import placement_restarts_scan_clock
+    from harness.model.state import MEMBUF
+
+    remote_private = Task(pid=1, nr_nodes=2, numa_scan_seq=1, locality=(8, 0, 0),
+                          faults=tuple(((0, 0), (0, 8)) if stat == MEMBUF else ((0, 0), (0, 0)) for stat in range(4)))
+    assert placement_restarts_scan_clock(remote_private, mm_seq=2)
+    assert not placement_restarts_scan_clock(remote_private, mm_seq=1)  # no placement pending
+    some_local = replace(remote_private, locality=(8, 1, 0))
+    assert not placement_restarts_scan_clock(some_local, mm_seq=2)
+    assert placement_restarts_scan_clock(replace(some_local, locality=(8, 1, 3)), mm_seq=2)  # failed migrations

@@ -33,7 +33,8 @@ def _cache_args(cache: Path | None) -> list[str]:
 @pytest.fixture(scope="module")
 def good_run(built_kernel: KernelArtifact, nh_cache_dir: Path | None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ci") / "good"
-    status = main(["ci", "--topology", "2x2", *CHECKS, *MUTANTS, "--out", str(out), *_cache_args(nh_cache_dir)])
+    status = main(["ci", "--topology", "2x2", *CHECKS, *MUTANTS, "--out", str(out), "--kcidb", str(out.parent / "kcidb.json"),
+                   *_cache_args(nh_cache_dir)])
     assert status == 0, (out / "summary.json").read_text() if (out / "summary.json").exists() else status
     return out
 
@@ -150,3 +151,18 @@ def test_regressions_respect_the_stated_noise() -> None:
     assert [r["where"] for r in moved] == ["2x2/convergence numa02-free final_share"]
     never = regressions(with_share(0.98, None), copy.deepcopy(base))
     assert [r["where"] for r in never] == ["2x2/convergence numa02-free time_to_converged"]
+
+
+@pytest.mark.kernel
+@pytest.mark.guest
+def test_ci_kcidb_output_validates(good_run: Path) -> None:
+    import kcidb_io
+
+    data = json.loads((good_run.parent / "kcidb.json").read_text())
+    kcidb_io.schema.LATEST.validate(data)
+    [checkout], [build] = data["checkouts"], data["builds"]
+    assert build["checkout_id"] == checkout["id"] and build["status"] == "PASS" and build["compiler"].startswith("gcc")
+    assert len(checkout["patchset_hash"]) == 64
+    paths = {t["path"]: t["status"] for t in data["tests"]}
+    assert paths["numa_balancing.2x2.fault_migration"] == "PASS" and paths["numa_balancing.2x2.thp"] == "PASS"
+    assert paths["numa_balancing.mutants.0002_hint_fault_local_test_inverted"] == "PASS"  # killed: the self-check passed

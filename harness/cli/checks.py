@@ -79,7 +79,7 @@ def cmd_ci(args: argparse.Namespace) -> int:
         validate(launch_request(args, topology=spec))
     request = CiRequest(launch=launch_request(args), out=args.out, topologies=topologies, checks=checks or None,
                         mutants=tuple(mutants), mutant_checks=mutant_checks or None, baseline=args.baseline,
-                        mutants_full_matrix=args.mutants_full_matrix)
+                        mutants_full_matrix=args.mutants_full_matrix, kcidb=args.kcidb)
     outcome = run_ci(request, say)
     summary = outcome.summary
     say(f"{summary['status']} (exit {outcome.exit_code}); report: {outcome.out / 'report.html'}")
@@ -125,4 +125,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--mutants-full-matrix", action="store_true",
                    help="run every check on every mutant (default: stop a mutant at its first kill)")
     p.add_argument("--baseline", type=Path, metavar="DIR", help="an earlier run's --out directory (or summary.json)")
+    p.add_argument("--kcidb", type=Path, metavar="FILE",
+                   help="also write the run as KCIDB JSON (checkout, build, a test per check and mutant)")
     p.set_defaults(func=cmd_ci)

@@ -26,6 +26,7 @@ from harness.errors import BadInput, ExitCode, HarnessError
 from harness.guest.launch import LaunchRequest
 from harness.guest.topology import parse_topology
 from harness.kernel.pipeline import KernelArtifact, build
+from harness.report.kcidb import compiler_of, write_kcidb
 from harness.report.summary import SCHEMA_ID, STATUS, regressions
 
 
@@ -40,6 +41,8 @@ class CiRequest:
     baseline: Path | None = None
     # Every check on every mutant, instead of stopping each at its first kill.
     mutants_full_matrix: bool = False
+    # Also write the run as KCIDB JSON here.
+    kcidb: Path | None = None
 
 
 @dataclass
@@ -60,6 +63,8 @@ def validate(request: CiRequest) -> dict[str, Any] | None:
         raise BadInput(f"--out {out}: its parent directory {out.parent} does not exist. Create it first.")
     for spec in request.topologies:
         parse_topology(spec, request.launch.memory)
+    if request.kcidb is not None and not request.kcidb.parent.is_dir():
+        raise BadInput(f"--kcidb {request.kcidb}: its directory {request.kcidb.parent} does not exist. Create it first.")
     if request.baseline is None:
         return None
     path = request.baseline / "summary.json" if request.baseline.is_dir() else request.baseline
@@ -111,6 +116,8 @@ def run_ci(request: CiRequest, say: Callable[[str], None]) -> CiOutcome:
         exit_code = _exit_code(summary)
         summary["exit_code"], summary["status"] = int(exit_code), STATUS[exit_code]
         _write_outputs(summary, staging)
+        if request.kcidb is not None:
+            write_kcidb(request.kcidb, summary, compiler_of(kernel.config) if kernel is not None else None)
         if request.out.exists():
             _move_into(staging, request.out)
         else:

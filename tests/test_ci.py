@@ -166,3 +166,24 @@ def test_ci_kcidb_output_validates(good_run: Path) -> None:
     paths = {t["path"]: t["status"] for t in data["tests"]}
     assert paths["numa_balancing.2x2.fault_migration"] == "PASS" and paths["numa_balancing.2x2.thp"] == "PASS"
     assert paths["numa_balancing.mutants.0002_hint_fault_local_test_inverted"] == "PASS"  # killed: the self-check passed
+
+
+def test_baseline_from_picks_the_newest_report_never_a_log(tmp_path: Path) -> None:
+    """A nightly directory holds report directories, their logs and an interrupted run; the
+    baseline is the report that started last, and on the first night there is none."""
+    from harness.report.ci import newest_run
+    from harness.report.summary import SCHEMA_ID
+
+    nightly = tmp_path / "nightly"
+    nightly.mkdir()
+    assert newest_run(nightly) is None  # the first night
+    for night, started in (("2026-11-25", "2026-11-25T01:30:00+00:00"), ("2026-11-26", "2026-11-26T01:30:00+00:00")):
+        (nightly / night).mkdir()
+        (nightly / night / "summary.json").write_text(json.dumps({"schema": SCHEMA_ID, "started": started}))
+        (nightly / f"{night}.log").write_text("numa-harness: pass (exit 0)\n")
+    (nightly / "2026-11-27.incomplete-4242").mkdir()  # a run killed half-way: no summary.json
+    (nightly / "2026-11-28").mkdir()  # tonight's --out, empty until the run ends
+    assert newest_run(nightly, exclude=nightly / "2026-11-28") == nightly / "2026-11-26"
+    status = main(["ci", "--out", str(nightly / "2026-11-28"), "--baseline-from", str(nightly / "2026-11-26.log")])
+    assert status == 2  # a log is not a directory of runs: bad input, nothing written
+    assert not any((nightly / "2026-11-28").iterdir())

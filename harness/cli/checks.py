@@ -14,7 +14,7 @@ from harness.checks.registry import CheckResult, Verdict, validate_names
 from harness.cli.options import build_options, guest_options, launch_request, machine_options, say
 from harness.errors import BadInput, ExitCode
 from harness.guest.launch import resolve_kernel, validate
-from harness.report.ci import CiRequest, run_ci
+from harness.report.ci import CiRequest, newest_run, run_ci
 from harness.report.junit import write_junit
 from harness.report.terminal import print_mutant_table, print_table, write_json, write_mutants_json
 
@@ -77,8 +77,17 @@ def cmd_ci(args: argparse.Namespace) -> int:
     topologies = tuple(args.topology or ("2x2", "4x1"))
     for spec in topologies:
         validate(launch_request(args, topology=spec))
+    baseline = args.baseline
+    if args.baseline_from is not None:
+        if baseline is not None:
+            raise BadInput("--baseline and --baseline-from name a baseline each; pass one of them.")
+        if not args.baseline_from.is_dir():
+            raise BadInput(f"--baseline-from {args.baseline_from}: not a directory. Pass the directory that holds "
+                           f"one --out directory per run (e.g. one per night).")
+        baseline = newest_run(args.baseline_from, exclude=args.out.resolve())
+        say(f"baseline: {baseline}" if baseline else f"no earlier run under {args.baseline_from}: no baseline this time")
     request = CiRequest(launch=launch_request(args), out=args.out, topologies=topologies, checks=checks or None,
-                        mutants=tuple(mutants), mutant_checks=mutant_checks or None, baseline=args.baseline,
+                        mutants=tuple(mutants), mutant_checks=mutant_checks or None, baseline=baseline,
                         mutants_full_matrix=args.mutants_full_matrix, kcidb=args.kcidb)
     outcome = run_ci(request, say)
     summary = outcome.summary
@@ -125,6 +134,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--mutants-full-matrix", action="store_true",
                    help="run every check on every mutant (default: stop a mutant at its first kill)")
     p.add_argument("--baseline", type=Path, metavar="DIR", help="an earlier run's --out directory (or summary.json)")
+    p.add_argument("--baseline-from", type=Path, metavar="DIR",
+                   help="compare with the newest earlier run under DIR (none on the first night)")
     p.add_argument("--kcidb", type=Path, metavar="FILE",
                    help="also write the run as KCIDB JSON (checkout, build, a test per check and mutant)")
     p.set_defaults(func=cmd_ci)

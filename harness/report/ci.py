@@ -53,6 +53,26 @@ class CiOutcome:
     files: list[str] = field(default_factory=list)
 
 
+def newest_run(directory: Path, exclude: Path | None = None) -> Path | None:
+    """The newest earlier `ci` run under `directory`: among its subdirectories holding a
+    numa-harness summary.json, the one that started last (its `started`, not its name or mtime).
+    Logs, half-written `DIR.incomplete-PID` directories and anything else are passed over; None
+    when there is none yet (a nightly job's first night)."""
+    runs: list[tuple[str, Path]] = []
+    for candidate in sorted(directory.iterdir()) if directory.is_dir() else []:
+        summary = candidate / "summary.json"
+        if not candidate.is_dir() or (exclude is not None and candidate.resolve() == exclude.resolve()) \
+                or not summary.is_file():
+            continue
+        try:
+            data = json.loads(summary.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("schema") == SCHEMA_ID and isinstance(data.get("started"), str):
+            runs.append((data["started"], candidate))
+    return max(runs)[1] if runs else None
+
+
 def validate(request: CiRequest) -> dict[str, Any] | None:
     """Everything that can be wrong with the inputs, before anything is built. Returns the baseline."""
     out = request.out

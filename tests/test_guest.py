@@ -202,6 +202,10 @@ def test_up_ssh_list_down_from_separate_processes(built_kernel: KernelArtifact) 
         assert up.stdout.strip() == name
         listed = subprocess.run([*CLI, "list", "--json"], capture_output=True, text=True, check=True)
         info = json.loads(listed.stdout)[name]
+        # The kernel this guest booted is in use: `cache list` says so and `cache prune` keeps it.
+        cache = subprocess.run([*CLI, "cache", "list", "--json"], capture_output=True, text=True, check=True)
+        entries = {e["directory"]: e for e in json.loads(cache.stdout)}
+        assert entries[str(built_kernel.directory)]["in_use"] is True
         ssh = subprocess.run([*CLI, "ssh", name, "--", "cat", "/sys/devices/system/node/online"],
                              capture_output=True, text=True, timeout=60)
         assert (ssh.returncode, ssh.stdout) == (0, "0-3\n"), ssh.stderr

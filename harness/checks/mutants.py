@@ -61,6 +61,7 @@ class MutantResult:
     failed_checks: tuple[str, ...]
     seconds: float
     detail: str = ""
+    kernel_dir: Path | None = None  # the cache entry of the mutant's kernel, when it was built
 
     @property
     def killed(self) -> bool:
@@ -144,22 +145,24 @@ def run_mutant(mutant: Mutant, request: LaunchRequest, checks: Sequence[str] | N
         kernel = build(build_request)
     except HarnessError as err:
         return MutantResult(mutant, MutantOutcome.ERROR, (), time.monotonic() - started, f"build failed: {err}")
+    built = None if kernel.cache_hit else kernel.directory  # only what this run built is its to prune
     try:
         run = check_kernel(replace(request, build=build_request, name=f"mutant-{mutant.name[:4]}"), kernel,
                            kill_order(mutant.expected, checks), console_copy=console_copy, fail_fast=not full_matrix)
     except BootFailure as err:
         if err.bug_title:  # the mutant crashed the kernel at boot: that is a kill
             return MutantResult(mutant, MutantOutcome.KILLED, ("boot",), time.monotonic() - started,
-                                f"kernel bug: {err.bug_title}")
-        return MutantResult(mutant, MutantOutcome.ERROR, (), time.monotonic() - started, f"boot failed: {err}")
+                                f"kernel bug: {err.bug_title}", built)
+        return MutantResult(mutant, MutantOutcome.ERROR, (), time.monotonic() - started, f"boot failed: {err}", built)
     except HarnessError as err:
-        return MutantResult(mutant, MutantOutcome.ERROR, (), time.monotonic() - started, f"could not boot: {err}")
+        return MutantResult(mutant, MutantOutcome.ERROR, (), time.monotonic() - started, f"could not boot: {err}",
+                            built)
     failed = tuple(r.name for r in run.results if r.verdict.indicts_kernel)
     outcome = outcome_of(run.results)
     first = next((r for r in run.results if r.verdict.indicts_kernel), None) or \
         next((r for r in run.results if r.verdict is Verdict.ERROR), None)
     detail = "" if first is None else f"{first.name}: {first.summary}" + (f"; {first.diffs[0]}" if first.diffs else "")
-    return MutantResult(mutant, outcome, failed, time.monotonic() - started, detail)
+    return MutantResult(mutant, outcome, failed, time.monotonic() - started, detail, built)
 
 
 def run_mutants(mutants: Sequence[Mutant], request: LaunchRequest, checks: Sequence[str] | None = None,

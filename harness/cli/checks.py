@@ -88,7 +88,8 @@ def cmd_ci(args: argparse.Namespace) -> int:
         say(f"baseline: {baseline}" if baseline else f"no earlier run under {args.baseline_from}: no baseline this time")
     request = CiRequest(launch=launch_request(args), out=args.out, topologies=topologies, checks=checks or None,
                         mutants=tuple(mutants), mutant_checks=mutant_checks or None, baseline=baseline,
-                        mutants_full_matrix=args.mutants_full_matrix, kcidb=args.kcidb)
+                        mutants_full_matrix=args.mutants_full_matrix, kcidb=args.kcidb,
+                        prune_mutants=args.prune_mutants)
     outcome = run_ci(request, say)
     summary = outcome.summary
     say(f"{summary['status']} (exit {outcome.exit_code}); report: {outcome.out / 'report.html'}")
@@ -136,6 +137,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--baseline", type=Path, metavar="DIR", help="an earlier run's --out directory (or summary.json)")
     p.add_argument("--baseline-from", type=Path, metavar="DIR",
                    help="compare with the newest earlier run under DIR (none on the first night)")
+    p.add_argument("--prune-mutants", action="store_true",
+                   help="remove the mutant kernels this run built once they are checked (about 120 MB each)")
     p.add_argument("--kcidb", type=Path, metavar="FILE",
                    help="also write the run as KCIDB JSON (checkout, build, a test per check and mutant)")
     p.set_defaults(func=cmd_ci)

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from harness import __version__
-from harness.cli import build, checks, guests, inspect
+from harness.cli import build, cache, checks, guests, inspect
 from harness.errors import ExitCode, HarnessError
 
-GROUPS = (build, guests, checks, inspect)
+GROUPS = (build, guests, checks, inspect, cache)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -23,3 +23,19 @@ def is_live_qemu(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return b"qemu-system" in cmdline and pid_alive(pid)
+
+
+def booted_from(directory: Path) -> bool:
+    """Whether a live QEMU on this machine was started with a file under `directory` (its
+    -kernel, -initrd, ... name it): a kernel cache entry in use."""
+    needle = str(directory.resolve()).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline and needle in cmdline and pid_alive(int(proc.name)):
+            return True
+    return False

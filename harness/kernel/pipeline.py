@@ -22,6 +22,7 @@ from typing import Any
 from harness import REPO_ROOT, __version__
 from harness.cache import default_cache_root, ensure_dir, file_lock, read_json, staged_entry
 from harness.errors import KconfigError
+from harness.kernel.entries import mark_used
 from harness.kernel.kbuild import configure, kernel_release, run_make
 from harness.kernel.kconfig import (
     Fragment,
@@ -144,6 +145,7 @@ def cached_artifact(request: BuildRequest, build_plan: BuildPlan) -> KernelArtif
     manifest = read_json(directory / "manifest.json")
     if manifest is None or not (directory / "vmlinux").is_file():
         return None
+    mark_used(directory)
     return KernelArtifact(directory, manifest, cache_hit=True)
 
 
@@ -192,6 +194,7 @@ def build(request: BuildRequest) -> KernelArtifact:
             shutil.copyfile(builddir / ".config", staging / "config")
             shutil.copyfile(log_path, staging / "build.log")
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        mark_used(final)
         return KernelArtifact(final, manifest, cache_hit=False, compiled_objects=result.compiled_objects)
 
 

@@ -24,7 +24,9 @@ from harness.checks.mutants import Mutant, MutantOutcome, MutantResult, run_muta
 from harness.checks.registry import Verdict
 from harness.errors import BadInput, ExitCode, HarnessError
 from harness.guest.launch import LaunchRequest
+from harness.guest.procs import booted_from
 from harness.guest.topology import parse_topology
+from harness.kernel.entries import list_entries, remove_entries
 from harness.kernel.pipeline import KernelArtifact, build
 from harness.report.kcidb import compiler_of, write_kcidb
 from harness.report.summary import SCHEMA_ID, STATUS, regressions
@@ -43,6 +45,8 @@ class CiRequest:
     mutants_full_matrix: bool = False
     # Also write the run as KCIDB JSON here.
     kcidb: Path | None = None
+    # Remove the mutant kernels this run built once they are checked (about 120 MB each).
+    prune_mutants: bool = False
 
 
 @dataclass
@@ -129,6 +133,8 @@ def run_ci(request: CiRequest, say: Callable[[str], None]) -> CiOutcome:
                                                                     f"({r.seconds:.0f} s)"),
                                              full_matrix=request.mutants_full_matrix)
                 errors.extend(f"mutant {r.mutant.name}: {r.detail}" for r in mutant_results if r.outcome is MutantOutcome.ERROR)
+                if request.prune_mutants:
+                    _prune_mutant_kernels(request, mutant_results, say)
         summary = _summary(request, kernel, build_seconds, topology_runs, mutant_results, errors, started_at,
                            time.monotonic() - started, staging)
         summary["regressions"] = regressions(summary, baseline) if baseline is not None else []
@@ -150,6 +156,14 @@ def run_ci(request: CiRequest, say: Callable[[str], None]) -> CiOutcome:
             say(f"interrupted: partial output kept in {failed}")
         raise
     return CiOutcome(summary, exit_code, request.out, sorted(p.name for p in request.out.iterdir()))
+
+
+def _prune_mutant_kernels(request: CiRequest, results: Sequence[MutantResult], say: Callable[[str], None]) -> None:
+    """Remove the mutant kernels this run built (never one a live QEMU still boots from)."""
+    built = [r.kernel_dir for r in results if r.kernel_dir is not None and not booted_from(r.kernel_dir)]
+    entries = [e for e in list_entries(request.launch.build.cache_root) if e.directory in built]
+    removed = remove_entries(request.launch.build.cache_root, entries)
+    say(f"pruned {len(removed)} mutant kernels ({sum(e.size for e in removed) >> 20} MiB)")
 
 
 def _move_into(staging: Path, out: Path) -> None:

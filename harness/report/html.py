@@ -53,7 +53,7 @@ def render(summary: dict[str, Any]) -> str:
     parts.append("<table class='meta'>" + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in (
         ("kernel", kernel.get("kernel_release")), ("build-id", kernel.get("build_id")),
         ("config sha256", kernel.get("config_sha256")), ("patches", patches),
-        ("source", json.dumps(kernel.get("source"))), ("build", f"{kernel.get('build_seconds')} s"
+        ("source", _source(kernel.get("source"))), ("build", f"{kernel.get('build_seconds')} s"
                                                        f"{' (cache hit)' if kernel.get('cache_hit') else ''}"),
         ("started", summary["started"]), ("took", f"{summary['seconds']} s"),
         ("host", f"{summary['host'].get('qemu')}, drgn {summary['host'].get('drgn')}, "
@@ -65,6 +65,14 @@ def render(summary: dict[str, Any]) -> str:
     parts.append(_figures(summary))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _source(source: dict[str, Any] | None) -> str:
+    """The kernel source as a reader names it: kind, version, identity (not a JSON dict)."""
+    if not source:
+        return "unknown"
+    version = f" {source['version']}" if source.get("version") else ""
+    return f"{source.get('kind', '?')}{version}: {source.get('identity', '?')}"
 
 
 def _headline(summary: dict[str, Any]) -> str:

@@ -47,7 +47,8 @@ def counters_timeline(topology: str, timeline: list[dict[str, Any]]) -> str | No
             course.axvline(point["t"], color="0.85", linewidth=0.8)
             course.annotate(point["check"][:-6], (point["t"], 1.0), xycoords=("data", "axes fraction"), rotation=90,
                             fontsize=7, color="0.4", va="top", ha="right")
-    course.set_title(f"{topology}: NUMA event counters during the checks")
+    course.set_yscale("symlog")  # convergence adds orders of magnitude more than the other checks
+    course.set_title(f"{topology}: NUMA event counters during the checks (symlog)", fontsize=9)
     course.set_xlabel("seconds since the checks started")
     course.set_ylabel("events since the first check")
     course.legend(fontsize=7, loc="center left")
@@ -60,7 +61,7 @@ def counters_timeline(topology: str, timeline: list[dict[str, Any]]) -> str | No
         per_check.bar([i + index * width for i in range(len(checks))], deltas, width=width, label=name)
     per_check.set_yscale("log")
     per_check.set_xticks([i + 0.4 - width / 2 for i in range(len(checks))], checks, rotation=30, ha="right", fontsize=7)
-    per_check.set_title("added by each check (+1, log scale)")
+    per_check.set_title("added by each check (+1, log scale)", fontsize=9)
     return _png(figure)
 
 
@@ -79,14 +80,14 @@ def convergence_plots(topology: str, runs: dict[str, Any]) -> list[tuple[str, st
         share.plot(t, series["local_share"], color="black", linewidth=1.5, label="local share")
         share.set_ylim(0, 1.05)
         share.set_ylabel("share of slice pages local")
-        placement.set_title(f"{name}: pages per node")
+        placement.set_title(f"{name}: pages per node", fontsize=9)
         placement.set_xlabel("seconds")
         placement.set_ylabel("pages")
         placement.legend(loc="upper left", fontsize=7)
         first = series["vmstat"][0]
         for index, counter in enumerate(COUNTERS):
             counters.plot(t, [v[index] - first[index] for v in series["vmstat"]], label=counter)
-        counters.set_title(f"{name}: hint faults and migrations")
+        counters.set_title(f"{name}: hint faults, migrations", fontsize=9)
         counters.set_xlabel("seconds")
         counters.legend(fontsize=7)
         for pid in sorted({s["pid"] for s in run["scan"]}):
@@ -95,7 +96,7 @@ def convergence_plots(topology: str, runs: dict[str, Any]) -> list[tuple[str, st
                                                  for s in points], marker=".", label=f"pid {pid} offset")
             scan.step([s["t"] for s in points], [s["seq"] for s in points], where="post", linestyle=":",
                       label=f"pid {pid} numa_scan_seq")
-        scan.set_title(f"{name}: scan offset (MiB into buffer), seq")
+        scan.set_title(f"{name}: scan offset (MiB), seq", fontsize=9)
         scan.set_xlabel("seconds (host clock)")
         if run["scan"]:
             scan.legend(fontsize=7)

@@ -19,6 +19,7 @@ import pytest
 
 from harness.checks.mutants import MUTANTS_DIR
 from harness.cli.main import main
+from harness.errors import HarnessError
 from harness.kernel.pipeline import KernelArtifact
 from harness.report.summary import SCHEMA, regressions
 
@@ -187,3 +188,48 @@ def test_baseline_from_picks_the_newest_report_never_a_log(tmp_path: Path) -> No
     status = main(["ci", "--out", str(nightly / "2026-11-28"), "--baseline-from", str(nightly / "2026-11-26.log")])
     assert status == 2  # a log is not a directory of runs: bad input, nothing written
     assert not any((nightly / "2026-11-28").iterdir())
+
+
+def test_shards_take_every_unit_once_in_order() -> None:
+    from harness.report.shards import Shard, work_units
+
+    units = work_units(["2x2", "4x1"], [f"m{i}" for i in range(5)])
+    taken = [Shard(k, 3).take(units) for k in (1, 2, 3)]
+    assert sorted(u for part in taken for u in part) == [(i, kind, name) for i, (kind, name) in enumerate(units)]
+    assert taken[0] == Shard(1, 3).take(units)  # deterministic
+    assert Shard.parse("2/3") == Shard(2, 3)
+    with pytest.raises(HarnessError):
+        Shard.parse("0/2")
+
+
+@pytest.mark.kernel
+@pytest.mark.guest
+def test_sharded_ci_merges_into_the_unsharded_report(built_kernel: KernelArtifact, nh_cache_dir: Path | None,
+                                                     tmp_path: Path) -> None:
+    """Two shards and their merge give the verdicts, JUnit counts, mutant outcomes and
+    regressions of one unsharded run on the same kernel."""
+    args = ["--topology", "2x2", "--topology", "4x1", "--checks", "thp", "--mutant", "0005", "--mutant-checks", "thp",
+            *_cache_args(nh_cache_dir)]
+    assert main(["ci", *args, "--out", str(tmp_path / "whole")]) == 0
+    for k in (1, 2):
+        assert main(["ci", *args, "--shard", f"{k}/2", "--out", str(tmp_path / f"part{k}")]) == 0
+    part1 = json.loads((tmp_path / "part1" / "summary.json").read_text())
+    assert [t["topology"] for t in part1["topologies"]] == ["2x2"] and part1["mutants"]["total"] == 1
+    baseline = ["--baseline", str(tmp_path / "whole")]
+    assert main(["ci", "merge", str(tmp_path / "part1"), str(tmp_path / "part2"), "--out", str(tmp_path / "merged"),
+                 *baseline, "--kcidb", str(tmp_path / "merged.kcidb.json")]) == 0
+    whole, merged = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("whole", "merged"))
+    jsonschema.validate(merged, SCHEMA)
+
+    def verdicts(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
+        return [(t["topology"], c["name"], c["verdict"]) for t in summary["topologies"] for c in t["checks"]]
+
+    assert verdicts(merged) == verdicts(whole)
+    assert [(m["mutant"], m["outcome"]) for m in merged["mutants"]["mutants"]] == \
+        [(m["mutant"], m["outcome"]) for m in whole["mutants"]["mutants"]]
+    assert merged["regressions"] == regressions(whole, whole) == []
+    assert (merged["status"], merged["exit_code"]) == (whole["status"], whole["exit_code"])
+    counts = [{s.get("name"): s.get("tests") for s in ET.parse(tmp_path / d / "junit.xml").getroot().findall("testsuite")}
+              for d in ("whole", "merged")]
+    assert counts[0] == counts[1]
+    assert {"console-2x2.log", "console-4x1.log", "report.html"} <= {p.name for p in (tmp_path / "merged").iterdir()}

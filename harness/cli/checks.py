@@ -14,8 +14,9 @@ from harness.checks.registry import CheckResult, Verdict, validate_names
 from harness.cli.options import build_options, guest_options, launch_request, machine_options, say
 from harness.errors import BadInput, ExitCode
 from harness.guest.launch import resolve_kernel, validate
-from harness.report.ci import CiRequest, newest_run, run_ci
+from harness.report.ci import CiRequest, load_baseline, newest_run, run_ci
 from harness.report.junit import write_junit
+from harness.report.shards import Shard, merge
 from harness.report.terminal import print_mutant_table, print_table, write_json, write_mutants_json
 
 
@@ -66,7 +67,37 @@ def cmd_mutants(args: argparse.Namespace) -> int:
         if r.outcome is MutantOutcome.ERROR else ExitCode.OK for r in results)
 
 
+def _baseline(args: argparse.Namespace, out: Path) -> Path | None:
+    """--baseline, or the newest earlier run under --baseline-from."""
+    if args.baseline_from is None:
+        return args.baseline  # type: ignore[no-any-return]
+    if args.baseline is not None:
+        raise BadInput("--baseline and --baseline-from name a baseline each; pass one of them.")
+    if not args.baseline_from.is_dir():
+        raise BadInput(f"--baseline-from {args.baseline_from}: not a directory. Pass the directory that holds "
+                       f"one --out directory per run (e.g. one per night).")
+    baseline = newest_run(args.baseline_from, exclude=out)
+    say(f"baseline: {baseline}" if baseline else f"no earlier run under {args.baseline_from}: no baseline this time")
+    return baseline
+
+
+def cmd_ci_merge(args: argparse.Namespace) -> int:
+    if not args.parts:
+        raise BadInput("ci merge: name the --out directories of the shards, e.g. `ci merge part1 part2 --out all`.")
+    baseline_dir = _baseline(args, args.out)
+    baseline = load_baseline(baseline_dir) if baseline_dir is not None else None
+    summary, exit_code = merge(args.parts, args.out, baseline, str(baseline_dir) if baseline_dir else None, args.kcidb)
+    say(f"{summary['status']} (exit {int(exit_code)}); report: {args.out / 'report.html'}")
+    for regression in summary["regressions"]:
+        say(f"regression: {regression['message']}")
+    return exit_code
+
+
 def cmd_ci(args: argparse.Namespace) -> int:
+    if args.merge:
+        return cmd_ci_merge(args)
+    if args.parts:
+        raise BadInput(f"ci: unexpected {' '.join(map(str, args.parts))}; only `ci merge` takes directories.")
     checks = validate_names(args.checks, "--checks")
     mutant_checks = validate_names(args.mutant_checks, "--mutant-checks")
     mutants = []
@@ -77,19 +108,11 @@ def cmd_ci(args: argparse.Namespace) -> int:
     topologies = tuple(args.topology or ("2x2", "4x1"))
     for spec in topologies:
         validate(launch_request(args, topology=spec))
-    baseline = args.baseline
-    if args.baseline_from is not None:
-        if baseline is not None:
-            raise BadInput("--baseline and --baseline-from name a baseline each; pass one of them.")
-        if not args.baseline_from.is_dir():
-            raise BadInput(f"--baseline-from {args.baseline_from}: not a directory. Pass the directory that holds "
-                           f"one --out directory per run (e.g. one per night).")
-        baseline = newest_run(args.baseline_from, exclude=args.out.resolve())
-        say(f"baseline: {baseline}" if baseline else f"no earlier run under {args.baseline_from}: no baseline this time")
+    baseline = _baseline(args, args.out)
     request = CiRequest(launch=launch_request(args), out=args.out, topologies=topologies, checks=checks or None,
                         mutants=tuple(mutants), mutant_checks=mutant_checks or None, baseline=baseline,
                         mutants_full_matrix=args.mutants_full_matrix, kcidb=args.kcidb,
-                        prune_mutants=args.prune_mutants)
+                        prune_mutants=args.prune_mutants, shard=Shard.parse(args.shard) if args.shard else None)
     outcome = run_ci(request, say)
     summary = outcome.summary
     say(f"{summary['status']} (exit {outcome.exit_code}); report: {outcome.out / 'report.html'}")
@@ -123,7 +146,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ci", parents=[build_options(), machine_options()],
                        help="unattended: build, check on each topology, mutation self-check; write junit.xml, "
                             "summary.json, report.html into --out")
+    p.add_argument("merge", nargs="?", choices=["merge"],
+                   help="`ci merge PART... --out DIR`: join the --out directories of `ci --shard K/N` runs")
+    p.add_argument("parts", nargs="*", type=Path, metavar="PART", help="with merge: the shards' --out directories")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="a fresh (absent or empty) directory")
+    p.add_argument("--shard", metavar="K/N", help="do only the K-th of N deterministic shares of the work units "
+                   "(topology check runs, then mutants); `ci merge` joins the parts")
     p.add_argument("--topology", action="append", default=[], metavar="SPEC",
                    help="NxC or a TOML file (repeatable; default 2x2 and 4x1)")
     p.add_argument("--checks", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")

@@ -21,7 +21,6 @@ from harness import __version__
 from harness.cache import atomic_write_text
 from harness.checks.checkrun import BootFailure, check_kernel, kernel_identity
 from harness.checks.mutants import Mutant, MutantOutcome, MutantResult, run_mutants
-from harness.checks.registry import Verdict
 from harness.errors import BadInput, ExitCode, HarnessError
 from harness.guest.launch import LaunchRequest
 from harness.guest.procs import booted_from
@@ -29,7 +28,9 @@ from harness.guest.topology import parse_topology
 from harness.kernel.entries import list_entries, remove_entries
 from harness.kernel.pipeline import KernelArtifact, build
 from harness.report.kcidb import compiler_of, write_kcidb
-from harness.report.summary import SCHEMA_ID, STATUS, regressions
+from harness.report.outputs import write_outputs
+from harness.report.shards import Shard, work_units
+from harness.report.summary import SCHEMA_ID, STATUS, exit_code_of, regressions
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class CiRequest:
     kcidb: Path | None = None
     # Remove the mutant kernels this run built once they are checked (about 120 MB each).
     prune_mutants: bool = False
+    # Do only this shard's share of the work units (harness.report.shards).
+    shard: Shard | None = None
 
 
 @dataclass
@@ -89,17 +92,20 @@ def validate(request: CiRequest) -> dict[str, Any] | None:
         parse_topology(spec, request.launch.memory)
     if request.kcidb is not None and not request.kcidb.parent.is_dir():
         raise BadInput(f"--kcidb {request.kcidb}: its directory {request.kcidb.parent} does not exist. Create it first.")
-    if request.baseline is None:
-        return None
-    path = request.baseline / "summary.json" if request.baseline.is_dir() else request.baseline
+    return None if request.baseline is None else load_baseline(request.baseline)
+
+
+def load_baseline(baseline_path: Path) -> dict[str, Any]:
+    """An earlier run's summary.json (its --out directory, or the file)."""
+    path = baseline_path / "summary.json" if baseline_path.is_dir() else baseline_path
     try:
         baseline: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise BadInput(f"--baseline {request.baseline}: cannot read {path} ({err}). Pass the --out directory of "
-                           f"an earlier `numa-harness ci` run, or its summary.json.") from err
+        raise BadInput(f"--baseline {baseline_path}: cannot read {path} ({err}). Pass the --out directory of "
+                       f"an earlier `numa-harness ci` run, or its summary.json.") from err
     if baseline.get("schema") != SCHEMA_ID:
         raise BadInput(f"--baseline {path}: not a numa-harness summary (schema {baseline.get('schema')!r}, "
-                           f"expected {SCHEMA_ID!r}).")
+                       f"expected {SCHEMA_ID!r}).")
     return baseline
 
 
@@ -123,12 +129,13 @@ def run_ci(request: CiRequest, say: Callable[[str], None]) -> CiOutcome:
         except HarnessError as err:
             errors.append(f"build: {err}")
         build_seconds = time.monotonic() - build_started
+        topologies, mutants, shard_info = _my_share(request)
         if kernel is not None:
-            for spec in request.topologies:
+            for spec in topologies:
                 topology_runs.append(_check_topology(request, kernel, spec, staging, say, errors))
-            if request.mutants:
-                say(f"mutation self-check: {len(request.mutants)} mutants")
-                mutant_results = run_mutants(request.mutants, request.launch, request.mutant_checks, staging,
+            if mutants:
+                say(f"mutation self-check: {len(mutants)} mutants")
+                mutant_results = run_mutants(mutants, request.launch, request.mutant_checks, staging,
                                              progress=lambda r: say(f"mutant {r.mutant.name}: {r.outcome} "
                                                                     f"({r.seconds:.0f} s)"),
                                              full_matrix=request.mutants_full_matrix)
@@ -137,11 +144,13 @@ def run_ci(request: CiRequest, say: Callable[[str], None]) -> CiOutcome:
                     _prune_mutant_kernels(request, mutant_results, say)
         summary = _summary(request, kernel, build_seconds, topology_runs, mutant_results, errors, started_at,
                            time.monotonic() - started, staging)
+        if shard_info is not None:
+            summary["shard"] = shard_info
         summary["regressions"] = regressions(summary, baseline) if baseline is not None else []
         summary["baseline"] = str(request.baseline) if request.baseline else None
-        exit_code = _exit_code(summary)
+        exit_code = exit_code_of(summary)
         summary["exit_code"], summary["status"] = int(exit_code), STATUS[exit_code]
-        _write_outputs(summary, staging)
+        write_outputs(summary, staging)
         if request.kcidb is not None:
             write_kcidb(request.kcidb, summary, compiler_of(kernel.config) if kernel is not None else None)
         if request.out.exists():
@@ -156,6 +165,17 @@ def run_ci(request: CiRequest, say: Callable[[str], None]) -> CiOutcome:
             say(f"interrupted: partial output kept in {failed}")
         raise
     return CiOutcome(summary, exit_code, request.out, sorted(p.name for p in request.out.iterdir()))
+
+
+def _my_share(request: CiRequest) -> tuple[list[str], list[Mutant], dict[str, Any] | None]:
+    """The topologies and mutants this run checks: all of them, or its shard's share."""
+    if request.shard is None:
+        return list(request.topologies), list(request.mutants), None
+    units = request.shard.take(work_units(request.topologies, [m.name for m in request.mutants]))
+    topologies = [name for _, kind, name in units if kind == "topology"]
+    names = {name for _, kind, name in units if kind == "mutant"}
+    info = {"index": request.shard.index, "count": request.shard.count, "units": [list(u) for u in units]}
+    return topologies, [m for m in request.mutants if m.name in names], info
 
 
 def _prune_mutant_kernels(request: CiRequest, results: Sequence[MutantResult], say: Callable[[str], None]) -> None:
@@ -237,25 +257,3 @@ def _host() -> dict[str, Any]:
             "drgn": version("drgn"), "machine": platform.machine(), "cpus": os.cpu_count()}
 
 
-def _exit_code(summary: dict[str, Any]) -> ExitCode:
-    """ExitCode.most_telling over what the run found (its docstring says why regressions come
-    first and infrastructure failures last)."""
-    checks = [c for t in summary["topologies"] for c in t["checks"]]
-    infrastructure = (bool(summary["errors"]) or not summary["topologies"] or any(t.get("error") for t in summary["topologies"])
-                      or any(c["verdict"] == Verdict.ERROR for c in checks))
-    failed = any(Verdict(c["verdict"]).indicts_kernel for c in checks)
-    survived = summary["mutants"] is not None and any(m["outcome"] == MutantOutcome.SURVIVED
-                                                      for m in summary["mutants"]["mutants"])
-    found = [ExitCode.REGRESSION] if summary["regressions"] else []
-    found += [ExitCode.CHECK_FAILED] if failed or survived else []
-    found += [ExitCode.HARNESS_FAILED] if infrastructure else []
-    return ExitCode.most_telling(found)
-
-
-def _write_outputs(summary: dict[str, Any], directory: Path) -> None:
-    from harness.report.html import write_html
-    from harness.report.junit import write_ci_junit
-
-    atomic_write_text(directory / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_ci_junit(directory / "junit.xml", summary)
-    write_html(directory / "report.html", summary)

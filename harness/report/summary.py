@@ -184,3 +184,18 @@ def _figure_regressions(where: str, before: dict[str, Any], now: dict[str, Any])
                           "message": f"{label}: {old} -> {new}, worse by more than its noise ({tracked.absolute}; "
                                      f"{tracked.description})"})
     return found
+
+
+def exit_code_of(summary: dict[str, Any]) -> ExitCode:
+    """ExitCode.most_telling over what the run found (its docstring says why regressions come
+    first and infrastructure failures last)."""
+    checks = [c for t in summary["topologies"] for c in t["checks"]]
+    infrastructure = (bool(summary["errors"]) or not summary["topologies"] or any(t.get("error") for t in summary["topologies"])
+                      or any(c["verdict"] == Verdict.ERROR for c in checks))
+    failed = any(Verdict(c["verdict"]).indicts_kernel for c in checks)
+    survived = summary["mutants"] is not None and any(m["outcome"] == MutantOutcome.SURVIVED
+                                                      for m in summary["mutants"]["mutants"])
+    found = [ExitCode.REGRESSION] if summary["regressions"] else []
+    found += [ExitCode.CHECK_FAILED] if failed or survived else []
+    found += [ExitCode.HARNESS_FAILED] if infrastructure else []
+    return ExitCode.most_telling(found)

@@ -27,7 +27,8 @@ from harness.cache import read_json
 from harness.guest.image import GuestImage, build_image
 from harness.guest.launch import LaunchRequest, make_guest
 from harness.guest.procs import is_live_qemu
-from harness.guest.qemu import AttachedGuest, Guest, GuestView
+from harness.guest.qemu import Guest
+from harness.guest.view import AttachedGuest, GuestView
 from harness.kernel.pipeline import BuildRequest, KernelArtifact, build
 
 _LIVE: list[GuestView] = []

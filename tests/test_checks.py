@@ -20,7 +20,7 @@ from harness.checks.runner import run_check, run_checks
 from harness.cli.main import main
 from harness.errors import ExitCode
 from harness.guest.launch import LaunchRequest, make_guest
-from harness.guest.qemu import GuestView
+from harness.guest.view import GuestView
 from harness.inspect import TaskNumaState
 from harness.kernel.pipeline import KCONFIG_DIR, BuildRequest, KernelArtifact, build
 from harness.model import Task

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from harness.guest.launch import LaunchRequest, make_guest
-from harness.guest.qemu import BootTimeout, Guest, GuestView
+from harness.guest.qemu import BootTimeout, Guest
 from harness.guest.ssh import CommandTimeout
+from harness.guest.view import GuestView
 from harness.kernel.pipeline import BuildRequest, KernelArtifact
 
 pytestmark = [pytest.mark.kernel, pytest.mark.guest]

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from harness.checks.workload import HeldRegion, Region
-from harness.guest.qemu import Guest, GuestView
+from harness.guest.qemu import Guest
+from harness.guest.view import GuestView
 from harness.inspect import (
     InspectError,
     PageTableWalk,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import DATA
 
-from harness.guest.qemu import RunPaths, VmConfig, qemu_argv
+from harness.guest.qemu import VmConfig, qemu_argv
 from harness.guest.topology import (
     Node,
     ObservedNode,
@@ -21,6 +21,7 @@ from harness.guest.topology import (
     parse_topology,
     topology_from_mapping,
 )
+from harness.guest.view import RunPaths
 
 
 def test_nxc_splits_cpus_and_memory() -> None:

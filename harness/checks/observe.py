@@ -19,8 +19,8 @@ import numpy as np
 
 from harness import inspect as nh
 from harness.checks.workload import HeldRegion
-from harness.guest.qemu import GuestView
 from harness.guest.topology import parse_cpulist
+from harness.guest.view import GuestView
 
 
 class KernelNeverReached(Exception):

@@ -35,8 +35,8 @@ from harness.checks.observe import (
 from harness.checks.registry import Check, CheckResult, Verdict, limit_diffs
 from harness.checks.workload import WorkloadStuck
 from harness.errors import HarnessError
-from harness.guest.qemu import GuestView, VmError
 from harness.guest.ssh import CommandTimeout, GuestCommandError
+from harness.guest.view import GuestView, VmError
 
 # How long a trivial SSH command may take before the guest counts as no longer answering.
 LIVENESS_TIMEOUT = 15.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from harness.checks.adapters import model_pages, model_tunables, model_vmas
 from harness.checks.observe import Context, Observation, observe, outside_region, spin_until
 from harness.checks.registry import Finding, check
@@ -90,10 +92,7 @@ def check_scanner_window(ctx: Context) -> Finding:
     (the task's numa_scan_seq moved) therefore has no pass time to derive: it is not replayed,
     and is counted with its reason; as is a step whose derived pass time falls before the step."""
     remote = ctx.nodes_with_cpus()[-1]
-    compared = passes_in_region = hinting_passes = counted = 0
-    diffs: list[str] = []
-    windows: list[str] = []
-    not_replayed: dict[str, int] = {}
+    tally = _WindowTally()
     with scenario(ctx, Region(64, node=0, split=remote), knobs=WINDOW_KNOBS) as region:
         drain_lru_batches(ctx.guest)
         # Settle: past the first trigger, which only arms numa_next_scan (a fresh mm burns it),
@@ -107,27 +106,9 @@ def check_scanner_window(ctx: Context) -> Finding:
         for _ in range(160):
             region.spin(0.15, node=remote)
             current = observe(ctx, region.pid)
-            moved = current.mm.numa_next_scan != previous.mm.numa_next_scan
-            placed = current.task.numa_scan_seq != previous.task.numa_scan_seq
-            if moved and placed:
-                reason = "a placement ran in the step (it may have restarted numa_next_scan)"
-                not_replayed[reason] = not_replayed.get(reason, 0) + 1
-            elif moved:
-                period = model_tunables(current, ctx.hz).ms_to_jiffies(current.task.numa_scan_period)
-                ran_at = current.mm.numa_next_scan - period
-                if ran_at <= previous.balancing.jiffies:
-                    reason = "the derived pass time falls before the step"
-                    not_replayed[reason] = not_replayed.get(reason, 0) + 1
-                else:
-                    compared += 1
-                    step = _compare_one_pass(ctx, region, previous, current, ran_at, remote)
-                    diffs.extend(step[0])
-                    passes_in_region += step[1]
-                    windows.extend(step[2])
-                    hinting_passes += step[3]
-                    counted += step[4]
+            tally.step(ctx, region, previous, current, remote)
             previous = current
-            if hinting_passes >= 4 and passes_in_region >= 5:
+            if tally.hinting_passes >= 4 and tally.passes_in_region >= 5:
                 break
             first_half = current.table.within(region.addr, region.addr + region.length // 2)
             if len(first_half) and first_half.hint.all():
@@ -135,17 +116,57 @@ def check_scanner_window(ctx: Context) -> Finding:
                 # local faults so that the next passes hint it again.
                 region.touch(node=0, pages=region.length // 2 // 4096)
                 previous = observe(ctx, region.pid)
-    if hinting_passes < 2:
-        diffs.append(f"only {hinting_passes} of {compared} observed single passes hinted new pages of the region: "
-                     f"too few to judge")
-    if counted == 0:
-        diffs.append("no observed pass was the only one in the guest: numa_pte_updates could not be compared once")
-    figures = {"passes_compared": compared, "passes_in_region": passes_in_region, "hinting_passes": hinting_passes,
-               "pte_updates_compared": counted, "windows": windows, "steps_not_replayed": not_replayed}
-    skipped = sum(not_replayed.values())
-    return Finding(f"{compared} single passes replayed in the model, {hinting_passes} of them hinting the region"
-                   f"{f' ({skipped} steps not replayed)' if skipped else ''}", figures, tuple(diffs))
+    return tally.finding()
 
+
+@dataclass
+class _WindowTally:
+    """check_scanner_window's steps: which were replayed, what they found, and why others were not."""
+
+    compared: int = 0
+    passes_in_region: int = 0
+    hinting_passes: int = 0
+    counted: int = 0
+    windows: list[str] = field(default_factory=list)
+    diffs: list[str] = field(default_factory=list)
+    not_replayed: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.not_replayed[reason] = self.not_replayed.get(reason, 0) + 1
+
+    def step(self, ctx: Context, region: HeldRegion, previous: Observation, current: Observation, node: int) -> None:
+        """Replay the step's pass, if it had exactly one whose time can be derived."""
+        if current.mm.numa_next_scan == previous.mm.numa_next_scan:
+            return  # no pass in this step
+        if current.task.numa_scan_seq != previous.task.numa_scan_seq:
+            self.skip("a placement ran in the step (it may have restarted numa_next_scan)")
+            return
+        period = model_tunables(current, ctx.hz).ms_to_jiffies(current.task.numa_scan_period)
+        ran_at = current.mm.numa_next_scan - period
+        if ran_at <= previous.balancing.jiffies:
+            self.skip("the derived pass time falls before the step")
+            return
+        self.compared += 1
+        diffs, in_region, labels, hinting, counted = _compare_one_pass(ctx, region, previous, current, ran_at, node)
+        self.diffs.extend(diffs)
+        self.passes_in_region += in_region
+        self.windows.extend(labels)
+        self.hinting_passes += hinting
+        self.counted += counted
+
+    def finding(self) -> Finding:
+        diffs = list(self.diffs)
+        if self.hinting_passes < 2:
+            diffs.append(f"only {self.hinting_passes} of {self.compared} observed single passes hinted new pages of "
+                         f"the region: too few to judge")
+        if self.counted == 0:
+            diffs.append("no observed pass was the only one in the guest: numa_pte_updates could not be compared once")
+        figures = {"passes_compared": self.compared, "passes_in_region": self.passes_in_region,
+                   "hinting_passes": self.hinting_passes, "pte_updates_compared": self.counted, "windows": self.windows,
+                   "steps_not_replayed": self.not_replayed}
+        skipped = sum(self.not_replayed.values())
+        return Finding(f"{self.compared} single passes replayed in the model, {self.hinting_passes} of them hinting the "
+                       f"region{f' ({skipped} steps not replayed)' if skipped else ''}", figures, tuple(diffs))
 
 
 def _compare_one_pass(ctx: Context, region: HeldRegion, before: Observation, after: Observation, ran_at: int,

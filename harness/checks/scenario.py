@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 
 from harness.checks.observe import Context
 from harness.checks.workload import HeldRegion, Region
-from harness.guest.qemu import GuestView
+from harness.guest.view import GuestView
 
 KNOBS = "/sys/kernel/debug/sched/numa_balancing"
 # Scan 100 ms after a VMA is first met and at most every 100-400 ms, instead of every 1-60 s:

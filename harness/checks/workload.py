@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from harness.errors import InfrastructureError
-from harness.guest.qemu import GuestView
+from harness.guest.view import GuestView
 
 
 class WorkloadError(InfrastructureError):

@@ -25,7 +25,7 @@ from harness.errors import BadInput, ExitCode
 from harness.guest import registry
 from harness.guest.console import attach_console
 from harness.guest.launch import make_guest, resolve_kernel, validate
-from harness.guest.qemu import GuestView
+from harness.guest.view import GuestView
 
 
 def _report_bugs(guest: GuestView, died: bool) -> ExitCode | None:

@@ -23,7 +23,7 @@ from harness.cache import ensure_dir, read_json
 from harness.errors import BadInput, InfrastructureError
 from harness.guest.launch import LaunchRequest
 from harness.guest.procs import is_live_qemu, pid_alive
-from harness.guest.qemu import AttachedGuest
+from harness.guest.view import AttachedGuest
 
 GuestInfo = dict[str, object]
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,40}"

@@ -15,7 +15,7 @@ from pathlib import Path
 from drgn import Object, Program
 
 from harness.errors import BadInput, InfrastructureError
-from harness.guest.qemu import GuestView
+from harness.guest.view import GuestView
 
 __all__ = (
     "InspectError",

@@ -87,7 +87,7 @@ class Topology:
 
 def parse_topology(spec: str, memory: str | None = None) -> Topology:
     """`NxC` (N nodes of C CPUs, memory split evenly) or a path to a TOML file."""
-    total = parse_memory(memory) if memory else DEFAULT_MEMORY_MB
+    total = _memory_option(memory) if memory else DEFAULT_MEMORY_MB
     match = re.fullmatch(r"(\d+)x(\d+)", spec.strip())
     if match:
         nodes, per = int(match.group(1)), int(match.group(2))
@@ -122,7 +122,7 @@ def load_topology_file(path: Path, memory: str | None = None) -> Topology:
         raise TopologyError(f"--topology {path}: no such file. Pass NxC or an existing TOML file.") from err
     except tomllib.TOMLDecodeError as err:
         raise TopologyError(f"--topology {path}: not valid TOML ({err}). Fix the file.") from err
-    return topology_from_mapping(data, str(path), parse_memory(memory) if memory else None)
+    return topology_from_mapping(data, str(path), _memory_option(memory) if memory else None)
 
 
 def topology_from_mapping(data: Mapping[str, Any], origin: str, expected_memory_mb: int | None = None) -> Topology:
@@ -198,6 +198,14 @@ def validate(
                                 f"(set asymmetric = true if that is intended)")
     if problems:
         raise TopologyError(f"{origin} is not a valid NUMA machine: {'; '.join(problems)}. Fix it and retry.")
+
+
+def _memory_option(text: str) -> int:
+    """--memory's value, with an error that names the option."""
+    try:
+        return parse_memory(text)
+    except TopologyError as err:
+        raise TopologyError(f"--memory {text}: {err}") from err
 
 
 def parse_memory(text: str) -> int:

@@ -32,6 +32,8 @@ def test_every_mutant_names_registered_checks_that_must_catch_it() -> None:
     assert by_name["0001"].expected == ("two-stage-filter",)
     assert by_name["0004"].expected == ("scanner-window",)
     assert by_name["0006"].expects_hang
+    # "fails placement-exact (... after placement differ ...)": prose in parentheses names no check.
+    assert by_name["0009"].expected == ("placement-exact",)
     assert all(m.expected or m.expects_hang for m in by_name.values())
 
 

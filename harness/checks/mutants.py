@@ -114,7 +114,9 @@ def _expected(path: Path, header: str) -> tuple[tuple[str, ...], bool]:
     """The checks the header's "Expected:" paragraph names (`fails CHECK`), read against the
     registry, and whether it expects a hang; a header that names neither is refused."""
     paragraph = " ".join(header.split("Expected:", 1)[1].split("\n\n", 1)[0].split()) if "Expected:" in header else ""
-    named = tuple(name for name in CHECKS if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", paragraph))
+    # Parentheses explain (they may say "placement" in prose); the check names stand outside them.
+    plain = re.sub(r"\([^)]*\)", "", paragraph)
+    named = tuple(name for name in CHECKS if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", plain))
     hang = "hang" in paragraph
     if not named and not hang:
         raise SeriesError(f"Mutant {path}: its 'Expected:' paragraph names no check ({paragraph or 'missing'!r}). "

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from harness.cli.options import build_options, build_request
+from harness.cli.requests import build_request
 from harness.kernel.pipeline import KernelArtifact, build, merged_config
 
 
@@ -47,13 +47,3 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(f"# conflict: {conflict.describe()}")
     sys.stdout.write(merged.text())
     return 0
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("build", parents=[build_options()], help="build (or find cached) the kernel")
-    p.add_argument("--json", action="store_true", help="print the manifest and artifact paths as JSON")
-    p.set_defaults(func=cmd_build)
-
-    p = sub.add_parser("config", parents=[build_options()], help="print the merged Kconfig fragment")
-    p.add_argument("--dry-run", action="store_true", help="only print, never build (the default)")
-    p.set_defaults(func=cmd_config)

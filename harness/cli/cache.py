@@ -6,7 +6,7 @@ import argparse
 import datetime
 import json
 
-from harness.cli.options import cache_options, cache_root, say
+from harness.cli.options import cache_root, say
 from harness.guest.procs import booted_from
 from harness.kernel.entries import list_entries, parse_size, prune
 
@@ -43,17 +43,3 @@ def cmd_cache_prune(args: argparse.Namespace) -> int:
         say(f"kept {e.key}: in use or used in the last minutes")
     say(f"{len(result.keep) + len(result.held)} kernels kept, {_mib(result.kept_size)}")
     return 0
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("cache", help="the kernel cache: list its entries, prune it")
-    cache_sub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
-    q = cache_sub.add_parser("list", parents=[cache_options()], help="kernel entries, most recently used first")
-    q.add_argument("--json", action="store_true")
-    q.set_defaults(func=cmd_cache_list)
-    q = cache_sub.add_parser("prune", parents=[cache_options()],
-                             help="remove the least recently used kernels (never one in use)")
-    q.add_argument("--keep-last", type=int, metavar="N", help="keep at most the N most recently used kernels")
-    q.add_argument("--max-size", metavar="SIZE", help="keep the kernels under SIZE in all (e.g. 20G)")
-    q.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
-    q.set_defaults(func=cmd_cache_prune)

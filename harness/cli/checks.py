@@ -11,7 +11,8 @@ from harness.checks.catalog import CHECKS
 from harness.checks.checkrun import check_kernel, kernel_identity
 from harness.checks.mutants import MUTANTS_DIR, MutantOutcome, discover, run_mutants, select
 from harness.checks.registry import CheckResult, Verdict, validate_names
-from harness.cli.options import build_options, guest_options, launch_request, machine_options, say
+from harness.cli.options import say
+from harness.cli.requests import launch_request
 from harness.errors import BadInput, ExitCode
 from harness.guest.launch import resolve_kernel, validate
 from harness.report.ci import CiRequest, load_baseline, newest_run, run_ci
@@ -119,54 +120,3 @@ def cmd_ci(args: argparse.Namespace) -> int:
     for regression in summary["regressions"]:
         say(f"regression: {regression['message']}")
     return outcome.exit_code
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("check", parents=[build_options(), guest_options()],
-                       help="build, boot and cross-check NUMA balancing against the model; exit 0 only if all pass")
-    p.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
-    p.add_argument("--junit", type=Path, metavar="FILE", help="write the results as JUnit XML")
-    p.add_argument("--only", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")
-    p.add_argument("--fail-fast", action="store_true",
-                   help="stop at the first check that fails or hangs (the rest are reported as not run)")
-    p.add_argument("--record", type=Path, metavar="DIR",
-                   help="write the observations each check keeps to DIR/CHECK.json.gz (golden data for tests/data)")
-    p.set_defaults(func=cmd_check)
-
-    p = sub.add_parser("mutants", parents=[build_options(), guest_options()],
-                       help="mutation self-check: build each mutant kernel, run check; exit 0 only if all are killed")
-    p.add_argument("--dir", type=Path, metavar="DIR", help="mutant patches (default kernel-config/patches/mutants)")
-    p.add_argument("--only", action="append", default=[], metavar="MUTANT", help="run only this mutant (name or prefix)")
-    p.add_argument("--checks", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")
-    p.add_argument("--json", type=Path, metavar="FILE", help="write the mutant table as JSON")
-    p.add_argument("--full-matrix", action="store_true",
-                   help="run every check on every mutant (default: stop a mutant at its first kill)")
-    p.set_defaults(func=cmd_mutants)
-
-    p = sub.add_parser("ci", parents=[build_options(), machine_options()],
-                       help="unattended: build, check on each topology, mutation self-check; write junit.xml, "
-                            "summary.json, report.html into --out")
-    p.add_argument("merge", nargs="?", choices=["merge"],
-                   help="`ci merge PART... --out DIR`: join the --out directories of `ci --shard K/N` runs")
-    p.add_argument("parts", nargs="*", type=Path, metavar="PART", help="with merge: the shards' --out directories")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="a fresh (absent or empty) directory")
-    p.add_argument("--shard", metavar="K/N", help="do only the K-th of N deterministic shares of the work units "
-                   "(topology check runs, then mutants); `ci merge` joins the parts")
-    p.add_argument("--topology", action="append", default=[], metavar="SPEC",
-                   help="NxC or a TOML file (repeatable; default 2x2 and 4x1)")
-    p.add_argument("--checks", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")
-    p.add_argument("--no-mutants", action="store_true", help="skip the mutation self-check")
-    p.add_argument("--mutants-dir", type=Path, metavar="DIR", help="default kernel-config/patches/mutants")
-    p.add_argument("--mutant", action="append", default=[], metavar="NAME", help="run only this mutant (repeatable)")
-    p.add_argument("--mutant-checks", action="append", default=[], metavar="CHECK",
-                   help="checks to run on each mutant (default: all)")
-    p.add_argument("--mutants-full-matrix", action="store_true",
-                   help="run every check on every mutant (default: stop a mutant at its first kill)")
-    p.add_argument("--baseline", type=Path, metavar="DIR", help="an earlier run's --out directory (or summary.json)")
-    p.add_argument("--baseline-from", type=Path, metavar="DIR",
-                   help="compare with the newest earlier run under DIR (none on the first night)")
-    p.add_argument("--prune-mutants", action="store_true",
-                   help="remove the mutant kernels this run built once they are checked (about 120 MB each)")
-    p.add_argument("--kcidb", type=Path, metavar="FILE",
-                   help="also write the run as KCIDB JSON (checkout, build, a test per check and mutant)")
-    p.set_defaults(func=cmd_ci)

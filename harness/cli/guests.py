@@ -12,15 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.cli.options import (
-    build_options,
-    cache_options,
-    cache_root,
-    guest_options,
-    launch_request,
-    remote_command,
-    say,
-)
+from harness.cli.options import cache_root, remote_command, say
+from harness.cli.requests import launch_request
 from harness.errors import BadInput, ExitCode
 from harness.guest import registry
 from harness.guest.console import attach_console
@@ -119,37 +112,3 @@ def cmd_down(args: argparse.Namespace) -> int:
         registry.stop(guests[name])
         say(f"{name} is down")
     return 0
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("run", parents=[build_options(), guest_options()],
-                       help="boot a guest, run CMD over SSH, tear down; exit with CMD's status")
-    p.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="command timeout (default 3600)")
-    p.add_argument("--show-command", action="store_true", help="print the QEMU command line and exit")
-    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("up", parents=[build_options(), guest_options()], help="boot a guest in the background")
-    p.add_argument("--name", default="", help="guest name (default guestN)")
-    p.set_defaults(func=cmd_up)
-
-    p = sub.add_parser("ssh", parents=[cache_options()],
-                       help="run a command in a running guest (interactive shell without CMD)")
-    p.add_argument("name")
-    p.add_argument("--timeout", type=float, default=3600.0, metavar="S")
-    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
-    p.set_defaults(func=cmd_ssh)
-
-    p = sub.add_parser("console", parents=[cache_options()],
-                       help="attach to a running guest's serial console (Ctrl-] detaches)")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_console)
-
-    p = sub.add_parser("list", parents=[cache_options()], help="list running guests")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_list)
-
-    p = sub.add_parser("down", parents=[cache_options()], help="shut down a running guest (or --all)")
-    p.add_argument("name", nargs="?", default="")
-    p.add_argument("--all", action="store_true")
-    p.set_defaults(func=cmd_down)

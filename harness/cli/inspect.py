@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness import inspect as nh
-from harness.cli.options import cache_options, cache_root
+from harness.cli.options import cache_root
 from harness.errors import BadInput
 from harness.guest import registry
 from harness.inspect import (
@@ -148,30 +148,3 @@ def _script_globals(prog: drgn.Program) -> dict[str, object]:
         module = importlib.import_module(module_name)
         namespace.update({name: getattr(module, name) for name in getattr(module, "__all__", [])})
     return namespace
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("inspect", parents=[cache_options()],
-                       help="look inside a running guest's kernel with drgn: inspect NAME WHAT ...")
-    p.add_argument("name", help="a guest started with `numa-harness up`")
-    inspect_sub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
-    q = inspect_sub.add_parser("ptes", help="page-table entries of a task: hint, pfn, node, flags")
-    q.add_argument("--pid", type=int, required=True)
-    q.add_argument("--range", metavar="START-END")
-    q.add_argument("--json", action="store_true")
-    q.add_argument("--limit", type=int, default=64, help="table rows to show (default 64)")
-    q.set_defaults(func=cmd_inspect_ptes)
-    q = inspect_sub.add_parser("task", help="a task's NUMA state, its mm's scan state, VMAs and where their pages are")
-    q.add_argument("--pid", type=int, required=True)
-    q.add_argument("--json", action="store_true")
-    q.set_defaults(func=cmd_inspect_task)
-    q = inspect_sub.add_parser("vmstat", help="NUMA and migration event counters, read from the kernel")
-    q.add_argument("--json", action="store_true")
-    q.set_defaults(func=cmd_inspect_vmstat)
-
-    p = sub.add_parser("drgn", parents=[cache_options()],
-                       help="drgn's interactive mode on a running guest, or run SCRIPT.py like `drgn script.py`")
-    p.add_argument("name")
-    p.add_argument("script", nargs="?", type=Path)
-    p.add_argument("script_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_drgn)

@@ -1,5 +1,5 @@
-"""Option parents shared by the commands (after kunit_tool's add_common_opts/add_build_opts), and
-the requests they become. Each option is declared once, here."""
+"""Option parents shared by the commands (after kunit_tool's add_common_opts/add_build_opts): each
+option is declared once, here. Light on purpose: the parser imports this, and nothing heavy."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 
 from harness.cache import default_cache_root
-from harness.guest.launch import LaunchRequest
-from harness.kernel.pipeline import BuildRequest
 
 DEFAULT_TOPOLOGY = "2x2"
 
@@ -61,20 +59,6 @@ def guest_options() -> argparse.ArgumentParser:
     group.add_argument("--topology", default=DEFAULT_TOPOLOGY, metavar="SPEC",
                        help=f"NxC (N nodes of C CPUs) or a TOML file (default {DEFAULT_TOPOLOGY})")
     return parent
-
-
-def build_request(args: argparse.Namespace) -> BuildRequest:
-    return BuildRequest(source=args.source, series_dir=args.series, extra_patches=tuple(args.patch),
-                        config_files=tuple(args.config), kconfig=tuple(args.kconfig), cache_dir=args.cache_dir,
-                        jobs=args.jobs)
-
-
-def launch_request(args: argparse.Namespace, name: str = "", topology: str | None = None) -> LaunchRequest:
-    return LaunchRequest(
-        build=build_request(args), kernel_dir=getattr(args, "kernel", None),
-        topology=topology or str(getattr(args, "topology", DEFAULT_TOPOLOGY)), memory=args.memory, accel=args.accel,
-        boot_timeout=args.boot_timeout, name=name, cmdline=tuple(args.append),
-    )
 
 
 def cache_root(args: argparse.Namespace) -> Path:

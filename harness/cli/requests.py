@@ -1,0 +1,23 @@
+"""The requests a command line becomes (the stages' frozen request dataclasses)."""
+
+from __future__ import annotations
+
+import argparse
+
+from harness.cli.options import DEFAULT_TOPOLOGY
+from harness.guest.launch import LaunchRequest
+from harness.kernel.pipeline import BuildRequest
+
+
+def build_request(args: argparse.Namespace) -> BuildRequest:
+    return BuildRequest(source=args.source, series_dir=args.series, extra_patches=tuple(args.patch),
+                        config_files=tuple(args.config), kconfig=tuple(args.kconfig), cache_dir=args.cache_dir,
+                        jobs=args.jobs)
+
+
+def launch_request(args: argparse.Namespace, name: str = "", topology: str | None = None) -> LaunchRequest:
+    return LaunchRequest(
+        build=build_request(args), kernel_dir=getattr(args, "kernel", None),
+        topology=topology or str(getattr(args, "topology", DEFAULT_TOPOLOGY)), memory=args.memory, accel=args.accel,
+        boot_timeout=args.boot_timeout, name=name, cmdline=tuple(args.append),
+    )

@@ -39,6 +39,7 @@ def test_hinted_huge_pmd_names_its_head_page_not_the_last_tail() -> None:
                           np.array([pmd, hinted], dtype=np.uint64), np.array([1, 1], dtype=np.uint8),
                           np.array([0, 0], dtype=np.int16))
     assert table.pfn.tolist() == [head, head]
+    assert [entry.pfn for entry in table] == [head, head]  # Entry records decode with their level too
 
 
 def test_an_empty_entry_is_not_inverted() -> None:

@@ -110,8 +110,9 @@ def cmd_ci(args: argparse.Namespace) -> int:
     for spec in topologies:
         validate(launch_request(args, topology=spec))
     baseline = _baseline(args, args.out)
-    request = CiRequest(launch=launch_request(args), out=args.out, topologies=topologies, checks=checks or None,
-                        mutants=tuple(mutants), mutant_checks=mutant_checks or None, baseline=baseline,
+    # The mutants boot on the first topology.
+    request = CiRequest(launch=launch_request(args, topology=topologies[0]), out=args.out, topologies=topologies,
+                        checks=checks or None, mutants=tuple(mutants), mutant_checks=mutant_checks or None, baseline=baseline,
                         mutants_full_matrix=args.mutants_full_matrix, kcidb=args.kcidb,
                         prune_mutants=args.prune_mutants, shard=Shard.parse(args.shard) if args.shard else None)
     outcome = run_ci(request, say)

@@ -16,8 +16,11 @@ def build_request(args: argparse.Namespace) -> BuildRequest:
 
 
 def launch_request(args: argparse.Namespace, name: str = "", topology: str | None = None) -> LaunchRequest:
+    """The guest a command boots: `topology`, or the command's one --topology (ci's is a list: it
+    passes each topology explicitly)."""
+    given = getattr(args, "topology", None)
     return LaunchRequest(
         build=build_request(args), kernel_dir=getattr(args, "kernel", None),
-        topology=topology or str(getattr(args, "topology", DEFAULT_TOPOLOGY)), memory=args.memory, accel=args.accel,
-        boot_timeout=args.boot_timeout, name=name, cmdline=tuple(args.append),
+        topology=topology or (given if isinstance(given, str) else DEFAULT_TOPOLOGY), memory=args.memory,
+        accel=args.accel, boot_timeout=args.boot_timeout, name=name, cmdline=tuple(args.append),
     )

@@ -178,7 +178,7 @@ class PageTableWalk(Sequence[Entry]):
         if isinstance(index, slice):
             return self.select(np.arange(len(self))[index])
         raw = int(self.raw[index])
-        present, hint, pfn = decode(raw)
+        present, hint, pfn = decode(raw, int(self.level[index]))
         cpupid = None if self.last_cpupid is None or self.last_cpupid[index] < 0 else int(self.last_cpupid[index])
         mapcount = None if self.mapcount is None or self.mapcount[index] < 0 else int(self.mapcount[index])
         return Entry(int(self.vaddr[index]), LEVELS[int(self.level[index])], raw, present, hint, pfn,

@@ -123,6 +123,23 @@ def test_ci_flags_a_check_that_now_fails_as_a_regression(good_run: Path, nh_cach
     assert failure is not None and "task memory faults on node" in (failure.text or "")
     snapshot = summary["topologies"][0]["checks"][1]["snapshot_file"]
     assert snapshot and json.loads((out / snapshot).read_text())["observations"]
+    _overview_of_two_kernels(good_run, out, tmp_path / "overview")
+
+
+def _overview_of_two_kernels(good: Path, bad: Path, out: Path) -> None:
+    """`ci overview`: the good and the broken kernel side by side, the lab's status the worse one."""
+    assert main(["ci", "overview", str(good), str(good), "--out", str(out)]) == 2  # one kernel twice
+    assert not out.exists()
+    assert main(["ci", "overview", str(good), str(bad), "--out", str(out)]) == 3
+    data = json.loads((out / "overview.json").read_text())
+    good_label, bad_label = (r["label"] for r in data["runs"])
+    assert good_label != bad_label and data["status"] == "regression"
+    assert data["matrix"]["cells"]["thp"] == {good_label: {"2x2": "pass"}, bad_label: {"2x2": "fail"}}
+    assert data["matrix"]["cells"]["fault-migration"][good_label] == {"2x2": "pass"}
+    page = (out / "index.html").read_text()
+    assert page.index("id='regressions'") < page.index("id='matrix'") and "2x2/thp" in page
+    for run in data["runs"]:
+        assert (out / run["report"]).is_file()  # every link works inside the one directory
 
 
 def _summary_with(verdicts: dict[str, bool], killed: bool = True) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from harness.errors import BadInput, ExitCode
 from harness.guest.launch import resolve_kernel, validate
 from harness.report.ci import CiRequest, load_baseline, newest_run, run_ci
 from harness.report.junit import write_junit
+from harness.report.overview import write_overview
 from harness.report.shards import Shard, merge
 from harness.report.terminal import print_mutant_table, print_table, write_json, write_mutants_json
 
@@ -94,11 +95,23 @@ def cmd_ci_merge(args: argparse.Namespace) -> int:
     return exit_code
 
 
+def cmd_ci_overview(args: argparse.Namespace) -> int:
+    if args.baseline or args.baseline_from or args.kcidb or args.shard:
+        raise BadInput("ci overview: takes only the runs and --out; give --baseline, --kcidb and --shard to each "
+                       "kernel's `ci` or `ci merge`.")
+    data, exit_code = write_overview(args.parts, args.out)
+    say(f"{data['status']} (exit {int(exit_code)}) over {len(data['runs'])} kernels; overview: {args.out / 'index.html'}")
+    return exit_code
+
+
 def cmd_ci(args: argparse.Namespace) -> int:
-    if args.merge:
+    if args.merge == "merge":
         return cmd_ci_merge(args)
+    if args.merge == "overview":
+        return cmd_ci_overview(args)
     if args.parts:
-        raise BadInput(f"ci: unexpected {' '.join(map(str, args.parts))}; only `ci merge` takes directories.")
+        raise BadInput(f"ci: unexpected {' '.join(map(str, args.parts))}; only `ci merge` and `ci overview` take "
+                       f"directories.")
     checks = validate_names(args.checks, "--checks")
     mutant_checks = validate_names(args.mutant_checks, "--mutant-checks")
     mutants = []

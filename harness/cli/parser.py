@@ -106,9 +106,11 @@ def _checks(sub: Subparsers) -> None:
     p = sub.add_parser("ci", parents=[build_options(), machine_options()],
                        help="unattended: build, check on each topology, mutation self-check; write junit.xml, "
                             "summary.json, report.html into --out")
-    p.add_argument("merge", nargs="?", choices=["merge"],
-                   help="`ci merge PART... --out DIR`: join the --out directories of `ci --shard K/N` runs")
-    p.add_argument("parts", nargs="*", type=Path, metavar="PART", help="with merge: the shards' --out directories")
+    p.add_argument("merge", nargs="?", choices=["merge", "overview"], metavar="merge|overview",
+                   help="`ci merge PART... --out DIR`: join the --out directories of `ci --shard K/N` runs; "
+                        "`ci overview RUN... --out DIR`: several kernels' runs side by side (index.html)")
+    p.add_argument("parts", nargs="*", type=Path, metavar="PART",
+                   help="with merge: the shards' --out directories; with overview: each kernel's run")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="a fresh (absent or empty) directory")
     p.add_argument("--shard", metavar="K/N", help="do only the K-th of N deterministic shares of the work units "
                    "(topology check runs, then mutants); `ci merge` joins the parts")

@@ -30,7 +30,7 @@ img.plot { max-width: 100%; border: 1px solid #eee; }
 """
 
 
-def _e(value: Any) -> str:
+def escape(value: Any) -> str:
     return html.escape(str(value))
 
 
@@ -38,22 +38,22 @@ def render(summary: dict[str, Any]) -> str:
     status = summary["status"]
     css = {"pass": "pass", "check-failed": "fail", "regression": "regression", "infrastructure-failure": "infra"}[status]
     kernel = summary["kernel"]
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>numa-harness ci: {_e(status)}</title>"
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>numa-harness ci: {escape(status)}</title>"
              f"<style>{STYLE}</style></head><body>",
              "<h1>numa-harness ci report</h1>",
-             f"<div class='banner {css}' id='verdict'>{_e(_headline(summary))}</div>"]
+             f"<div class='banner {css}' id='verdict'>{escape(_headline(summary))}</div>"]
     if summary["regressions"]:
         parts.append("<h2 id='regressions'>Regressions against the baseline</h2><ul>")
-        parts.extend(f"<li>{_e(r['message'])}</li>" for r in summary["regressions"])
-        parts.append(f"</ul><p>Baseline: {_e(summary.get('baseline'))}</p>")
+        parts.extend(f"<li>{escape(r['message'])}</li>" for r in summary["regressions"])
+        parts.append(f"</ul><p>Baseline: {escape(summary.get('baseline'))}</p>")
     if summary["errors"]:
         parts.append("<h2>Infrastructure errors</h2>")
-        parts.extend(f"<pre>{_e(e)}</pre>" for e in summary["errors"])
+        parts.extend(f"<pre>{escape(e)}</pre>" for e in summary["errors"])
     patches = ", ".join(p.get("name", "?") for p in kernel.get("patches") or []) or "none"
-    parts.append("<table class='meta'>" + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in (
+    parts.append("<table class='meta'>" + "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in (
         ("kernel", kernel.get("kernel_release")), ("build-id", kernel.get("build_id")),
         ("config sha256", kernel.get("config_sha256")), ("patches", patches),
-        ("source", _source(kernel.get("source"))), ("build", f"{kernel.get('build_seconds')} s"
+        ("source", source_text(kernel.get("source"))), ("build", f"{kernel.get('build_seconds')} s"
                                                        f"{' (cache hit)' if kernel.get('cache_hit') else ''}"),
         ("started", summary["started"]), ("took", f"{summary['seconds']} s"),
         ("host", f"{summary['host'].get('qemu')}, drgn {summary['host'].get('drgn')}, "
@@ -67,7 +67,7 @@ def render(summary: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _source(source: dict[str, Any] | None) -> str:
+def source_text(source: dict[str, Any] | None) -> str:
     """The kernel source as a reader names it: kind, version, identity (not a JSON dict)."""
     if not source:
         return "unknown"
@@ -92,7 +92,7 @@ def _matrix(summary: dict[str, Any]) -> str:
     for t in topologies:
         names.extend(c["name"] for c in t["checks"] if c["name"] not in names)
     rows = ["<h2 id='checks'>Checks</h2><table><tr><th>check</th>" +
-            "".join(f"<th>{_e(t['topology'])}</th>" for t in topologies) + "</tr>"]
+            "".join(f"<th>{escape(t['topology'])}</th>" for t in topologies) + "</tr>"]
     for name in names:
         cells = []
         for t in topologies:
@@ -100,15 +100,15 @@ def _matrix(summary: dict[str, Any]) -> str:
             if check is None:
                 cells.append("<td>-</td>")
             else:
-                cells.append(f"<td class='v-{check['verdict']}' title='{_e(check['summary'])}'>{check['verdict']} "
+                cells.append(f"<td class='v-{check['verdict']}' title='{escape(check['summary'])}'>{check['verdict']} "
                              f"({check['seconds']:.0f} s)</td>")
-        rows.append(f"<tr><td>{_e(name)}</td>{''.join(cells)}</tr>")
+        rows.append(f"<tr><td>{escape(name)}</td>{''.join(cells)}</tr>")
     rows.append("<tr><td>console log</td>" + "".join(
-        f"<td><a href='{_e(t['console_log'])}'>{_e(t['console_log'])}</a></td>" if t.get("console_log") else "<td>-</td>"
+        f"<td><a href='{escape(t['console_log'])}'>{escape(t['console_log'])}</a></td>" if t.get("console_log") else "<td>-</td>"
         for t in topologies) + "</tr>")
     rows.append("<tr><td>boot</td>" + "".join(
-        f"<td>{t['boot_seconds']:.1f} s ({_e(t['accel'])})</td>" if t.get("boot_seconds") else
-        f"<td class='v-fail'>{_e(t.get('kernel_bug') or t.get('error') or '-')}</td>" for t in topologies) + "</tr>")
+        f"<td>{t['boot_seconds']:.1f} s ({escape(t['accel'])})</td>" if t.get("boot_seconds") else
+        f"<td class='v-fail'>{escape(t.get('kernel_bug') or t.get('error') or '-')}</td>" for t in topologies) + "</tr>")
     rows.append("</table>")
     return "".join(rows)
 
@@ -119,14 +119,15 @@ def _failures(summary: dict[str, Any]) -> str:
         for c in t["checks"]:
             if c["passed"]:
                 continue
-            parts.append(f"<h3>{_e(t['topology'])} / {_e(c['name'])}: {_e(c['verdict'])}</h3><p>{_e(c['summary'])}</p>")
+            parts.append(f"<h3>{escape(t['topology'])} / {escape(c['name'])}: {escape(c['verdict'])}</h3>"
+                         f"<p>{escape(c['summary'])}</p>")
             if c.get("kernel_bugs"):
-                parts.append("<p><b>Kernel bug:</b> " + ", ".join(_e(b) for b in c["kernel_bugs"]) + "</p>")
+                parts.append("<p><b>Kernel bug:</b> " + ", ".join(escape(b) for b in c["kernel_bugs"]) + "</p>")
             if c["diffs"]:
-                parts.append("<p>Model vs kernel:</p><pre>" + _e("\n".join(c["diffs"])) + "</pre>")
+                parts.append("<p>Model vs kernel:</p><pre>" + escape("\n".join(c["diffs"])) + "</pre>")
             if c.get("snapshot_file"):
-                parts.append(f"<p>Guest state the diff refers to: <a href='{_e(c['snapshot_file'])}'>"
-                             f"{_e(c['snapshot_file'])}</a></p>")
+                parts.append(f"<p>Guest state the diff refers to: <a href='{escape(c['snapshot_file'])}'>"
+                             f"{escape(c['snapshot_file'])}</a></p>")
     if not parts:
         return ""
     return "<h2 id='failures'>What failed</h2>" + "".join(parts)
@@ -141,9 +142,9 @@ def _mutants(summary: dict[str, Any]) -> str:
             "<table><tr><th>mutant</th><th>outcome</th><th>failed checks</th><th>seconds</th>"
             "<th>what it breaks</th><th>first diff</th></tr>"]
     for m in mutants["mutants"]:
-        rows.append(f"<tr><td>{_e(m['mutant'])}</td><td class='v-{m['outcome']}'>{_e(m['outcome'])}</td>"
-                    f"<td>{_e(', '.join(m['failed_checks']) or '-')}</td><td>{m['seconds']:.0f}</td>"
-                    f"<td>{_e(m['subject'])}</td><td>{_e(m.get('detail', ''))}</td></tr>")
+        rows.append(f"<tr><td>{escape(m['mutant'])}</td><td class='v-{m['outcome']}'>{escape(m['outcome'])}</td>"
+                    f"<td>{escape(', '.join(m['failed_checks']) or '-')}</td><td>{m['seconds']:.0f}</td>"
+                    f"<td>{escape(m['subject'])}</td><td>{escape(m.get('detail', ''))}</td></tr>")
     rows.append("</table>")
     return "".join(rows)
 
@@ -153,14 +154,14 @@ def _plots(summary: dict[str, Any]) -> str:
     for t in summary["topologies"]:
         uri = counters_timeline(t["topology"], t.get("timeline", []))
         if uri:
-            parts.append(f"<figure><img class='plot' alt='counters {_e(t['topology'])}' src='{uri}'>"
-                         f"<figcaption>{_e(t['topology'])}: numa_* counters (global, /proc/vmstat) read at every "
+            parts.append(f"<figure><img class='plot' alt='counters {escape(t['topology'])}' src='{uri}'>"
+                         f"<figcaption>{escape(t['topology'])}: numa_* counters (global, /proc/vmstat) read at every "
                          f"check's start and end.</figcaption></figure>")
         convergence = next((c for c in t["checks"] if c["name"] == "convergence" and c["figures"].get("runs")), None)
         if convergence:
             for caption, uri in convergence_plots(t["topology"], convergence["figures"]["runs"]):
-                parts.append(f"<figure><img class='plot' alt='{_e(caption)}' src='{uri}'>"
-                             f"<figcaption>{_e(caption)}</figcaption></figure>")
+                parts.append(f"<figure><img class='plot' alt='{escape(caption)}' src='{uri}'>"
+                             f"<figcaption>{escape(caption)}</figcaption></figure>")
     return "".join(parts)
 
 
@@ -169,8 +170,8 @@ def _figures(summary: dict[str, Any]) -> str:
     for t in summary["topologies"]:
         for c in t["checks"]:
             figures = {k: v for k, v in c["figures"].items() if k != "runs"}
-            parts.append(f"<details><summary>{_e(t['topology'])} / {_e(c['name'])}: {_e(c['summary'])}</summary>"
-                         f"<pre>{_e(json.dumps({'figures': figures, 'vmstat_delta': c['vmstat_delta']}, indent=1))}"
+            parts.append(f"<details><summary>{escape(t['topology'])} / {escape(c['name'])}: {escape(c['summary'])}</summary>"
+                         f"<pre>{escape(json.dumps({'figures': figures, 'vmstat_delta': c['vmstat_delta']}, indent=1))}"
                          f"</pre></details>")
     return "".join(parts)
 

@@ -202,7 +202,7 @@ class PageTableWalk(Sequence[Entry]):
 def walk(prog: Program, mm: Object, start: int = 0, end: int = 1 << 57, *, nodes: NodeRanges | None = None) -> PageTableWalk:
     """
     Walk an address space's page tables (4 or 5 levels) and return every non-empty leaf entry
-    (present, NUMA hint or swap) mapping [start, end), as columns. Each table page is read whole
+    (present, NUMA hint or swap) mapping [start, end) of its user half, as columns. Each table page is read whole
     (one physical read per table, not one object per entry).
 
     :param mm: ``struct mm_struct *``
@@ -215,6 +215,10 @@ def walk(prog: Program, mm: Object, start: int = 0, end: int = 1 << 57, *, nodes
     nodes = nodes or node_ranges(prog)
     # With 4 levels the p4d level is folded into the pgd, whose entries then cover 512 GiB each.
     shifts = [48, 39, 30, 21, 12] if five_level(prog) else [39, 30, 21, 12]
+    # The top table's upper half maps the kernel (shared into every mm: the direct map, vmalloc,
+    # the kernel image), not the task: user space ends at 1 << 47 (4 levels) or 1 << 56 (5 levels)
+    # (arch/x86/include/asm/page_64_types.h:TASK_SIZE_MAX, one page less).
+    end = min(end, 1 << (shifts[0] + 8))
     vaddr_chunks: list[np.ndarray] = []
     raw_chunks: list[np.ndarray] = []
     level_chunks: list[np.ndarray] = []

@@ -14,6 +14,7 @@ from harness.model import (
     PAGE_SIZE,
     Counters,
     Mm,
+    NumabState,
     Page,
     Task,
     Tunables,
@@ -283,3 +284,33 @@ def test_a_slow_down_placement_restarts_the_scan_clock() -> None:
     some_local = replace(remote_private, locality=(8, 1, 0))
     assert not placement_restarts_scan_clock(some_local, mm_seq=2)
     assert placement_restarts_scan_clock(replace(some_local, locality=(8, 1, 3)), mm_seq=2)  # failed migrations
+
+
+def test_a_pass_waits_for_numa_next_scan_and_moves_it_by_the_period() -> None:
+    """fair.c:task_numa_work: no pass before numa_next_scan; the pass installs now + period."""
+    from harness.model.timing import next_scan_after_pass, pass_allowed
+
+    assert not pass_allowed(999, 1000) and pass_allowed(1000, 1000) and pass_allowed(1001, 1000)
+    assert pass_allowed(5, (1 << 64) - 5) is True  # jiffies wrapped past numa_next_scan: time_after is wrap-safe
+    assert next_scan_after_pass(1000, 200, Tunables(hz=250)) == 1050
+    assert next_scan_after_pass(1000, 201, Tunables(hz=250)) == 1051  # msecs_to_jiffies rounds up
+
+
+def test_node_stamp_moves_a_period_per_trigger_and_two_ticks_per_pass() -> None:
+    from harness.model.timing import node_stamp_after, tick_nsec
+
+    assert tick_nsec(250) == 4_000_000 and tick_nsec(1000) == 1_000_000
+    assert node_stamp_after(0, triggers=3, passes=2, period_ms=200, hz=250) == 600_000_000 + 16_000_000
+
+
+def test_a_hint_fault_sets_the_task_pid_bit_in_pids_active_1_only_once_scanned() -> None:
+    """include/linux/mm.h:vma_set_access_pid_bit: bit hash_32(pid, 6) of pids_active[1], and
+    nothing on a VMA whose numab_state the scanner has not allocated."""
+    from harness.model.timing import pid_bit, vma_set_access_pid_bit
+
+    fresh = Vma(0, 1 << 21)
+    assert vma_set_access_pid_bit(fresh, 1234) is fresh
+    scanned = replace(fresh, numab=NumabState(1, 0, 0, 0, (0x10, 0)))
+    after = vma_set_access_pid_bit(scanned, 1234)
+    assert after.numab is not None and after.numab.pids_active == (0x10, pid_bit(1234))
+    assert pid_bit(1234) == 1 << ((1234 * 0x61C88647 & 0xFFFFFFFF) >> 26)

@@ -103,6 +103,31 @@ def test_a_check_that_raises_is_an_error_not_a_kill() -> None:
     assert outcome_of([CheckResult("x", Verdict.PASS, "ok")]) is MutantOutcome.SURVIVED
 
 
+def test_an_inconclusive_run_is_retried_and_never_a_silent_pass() -> None:
+    """A scenario that cannot decide is run again; one that never decides fails and says why."""
+    from harness.checks.observe import INCONCLUSIVE_TRIES, Inconclusive
+
+    tries: list[int] = []
+
+    def decides_on_the_second_try(ctx: object) -> Finding:
+        tries.append(1)
+        if len(tries) == 1:
+            raise Inconclusive("two placements may have run")
+        return Finding("ok", {"n": 1})
+
+    result = run_check(None, Check("flaky-race", decides_on_the_second_try))  # type: ignore[arg-type]
+    assert result.verdict is Verdict.PASS and len(tries) == 2
+    assert result.figures["inconclusive_tries"] == ["two placements may have run"]
+
+    def never_decides(ctx: object) -> Finding:
+        raise Inconclusive("two placements may have run")
+
+    result = run_check(None, Check("always-racing", never_decides))  # type: ignore[arg-type]
+    assert result.verdict is Verdict.FAIL and len(result.diffs) == INCONCLUSIVE_TRIES
+    assert all("inconclusive" in d and "two placements" in d for d in result.diffs)
+    assert outcome_of([result]) is MutantOutcome.KILLED  # a kernel that never lets a check decide is caught
+
+
 @pytest.mark.kernel
 @pytest.mark.guest
 def test_mutants_exits_125_when_a_check_errors_on_a_mutant_kernel(built_kernel: KernelArtifact,

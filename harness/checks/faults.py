@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.checks.accounting import FaultBooks, compare_last_cpupid, compare_writable
-from harness.checks.adapters import model_pages, model_task, model_tunables
+from harness.checks.adapters import model_pages, model_task
 from harness.checks.observe import Context, Observation, observe, outside_region, region_hinted, spin_until
 from harness.checks.registry import Finding, check
 from harness.checks.scenario import drain_lru_batches, scenario
@@ -94,7 +94,7 @@ def check_two_stage_filter(ctx: Context) -> Finding:
     re-hints the page just restored (mm_users is 2, so change_pte_range does not skip it), and the
     retried load faults again, now with a last_cpupid from this node: that one page migrates. So a
     round may move up to one page more than the model per scanner pass that ran during the read
-    (bounded by the jiffies the read took over the task's scan period, plus one), each such page
+    (passes_at_most: counted from the task's CPU time and node_stamp), each such page
     with last_cpupid from the reading node. The same retry on a page the read just migrated is a
     local fault: the page stays, but comes back writable (numa_rebuild_single_mapping) where the
     model, which sees one fault, leaves it read-only; such pages count against the same bound.
@@ -144,9 +144,7 @@ def _replay_read(ctx: Context, region: HeldRegion, before: Observation, after: O
     second_faults: list[int] = []
     decisions: dict[str, int] = {}
     diffs: list[str] = []
-    period = max(1, model_tunables(before, ctx.hz).ms_to_jiffies(before.task.numa_scan_period))
-    passes = 0 if after.mm.numa_next_scan == before.mm.numa_next_scan else \
-        -(-(after.balancing.jiffies - before.balancing.jiffies) // period) + 1
+    passes = passes_at_most(before, after)
     for va in sorted(p for p in pages if region.addr <= p < region.end):
         result = hint_fault(task, pages[va], cpu=cpu, node_of_cpu=ctx.node_of_cpu, mm_seq=before.mm.numa_scan_seq)
         task = result.task
@@ -191,6 +189,21 @@ def _replay_read(ctx: Context, region: HeldRegion, before: Observation, after: O
                    "seq": before.task.numa_scan_seq, "preferred": before.task.numa_preferred_nid,
                    "moved_model": moved_model, "moved_kernel": moved_kernel, "decisions": decisions,
                    "rehinted_after_read": rehinted}
+
+
+def passes_at_most(before: Observation, after: Observation) -> int:
+    """The most scanner passes the task can have run between two observations, from the kernel's
+    own counters. fair.c:task_tick_numa queues task_numa_work only when the task's
+    sum_exec_runtime exceeds node_stamp + its period, and then adds the period to node_stamp
+    (task_numa_work adds two more ticks); so k triggers after `before` need sum_exec_runtime >
+    node_stamp + k periods by `after`. A placement in between may shorten the period: the shorter
+    of the two observed periods bounds it (at most one placement per new mm sequence). A trigger
+    queued just before `before` whose work had not run yet adds one."""
+    if after.mm.numa_next_scan == before.mm.numa_next_scan:
+        return 0  # every pass moves numa_next_scan (the cmpxchg that lets it run)
+    period_ns = min(before.task.numa_scan_period, after.task.numa_scan_period) * 1_000_000
+    triggers = max(0, (after.task.sum_exec_runtime - before.task.node_stamp) // max(1, period_ns))
+    return int(triggers) + int(before.task.numa_work_pending)
 
 
 # A read must not contain a scanner pass: wait for a moment with no pass due for this long (three

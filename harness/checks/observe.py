@@ -28,6 +28,15 @@ class KernelNeverReached(Exception):
     check's bound; the message says what was waited for and what the kernel showed instead."""
 
 
+class Inconclusive(Exception):
+    """This run of the scenario cannot decide a comparison (the message says which, and why: a
+    race the observations cannot resolve). The runner retries the check with a fresh scenario,
+    INCONCLUSIVE_TRIES times in all; a check inconclusive every time fails and says so."""
+
+
+INCONCLUSIVE_TRIES = 3
+
+
 @dataclass(frozen=True)
 class GuestFacts:
     """What a comparison needs to know about the guest beyond an observation: which node each CPU

@@ -25,8 +25,10 @@ from harness import inspect as nh
 from harness.cache import atomic_write_bytes
 from harness.checks.catalog import CHECKS
 from harness.checks.observe import (
+    INCONCLUSIVE_TRIES,
     Context,
     GuestFacts,
+    Inconclusive,
     KernelNeverReached,
     Observation,
     observation_from_json,
@@ -84,9 +86,24 @@ def _stopped(ctx: Context, name: str, err: BaseException) -> CheckResult:
 
 
 def run_check(ctx: Context, check: Check) -> CheckResult:
-    """One check, its verdict decided as the module docstring says (kernel bugs aside)."""
+    """One check, its verdict decided as the module docstring says (kernel bugs aside). A run
+    that could not decide (Inconclusive) is retried with a fresh scenario; inconclusive
+    INCONCLUSIVE_TRIES times in a row is a fail: the kernel never let the check decide."""
+    reasons: list[str] = []
+    for _ in range(INCONCLUSIVE_TRIES):
+        try:
+            return _run_once(ctx, check, reasons)
+        except Inconclusive as err:
+            reasons.append(str(err))
+    return CheckResult(check.name, Verdict.FAIL, f"inconclusive in all {INCONCLUSIVE_TRIES} tries",
+                       {"inconclusive": reasons}, tuple(f"try {i + 1} inconclusive: {r}" for i, r in enumerate(reasons)))
+
+
+def _run_once(ctx: Context, check: Check, inconclusive: list[str]) -> CheckResult:
     try:
         finding = check.run(ctx)
+    except Inconclusive:
+        raise
     except KernelNeverReached as err:
         return CheckResult(check.name, Verdict.FAIL, "the kernel never reached a state it must reach", {}, (str(err),))
     except (WorkloadStuck, GuestCommandError, VmError) as err:
@@ -94,7 +111,8 @@ def run_check(ctx: Context, check: Check) -> CheckResult:
     except Exception as err:
         return _harness_error(check.name, err)
     verdict = Verdict.FAIL if finding.diffs else Verdict.PASS
-    return CheckResult(check.name, verdict, finding.summary, finding.figures, limit_diffs(finding.diffs))
+    figures = {**finding.figures, "inconclusive_tries": inconclusive} if inconclusive else finding.figures
+    return CheckResult(check.name, verdict, finding.summary, figures, limit_diffs(finding.diffs))
 
 
 def write_recording(directory: Path, result: CheckResult, facts: GuestFacts, kept: dict[str, Observation],

@@ -74,6 +74,9 @@ class TaskNumaState:
     locality: tuple[int, int, int]
     numa_pages_migrated: int
     numa_group_id: int | None
+    # task_numa_work queued and not yet run (numa_work.next != &numa_work: fair.c:task_tick_numa
+    # queues it, task_numa_work resets it first thing).
+    numa_work_pending: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,6 +162,7 @@ def read_task(prog: Program, pid: int) -> TaskNumaState:
         locality=tuple(int(task.numa_faults_locality[i].value_()) for i in range(3)),  # type: ignore[arg-type]
         numa_pages_migrated=int(task.numa_pages_migrated.value_()),
         numa_group_id=int(group.gid.value_()) if group else None,
+        numa_work_pending=task.numa_work.next.value_() != task.numa_work.address_of_().value_(),
     )
 
 

@@ -9,6 +9,7 @@ not: each perturbation below is a bookkeeping bug the replay has to notice.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -78,3 +79,73 @@ def test_a_kernel_keeping_other_books_is_caught(bug: str, change: Callable[[Task
     perturbed = {**recording.observations, label: _with_task(a, **change(a.task))}
     rounds = replay_exact_rounds(recording.facts, perturbed, recording.notes)
     assert rounds.diffs, f"{bug}: not noticed"
+
+
+# -- scanner-window: the scanner's state carried free from one observation ----------------------
+
+
+def _replay_window(recording: Recording, perturb: Callable[[str, Observation], Observation] | None = None) -> tuple[
+        int, list[str]]:
+    """Replay scanner-window's recorded steps from the first observation; the passes predicted
+    and the first diffs (perturb changes a kernel observation before the replay sees it)."""
+    from harness.checks.scanreplay import ScanReplay
+
+    labels = sorted(recording.observations)
+    observations = [recording.observations[label] for label in labels]
+    if perturb is not None:
+        observations = [perturb(label, obs) for label, obs in zip(labels, observations, strict=True)]
+    notes = recording.notes[labels[0]]
+    low, high = notes["region"]
+    replay = ScanReplay.start(observations[0], recording.facts, int(notes["pid"]), (int(low), int(high)))
+    passes = 0
+    for label, before, after in zip(labels[1:], observations, observations[1:], strict=False):
+        diffs = replay.step(before, after, region_touched=bool(recording.notes[label]["touched"]))
+        if diffs:
+            return passes, diffs
+        passes += replay.last_pass is not None
+    return passes, []
+
+
+def test_recorded_scanner_steps_are_predicted_from_the_first_observation() -> None:
+    passes, diffs = _replay_window(_load("scanner-window"))
+    assert not diffs, diffs
+    assert passes >= 4
+
+
+def _label_of_nth_pass(recording: Recording, n: int) -> str:
+    labels = sorted(recording.observations)
+    seen = 0
+    for before, after in itertools.pairwise(labels):
+        a, b = recording.observations[before].mm, recording.observations[after].mm
+        if (a.numa_scan_offset, a.numa_scan_seq) != (b.numa_scan_offset, b.numa_scan_seq):
+            seen += 1
+            if seen == n:
+                return after
+    raise AssertionError(f"the recording has fewer than {n} passes")
+
+
+def _vma_numab(obs: Observation, change: Callable[[dict[str, object]], dict[str, object]]) -> Observation:
+    vmas = [replace(v, numab=change(dict(v.numab))) if v.numab else v for v in obs.vmas]
+    return replace(obs, vmas=vmas)
+
+
+@pytest.mark.parametrize(("bug", "field", "change"), [
+    ("a finished VMA not recorded as scanned", "numab prev_scan_seq",
+     lambda o: _vma_numab(o, lambda n: {**n, "prev_scan_seq": int(n["prev_scan_seq"]) - 1})),  # type: ignore[call-overload]
+    ("the PID window reset a jiffy late", "numab pids_active_reset",
+     lambda o: _vma_numab(o, lambda n: {**n, "pids_active_reset": int(n["pids_active_reset"]) + 1})),  # type: ignore[call-overload]
+    ("a scan delay for a VMA that had it", "numab next_scan",
+     lambda o: _vma_numab(o, lambda n: {**n, "next_scan": int(n["next_scan"]) + 25})),  # type: ignore[call-overload]
+    ("the scan offset left a page further", "scan offset",
+     lambda o: replace(o, mm=replace(o.mm, numa_scan_offset=o.mm.numa_scan_offset + 4096))),
+    ("the task's period not what task_scan_max says", "numa_scan_period",
+     lambda o: replace(o, task=replace(o.task, numa_scan_period=o.task.numa_scan_period + 10))),
+])
+def test_a_kernel_keeping_other_scan_books_is_caught(bug: str, field: str, change: Callable[[Observation], Observation]) -> None:
+    """Each change is a kernel that kept one field of the scanner's books differently from the
+    second pass on: the replay must fail there, naming the field."""
+    recording = _load("scanner-window")
+    broken_from = _label_of_nth_pass(recording, 2)
+    _, diffs = _replay_window(recording, lambda label, obs: change(obs) if label >= broken_from else obs)
+    assert diffs, f"{bug}: not noticed"
+    assert any(field in d for d in diffs), (bug, diffs)

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.checks.adapters import model_pages, model_tunables, model_vmas
-from harness.checks.observe import Context, Observation, observe, outside_region, spin_until
+from harness.checks.adapters import model_vmas
+from harness.checks.observe import Context, Observation, observe, spin_until
 from harness.checks.registry import Finding, check
+from harness.checks.scanreplay import ScanReplay
 from harness.checks.scenario import drain_lru_batches, scenario
-from harness.checks.workload import HeldRegion, Region
-from harness.model import (
-    HPAGE_SIZE,
-    Mm,
-    scan_pass,
-    skip_reason,
-)
+from harness.checks.workload import Region
+from harness.model import HPAGE_SIZE, skip_reason
 
 
 @check("skip-rules", seconds=5)
@@ -74,39 +70,40 @@ WINDOW_KNOBS = {"scan_delay_ms": 100, "scan_size_mb": 16, "scan_period_min_ms": 
 
 @check("scanner-window", seconds=10)
 def check_scanner_window(ctx: Context) -> Finding:
-    """Scanner window. A 64 MiB region first touched on node 0 (its second half on the node the
-    task spins on: change_pte_range must skip those pages, mm_users being 1); its task spins on another node
-    without touching it, with scan_size_mb=16 and scan_period_min_ms = scan_period_max_ms = 1000,
-    so the task's period is its initial scan_delay (1000 ms at fork) or, after a placement,
-    1000 / task_nr_scan_windows (RSS / 16 MiB, rounded up) = 200 ms. Between two observations at
-    most one pass can run: each pass needs a period of the task's CPU time (task_tick_numa:
-    node_stamp) and the task spins 0.15 s per step. For each step with exactly one pass
-    (numa_next_scan moved), the model runs one scan_pass from the previous observation, at the
-    jiffies the pass ran (new numa_next_scan minus the period), and the hint entries inside the
-    region, and the scan offset when it lies in the region, must equal the model's. The region is
-    never touched in between, so its entries depend on the passes alone. Exact.
+    """Scanner window, free-running. A 64 MiB region first touched on node 0 (its second half on
+    the node the task spins on: change_pte_range must skip those pages, mm_users being 1); its
+    task spins on another node without touching it, with scan_size_mb=16 and scan_period_min_ms =
+    scan_period_max_ms = 1000, so after a placement the task's period is 1000 / task_nr_scan_windows
+    (RSS / 16 MiB, rounded up) = 200 ms. Between two observations at most one pass can run: each
+    needs a period of the task's CPU time (task_tick_numa: node_stamp) and the task spins 0.15 s
+    per step.
 
-    numa_next_scan also moves without a pass: a placement that takes update_task_scan_period's
-    slow-down branch restarts it at jiffies + the doubled period (the task's remote private
-    faults on its own pages make that branch common here). A step in which a placement ran
-    (the task's numa_scan_seq moved) therefore has no pass time to derive: it is not replayed,
-    and is counted with its reason; as is a step whose derived pass time falls before the step."""
+    The model starts from ONE observation, taken once the scanner has settled, and carries the
+    scanner's state from there (checks/scanreplay.py: what it takes as input after that, each
+    input checked against the state it predicted). After every step the kernel's mm offset and
+    sequence, numa_next_scan, the task's sequence and period, every VMA's numab_state, every
+    hint bit, and the region's entries (node, last_cpupid, write bit) must equal the prediction,
+    and numa_pte_updates must grow by the model's count plus at most one per counted hint fault.
+    The first step that does not match ends the check with its diffs. Exact."""
     remote = ctx.nodes_with_cpus()[-1]
     tally = _WindowTally()
     with scenario(ctx, Region(64, node=0, split=remote), knobs=WINDOW_KNOBS) as region:
         drain_lru_batches(ctx.guest)
         # Settle: past the first trigger, which only arms numa_next_scan (a fresh mm burns it),
-        # and one whole sequence. The period itself need not settle: each pass's time is
-        # derived from the period observed right after it, and it only changes at placement.
+        # and one whole sequence.
         spin_until(region, ctx, remote, lambda o: o.mm.numa_scan_seq >= 1, step=0.3)
         # Settling hinted the region; touching it from node 0 restores every entry without moving
         # a page (local faults), so the passes compared below are the ones that hint it again.
         region.touch(node=0)
         previous = observe(ctx, region.pid)
+        replay = ScanReplay.start(previous, ctx.facts, region.pid, (region.addr, region.end))
+        tally.keep(ctx, previous, region.pid, replay.region, touched=False)
         for _ in range(160):
             region.spin(0.15, node=remote)
             current = observe(ctx, region.pid)
-            tally.step(ctx, region, previous, current, remote)
+            if not tally.step(replay, previous, current):
+                break
+            tally.keep(ctx, current, region.pid, replay.region, touched=False)
             previous = current
             if tally.hinting_passes >= 4 and tally.passes_in_region >= 5:
                 break
@@ -115,102 +112,59 @@ def check_scanner_window(ctx: Context) -> Finding:
                 # Nothing left to hint (the second half is skipped): restore the first half with
                 # local faults so that the next passes hint it again.
                 region.touch(node=0, pages=region.length // 2 // 4096)
-                previous = observe(ctx, region.pid)
-    return tally.finding()
+                current = observe(ctx, region.pid)
+                if not tally.step(replay, previous, current, region_touched=True):
+                    break
+                tally.keep(ctx, current, region.pid, replay.region, touched=True)
+                previous = current
+    return tally.finding(replay)
+
+
+# Enough steps for a few passes, a placement and a pids_active rotation, small enough for the repository.
+RECORDED_STEPS = 7
 
 
 @dataclass
 class _WindowTally:
-    """check_scanner_window's steps: which were replayed, what they found, and why others were not."""
+    """check_scanner_window's steps: how many passes the free-running model predicted."""
 
-    compared: int = 0
+    steps: int = 0
+    passes: int = 0
     passes_in_region: int = 0
     hinting_passes: int = 0
-    counted: int = 0
     windows: list[str] = field(default_factory=list)
     diffs: list[str] = field(default_factory=list)
-    not_replayed: dict[str, int] = field(default_factory=dict)
 
-    def skip(self, reason: str) -> None:
-        self.not_replayed[reason] = self.not_replayed.get(reason, 0) + 1
+    def keep(self, ctx: Context, obs: Observation, pid: int, region: tuple[int, int], *, touched: bool) -> None:
+        """With --record: the first RECORDED_STEPS observations, golden data for the replay's tests."""
+        if self.steps <= RECORDED_STEPS:
+            ctx.keep(f"step-{self.steps:02d}", obs, pid=pid, region=list(region), touched=touched)
 
-    def step(self, ctx: Context, region: HeldRegion, previous: Observation, current: Observation, node: int) -> None:
-        """Replay the step's pass, if it had exactly one whose time can be derived."""
-        if current.mm.numa_next_scan == previous.mm.numa_next_scan:
-            return  # no pass in this step
-        if current.task.numa_scan_seq != previous.task.numa_scan_seq:
-            self.skip("a placement ran in the step (it may have restarted numa_next_scan)")
-            return
-        period = model_tunables(current, ctx.hz).ms_to_jiffies(current.task.numa_scan_period)
-        ran_at = current.mm.numa_next_scan - period
-        if ran_at <= previous.balancing.jiffies:
-            self.skip("the derived pass time falls before the step")
-            return
-        self.compared += 1
-        diffs, in_region, labels, hinting, counted = _compare_one_pass(ctx, region, previous, current, ran_at, node)
-        self.diffs.extend(diffs)
-        self.passes_in_region += in_region
-        self.windows.extend(labels)
-        self.hinting_passes += hinting
-        self.counted += counted
+    def step(self, replay: ScanReplay, before: Observation, after: Observation, *, region_touched: bool = False) -> bool:
+        """Predict one step; False once the kernel left the prediction (the diffs are kept)."""
+        self.steps += 1
+        diffs = replay.step(before, after, region_touched=region_touched)
+        if diffs:
+            self.diffs = [f"step {self.steps} (jiffies {before.balancing.jiffies}..{after.balancing.jiffies}): {d}"
+                          for d in diffs[:12]]
+            return False
+        if replay.last_pass is not None:
+            self.passes += 1
+            lo, hi = replay.region
+            in_region = [w for w in replay.last_pass_windows if w[0] < hi and w[1] > lo]
+            self.passes_in_region += bool(in_region)
+            self.hinting_passes += replay.new_region_hints > 0
+            self.windows.extend(f"{(a - lo) >> 20}-{(b - lo) >> 20} MiB" for a, b in in_region)
+        return True
 
-    def finding(self) -> Finding:
+    def finding(self, replay: ScanReplay) -> Finding:
         diffs = list(self.diffs)
-        if self.hinting_passes < 2:
-            diffs.append(f"only {self.hinting_passes} of {self.compared} observed single passes hinted new pages of "
-                         f"the region: too few to judge")
-        if self.counted == 0:
-            diffs.append("no observed pass was the only one in the guest: numa_pte_updates could not be compared once")
-        figures = {"passes_compared": self.compared, "passes_in_region": self.passes_in_region,
-                   "hinting_passes": self.hinting_passes, "pte_updates_compared": self.counted, "windows": self.windows,
-                   "steps_not_replayed": self.not_replayed}
-        skipped = sum(self.not_replayed.values())
-        return Finding(f"{self.compared} single passes replayed in the model, {self.hinting_passes} of them hinting the "
-                       f"region{f' ({skipped} steps not replayed)' if skipped else ''}", figures, tuple(diffs))
-
-
-def _compare_one_pass(ctx: Context, region: HeldRegion, before: Observation, after: Observation, ran_at: int,
-                      node: int) -> tuple[list[str], int, list[str], int, int]:
-    result = scan_pass(
-        Mm(before.mm.numa_scan_offset, before.mm.numa_scan_seq, before.mm.mm_users), model_vmas(before),
-        model_pages(ctx.facts, before), model_tunables(before, ctx.hz), scanning_node=node, jiffies=ran_at, pid=region.pid,
-    )
-    predicted = {va for va, p in result.pages.items() if p.hint and region.addr <= va < region.end}
-    already = before.table.within(region.addr, region.end)
-    new_hints = bool(predicted - {int(v) for v in already.vaddr[already.hint]})
-    kernel_hints = after.table.within(region.addr, region.end)
-    observed = {int(v) for v in kernel_hints.vaddr[kernel_hints.hint]}
-    diffs = []
-    for va in sorted(predicted - observed)[:5]:
-        diffs.append(f"pass at jiffies {ran_at}: model hints {va:#x}, the kernel did not")
-    for va in sorted(observed - predicted)[:5]:
-        diffs.append(f"pass at jiffies {ran_at}: the kernel hinted {va:#x}, the model did not")
-    in_region = [w for w in result.windows if w[0] < region.end and w[1] > region.addr]
-    model_off, kernel_off = result.mm.numa_scan_offset, after.mm.numa_scan_offset
-    offset_in_region = region.addr <= model_off < region.end or region.addr <= kernel_off < region.end
-    if offset_in_region and model_off != kernel_off:
-        diffs.append(f"pass at jiffies {ran_at}: scan offset model {model_off:#x}, kernel {kernel_off:#x} "
-                     f"(windows {[(hex(a), hex(b)) for a, b in in_region]})")
-    labels = [f"{(a - region.addr) >> 20}-{(b - region.addr) >> 20} MiB" for a, b in in_region]
-    # numa_pte_updates is global; compared when no other mm had a pass in between. The task's own
-    # hinted pages outside the region may have faulted (and been restored) before the pass, which
-    # then hints them again: the kernel may count up to that many more, never fewer.
-    counted = 0
-    if not after.other_passes_since(before):
-        counted = 1
-        kernel_updates = after.vmstat["numa_pte_updates"] - before.vmstat["numa_pte_updates"]
-        model_updates = result.counters.numa_pte_updates
-        outside = outside_region(before.table, region)
-        slack = int(outside.pages[outside.hint].sum())
-        if not model_updates <= kernel_updates <= model_updates + slack:
-            model_new = {va for va, p in result.pages.items() if p.hint}
-            kernel_new = {int(v) for v in after.table.vaddr[after.table.hint]}
-            was = {e.vaddr: e for e in before.table}
-            odd = [f"{va:#x} (node {was[va].node}, {'hint' if was[va].hint else 'present'} before; "
-                   f"{'model' if va in model_new else 'kernel'} hinted it)"
-                   for va in sorted(model_new ^ kernel_new) if va in was][:3]
-            diffs.append(f"pass at jiffies {ran_at}: numa_pte_updates grew by {kernel_updates}, model {model_updates} "
-                         f"(+ up to {slack} re-hints of the task's pages outside the region); entries hinted by only "
-                         f"one of them: {', '.join(odd) or 'none'}")
-    return diffs, int(bool(in_region)), labels, int(new_hints), counted
-
+        if not diffs and self.hinting_passes < 2:
+            diffs.append(f"only {self.hinting_passes} of {self.passes} predicted passes hinted new pages of the region: "
+                         f"too few to judge")
+        if not diffs and not replay.inputs.get("passes whose numa_pte_updates were compared"):
+            diffs.append("no pass was the only one in the guest: numa_pte_updates could not be compared once")
+        figures = {"steps": self.steps, "passes": self.passes, "passes_in_region": self.passes_in_region,
+                   "hinting_passes": self.hinting_passes, "windows": self.windows, "inputs": dict(replay.inputs)}
+        return Finding(f"{self.passes} passes over {self.steps} steps predicted from one observation, "
+                       f"{self.hinting_passes} of them hinting the region", figures, tuple(diffs))

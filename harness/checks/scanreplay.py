@@ -1,0 +1,509 @@
+"""The scanner's state carried by the model from ONE observation on (scanner-window's replay).
+
+`ScanReplay.start` takes a scenario's first observation; from then on the model keeps its own mm
+scan offset and sequence, `numa_next_scan`, the task's scan sequence and period, every VMA's
+`numab_state` and every page's hint bit, and predicts each step. After every step the whole
+scanner state the kernel shows is compared with it. Nothing the model computes is read back from
+the kernel; what it takes after the start are the inputs it cannot know, each checked against the
+state it predicted:
+
+- the jiffies a pass ran at: `numa_next_scan - period` (the model's period), which must be
+  allowed by the model's `numa_next_scan` (`model.timing.pass_allowed`) and fall inside the step;
+- which pages the workload faulted on outside the region (its stack and data: a hint the model
+  set that the kernel no longer shows), bounded by the counted `numa_hint_faults`: the kernel may
+  not restore more hints than it counted faults;
+- whether those faults came before or after the step's pass (a pass re-hints a page restored
+  before it, and a fault sets the VMA's pid bit before or after the pass rotates `pids_active`):
+  the step is predicted for each order, and the kernel must match one of the predictions;
+- the workload's own layout: VMAs that appear or grow (stack, heap) and pages it maps outside the
+  region, with their node and `last_cpupid` (what a fault does to a page is fault-migration's
+  subject, not this replay's);
+- the jiffies of a placement that restarted `numa_next_scan` (update_task_scan_period's first
+  branch), which must fall inside the step.
+
+Inside the region, which the workload does not touch while it spins, every entry's hint bit,
+node, `last_cpupid` and write bit are predicted and compared exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+from harness.checks.adapters import model_pages, model_tunables, model_vmas
+from harness.checks.observe import GuestFacts, Observation
+from harness.model import Mm, Page, Tunables, Vma, scan_pass, task_scan_max
+from harness.model.timing import (
+    NSEC_PER_MSEC,
+    next_scan_after_pass,
+    pass_allowed,
+    pid_bit,
+    tick_nsec,
+    vma_set_access_pid_bit,
+)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One way the step could have gone: the pass's time, which faults came before it, and the
+    scanner state that results."""
+
+    ran_at: int | None
+    early: str  # "none", "seen" (the step's visible faults before the pass), "all"
+    mm: Mm
+    vmas: tuple[Vma, ...]
+    pages: dict[int, Page]
+    pte_updates: int
+    windows: tuple[tuple[int, int], ...]
+
+
+@dataclass
+class ScanReplay:
+    pid: int
+    facts: GuestFacts
+    tunables: Tunables
+    region: tuple[int, int]
+    mm: Mm
+    vmas: tuple[Vma, ...]
+    pages: dict[int, Page]
+    next_scan: int
+    period_ms: int
+    task_seq: int
+    # What the replay took as input, and what it could not decide, by kind: the check's figures.
+    inputs: dict[str, int] = field(default_factory=dict)
+    # task->node_stamp (ns of the task's CPU time) as the model carries it.
+    node_stamp: int = 0
+    # The node of the CPU the task ran its pass on (an input: the kernel's task->cpu).
+    scanning_node: int = -1
+    # Per step: whether a pass ran, the region entries it hinted anew, the VMAs the task faulted in.
+    last_pass: Prediction | None = None
+    new_region_hints: int = 0
+    faulted_vmas: set[int] = field(default_factory=set)
+    # The step's `after`: the addresses of its entries that are not hints.
+    hints_off: set[int] = field(default_factory=set)
+
+    @classmethod
+    def start(cls, obs: Observation, facts: GuestFacts, pid: int, region: tuple[int, int]) -> ScanReplay:
+        """The replay from a scenario's first observation. The period after a placement is
+        predicted (ScanReplay._placement) only with scan_period_min_ms == scan_period_max_ms."""
+        tunables = obs.balancing.tunables
+        if tunables["scan_period_min_ms"] != tunables["scan_period_max_ms"]:
+            raise ValueError("ScanReplay needs scan_period_min_ms == scan_period_max_ms (scanner-window's knobs)")
+        return cls(pid, facts, model_tunables(obs, facts.hz), region, Mm(obs.mm.numa_scan_offset, obs.mm.numa_scan_seq,
+                   obs.mm.mm_users), tuple(model_vmas(obs)), model_pages(facts, obs), obs.mm.numa_next_scan,
+                   obs.task.numa_scan_period, obs.task.numa_scan_seq, node_stamp=obs.task.node_stamp)
+
+    def _count(self, kind: str, n: int = 1) -> None:
+        self.inputs[kind] = self.inputs.get(kind, 0) + n
+
+    @property
+    def last_pass_windows(self) -> tuple[tuple[int, int], ...]:
+        return self.last_pass.windows if self.last_pass is not None else ()
+
+    def in_region(self, va: int) -> bool:
+        return self.region[0] <= va < self.region[1]
+
+    # -- inputs: the workload's layout and its faults outside the region ---------------------------
+
+    def _follow_layout(self, obs: Observation) -> list[str]:
+        """VMAs as the kernel has them now, each keeping the numab_state the model carries for the
+        VMA it overlaps (a stack grows down, a heap up); new VMAs have none."""
+        carried = []
+        for kernel_vma in model_vmas(obs):
+            old = next((v for v in self.vmas if v.start < kernel_vma.end and kernel_vma.start < v.end), None)
+            carried.append(replace(kernel_vma, numab=old.numab if old else None))
+            if old is None:
+                self._count("VMAs mapped by the workload")
+        self.vmas = tuple(carried)
+        diffs = []
+        kernel_pages = model_pages(self.facts, obs)
+        for va in sorted(set(self.pages) ^ set(kernel_pages)):
+            if self.in_region(va):
+                diffs.append(f"{va:#x} in the region is {'mapped' if va in kernel_pages else 'gone'} in the kernel, "
+                             f"not in the model")
+            elif va in kernel_pages:
+                self.pages[va] = replace(kernel_pages[va], hint=False)
+                self._count("pages mapped by the workload")
+            else:
+                del self.pages[va]
+        for va, page in kernel_pages.items():  # what a fault did to a page outside the region: an input
+            if not self.in_region(va) and va in self.pages:
+                self.pages[va] = replace(page, hint=self.pages[va].hint)
+        return diffs
+
+    def _vma_of(self, va: int, vmas: tuple[Vma, ...]) -> int | None:
+        return next((i for i, v in enumerate(vmas) if v.start <= va < v.end), None)
+
+    # -- the step --------------------------------------------------------------------------------
+
+    def step(self, before: Observation, after: Observation, *, region_touched: bool = False) -> list[str]:
+        """Predict the step from `before` to `after` (two kernel observations) and compare. Returns
+        the diffs; the model's state is the prediction that matched (or the closest one)."""
+        self.last_pass, self.new_region_hints, self.faulted_vmas = None, 0, set()
+        self.hints_off = _kernel_hints_off(after)
+        diffs = self._follow_layout(after)
+        faults = after.vmstat["numa_hint_faults"] - before.vmstat["numa_hint_faults"]
+        passed = (after.mm.numa_scan_offset, after.mm.numa_scan_seq) != (before.mm.numa_scan_offset,
+                                                                        before.mm.numa_scan_seq)
+        placed = after.task.numa_scan_seq != before.task.numa_scan_seq
+        old_period = self.period_ms
+        if placed:
+            diffs += self._placement(after, faults)
+        diffs += self._node_stamp(before, after, passed, old_period)
+        if passed:
+            mismatch = self._pass(before, after, faults, old_period, placed, region_touched)
+            if mismatch:  # no prediction holds: the rest would only repeat it
+                return diffs + mismatch
+        elif after.mm.numa_next_scan != self.next_scan:
+            diffs += self._restart_only(before, after, placed)
+        diffs += self._restore_late(after, faults, region_touched)
+        diffs += self._compare(after)
+        if self.last_pass is not None and not after.other_passes_since(before):
+            diffs += self._pte_updates(before, after, faults)
+        return diffs
+
+    def _node_stamp(self, before: Observation, after: Observation, passed: bool, old_period: int) -> list[str]:
+        """task->node_stamp, and whether the step's pass had a trigger. fair.c:task_tick_numa, at
+        a tick where sum_exec_runtime > node_stamp + period, adds the period and queues
+        task_numa_work; the pass that wins numa_next_scan adds 2 * TICK_NSEC, and at its end 32
+        times the CPU time it was charged (the 3 % overhead cap). The CPU time is an input: the
+        runtime as observed (the last tick saw at most one tick less) and the pass's own charge
+        d, which is at most what the task ran in the step. So node_stamp = model + k periods +
+        the pass's 2 ticks + 32 d, with k >= 1 when a pass ran unless its work was already queued
+        at the step's start; and after the last tick node_stamp + period >= runtime - one tick
+        (else that tick would have triggered). A placement in the step changes the period between
+        triggers: then any mix of the two periods is allowed."""
+        tick = tick_nsec(self.facts.hz)
+        runtime, ran = after.task.sum_exec_runtime, after.task.sum_exec_runtime - before.task.sum_exec_runtime
+        kernel, passes = after.task.node_stamp, int(passed)
+        old_ns, new_ns = old_period * NSEC_PER_MSEC, self.period_ms * NSEC_PER_MSEC
+        mixes = [(a, b) for a in range(4) for b in range(4)] if old_ns != new_ns else [(0, b) for b in range(4)]
+        fits = []
+        for a, b in mixes:
+            residual = kernel - (self.node_stamp + a * old_ns + b * new_ns + passes * 2 * tick)
+            if (passes == 0 and residual != 0) or residual < 0 or residual % 32 or residual // 32 > max(ran, 0):
+                continue
+            if passed and a + b == 0 and not before.task.numa_work_pending:
+                continue
+            if kernel + min(old_ns, new_ns) < runtime - tick:
+                continue
+            fits.append((a + b, residual // 32))
+        if not fits:
+            return [f"task node_stamp {kernel} (moved {kernel - self.node_stamp} ns) is not the model's {self.node_stamp} "
+                    f"+ k periods of {self.period_ms} ms + {passes} pass(es)' two ticks and 32x its CPU time (sum_exec_runtime "
+                    f"{runtime}, {ran} ns in the step{'; a pass needs a trigger' if passed else ''}: task_tick_numa, "
+                    f"task_numa_work)"]
+        self._count("scan-work triggers", min(fits)[0])
+        self.node_stamp = kernel
+        return []
+
+    def _pte_updates(self, before: Observation, after: Observation, faults: int) -> list[str]:
+        """numa_pte_updates (global) when no other mm had a pass: the model's count, plus at most
+        one re-hint per hint fault counted in the step (a page restored before the pass is hinted
+        again and counted again; the model, not seeing the fault, counts it once)."""
+        assert self.last_pass is not None
+        kernel = after.vmstat["numa_pte_updates"] - before.vmstat["numa_pte_updates"]
+        model = self.last_pass.pte_updates
+        self._count("passes whose numa_pte_updates were compared")
+        if not model <= kernel <= model + faults:
+            return [f"pass at jiffies {self.last_pass.ran_at}: numa_pte_updates grew by {kernel}, model {model} "
+                    f"(+ up to {faults}: one re-hint per hint fault counted in the step)"]
+        return []
+
+    def _placement(self, after: Observation, faults: int) -> list[str]:
+        """fair.c:task_numa_placement, run by the first hint fault after the mm's sequence moved:
+        the task takes the mm's sequence; numa_scan_period_max becomes task_scan_max and
+        update_task_scan_period clamps the period into [task_scan_min, task_scan_max]. With
+        scan_period_min_ms == scan_period_max_ms both bounds are 1000 ms / task_nr_scan_windows,
+        so either branch lands on that value once the old period is at least half of it (the
+        first branch doubles it, capped at the max; the second clamps)."""
+        diffs = []
+        if faults == 0:
+            diffs.append(f"the task's numa_scan_seq moved to {after.task.numa_scan_seq} without a hint fault "
+                         f"(numa_hint_faults unchanged): task_numa_placement runs only from task_numa_fault")
+        # get_mm_rss reads percpu counters' central count (percpu_counter_read_positive), which
+        # lags the mapped pages by less than percpu_counter_batch (32) per CPU.
+        rss = sum(p.nr_pages for p in self.pages.values() if not p.zero_page)
+        lag = 32 * len(self.facts.node_of_cpu)
+        targets = {task_scan_max(max(0, r), self.tunables) for r in (rss - lag + 1, rss)}
+        allowed = {t for t in targets if 2 * self.period_ms >= t} | {min(2 * self.period_ms, t) for t in targets}
+        if after.task.numa_scan_period not in allowed:
+            diffs.append(f"after a placement the task's numa_scan_period is {after.task.numa_scan_period} ms, model "
+                         f"{' or '.join(map(str, sorted(allowed)))} (task_scan_max for {rss - lag + 1}..{rss} pages of "
+                         f"RSS)")
+        self.period_ms = after.task.numa_scan_period if after.task.numa_scan_period in allowed else max(targets)
+        return diffs
+
+    def _times(self, before: Observation, after: Observation, old_period: int, placed: bool) -> tuple[list[int], list[str]]:
+        """The jiffies the step's pass may have run at: numa_next_scan minus the period it was
+        set with, which must be allowed by the model's numa_next_scan and fall in the step."""
+        # Both ends count: the guest resumes at the jiffy it was observed in, and is paused for
+        # the next observation within the jiffy it reads.
+        lo, hi = before.balancing.jiffies, after.balancing.jiffies
+        periods = [self.period_ms] + ([old_period] if placed and old_period != self.period_ms else [])
+        times = []
+        for period in periods:
+            ran_at = after.mm.numa_next_scan - self.tunables.ms_to_jiffies(period)
+            if lo <= ran_at <= hi and pass_allowed(ran_at, self.next_scan):
+                times.append(ran_at)
+        if placed:  # a restart after the pass hides its time: every jiffy where the gates change
+            times += [t for t in self._gate_changes(lo, hi) if pass_allowed(t, self.next_scan)]
+        if times:
+            return list(dict.fromkeys(times)), []
+        ran_at = after.mm.numa_next_scan - self.tunables.ms_to_jiffies(self.period_ms)
+        return [], [f"a pass ran in the step (scan offset {before.mm.numa_scan_offset:#x} -> "
+                    f"{after.mm.numa_scan_offset:#x}) at jiffies {ran_at} (numa_next_scan {after.mm.numa_next_scan} - "
+                    f"{self.period_ms} ms), but the step spans jiffies {lo}..{hi} and the model's numa_next_scan is "
+                    f"{self.next_scan}: task_numa_work may not run then"]
+
+    def _gate_changes(self, lo: int, hi: int) -> list[int]:
+        edges = {lo}
+        for vma in self.vmas:
+            if vma.numab is not None:
+                edges |= {vma.numab.next_scan, vma.numab.next_scan + 1, vma.numab.pids_active_reset + 1}
+        return sorted(t for t in edges if lo <= t <= hi)
+
+    def _early_variants(self, after: Observation, faults: int, region_touched: bool) -> Iterator[tuple[str, set[int]]]:
+        """Which pages outside the region were restored by a fault before the pass."""
+        hinted = {va for va, p in self.pages.items() if p.hint and (region_touched or not self.in_region(va))}
+        seen = hinted & self.hints_off
+        yield "none", set()
+        if seen:
+            yield "seen", seen
+        if faults > len(seen) and hinted - seen:
+            yield "all", hinted
+
+    def _predict(self, ran_at: int, early: str, restored: set[int]) -> Prediction:
+        pages = dict(self.pages)
+        vmas = list(self.vmas)
+        for va in restored:
+            pages[va] = replace(pages[va], hint=False)
+            index = self._vma_of(va, self.vmas)
+            if index is not None:
+                vmas[index] = vma_set_access_pid_bit(vmas[index], self.pid)
+        result = scan_pass(self.mm, vmas, pages, self.tunables, scanning_node=self.scanning_node, jiffies=ran_at,
+                           pid=self.pid)
+        return Prediction(ran_at, early, result.mm, result.vmas, dict(result.pages), result.counters.numa_pte_updates,
+                          result.windows)
+
+    def _pass(self, before: Observation, after: Observation, faults: int, old_period: int, placed: bool,
+              region_touched: bool) -> list[str]:
+        self.scanning_node = self.facts.node_of_cpu[after.task.cpu]
+        times, diffs = self._times(before, after, old_period, placed)
+        if diffs:
+            return diffs
+        best: tuple[Prediction, list[str]] | None = None
+        for ran_at in times:
+            for early, restored in self._early_variants(after, faults, region_touched):
+                prediction = self._predict(ran_at, early, restored)
+                found = self._mismatch(prediction, after, region_touched)
+                if not found:
+                    self._adopt(prediction, before, after, faults, restored)
+                    if len(times) > 1 or early != "none":
+                        self._count(f"steps predicted with {len(times)} pass times / faults before the pass: {early}")
+                    return []
+                if best is None or len(found) < len(best[1]):
+                    best = (prediction, found)
+        assert best is not None
+        return [f"pass at jiffies {best[0].ran_at} (faults before it: {best[0].early}; {len(times)} possible times): "
+                f"{d}" for d in best[1]]
+
+    def _mismatch(self, prediction: Prediction, after: Observation, region_touched: bool) -> list[str]:
+        diffs = []
+        if (prediction.mm.numa_scan_offset, prediction.mm.numa_scan_seq) != (after.mm.numa_scan_offset,
+                                                                             after.mm.numa_scan_seq):
+            diffs.append(f"scan offset/seq model {prediction.mm.numa_scan_offset:#x}/{prediction.mm.numa_scan_seq}, "
+                         f"kernel {after.mm.numa_scan_offset:#x}/{after.mm.numa_scan_seq}")
+        off = self.hints_off
+        kernel_on = _kernel_hints_on(after)
+        model_on = {va for va, p in prediction.pages.items() if p.hint}
+        for va in sorted(kernel_on - model_on)[:5]:
+            diffs.append(f"the kernel hinted {va:#x}, the model did not")
+        # A hint the model set and the kernel no longer shows was restored by a fault: outside the
+        # region an input (counted against numa_hint_faults in _restore_late), inside only when touched.
+        for va in sorted(v for v in model_on - kernel_on if v not in off or (self.in_region(v) and not region_touched))[:5]:
+            diffs.append(f"the model hinted {va:#x}, the kernel did not")
+        diffs += _numab_diffs(prediction.vmas, after, self.pid, tolerate_pids=True)
+        return diffs
+
+    def _adopt(self, prediction: Prediction, before: Observation, after: Observation, faults: int,
+               restored: set[int]) -> None:
+        self.new_region_hints = sum(1 for va, p in prediction.pages.items()
+                                    if p.hint and self.in_region(va) and not self.pages[va].hint)
+        self.last_pass = prediction
+        self.mm = prediction.mm
+        self.vmas = prediction.vmas
+        for va in restored:
+            index = self._vma_of(va, self.vmas)
+            if index is not None:
+                self.faulted_vmas.add(self.vmas[index].start)
+        self.pages = prediction.pages
+        assert prediction.ran_at is not None
+        self.next_scan = next_scan_after_pass(prediction.ran_at, self.period_ms, self.tunables)
+        if after.mm.numa_next_scan != self.next_scan:
+            self.next_scan = self._placement_restart(before, after) or self.next_scan
+
+    def _placement_restart(self, before: Observation, after: Observation) -> int | None:
+        """update_task_scan_period's first branch: mm->numa_next_scan = jiffies (of the placing
+        fault) + the new period. That jiffies is an input; it must lie in the step."""
+        at = after.mm.numa_next_scan - self.tunables.ms_to_jiffies(self.period_ms)
+        if before.balancing.jiffies < at <= after.balancing.jiffies:
+            self._count("placements that restarted numa_next_scan")
+            return int(after.mm.numa_next_scan)
+        return None
+
+    def _restart_only(self, before: Observation, after: Observation, placed: bool) -> list[str]:
+        restarted = self._placement_restart(before, after) if placed else None
+        if restarted is None:
+            return [f"numa_next_scan moved {self.next_scan} -> {after.mm.numa_next_scan} without a pass "
+                    f"(scan offset and sequence unchanged){'' if placed else ' and without a placement'}"]
+        self.next_scan = restarted
+        return []
+
+    def _restore_late(self, after: Observation, faults: int, region_touched: bool) -> list[str]:
+        """Faults the model takes as input: hints it set that the kernel shows restored. Each
+        sets the faulting task's pid bit in its VMA (vma_set_access_pid_bit). Their number is
+        bounded by the hint faults the kernel counted in the step."""
+        off = self.hints_off
+        restored = [va for va, p in self.pages.items() if p.hint and va in off and
+                    (region_touched or not self.in_region(va))]
+        vmas = list(self.vmas)
+        for va in restored:
+            self.pages[va] = replace(self.pages[va], hint=False)
+            index = self._vma_of(va, self.vmas)
+            if index is not None:
+                vmas[index] = vma_set_access_pid_bit(vmas[index], self.pid)
+                self.faulted_vmas.add(vmas[index].start)
+        self.vmas = tuple(vmas)
+        self._count("hint faults seen (restored hints)", len(restored))
+        if len(restored) > faults:
+            return [f"{len(restored)} hints were restored in the step but the kernel counted {faults} hint faults: "
+                    f"a hint went away without do_numa_page"]
+        unseen = faults - len(restored)
+        if unseen:
+            self._count("hint faults not seen (restored and hinted again, or other processes)", unseen)
+            self._attribute_unseen(after)
+        return []
+
+    def _attribute_unseen(self, after: Observation) -> None:
+        """A fault the observations cannot see (its page hinted again by the step's pass) still
+        set its task's pid bit in some VMA: where the kernel shows the bit the model lacks,
+        that VMA had it (the only input taken from pids_active, and only this bit)."""
+        bit = pid_bit(self.pid)
+        kernel = {v.start: v.numab for v in after.vmas if v.numab}
+        vmas = list(self.vmas)
+        for i, vma in enumerate(vmas):
+            numab = kernel.get(vma.start)
+            if vma.numab is None or numab is None:
+                continue
+            self.faulted_vmas.add(vma.start)
+            if numab["pids_active"][1] & bit and not vma.numab.pids_active[1] & bit:
+                vmas[i] = vma_set_access_pid_bit(vma, self.pid)
+                self._count("pid bits of unseen faults")
+        self.vmas = tuple(vmas)
+
+    def _compare(self, after: Observation) -> list[str]:
+        """The whole scanner state after the step."""
+        diffs = []
+        if (self.mm.numa_scan_offset, self.mm.numa_scan_seq) != (after.mm.numa_scan_offset, after.mm.numa_scan_seq):
+            diffs.append(f"scan offset/seq model {self.mm.numa_scan_offset:#x}/{self.mm.numa_scan_seq}, kernel "
+                         f"{after.mm.numa_scan_offset:#x}/{after.mm.numa_scan_seq}")
+        if self.next_scan != after.mm.numa_next_scan:
+            diffs.append(f"numa_next_scan model {self.next_scan}, kernel {after.mm.numa_next_scan}")
+        if after.task.numa_scan_seq != self.task_seq:
+            if after.task.numa_scan_seq in (self.mm.numa_scan_seq, self.mm.numa_scan_seq - 1):
+                self.task_seq = after.task.numa_scan_seq  # when the placing fault came: an input
+            else:
+                diffs.append(f"task numa_scan_seq {after.task.numa_scan_seq}: the mm's sequence was never that in the "
+                             f"step (model mm seq {self.mm.numa_scan_seq})")
+        if after.task.numa_scan_period != self.period_ms:
+            diffs.append(f"task numa_scan_period model {self.period_ms} ms, kernel {after.task.numa_scan_period} ms")
+        diffs += _numab_diffs(self.vmas, after, self.pid, tolerate_pids=False, faulted=self.faulted_vmas)
+        self._follow_fault_order(after)
+        diffs += self._region_entries(after)
+        return diffs
+
+    def _follow_fault_order(self, after: Observation) -> None:
+        """In a VMA the task faulted in, a fault before the pass's pids_active rotation leaves its
+        bit in pids_active[0], one after it in [1]: which one happened is an input, taken as the
+        kernel shows it (only the task's own bit, only in those VMAs)."""
+        bit = pid_bit(self.pid)
+        kernel = {v.start: v.numab for v in after.vmas if v.numab}
+        vmas = list(self.vmas)
+        for i, vma in enumerate(vmas):
+            numab = kernel.get(vma.start)
+            if vma.start not in self.faulted_vmas or vma.numab is None or numab is None:
+                continue
+            shown = tuple(int(p) for p in numab["pids_active"])
+            model = vma.numab.pids_active
+            if shown != model and all((a & ~bit) == (b & ~bit) for a, b in zip(shown, model, strict=True)):
+                vmas[i] = replace(vma, numab=replace(vma.numab, pids_active=(shown[0], shown[1])))
+                self._count("fault orders taken from pids_active")
+        self.vmas = tuple(vmas)
+
+    def _region_entries(self, after: Observation) -> list[str]:
+        diffs = []
+        kernel_region = after.table.within(*self.region)
+        for e in kernel_region:
+            page = self.pages.get(e.vaddr)
+            if page is None:
+                continue
+            last = None if e.last_cpupid is None or e.last_cpupid == self.facts.cpupid_unset else e.last_cpupid
+            if (page.hint, page.node, page.last_cpupid) != (e.hint, e.node, last):
+                diffs.append(f"{e.vaddr:#x}: model hint={page.hint} node {page.node} last_cpupid {page.last_cpupid}, "
+                             f"kernel hint={e.hint} node {e.node} last_cpupid {last}")
+            if len(diffs) >= 5:
+                break
+        # The region is written at first touch and its restoring faults are local reads of
+        # exclusive anonymous pages, which get the bit back (numa_rebuild_single_mapping:
+        # can_change_pte_writable); a hint has none: change_pte_range's pte_modify(PAGE_NONE)
+        # keeps only _PAGE_CHG_MASK (arch/x86/include/asm/pgtable.h:pte_modify).
+        wrong = [e for e in kernel_region if e.writable == e.hint]
+        if wrong:
+            diffs.append(f"{len(wrong)} of the region's {len(kernel_region)} entries have a write bit that does not "
+                         f"match their hint (first {wrong[0].vaddr:#x}: hint={wrong[0].hint} writable={wrong[0].writable})")
+        return diffs
+
+
+def _kernel_hints_off(obs: Observation) -> set[int]:
+    """The addresses of the kernel's entries that are not hints."""
+    table = obs.table
+    return {int(v) for v in table.vaddr[~table.hint]}
+
+
+def _kernel_hints_on(obs: Observation) -> set[int]:
+    table = obs.table
+    return {int(v) for v in table.vaddr[table.hint]}
+
+
+
+_NUMAB_FIELDS = ("start_scan_seq", "prev_scan_seq", "next_scan", "pids_active_reset")
+
+
+def _numab_diffs(vmas: tuple[Vma, ...], after: Observation, pid: int, *, tolerate_pids: bool,
+                 faulted: set[int] | None = None) -> list[str]:
+    """Every VMA's numab_state, model vs kernel. pids_active may differ by the task's own bit
+    (a fault whose order against the pass's pids_active rotation the step cannot show) in every
+    VMA with `tolerate_pids`, else in the VMAs the task faulted in during the step."""
+    diffs = []
+    kernel = {v.start: v.numab for v in after.vmas}
+    bit = pid_bit(pid)
+    for vma in vmas:
+        numab = kernel.get(vma.start)
+        if (vma.numab is None) != (numab is None):
+            diffs.append(f"VMA {vma.start:#x}: numab_state {'allocated' if numab else 'NULL'} in the kernel, "
+                         f"{'allocated' if vma.numab else 'NULL'} in the model")
+            continue
+        if vma.numab is None or numab is None:
+            continue
+        for name in _NUMAB_FIELDS:
+            if getattr(vma.numab, name) != numab[name]:
+                diffs.append(f"VMA {vma.start:#x}: numab {name} model {getattr(vma.numab, name)}, kernel {numab[name]}")
+        model_pids, kernel_pids = vma.numab.pids_active, tuple(numab["pids_active"])
+        mask = ~bit if tolerate_pids or vma.start in (faulted or set()) else ~0
+        if tuple(p & mask for p in model_pids) != tuple(p & mask for p in kernel_pids):
+            diffs.append(f"VMA {vma.start:#x}: pids_active model {[hex(p) for p in model_pids]}, kernel "
+                         f"{[hex(p) for p in kernel_pids]}")
+    return diffs
+
+

@@ -59,14 +59,18 @@ class FaultBooks:
         self.faults += 1
         self.local += result.local
 
-    def compare(self, before: Observation, after: Observation, region: HeldRegion) -> tuple[list[str], dict[str, Any]]:
-        """numa_hint_faults(_local) bounds, and the task's books (compare_accounting), with the
-        task's present or hinted pages outside the region as the most it may add besides."""
+    def compare(self, before: Observation, after: Observation, region: HeldRegion,
+                refault_pages: int = 0) -> tuple[list[str], dict[str, Any]]:
+        """numa_hint_faults(_local) bounds, and the task's books (compare_accounting). Besides
+        the region's faults the task may add its present or hinted pages outside the region, and
+        `refault_pages`: the pages a scanner pass during the access re-hinted under the access
+        (the caller derives them from the passes that can have run), each faulting again."""
         diffs = compare_local_counter(self.local, self.faults, before, after)
         rest = outside_region(before.table, region)
+        outside = int(rest.pages[rest.present | rest.hint].sum())
         accounting_diffs, figures = compare_accounting(model_accounting(self.start, self.books),
-                                                       kernel_accounting(before, after),
-                                                       int(rest.pages[rest.present | rest.hint].sum()))
+                                                       kernel_accounting(before, after), outside + refault_pages)
+        figures["accounting_bound"] = {"outside_pages": outside, "refault_pages": refault_pages}
         return diffs + accounting_diffs, figures
 
 

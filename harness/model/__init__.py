@@ -13,6 +13,7 @@ from .scanner import (
     task_scan_min,
 )
 from .state import (
+    HPAGE_PMD_NR,
     HPAGE_SIZE,
     LAST__PID_MASK,
     MEM,
@@ -32,6 +33,7 @@ from .state import (
 )
 
 __all__ = [
+    "HPAGE_PMD_NR",
     "HPAGE_SIZE",
     "LAST__PID_MASK",
     "MEM",

@@ -17,6 +17,10 @@
  *         [thread] spin SECS [node N]        burn CPU without touching the region, so that the
  *                                            NUMA scanner (task_numa_work, run in this task's
  *                                            context) gets to run
+ *         map [node N]                      map a new 2 MiB anonymous VMA apart from every
+ *                                            other (PROT_NONE guard pages on both sides keep it
+ *                                            from merging), write it from a CPU of node N and
+ *                                            print "mapped 0xADDR": a VMA the scanner meets late
  *       With "thread" a new thread does it (and exits): its faults record its own tid.
  *   nhmem pagemap PID START LEN    print "vaddr pfn" per present page, from /proc/PID/pagemap.
  *   nhmem nodes PID START LEN      print "vaddr node" per page, from move_pages(pid, nodes=NULL).
@@ -120,6 +124,14 @@ static int run_op(struct op *op)
 	} else if (!strcmp(op->verb, "read")) {
 		if (read_all(op->p, op->len) == 42)
 			printf("#");
+	} else if (!strcmp(op->verb, "map")) {
+		char *area = mmap(NULL, HUGE + 2 * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (area == MAP_FAILED || mprotect(area + PAGE, HUGE, PROT_READ | PROT_WRITE)) {
+			perror("nhmem: map");
+			return -1;
+		}
+		touch(area + PAGE, HUGE);
+		printf("mapped %p\n", (void *)(area + PAGE));
 	} else if (!strcmp(op->verb, "spin")) {
 		double end = now() + op->secs;
 		volatile unsigned long spins = 0;

@@ -55,6 +55,7 @@ class Prediction:
     pages: dict[int, Page]
     pte_updates: int
     windows: tuple[tuple[int, int], ...]
+    skipped: tuple[tuple[int, str], ...]
 
 
 @dataclass
@@ -284,7 +285,7 @@ class ScanReplay:
         result = scan_pass(self.mm, vmas, pages, self.tunables, scanning_node=self.scanning_node, jiffies=ran_at,
                            pid=self.pid)
         return Prediction(ran_at, early, result.mm, result.vmas, dict(result.pages), result.counters.numa_pte_updates,
-                          result.windows)
+                          result.windows, result.skipped)
 
     def _pass(self, before: Observation, after: Observation, faults: int, old_period: int, placed: bool,
               region_touched: bool) -> list[str]:
@@ -314,16 +315,21 @@ class ScanReplay:
                                                                              after.mm.numa_scan_seq):
             diffs.append(f"scan offset/seq model {prediction.mm.numa_scan_offset:#x}/{prediction.mm.numa_scan_seq}, "
                          f"kernel {after.mm.numa_scan_offset:#x}/{after.mm.numa_scan_seq}")
+        # The VMA bookkeeping first: it says why the hints below differ.
+        diffs += _numab_diffs(prediction.vmas, after, self.pid, tolerate_pids=True)
         off = self.hints_off
         kernel_on = _kernel_hints_on(after)
         model_on = {va for va, p in prediction.pages.items() if p.hint}
+        skipped = dict(prediction.skipped)
         for va in sorted(kernel_on - model_on)[:5]:
-            diffs.append(f"the kernel hinted {va:#x}, the model did not")
+            index = self._vma_of(va, prediction.vmas)
+            why = skipped.get(prediction.vmas[index].start) if index is not None else None
+            diffs.append(f"the kernel hinted {va:#x}, the model did not"
+                         + (f" (the model's pass skipped its VMA: {why})" if why else ""))
         # A hint the model set and the kernel no longer shows was restored by a fault: outside the
         # region an input (counted against numa_hint_faults in _restore_late), inside only when touched.
         for va in sorted(v for v in model_on - kernel_on if v not in off or (self.in_region(v) and not region_touched))[:5]:
             diffs.append(f"the model hinted {va:#x}, the kernel did not")
-        diffs += _numab_diffs(prediction.vmas, after, self.pid, tolerate_pids=True)
         return diffs
 
     def _adopt(self, prediction: Prediction, before: Observation, after: Observation, faults: int,
@@ -331,6 +337,11 @@ class ScanReplay:
         self.new_region_hints = sum(1 for va, p in prediction.pages.items()
                                     if p.hint and self.in_region(va) and not self.pages[va].hint)
         self.last_pass = prediction
+        for _, reason in prediction.skipped:
+            if reason in ("scan_delay", "pid_inactive", "seq_completed"):
+                self._count(f"VMAs skipped by a pass: {reason}")
+        met = {v.start for v in prediction.vmas if v.numab} - {v.start for v in self.vmas if v.numab}
+        self._count("VMAs the model's passes met first (numab_state allocated)", len(met))
         self.mm = prediction.mm
         self.vmas = prediction.vmas
         for va in restored:

@@ -125,6 +125,16 @@ class HeldRegion:
     def spin(self, seconds: float, node: int | None = None, thread: bool = False) -> None:
         self.command(_op(f"spin {seconds}", node, None, thread), timeout=seconds + STEP_TIMEOUT)
 
+    def map_late(self, node: int) -> int:
+        """Map a new 2 MiB VMA apart from every other, written from a CPU of `node`: a VMA the
+        scanner meets only now (nhmem's `map`). Returns its address."""
+        self.command(f"map node {node}")
+        out = self.guest.ssh.run(f"cat {self.directory}/out").check().stdout
+        mapped = [line.split()[1] for line in out.splitlines() if line.startswith("mapped ")]
+        if not mapped:
+            raise WorkloadError(f"nhmem mapped a VMA but did not say where: {out.strip().splitlines()[-1:]}")
+        return int(mapped[-1], 16)
+
     def close(self) -> None:
         """Kill the holder (a livelocked one too: the signal is taken on the way back to user
         mode). Short timeout: on a hung guest this runs while an earlier error propagates."""

@@ -151,16 +151,27 @@ def test_mutants_exits_125_when_a_check_errors_on_a_mutant_kernel(built_kernel: 
 @pytest.mark.kernel
 @pytest.mark.guest
 def test_check_command_writes_reports(built_kernel: KernelArtifact, tmp_path: Path) -> None:
+    """Two `check` runs side by side on one host (each its own guest, SSH port, run directory),
+    both passing, each writing its own reports."""
     import subprocess
     import sys
 
-    result = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "check", "--kernel", str(built_kernel.directory), "--only", "skip-rules",
-         "--json", str(tmp_path / "c.json"), "--junit", str(tmp_path / "c.xml")],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "skip-rules" in result.stdout and "pass" in result.stdout
+    def start(name: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "check", "--kernel", str(built_kernel.directory), "--only", "skip-rules",
+             "--json", str(tmp_path / f"{name}.json"), "--junit", str(tmp_path / f"{name}.xml")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    runs = [start("c"), start("side")]
+    try:
+        outputs = [run.communicate(timeout=600) for run in runs]
+    finally:
+        for run in runs:  # a timeout leaves neither behind (its QEMU dies with it: PR_SET_PDEATHSIG)
+            run.kill()
+    for run, (stdout, stderr) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, stdout + stderr
+        assert "skip-rules" in stdout and "pass" in stdout
+    assert json.loads((tmp_path / "side.json").read_text())["passed"] is True
     data = json.loads((tmp_path / "c.json").read_text())
     assert data["passed"] is True and data["kernel"]["build_id"] == built_kernel.manifest["build_id"]
     suite = ET.parse(tmp_path / "c.xml").getroot().find("testsuite")

@@ -49,6 +49,33 @@ def test_4x1_topology(guest_factory: Callable[..., Guest]) -> None:
     assert [n.memory_kb // 1024 > 400 for n in booted.observed_nodes] == [True] * 4
 
 
+def test_a_guest_whose_ssh_port_was_taken_starts_again_on_another(guest_factory: Callable[..., Guest],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two guests starting at once can be handed the same free port: the one whose QEMU loses the
+    bind starts again on a fresh port instead of failing. Here the port is really taken."""
+    import socket
+
+    from harness.guest import qemu
+
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    handed: list[int] = []
+    real_free_port = qemu.free_port
+
+    def first_a_taken_port() -> int:
+        handed.append(taken.getsockname()[1] if not handed else real_free_port())
+        return handed[-1]
+
+    monkeypatch.setattr(qemu, "free_port", first_a_taken_port)
+    try:
+        booted = guest_factory()
+    finally:
+        taken.close()
+    assert len(handed) == 2 and booted.ssh_port == handed[1] != handed[0]
+    assert booted.ssh.run("echo up").check().stdout == "up\n"
+
+
 def test_memoryless_node_topology(guest_factory: Callable[..., Guest]) -> None:
     booted = guest_factory(topology=str(DATA / "topology/memoryless.toml"))
     observed = {n.node: n for n in booted.observed_nodes}

@@ -100,6 +100,10 @@ def qemu_argv(config: VmConfig, paths: RunPaths, accel: str, ssh_port: int, toke
     ]
 
 
+# QEMU starts that lost their SSH port to another process before a guest is given up on.
+PORT_ATTEMPTS = 3
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -193,6 +197,29 @@ class Guest(GuestView):
         return qemu_argv(self.config, self.paths, self.accel or "tcg", self.ssh_port or 0, self.token)
 
     def boot(self) -> None:
+        """Start QEMU and wait for the guest's first SSH command. The SSH port is one the host's
+        kernel just handed out (free_port); another process may take it before QEMU binds it
+        (two guests started at once), and QEMU then exits at once: start again on another port,
+        up to PORT_ATTEMPTS times."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._boot_once()
+                return
+            except (VmError, OSError):
+                if attempt == PORT_ATTEMPTS or not self._lost_port_race():
+                    raise
+                self.close_ssh()
+                self.process = None
+                for stale in (self.paths.console, self.paths.qmp, self.paths.drgn_qmp):
+                    stale.unlink(missing_ok=True)
+
+    def _lost_port_race(self) -> bool:
+        if self.process is None or self.process.poll() is None:
+            return False
+        stderr = (self.paths.directory / "qemu.stderr").read_text(errors="replace")
+        return "Could not set up host forwarding rule" in stderr
+
+    def _boot_once(self) -> None:
         started = time.monotonic()
         self.accel = choose_accel(self.config.accel, self.cache_root, self.config.kernel)
         self.ssh_port = free_port()

@@ -214,7 +214,13 @@ class Guest(GuestView):
                     stale.unlink(missing_ok=True)
 
     def _lost_port_race(self) -> bool:
-        if self.process is None or self.process.poll() is None:
+        if self.process is None:
+            return False
+        # QEMU creates its console socket before its network: a lost bind can surface as a
+        # refused console connection while QEMU is still on its way out.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=2)
+        if self.process.poll() is None:
             return False
         stderr = (self.paths.directory / "qemu.stderr").read_text(errors="replace")
         return "Could not set up host forwarding rule" in stderr

@@ -191,7 +191,7 @@ class _FreeRun:
     pages: dict[int, Page]
 
 
-@check("placement-exact", seconds=10)
+@check("placement-exact", seconds=13)
 def check_placement_exact(ctx: Context) -> Finding:
     """Placement, scan period and the fault books, free-running. The scenario makes the period
     take the "speed up" branch: a 4 MiB read-only region (no numa_group: TNF_NO_GROUP) is moved

@@ -13,7 +13,7 @@ from harness.checks.workload import Region
 from harness.model import HPAGE_SIZE, skip_reason
 
 
-@check("skip-rules", seconds=5)
+@check("skip-rules", seconds=4)
 def check_skip_rules(ctx: Context) -> Finding:
     """Skip rules: the scanner never allocates numab_state for (so never scans) a VMA that
     task_numa_work skips as unsuitable (VM_IO/PFNMAP, MPOL_BIND without MPOL_F_NUMA_BALANCING,
@@ -68,7 +68,7 @@ def check_skip_rules(ctx: Context) -> Finding:
 WINDOW_KNOBS = {"scan_delay_ms": 100, "scan_size_mb": 16, "scan_period_min_ms": 1000, "scan_period_max_ms": 1000}
 
 
-@check("scanner-window", seconds=10)
+@check("scanner-window", seconds=14)
 def check_scanner_window(ctx: Context) -> Finding:
     """Scanner window, free-running. A 64 MiB region first touched on node 0 (its second half on
     the node the task spins on: change_pte_range must skip those pages, mm_users being 1); its

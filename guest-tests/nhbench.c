@@ -10,9 +10,11 @@
  * The whole buffer is first touched by the parent from the first node's CPUs, so at the start
  * every slice of a thread on another node is remote. Variants:
  *   free     default policy: NUMA balancing has to move each slice to its thread's node;
- *   bind     each slice mbind()ed (MPOL_BIND, moved) to its thread's node: the best case;
- *   inverse  each slice bound to the node of the CPU half a machine away: the worst case, which
- *            balancing cannot repair (MPOL_BIND without MPOL_F_NUMA_BALANCING is not scanned).
+ *   bind     each slice mbind()ed (MPOL_BIND | MPOL_F_NUMA_BALANCING, moved) to its thread's
+ *            node: the best case, scanned and hint-faulted like the free one;
+ *   inverse  each slice bound likewise to the node of the CPU half a machine away: the worst case.
+ *            The scanner works on both (the flag makes vma_policy_mof true), and mpol_misplaced
+ *            keeps every page where its single-node policy put it.
  *
  * Output, every 250 ms from the parent, one line:
  *   sample T local SHARE nodes N0,N1,.. threads S0,S1,.. vmstat HINT,LOCAL,MIGRATED,PTE_UPDATES
@@ -39,6 +41,7 @@
 #define MAX_NODES 16
 #define MPOL_BIND 2
 #define MPOL_MF_MOVE (1 << 1)
+#define MPOL_F_NUMA_BALANCING (1 << 13) /* include/uapi/linux/mempolicy.h, Linux 5.12 on */
 
 static int nr_cpus, nr_nodes, node_of_cpu[MAX_CPUS];
 static char *buffer;
@@ -203,8 +206,8 @@ int main(int argc, char **argv)
 	if (bind || inverse) {
 		for (int cpu = 0; cpu < nr_cpus; cpu++) {
 			unsigned long mask = 1UL << home_node(cpu, inverse);
-			if (syscall(SYS_mbind, buffer + cpu * slice_len, slice_len, MPOL_BIND, &mask, 8 * sizeof(mask),
-				    MPOL_MF_MOVE)) {
+			if (syscall(SYS_mbind, buffer + cpu * slice_len, slice_len, MPOL_BIND | MPOL_F_NUMA_BALANCING, &mask,
+				    8 * sizeof(mask), MPOL_MF_MOVE)) {
 				perror("nhbench: mbind");
 				return 1;
 			}

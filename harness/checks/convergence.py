@@ -12,7 +12,7 @@ from harness import inspect as nh
 from harness.checks.observe import Context
 from harness.checks.registry import Finding, check
 from harness.checks.scenario import FAST_SCAN, drain_lru_batches, tunables
-from harness.checks.workload import run_bench
+from harness.checks.workload import BenchRun, run_bench
 
 # Convergence runs: every workload and variant, this long each. With FAST_SCAN and 16 MiB scan
 # windows the free variants reach 90 % local in 0.6-2.2 s under TCG (measured); 8 s leaves them
@@ -51,13 +51,20 @@ class ScanSampler:
                         if task.comm.string_() != b"nhbench" or task.pid != task.tgid or not task.mm:
                             continue
                         pid = int(task.pid.value_())
-                        largest = max(nh.read_vmas(self.ctx.prog, pid), key=lambda v: v.end - v.start)
+                        vmas = nh.read_vmas(self.ctx.prog, pid)
+                        largest = max(vmas, key=lambda v: v.end - v.start)
+                        # The VMAs of 2 MiB or more: the buffer (numa01: one shared VMA, its policy
+                        # in shmem's tree) or its slices (numa02: mbind split it), and the threads'
+                        # stacks; nhbench maps nothing else that large.
+                        big = [v for v in vmas if v.end - v.start >= 2 << 20]
                         mm = task.mm
                         offset = int(mm.numa_scan_offset.value_())
                         inside = largest.start <= offset < largest.end
                         self.samples.append({"t": round(time.monotonic() - self._started, 2), "pid": pid,
                                              "seq": int(mm.numa_scan_seq.value_()),
-                                             "offset_mib": round((offset - largest.start) / 2**20, 2) if inside else None})
+                                             "offset_mib": round((offset - largest.start) / 2**20, 2) if inside else None,
+                                             "big_vmas": len(big),
+                                             "big_met": sum(v.numab is not None for v in big)})
             except Exception:  # a process exiting mid-read: skip this sample
                 continue
 
@@ -72,7 +79,18 @@ def check_convergence(ctx: Context) -> Finding:
     node is sampled every 250 ms. Stated bounds: free reaches CONVERGED_SHARE by the end, bind
     stays at BOUND_SHARE, inverse's mean share trails free's by INVERSE_MARGIN. Under TCG, remote
     memory costs no more than local memory, so "worse" is judged by locality, not by throughput
-    (writes are reported)."""
+    (writes are reported).
+
+    Bind and inverse use MPOL_BIND | MPOL_F_NUMA_BALANCING, which makes vma_policy_mof true: the
+    scanner works on their slices (mm/mempolicy.c:vma_policy_mof; task_numa_work skips a plain
+    MPOL_BIND VMA as unsuitable before it allocates its numab_state), so in each run some sample
+    must find every VMA of 2 MiB or more (the buffer or its slices, and the stacks) with a
+    numab_state. And no slice page may move:
+    mm/mempolicy.c:mpol_misplaced, for MPOL_BIND with MPOL_F_MORON (set for the flag), leaves a
+    page where it is when the faulting CPU's node is outside the policy's nodes, and otherwise
+    targets that node, which for a single-node policy is where the page already is (mbind moved
+    every slice there). So the slice pages per node are the same in every sample; exact. (The
+    process's other pages, its stacks and arrays, have the default policy and may migrate.)"""
     diffs: list[str] = []
     runs: dict[str, Any] = {}
     # 16 MiB scan windows: a pass covers a quarter of the buffer, so the scan offset's progress
@@ -102,6 +120,8 @@ def check_convergence(ctx: Context) -> Finding:
             if bound.final_share < BOUND_SHARE:
                 diffs.append(f"{workload} bind: {bound.final_share:.1%} local although every slice was bound to its "
                              f"thread's node, bound {BOUND_SHARE:.0%}")
+            for name, run in (("bind", bound), ("inverse", inverse)):
+                diffs.extend(_balanced_but_unmoved(workload, name, run, runs[f"{workload}-{name}"]["scan"]))
             if inverse.mean_share > free.mean_share - INVERSE_MARGIN:
                 diffs.append(f"{workload} inverse: mean local share {inverse.mean_share:.1%} does not trail free's "
                              f"{free.mean_share:.1%} by {INVERSE_MARGIN:.0%}")
@@ -111,3 +131,21 @@ def check_convergence(ctx: Context) -> Finding:
                         for name, r in runs.items())
     return Finding(f"final local share: {summary}", {"runs": runs}, tuple(diffs))
 
+
+def _balanced_but_unmoved(workload: str, variant: str, run: BenchRun, scan: list[dict[str, Any]]) -> list[str]:
+    """A run under MPOL_BIND | MPOL_F_NUMA_BALANCING: every large VMA met by the scanner, and not
+    one slice page moved (see check_convergence)."""
+    diffs = []
+    if not any(s["big_vmas"] and s["big_met"] == s["big_vmas"] for s in scan):
+        most = max(scan, key=lambda s: s["big_met"], default=None)
+        diffs.append(f"{workload} {variant}: in {len(scan)} samples the scanner never met every VMA of 2 MiB or more "
+                     f"(at most {most['big_met'] if most else 0} of {most['big_vmas'] if most else 0} had a "
+                     f"numab_state): it skipped the slices bound with MPOL_F_NUMA_BALANCING as unsuitable "
+                     f"(vma_policy_mof)")
+    first = run.samples[0].pages_on_node
+    moved = next((s for s in run.samples if s.pages_on_node != first), None)
+    if moved is not None:
+        diffs.append(f"{workload} {variant}: slice pages per node {list(first)} at the start, {list(moved.pages_on_node)} "
+                     f"at {moved.t:.2f} s; mpol_misplaced moves no page under a single-node MPOL_BIND | "
+                     f"MPOL_F_NUMA_BALANCING policy")
+    return diffs

@@ -274,18 +274,39 @@ class ScanReplay:
         if faults > len(seen) and hinted - seen:
             yield "all", hinted
 
-    def _predict(self, ran_at: int, early: str, restored: set[int]) -> Prediction:
-        pages = dict(self.pages)
-        vmas = list(self.vmas)
+    def _predict(self, ran_at: int, early: str, restored: set[int], start: Prediction | None = None) -> Prediction:
+        """One pass at `ran_at` from the model's state (or from `start`, an earlier pass of the step)."""
+        mm, vmas_now, pages_now = (self.mm, self.vmas, self.pages) if start is None else (start.mm, start.vmas, start.pages)
+        pages = dict(pages_now)
+        vmas = list(vmas_now)
         for va in restored:
             pages[va] = replace(pages[va], hint=False)
-            index = self._vma_of(va, self.vmas)
+            index = self._vma_of(va, vmas_now)
             if index is not None:
                 vmas[index] = vma_set_access_pid_bit(vmas[index], self.pid)
-        result = scan_pass(self.mm, vmas, pages, self.tunables, scanning_node=self.scanning_node, jiffies=ran_at,
+        result = scan_pass(mm, vmas, pages, self.tunables, scanning_node=self.scanning_node, jiffies=ran_at,
                            pid=self.pid)
-        return Prediction(ran_at, early, result.mm, result.vmas, dict(result.pages), result.counters.numa_pte_updates,
-                          result.windows, result.skipped)
+        before = (start.pte_updates, start.windows, start.skipped) if start else (0, (), ())
+        return Prediction(ran_at, early, result.mm, result.vmas, dict(result.pages),
+                          before[0] + result.counters.numa_pte_updates, before[1] + result.windows,
+                          before[2] + result.skipped)
+
+    def _two_passes(self, before: Observation, after: Observation, times: list[int],
+                    region_touched: bool) -> Prediction | None:
+        """A long step (the guest slow to answer) can hold two passes: the first at a jiffy the
+        model's numa_next_scan allows, the second (whose time numa_next_scan shows) at least a
+        period later, each needing its own trigger. Tried only when no single pass explains the
+        step; the first pass's time is an input, taken at the jiffies where the VMA gates change."""
+        period = self.tunables.ms_to_jiffies(self.period_ms)
+        lo = max(before.balancing.jiffies, self.next_scan)
+        for second_at in times:
+            firsts = sorted({lo, *self._gate_changes(lo, second_at - period)})
+            for first_at in (t for t in firsts if t + period <= second_at and pass_allowed(t, self.next_scan)):
+                first = self._predict(first_at, "none", set())
+                both = self._predict(second_at, "none", set(), start=first)
+                if not self._mismatch(both, after, region_touched):
+                    return both
+        return None
 
     def _pass(self, before: Observation, after: Observation, faults: int, old_period: int, placed: bool,
               region_touched: bool) -> list[str]:
@@ -306,6 +327,11 @@ class ScanReplay:
                 if best is None or len(found) < len(best[1]):
                     best = (prediction, found)
         assert best is not None
+        both = self._two_passes(before, after, times, region_touched)
+        if both is not None:
+            self._adopt(both, before, after, faults, set())
+            self._count("long steps that held two passes")
+            return []
         return [f"pass at jiffies {best[0].ran_at} (faults before it: {best[0].early}; {len(times)} possible times): "
                 f"{d}" for d in best[1]]
 

@@ -30,7 +30,7 @@ from harness.kernel.pipeline import KernelArtifact, build
 from harness.report.kcidb import compiler_of, write_kcidb
 from harness.report.outputs import write_outputs
 from harness.report.shards import Shard, work_units
-from harness.report.summary import SCHEMA_ID, STATUS, exit_code_of, regressions
+from harness.report.summary import SCHEMA_ID, STATUS, exit_code_of, read_summary_json, regressions
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,9 @@ def validate(request: CiRequest) -> dict[str, Any] | None:
 def load_baseline(baseline_path: Path) -> dict[str, Any]:
     """An earlier run's summary.json (its --out directory, or the file)."""
     path = baseline_path / "summary.json" if baseline_path.is_dir() else baseline_path
-    try:
-        baseline: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise BadInput(f"--baseline {baseline_path}: cannot read {path} ({err}). Pass the --out directory of "
-                       f"an earlier `numa-harness ci` run, or its summary.json.") from err
+    baseline = read_summary_json(path, lambda err: (
+        f"--baseline {baseline_path}: cannot read {path} ({err}). Pass the --out directory of an earlier "
+        f"`numa-harness ci` run, or its summary.json."))
     if baseline.get("schema") != SCHEMA_ID:
         raise BadInput(f"--baseline {path}: not a numa-harness summary (schema {baseline.get('schema')!r}, "
                        f"expected {SCHEMA_ID!r}).")

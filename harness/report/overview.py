@@ -26,7 +26,7 @@ from typing import Any
 from harness.cache import atomic_write_text
 from harness.errors import BadInput, ExitCode
 from harness.report.html import STYLE, escape, source_text
-from harness.report.summary import SCHEMA_ID, STATUS
+from harness.report.summary import SCHEMA_ID, STATUS, read_summary_json
 
 OVERVIEW_SCHEMA_ID = "numa-harness/overview/1"
 
@@ -56,11 +56,8 @@ def load_runs(directories: Sequence[Path]) -> list[Run]:
     runs: list[Run] = []
     for directory in directories:
         path = directory / "summary.json"
-        try:
-            summary: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise BadInput(f"ci overview: {directory} has no readable summary.json ({err}). Pass `ci` or `ci merge` "
-                           f"--out directories.") from err
+        summary = read_summary_json(path, lambda err, d=directory: (  # type: ignore[misc]
+            f"ci overview: {d} has no readable summary.json ({err}). Pass `ci` or `ci merge` --out directories."))
         if summary.get("schema") != SCHEMA_ID:
             raise BadInput(f"ci overview: {path} is not a numa-harness summary (schema {summary.get('schema')!r}).")
         if summary.get("shard"):

@@ -12,7 +12,6 @@ copied from the parts.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -24,7 +23,7 @@ from typing import Any
 from harness.errors import BadInput, ExitCode
 from harness.report.kcidb import write_kcidb
 from harness.report.outputs import write_outputs
-from harness.report.summary import STATUS, exit_code_of, regressions
+from harness.report.summary import STATUS, exit_code_of, read_summary_json, regressions
 
 SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
 
@@ -51,12 +50,9 @@ def work_units(topologies: Sequence[str], mutants: Sequence[str]) -> list[tuple[
 
 
 def _load_part(directory: Path) -> dict[str, Any]:
-    path = directory / "summary.json"
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise BadInput(f"ci merge: {directory} has no readable summary.json ({err}). Pass the --out directories of "
-                       f"the shards of one run.") from err
+    data = read_summary_json(directory / "summary.json", lambda err: (
+        f"ci merge: {directory} has no readable summary.json ({err}). Pass the --out directories of the shards of "
+        f"one run."))
     if not data.get("shard"):
         raise BadInput(f"ci merge: {directory} is not a shard (its summary.json has no 'shard'). Run "
                        f"`numa-harness ci --shard K/N` for each part.")

@@ -3,12 +3,15 @@ documents field by field) and how a run compares with a baseline run (regression
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from harness.checks.mutants import MutantOutcome
 from harness.checks.registry import Verdict
-from harness.errors import ExitCode
+from harness.errors import BadInput, ExitCode
 
 SCHEMA_ID = "numa-harness/summary/1"
 
@@ -199,3 +202,12 @@ def exit_code_of(summary: dict[str, Any]) -> ExitCode:
     found += [ExitCode.CHECK_FAILED] if failed or survived else []
     found += [ExitCode.HARNESS_FAILED] if infrastructure else []
     return ExitCode.most_telling(found)
+
+
+def read_summary_json(path: Path, refusal: Callable[[Exception], str]) -> dict[str, Any]:
+    """A summary.json as a dict; unreadable or not JSON is bad input, worded by the caller."""
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise BadInput(refusal(err)) from err
+    return data

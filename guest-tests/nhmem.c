@@ -21,6 +21,12 @@
  *                                            other (PROT_NONE guard pages on both sides keep it
  *                                            from merging), write it from a CPU of node N and
  *                                            print "mapped 0xADDR": a VMA the scanner meets late
+ *         fork [node N] [pages K]          fork a child that writes every page (the first K)
+ *                                            from a CPU of node N, so that those pages are
+ *                                            copied for it (the holder's originals are then
+ *                                            mapped once, the rest stay COW-shared), then sleeps
+ *                                            until the holder dies (PR_SET_PDEATHSIG); print
+ *                                            "child PID" once its writes are done
  *       With "thread" a new thread does it (and exits): its faults record its own tid.
  *   nhmem pagemap PID START LEN    print "vaddr pfn" per present page, from /proc/PID/pagemap.
  *   nhmem nodes PID START LEN      print "vaddr node" per page, from move_pages(pid, nodes=NULL).
@@ -32,11 +38,13 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -132,6 +140,36 @@ static int run_op(struct op *op)
 		}
 		touch(area + PAGE, HUGE);
 		printf("mapped %p\n", (void *)(area + PAGE));
+	} else if (!strcmp(op->verb, "fork")) {
+		int done[2];
+		char byte;
+		fflush(stdout);  /* the child must not inherit (and repeat) buffered lines */
+		if (pipe(done)) {
+			perror("nhmem: pipe");
+			return -1;
+		}
+		pid_t child = fork();
+		if (child < 0) {
+			perror("nhmem: fork");
+			return -1;
+		}
+		if (child == 0) {
+			/* Killed with the holder, whichever way it ends. */
+			if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() == 1)
+				_exit(1);
+			touch(op->p, op->len);
+			if (write(done[1], "w", 1) != 1)
+				_exit(1);
+			for (;;)
+				pause();
+		}
+		close(done[1]);
+		if (read(done[0], &byte, 1) != 1) {
+			fprintf(stderr, "nhmem: the forked child died before its writes were done\n");
+			return -1;
+		}
+		close(done[0]);
+		printf("child %d\n", (int)child);
 	} else if (!strcmp(op->verb, "spin")) {
 		double end = now() + op->secs;
 		volatile unsigned long spins = 0;

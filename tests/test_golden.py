@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.checks.observe import Observation
@@ -149,3 +150,51 @@ def test_a_kernel_keeping_other_scan_books_is_caught(bug: str, field: str, chang
     _, diffs = _replay_window(recording, lambda label, obs: change(obs) if label >= broken_from else obs)
     assert diffs, f"{bug}: not noticed"
     assert any(field in d for d in diffs), (bug, diffs)
+
+
+# -- cow-sharing: fork, the child's copies, the scan and the read --------------------------------
+
+
+def _cow(perturb: Callable[[str, Observation, int, int], Observation] | None = None) -> list[str]:
+    """Replay cow-sharing's recording (perturb changes one kernel observation, given the index of
+    the first copied and the first COW-shared entry of the region)."""
+    from harness.checks.sharing import replay_cow
+
+    recording = _load("cow-sharing")
+    notes = recording.notes["forked"]
+    start, copied = int(notes["region"][0]), int(notes["copied"])
+    observations = dict(recording.observations)
+    if perturb is not None:
+        for label, obs in observations.items():
+            vaddr = obs.table.vaddr
+            first_copied = int(np.searchsorted(vaddr, np.uint64(start)))
+            first_shared = int(np.searchsorted(vaddr, np.uint64(start + copied * 4096)))
+            observations[label] = perturb(label, obs, first_copied, first_shared)
+    return replay_cow(recording.facts, observations, recording.notes).diffs
+
+
+def _column(obs: Observation, name: str, index: int, value: int) -> Observation:
+    column = getattr(obs.table, name).copy()
+    column[index] = value
+    return replace(obs, table=replace(obs.table, **{name: column}))
+
+
+def test_recorded_fork_is_predicted_from_the_observation_after_it() -> None:
+    diffs = _cow()
+    assert not diffs, diffs
+
+
+@pytest.mark.parametrize(("bug", "where", "perturb"), [
+    ("a COW-shared page hinted", "after a whole scan",
+     lambda label, o, copied, shared: _column(o, "raw", shared, int(o.table.raw[copied])) if label == "scanned" else o),
+    ("a copied page left unhinted", "after a whole scan",
+     lambda label, o, copied, shared: _column(o, "raw", copied, int(o.table.raw[shared])) if label == "scanned" else o),
+    ("the child's copy did not drop the original's mapping", "after the fork",
+     lambda label, o, copied, shared: _column(o, "mapcount", copied, 2) if label == "forked" else o),
+    ("a COW-shared page migrated by the read", "after the read",
+     lambda label, o, copied, shared: _column(o, "node", shared, int(o.table.node[copied])) if label == "read" else o),
+])
+def test_a_kernel_that_hints_or_moves_shared_pages_is_caught(
+        bug: str, where: str, perturb: Callable[[str, Observation, int, int], Observation]) -> None:
+    diffs = _cow(perturb)
+    assert any(d.startswith(where) for d in diffs), (bug, diffs)

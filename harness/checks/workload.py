@@ -135,6 +135,17 @@ class HeldRegion:
             raise WorkloadError(f"nhmem mapped a VMA but did not say where: {out.strip().splitlines()[-1:]}")
         return int(mapped[-1], 16)
 
+    def fork(self, node: int, pages: int) -> int:
+        """Fork a child that writes the region's first `pages` pages from a CPU of `node` (COW
+        copies for it: the holder's originals of those pages are then mapped once, the rest stay
+        shared) and then sleeps until the holder dies (nhmem's `fork`). Returns the child's pid."""
+        self.command(_op("fork", node, pages, thread=False))
+        out = self.guest.ssh.run(f"cat {self.directory}/out").check().stdout
+        children = [line.split()[1] for line in out.splitlines() if line.startswith("child ")]
+        if not children:
+            raise WorkloadError(f"nhmem forked but did not say which child: {out.strip().splitlines()[-1:]}")
+        return int(children[-1])
+
     def close(self) -> None:
         """Kill the holder (a livelocked one too: the signal is taken on the way back to user
         mode). Short timeout: on a hung guest this runs while an earlier error propagates."""

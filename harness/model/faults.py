@@ -92,7 +92,10 @@ def hint_fault(
     restored = replace(page, hint=False)
     migrated = False
     if local:
-        # mm/mempolicy.c:mpol_misplaced: already on this node; should_numa_migrate_memory is not called.
+        # mm/mempolicy.c:mpol_misplaced: a task without a policy runs under
+        # preferred_node_policy[numa_node_id()] (get_task_policy: MPOL_PREFERRED of its own node),
+        # whose "node_isset(curnid, pol->nodes)" ends the call before should_numa_migrate_memory:
+        # last_cpupid is not exchanged.
         decision = Decision.LOCAL
     else:
         wanted, restored, decision = should_numa_migrate_memory(task, restored, cpu_node, cpupid(cpu, task.pid),

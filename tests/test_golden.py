@@ -198,3 +198,38 @@ def test_a_kernel_that_hints_or_moves_shared_pages_is_caught(
         bug: str, where: str, perturb: Callable[[str, Observation, int, int], Observation]) -> None:
     diffs = _cow(perturb)
     assert any(d.startswith(where) for d in diffs), (bug, diffs)
+
+
+# -- early-scan: the task's own pages before and after its fourth sequence ----------------------
+
+
+def _early(perturb: Callable[[str, Observation], Observation] | None = None) -> list[str]:
+    from harness.checks.earlyscan import replay_early_reads
+
+    recording = _load("early-scan")
+    observations = {label: perturb(label, obs) if perturb else obs for label, obs in recording.observations.items()}
+    return replay_early_reads(recording.facts, observations, recording.notes).diffs
+
+
+def test_recorded_early_and_late_reads_are_predicted() -> None:
+    diffs = _early()
+    assert not diffs, diffs
+
+
+def _all_back_on(obs: Observation, before: Observation, region: tuple[int, int]) -> Observation:
+    """`obs` with every region entry on the node it had in `before`: a kernel that moved nothing."""
+    inside = (obs.table.vaddr >= np.uint64(region[0])) & (obs.table.vaddr < np.uint64(region[1]))
+    node = obs.table.node.copy()
+    lookup = dict(zip(before.table.vaddr.tolist(), before.table.node.tolist(), strict=True))
+    node[inside] = [lookup[int(v)] for v in obs.table.vaddr[inside]]
+    return replace(obs, table=replace(obs.table, node=node))
+
+
+def test_a_kernel_that_ends_the_early_exception_early_is_caught() -> None:
+    """Read 2 (task sequence <= 4, a preferred node) with nothing moved, as a kernel without the
+    "numa_scan_seq <= 4" clause would leave it: the replay must name the pages."""
+    recording = _load("early-scan")
+    region = tuple(int(x) for x in recording.notes["read-1-before"]["region"])
+    before = recording.observations["read-2-before"]
+    diffs = _early(lambda label, o: _all_back_on(o, before, region) if label == "read-2-after" else o)  # type: ignore[arg-type]
+    assert any(d.startswith("read 2 (early exception") and "node" in d for d in diffs), diffs

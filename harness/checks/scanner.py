@@ -113,6 +113,7 @@ def check_scanner_window(ctx: Context) -> Finding:
                 region.spin(0.15, node=remote)
             current = observe(ctx, region.pid)
             if not tally.step(replay, previous, current):
+                tally.keep(ctx, current, region.pid, replay.region, touched=False, failed=True)
                 break
             tally.keep(ctx, current, region.pid, replay.region, touched=False)
             previous = current
@@ -125,6 +126,7 @@ def check_scanner_window(ctx: Context) -> Finding:
                 region.touch(node=0, pages=region.length // 2 // 4096)
                 current = observe(ctx, region.pid)
                 if not tally.step(replay, previous, current, region_touched=True):
+                    tally.keep(ctx, current, region.pid, replay.region, touched=True, failed=True)
                     break
                 tally.keep(ctx, current, region.pid, replay.region, touched=True)
                 previous = current
@@ -152,9 +154,11 @@ class _WindowTally:
         late = self.late_vma
         return late is not None and any(p.hint for va, p in replay.pages.items() if late <= va < late + HPAGE_SIZE)
 
-    def keep(self, ctx: Context, obs: Observation, pid: int, region: tuple[int, int], *, touched: bool) -> None:
-        """With --record: the first RECORDED_STEPS observations, golden data for the replay's tests."""
-        if self.steps <= RECORDED_STEPS:
+    def keep(self, ctx: Context, obs: Observation, pid: int, region: tuple[int, int], *, touched: bool,
+             failed: bool = False) -> None:
+        """With --record: the first RECORDED_STEPS observations, golden data for the replay's tests,
+        and the observation of a step that failed (a failure among the first steps replays whole)."""
+        if self.steps <= RECORDED_STEPS or failed:
             ctx.keep(f"step-{self.steps:02d}", obs, pid=pid, region=list(region), touched=touched)
 
     def step(self, replay: ScanReplay, before: Observation, after: Observation, *, region_touched: bool = False) -> bool:

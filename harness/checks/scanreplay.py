@@ -18,6 +18,8 @@ state it predicted:
 - the workload's own layout: VMAs that appear or grow (stack, heap) and pages it maps outside the
   region, with their node and `last_cpupid` (what a fault does to a page is fault-migration's
   subject, not this replay's);
+- the node the pass ran on: the task's CPU at the end of the step, or at its start (a tick
+  before the step's command moved the task runs the pass where it was: `_scanning_nodes`);
 - the jiffies of a placement that restarted `numa_next_scan` (update_task_scan_period's first
   branch), which must fall inside the step.
 
@@ -27,6 +29,7 @@ node, `last_cpupid` and write bit are predicted and compared exactly.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
@@ -274,8 +277,10 @@ class ScanReplay:
         if faults > len(seen) and hinted - seen:
             yield "all", hinted
 
-    def _predict(self, ran_at: int, early: str, restored: set[int], start: Prediction | None = None) -> Prediction:
-        """One pass at `ran_at` from the model's state (or from `start`, an earlier pass of the step)."""
+    def _predict(self, ran_at: int, early: str, restored: set[int], start: Prediction | None = None,
+                 node: int | None = None) -> Prediction:
+        """One pass at `ran_at` from the model's state (or from `start`, an earlier pass of the step),
+        run on a CPU of `node` (default: the scanning node the step is being predicted for)."""
         mm, vmas_now, pages_now = (self.mm, self.vmas, self.pages) if start is None else (start.mm, start.vmas, start.pages)
         pages = dict(pages_now)
         vmas = list(vmas_now)
@@ -284,7 +289,8 @@ class ScanReplay:
             index = self._vma_of(va, vmas_now)
             if index is not None:
                 vmas[index] = vma_set_access_pid_bit(vmas[index], self.pid)
-        result = scan_pass(mm, vmas, pages, self.tunables, scanning_node=self.scanning_node, jiffies=ran_at,
+        result = scan_pass(mm, vmas, pages, self.tunables, scanning_node=self.scanning_node if node is None else node,
+                           jiffies=ran_at,
                            pid=self.pid)
         before = (start.pte_updates, start.windows, start.skipped) if start else (0, (), ())
         return Prediction(ran_at, early, result.mm, result.vmas, dict(result.pages),
@@ -292,42 +298,59 @@ class ScanReplay:
                           before[2] + result.skipped)
 
     def _two_passes(self, before: Observation, after: Observation, times: list[int],
-                    region_touched: bool) -> Prediction | None:
+                    region_touched: bool, nodes: list[int]) -> Prediction | None:
         """A long step (the guest slow to answer) can hold two passes: the first at a jiffy the
         model's numa_next_scan allows, the second (whose time numa_next_scan shows) at least a
         period later, each needing its own trigger. Tried only when no single pass explains the
-        step; the first pass's time is an input, taken at the jiffies where the VMA gates change."""
+        step; the first pass's time is an input, taken at the jiffies where the VMA gates change,
+        and so is the node each ran on (one of `nodes`, _scanning_nodes)."""
         period = self.tunables.ms_to_jiffies(self.period_ms)
         lo = max(before.balancing.jiffies, self.next_scan)
         for second_at in times:
             firsts = sorted({lo, *self._gate_changes(lo, second_at - period)})
             for first_at in (t for t in firsts if t + period <= second_at and pass_allowed(t, self.next_scan)):
-                first = self._predict(first_at, "none", set())
-                both = self._predict(second_at, "none", set(), start=first)
-                if not self._mismatch(both, after, region_touched):
-                    return both
+                for first_node, second_node in itertools.product(nodes, nodes):
+                    first = self._predict(first_at, "none", set(), node=first_node)
+                    both = self._predict(second_at, "none", set(), start=first, node=second_node)
+                    if not self._mismatch(both, after, region_touched):
+                        return both
         return None
+
+    def _scanning_nodes(self, before: Observation, after: Observation) -> list[int]:
+        """The nodes the step's pass may have run on: an input (which CPU a task ran on), from
+        the task's CPU at both ends of the step. task_numa_work runs as task work on the task's
+        return to user mode, on whatever CPU it is on then: usually the node the step's command
+        pins it to (after.task.cpu), but a tick that lands between the task waking up on its
+        previous CPU and its sched_setaffinity moving it queues the work there and the return
+        from that interrupt runs it there (before.task.cpu). The node decides change_pte_range's
+        target_node (mm_users 1), so each is predicted; the kernel must match one of them."""
+        return list(dict.fromkeys([self.facts.node_of_cpu[after.task.cpu], self.facts.node_of_cpu[before.task.cpu]]))
 
     def _pass(self, before: Observation, after: Observation, faults: int, old_period: int, placed: bool,
               region_touched: bool) -> list[str]:
-        self.scanning_node = self.facts.node_of_cpu[after.task.cpu]
+        nodes = self._scanning_nodes(before, after)
         times, diffs = self._times(before, after, old_period, placed)
         if diffs:
             return diffs
         best: tuple[Prediction, list[str]] | None = None
-        for ran_at in times:
-            for early, restored in self._early_variants(after, faults, region_touched):
-                prediction = self._predict(ran_at, early, restored)
-                found = self._mismatch(prediction, after, region_touched)
-                if not found:
-                    self._adopt(prediction, before, after, faults, restored)
-                    if len(times) > 1 or early != "none":
-                        self._count(f"steps predicted with {len(times)} pass times / faults before the pass: {early}")
-                    return []
-                if best is None or len(found) < len(best[1]):
-                    best = (prediction, found)
+        for node in nodes:
+            self.scanning_node = node
+            for ran_at in times:
+                for early, restored in self._early_variants(after, faults, region_touched):
+                    prediction = self._predict(ran_at, early, restored)
+                    found = self._mismatch(prediction, after, region_touched)
+                    if not found:
+                        self._adopt(prediction, before, after, faults, restored)
+                        if len(times) > 1 or early != "none":
+                            self._count(f"steps predicted with {len(times)} pass times / faults before the pass: {early}")
+                        if node != nodes[0]:
+                            self._count("passes run on the node the task left in the step")
+                        return []
+                    if best is None or len(found) < len(best[1]):
+                        best = (prediction, found)
+        self.scanning_node = nodes[0]
         assert best is not None
-        both = self._two_passes(before, after, times, region_touched)
+        both = self._two_passes(before, after, times, region_touched, nodes)
         if both is not None:
             self._adopt(both, before, after, faults, set())
             self._count("long steps that held two passes")

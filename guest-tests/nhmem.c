@@ -1,7 +1,7 @@
 /*
  * nhmem: memory helper for numa-harness tests, run inside the guest.
  *
- *   nhmem hold MIB [thp] [node N] [split M] [ro] [extras] [helper]
+ *   nhmem hold MIB [thp] [node N] [split M] [ro] [extras] [helper] [bind B]
  *       Map MIB of anonymous memory (2 MiB aligned; MADV_HUGEPAGE with "thp") and write every
  *       page from a CPU of node N ("node N"; with "split M" the second half from node M), then
  *       print "pid PID addr 0xADDR len BYTES". "ro" then makes the region read-only (its hint
@@ -10,13 +10,16 @@
  *       a PROT_NONE guard, a region bound with MPOL_BIND to node 0 (no MPOL_F_NUMA_BALANCING),
  *       and a region only ever read (zero page). "helper" starts a thread that only sleeps:
  *       mm_users becomes 2, so the scanner stops skipping pages already on its CPU's node
- *       (change_pte_range), and the spinning task keeps faulting.
+ *       (change_pte_range), and the spinning task keeps faulting. "bind B" mbind()s the region
+ *       to node B with MPOL_BIND | MPOL_F_NUMA_BALANCING before it is written: its pages stay
+ *       on B (mpol_misplaced), but the scanner hints them and their faults count on B.
  *       Then it obeys lines on stdin until EOF, answering "ok" to each:
  *         [thread] touch [node N] [pages K]  write every page (the first K) from a CPU of node N
  *         [thread] read [node N] [pages K]   read them
  *         [thread] spin SECS [node N]        burn CPU without touching the region, so that the
  *                                            NUMA scanner (task_numa_work, run in this task's
  *                                            context) gets to run
+ *         loop SECS [node N|free]          read the region over and over for SECS seconds
  *         map [node N]                      map a new 2 MiB anonymous VMA apart from every
  *                                            other (PROT_NONE guard pages on both sides keep it
  *                                            from merging), write it from a CPU of node N and
@@ -28,6 +31,8 @@
  *                                            until the holder dies (PR_SET_PDEATHSIG); print
  *                                            "child PID" once its writes are done
  *       With "thread" a new thread does it (and exits): its faults record its own tid.
+ *       "free" instead of "node N" lets the task run on every CPU (the scheduler, and NUMA
+ *       balancing's task placement, choose), where "node N" pins it to node N's CPUs.
  *   nhmem pagemap PID START LEN    print "vaddr pfn" per present page, from /proc/PID/pagemap.
  *   nhmem nodes PID START LEN      print "vaddr node" per page, from move_pages(pid, nodes=NULL).
  *
@@ -50,6 +55,7 @@
 #include <unistd.h>
 
 #define PAGE 4096UL
+#define MPOL_F_NUMA_BALANCING (1 << 13) /* include/uapi/linux/mempolicy.h, Linux 5.12 on */
 #define HUGE (2UL << 20)
 
 static int cpus_of_node(int node, cpu_set_t *set)
@@ -87,9 +93,21 @@ static unsigned long read_all(volatile char *p, size_t len)
 	return sum;
 }
 
+#define ANY_NODE -2 /* "free": every CPU */
+
 static int run_on_node(int node)
 {
 	cpu_set_t set;
+	if (node == ANY_NODE) {
+		CPU_ZERO(&set);
+		for (int c = 0; c < CPU_SETSIZE && c < sysconf(_SC_NPROCESSORS_CONF); c++)
+			CPU_SET(c, &set);
+		if (sched_setaffinity(0, sizeof(set), &set)) {
+			fprintf(stderr, "nhmem: cannot run on every CPU: %s\n", strerror(errno));
+			return -1;
+		}
+		return 0;
+	}
 	if (node < 0)
 		return 0;
 	if (cpus_of_node(node, &set) || sched_setaffinity(0, sizeof(set), &set)) {
@@ -170,6 +188,11 @@ static int run_op(struct op *op)
 		}
 		close(done[0]);
 		printf("child %d\n", (int)child);
+	} else if (!strcmp(op->verb, "loop")) {
+		double end = now() + op->secs;
+		while (now() < end)
+			if (read_all(op->p, op->len) == 42)
+				printf("#");
 	} else if (!strcmp(op->verb, "spin")) {
 		double end = now() + op->secs;
 		volatile unsigned long spins = 0;
@@ -189,7 +212,7 @@ static void *run_op_thread(void *op)
 static int hold(int argc, char **argv)
 {
 	size_t len = strtoul(argv[2], NULL, 0) << 20;
-	int thp = 0, node = -1, extras = 0, helper = 0, split = -1, readonly = 0;
+	int thp = 0, node = -1, extras = 0, helper = 0, split = -1, readonly = 0, bind = -1;
 	for (int i = 3; i < argc; i++) {
 		if (!strcmp(argv[i], "thp"))
 			thp = 1;
@@ -203,6 +226,8 @@ static int hold(int argc, char **argv)
 			readonly = 1;
 		else if (!strcmp(argv[i], "split") && i + 1 < argc)
 			split = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "bind") && i + 1 < argc)
+			bind = atoi(argv[++i]);
 	}
 	if (run_on_node(node))
 		return 1;
@@ -216,6 +241,13 @@ static int hold(int argc, char **argv)
 	if (thp && madvise(p, len, MADV_HUGEPAGE)) {
 		perror("nhmem: madvise");
 		return 1;
+	}
+	if (bind >= 0) {
+		unsigned long mask = 1UL << bind;
+		if (syscall(SYS_mbind, p, len, 2 /* MPOL_BIND */ | MPOL_F_NUMA_BALANCING, &mask, 8 * sizeof(mask), 0)) {
+			perror("nhmem: mbind");
+			return 1;
+		}
 	}
 	if (split >= 0) {
 		/* First touch places the second half on node `split`, the first half on `node`. */
@@ -268,12 +300,16 @@ static int hold(int argc, char **argv)
 		char *arg = strstr(rest, "node ");
 		if (arg)
 			op.on = atoi(arg + 5);
+		if (strstr(rest, " free"))
+			op.on = ANY_NODE;
 		arg = strstr(rest, "pages ");
 		if (arg && strtoul(arg + 6, NULL, 0) * PAGE < len)
 			op.len = strtoul(arg + 6, NULL, 0) * PAGE;
 		if (sscanf(rest, "%15s", op.verb) != 1)
 			continue;
 		if (!strcmp(op.verb, "spin") && sscanf(rest, "spin %lf", &op.secs) != 1)
+			op.verb[0] = 0;
+		if (!strcmp(op.verb, "loop") && sscanf(rest, "loop %lf", &op.secs) != 1)
 			op.verb[0] = 0;
 		int status;
 		if (in_thread) {

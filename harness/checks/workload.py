@@ -41,6 +41,9 @@ class Region:
     helper: bool = False  # a sleeping helper thread (mm_users 2)
     split: int | None = None  # first-touch the second half on this node
     readonly: bool = False  # write it, then make it read-only (its hint faults carry TNF_NO_GROUP)
+    # mbind it to this node with MPOL_BIND | MPOL_F_NUMA_BALANCING before writing it: its pages
+    # stay there (mpol_misplaced), but they are hinted and their faults count on that node.
+    bind: int | None = None
     # Exec nhmem on this node's CPUs (numactl --cpunodebind, no memory policy), so that its own
     # pages (initial stack, static data) are first touched there, not wherever the shell ran.
     exec_on: int | None = None
@@ -48,7 +51,8 @@ class Region:
     def nhmem_args(self) -> str:
         options = [f"{self.mib}", "thp" if self.thp else "", f"node {self.node}" if self.node is not None else "",
                    "extras" if self.extras else "", "helper" if self.helper else "",
-                   f"split {self.split}" if self.split is not None else "", "ro" if self.readonly else ""]
+                   f"split {self.split}" if self.split is not None else "", "ro" if self.readonly else "",
+                   f"bind {self.bind}" if self.bind is not None else ""]
         return " ".join(o for o in options if o)
 
     def command(self) -> str:
@@ -97,8 +101,17 @@ class HeldRegion:
 
     def command(self, line: str, timeout: float = STEP_TIMEOUT) -> None:
         """Send one command and wait for its `ok`."""
+        self.send(line)
+        self.wait(line, timeout)
+
+    def send(self, line: str) -> None:
+        """Send one command without waiting for it (wait() does): the check can observe the task
+        while it runs the command."""
         self.guest.ssh.run(f"echo {shlex.quote(line)} > {self.directory}/in").check()
         self._acks += 1
+
+    def wait(self, line: str, timeout: float = STEP_TIMEOUT) -> None:
+        """Wait for the `ok` of every command sent so far (`line` names the last, for errors)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             bugs = self.guest.pending_bugs()
@@ -124,6 +137,18 @@ class HeldRegion:
 
     def spin(self, seconds: float, node: int | None = None, thread: bool = False) -> None:
         self.command(_op(f"spin {seconds}", node, None, thread), timeout=seconds + STEP_TIMEOUT)
+
+    def loop(self, seconds: float, node: int | None = None, *, wait: bool = True) -> str:
+        """Read the region over and over for `seconds`, pinned to `node`'s CPUs, or with node=None
+        free to run on every CPU (the scheduler and NUMA balancing's task placement choose).
+        With wait=False it returns once the command is sent (wait() with the returned line ends it)."""
+        where = f"node {node}" if node is not None else "free"
+        line = f"loop {seconds} {where}"
+        if wait:
+            self.command(line, timeout=seconds + STEP_TIMEOUT)
+        else:
+            self.send(line)
+        return line
 
     def map_late(self, node: int) -> int:
         """Map a new 2 MiB VMA apart from every other, written from a CPU of `node`: a VMA the

@@ -1,8 +1,13 @@
 """A deterministic, pure-Python reference model of Linux 6.12 NUMA balancing (scanner, hint faults,
 migration filter, placement), each rule citing the kernel function it mirrors."""
 
-from .faults import Decision, FaultResult, hint_fault, should_numa_migrate_memory, task_numa_fault
-from .placement import placement_restarts_scan_clock, task_numa_placement, update_task_scan_period
+from .faults import Decision, FaultResult, hint_fault, large_folio_fault, should_numa_migrate_memory, task_numa_fault
+from .placement import (
+    numa_migrate_interval,
+    placement_restarts_scan_clock,
+    task_numa_placement,
+    update_task_scan_period,
+)
 from .scanner import (
     PassResult,
     change_prot_numa,
@@ -54,6 +59,8 @@ __all__ = [
     "cpupid_cpu",
     "cpupid_pid",
     "hint_fault",
+    "large_folio_fault",
+    "numa_migrate_interval",
     "placement_restarts_scan_clock",
     "scan_pass",
     "should_numa_migrate_memory",

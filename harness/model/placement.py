@@ -90,3 +90,10 @@ def update_task_scan_period(task: Task, *, shared: int, private: int, scan_min: 
     low = scan_min if scan_min is not None else 0
     period = min(max(task.numa_scan_period + diff, low), period_max)
     return replace(task, numa_scan_period=period, locality=(0, 0, 0))
+
+
+def numa_migrate_interval(scan_period_ms: int, hz: int) -> int:
+    """fair.c:numa_migrate_preferred: the task's next attempt to move to its preferred node is
+    due min(HZ, msecs_to_jiffies(p->numa_scan_period) / 16) jiffies after this one
+    (p->numa_migrate_retry = jiffies + interval)."""
+    return min(hz, -(-scan_period_ms * hz // 1000) // 16)

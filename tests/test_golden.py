@@ -233,3 +233,45 @@ def test_a_kernel_that_ends_the_early_exception_early_is_caught() -> None:
     before = recording.observations["read-2-before"]
     diffs = _early(lambda label, o: _all_back_on(o, before, region) if label == "read-2-after" else o)  # type: ignore[arg-type]
     assert any(d.startswith("read 2 (early exception") and "node" in d for d in diffs), diffs
+
+
+# -- mthp: one hint fault per 64 KiB folio -------------------------------------------------------
+
+
+def _mthp(perturb: Callable[[str, Observation], Observation] | None = None) -> list[str]:
+    from harness.checks.largefolio import replay_mthp
+
+    recording = _load("mthp")
+    observations = {label: perturb(label, obs) if perturb else obs for label, obs in recording.observations.items()}
+    return replay_mthp(recording.facts, observations, recording.notes).diffs
+
+
+def test_recorded_folio_faults_are_predicted() -> None:
+    diffs = _mthp()
+    assert not diffs, diffs
+
+
+def test_a_kernel_that_faults_per_pte_is_caught() -> None:
+    """The local read as a kernel that restored only the faulting PTE would book it: sixteen
+    faults of sixteen pages per folio."""
+    def per_pte(label: str, o: Observation) -> Observation:
+        if label != "read-1-after":
+            return o
+        before = _load("mthp").observations["read-1-before"].task.locality
+        local = o.task.locality[1] + 15 * (o.task.locality[1] - before[1])
+        return _with_task(o, locality=(o.task.locality[0], local, o.task.locality[2]))
+    diffs = _mthp(per_pte)
+    assert any("numa_faults_locality" in d for d in diffs), diffs
+
+
+def test_a_folio_left_partly_hinted_is_caught() -> None:
+    """One PTE of a migrated folio still PROT_NONE after the read: the replay names it."""
+    def one_left(label: str, o: Observation) -> Observation:
+        if label != "read-2-after":
+            return o
+        notes = _load("mthp").notes["read-1-before"]
+        index = int(np.searchsorted(o.table.vaddr, np.uint64(int(notes["region"][0]) + 4096)))
+        hinted = _load("mthp").observations["read-2-before"].table.raw[index]
+        return _column(o, "raw", index, int(hinted))
+    diffs = _mthp(one_left)
+    assert any("hint=True" in d for d in diffs), diffs

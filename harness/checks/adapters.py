@@ -49,7 +49,8 @@ def model_pages(facts: GuestFacts, obs: Observation) -> dict[int, Page]:
         last = None if e.last_cpupid is None or e.last_cpupid == unset else e.last_cpupid
         pages[e.vaddr] = Page(e.vaddr, e.node, HPAGE_SIZE if e.level == "pmd" else PAGE_SIZE, hint=e.hint,
                               zero_page=e.pfn == zero_pfn, last_cpupid=last,
-                              likely_shared=e.mapcount is not None and e.mapcount > 1)
+                              likely_shared=e.mapcount is not None and e.mapcount > 1,
+                              folio_pages=e.folio_pages if e.level == "pte" and e.folio_pages and e.folio_pages > 1 else 0)
     return pages
 
 

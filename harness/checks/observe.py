@@ -136,7 +136,7 @@ class Observation:
 def observe(ctx: Context, pid: int) -> Observation:
     with nh.snapshot(ctx.guest):
         mm = nh.find_mm(ctx.prog, pid)
-        table = nh.with_mapcount(ctx.prog, nh.with_last_cpupid(ctx.prog, nh.walk(ctx.prog, mm)))
+        table = nh.with_folios(ctx.prog, nh.with_mapcount(ctx.prog, nh.with_last_cpupid(ctx.prog, nh.walk(ctx.prog, mm))))
         obs = Observation(table, nh.read_task(ctx.prog, pid), nh.read_mm(ctx.prog, pid), nh.read_vmas(ctx.prog, pid),
                           nh.read_balancing(ctx.prog), nh.read_vmstat(ctx.prog), int(mm.value_()),
                           nh.scan_stamps(ctx.prog))
@@ -146,7 +146,7 @@ def observe(ctx: Context, pid: int) -> Observation:
 
 def observation_json(obs: Observation) -> dict[str, Any]:
     """An observation as JSON: the task's and mm's NUMA state, VMAs, tunables, counters, every
-    leaf entry (hex addresses and raw entries, node, last_cpupid, mapcount) and the scan stamps
+    leaf entry (hex addresses and raw entries, node, last_cpupid, mapcount, folio size) and the scan stamps
     of the guest's other processes. `observation_from_json` reads it back."""
     t = obs.table
     return {
@@ -156,7 +156,8 @@ def observation_json(obs: Observation) -> dict[str, Any]:
         "entries": {"vaddr": [hex(int(v)) for v in t.vaddr], "raw": [hex(int(r)) for r in t.raw],
                     "level": [int(x) for x in t.level], "node": [int(n) for n in t.node],
                     "last_cpupid": None if t.last_cpupid is None else [int(c) for c in t.last_cpupid],
-                    "mapcount": None if t.mapcount is None else [int(c) for c in t.mapcount]},
+                    "mapcount": None if t.mapcount is None else [int(c) for c in t.mapcount],
+                    "folio_pages": None if t.folio_pages is None else [int(c) for c in t.folio_pages]},
     }
 
 
@@ -170,7 +171,8 @@ def observation_from_json(data: dict[str, Any]) -> Observation:
     table = nh.PageTableWalk(np.array([int(v, 16) for v in e["vaddr"]], dtype=np.uint64),
                              np.array([int(r, 16) for r in e["raw"]], dtype=np.uint64),
                              np.array(e["level"], dtype=np.uint8), np.array(e["node"], dtype=np.int16),
-                             column(e["last_cpupid"], "int64"), column(e["mapcount"], "int64"))
+                             column(e["last_cpupid"], "int64"), column(e["mapcount"], "int64"),
+                             column(e.get("folio_pages"), "int64"))
     task = dict(data["task"])
     task["faults"] = {name: [(int(s), int(p)) for s, p in pairs] for name, pairs in task["faults"].items()}
     task["locality"] = tuple(task["locality"])

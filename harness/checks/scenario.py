@@ -50,3 +50,18 @@ def scenario(ctx: Context, region: Region, knobs: Mapping[str, int] = FAST_SCAN)
             yield held
     finally:
         held.close()
+
+
+@contextlib.contextmanager
+def sysfs(guest: GuestView, settings: Mapping[str, str]) -> Iterator[None]:
+    """Write sysfs `settings` for the duration; the old values (the bracketed choice) come back
+    however the block ends."""
+    names = " ".join(settings)
+    shown = guest.ssh.run(f"cat {names}").check().stdout.splitlines()
+    saved = {path: next(w[1:-1] for w in line.split() if w.startswith("[")) for path, line in zip(settings, shown,
+                                                                                                  strict=True)}
+    guest.ssh.run("; ".join(f"echo {v} > {k}" for k, v in settings.items())).check()
+    try:
+        yield
+    finally:
+        guest.ssh.run("; ".join(f"echo {v} > {k}" for k, v in saved.items())).check()

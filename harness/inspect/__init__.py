@@ -21,6 +21,7 @@ from .pagetable import (
     PageTableWalk,
     decode,
     five_level,
+    folio_heads,
     last_cpupids,
     node_ranges,
     page_flags,
@@ -28,13 +29,15 @@ from .pagetable import (
     summarize,
     vmemmap_base,
     walk,
+    with_folios,
     with_last_cpupid,
     with_mapcount,
 )
 
 __all__ = [
     "BalancingState", "Entry", "InspectError", "MmNumaState", "NodeRanges", "PageTableWalk", "TaskNumaState",
-    "VmaNumaState", "attach", "decode", "find_mm", "find_task", "five_level", "last_cpupids", "node_ranges",
+    "VmaNumaState", "attach", "decode", "find_mm", "find_task", "five_level", "folio_heads", "last_cpupids", "node_ranges",
     "page_flags", "page_flags_layout", "read_balancing", "read_mm", "read_task", "read_vmas", "read_vmstat",
-    "scan_stamps", "snapshot", "summarize", "summarize_by_vma", "vmemmap_base", "walk", "with_last_cpupid", "with_mapcount",
+    "scan_stamps", "snapshot", "summarize", "summarize_by_vma", "vmemmap_base", "walk", "with_folios", "with_last_cpupid",
+    "with_mapcount",
 ]

@@ -31,6 +31,7 @@ __all__ = (
     "PageTableWalk",
     "decode",
     "five_level",
+    "folio_heads",
     "last_cpupids",
     "node_ranges",
     "page_field",
@@ -39,6 +40,7 @@ __all__ = (
     "summarize",
     "vmemmap_base",
     "walk",
+    "with_folios",
     "with_last_cpupid",
     "with_mapcount",
 )
@@ -68,6 +70,9 @@ class Entry:
     last_cpupid: int | None = None
     # folio_mapcount of an order-0 folio (page->_mapcount + 1); None when not read.
     mapcount: int | None = None
+    # Base pages of the folio the entry maps (1, 16 for a 64 KiB mTHP, 512 for a PMD THP); None
+    # when not read.
+    folio_pages: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,6 +150,7 @@ class PageTableWalk(Sequence[Entry]):
     node: np.ndarray
     last_cpupid: np.ndarray | None = None  # -1 where unknown
     mapcount: np.ndarray | None = None  # page->_mapcount + 1; -1 where unknown
+    folio_pages: np.ndarray | None = None  # base pages of the mapped folio; -1 where unknown
 
     @property
     def present(self) -> np.ndarray:
@@ -181,8 +187,10 @@ class PageTableWalk(Sequence[Entry]):
         present, hint, pfn = decode(raw, int(self.level[index]))
         cpupid = None if self.last_cpupid is None or self.last_cpupid[index] < 0 else int(self.last_cpupid[index])
         mapcount = None if self.mapcount is None or self.mapcount[index] < 0 else int(self.mapcount[index])
+        folio = None if self.folio_pages is None or self.folio_pages[index] < 0 else int(self.folio_pages[index])
         return Entry(int(self.vaddr[index]), LEVELS[int(self.level[index])], raw, present, hint, pfn,
-                     int(self.node[index]), bool(raw & RW), bool(raw & ACCESSED), bool(raw & DIRTY), cpupid, mapcount)
+                     int(self.node[index]), bool(raw & RW), bool(raw & ACCESSED), bool(raw & DIRTY), cpupid, mapcount,
+                     folio)
 
     def __iter__(self) -> Iterator[Entry]:
         for index in range(len(self)):
@@ -193,6 +201,7 @@ class PageTableWalk(Sequence[Entry]):
             self.vaddr[mask_or_index], self.raw[mask_or_index], self.level[mask_or_index], self.node[mask_or_index],
             None if self.last_cpupid is None else self.last_cpupid[mask_or_index],
             None if self.mapcount is None else self.mapcount[mask_or_index],
+            None if self.folio_pages is None else self.folio_pages[mask_or_index],
         )
 
     def within(self, start: int, end: int) -> PageTableWalk:
@@ -319,9 +328,54 @@ def with_last_cpupid(prog: Program, table: PageTableWalk) -> PageTableWalk:
     # Only entries that map RAM of a known node have a struct page (not vvar's PFN, not swap entries).
     has_page = (table.present | table.hint) & (table.node >= 0)
     cpupid = np.full(len(table), -1, dtype=np.int64)
-    flags = page_flags(prog, table.pfn[has_page])
+    # A large folio keeps it in its head page (folio_xchg_last_cpupid works on folio->flags); a
+    # PMD entry already names its head, a PTE may map a tail page of an mTHP.
+    pfns = table.pfn[has_page]
+    is_pte = table.level[has_page] == 0
+    pfns[is_pte] = folio_heads(prog, pfns[is_pte])[0]
+    flags = page_flags(prog, pfns)
     cpupid[has_page] = ((flags >> np.uint64(layout["LAST_CPUPID_PGSHIFT"])) & np.uint64((1 << width) - 1)).astype(np.int64)
-    return PageTableWalk(table.vaddr, table.raw, table.level, table.node, cpupid, table.mapcount)
+    return PageTableWalk(table.vaddr, table.raw, table.level, table.node, cpupid, table.mapcount, table.folio_pages)
+
+
+def folio_heads(prog: Program, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """
+    The folio of each page: its head page's pfn and its size in base pages.
+
+    A tail page's ``compound_head`` holds its head's address with bit 0 set
+    (``include/linux/page-flags.h:_compound_head``); a head page has ``PG_head``, and its order
+    is ``folio->_flags_1 & 0xff``, the first tail page's flags (``include/linux/mm.h:folio_large_order``).
+
+    :param pfns: Page frame numbers of pages with a ``struct page``.
+    :return: (head pfns, base pages per folio), one element per pfn.
+    """
+    from drgn import offsetof
+
+    pfns = pfns.astype(np.int64)
+    page = prog.type("struct page")
+    base, size = np.uint64(vmemmap_base(prog)), np.uint64(page.size)
+    compound = page_field(prog, pfns, offsetof(page, "compound_head"), "<u8")
+    tail = (compound & np.uint64(1)) == np.uint64(1)
+    heads = pfns.copy()
+    heads[tail] = ((compound[tail] - np.uint64(1) - base) // size).astype(np.int64)
+    head_flags = page_flags(prog, heads)
+    large = ((head_flags >> np.uint64(prog["PG_head"].value_())) & np.uint64(1)) == np.uint64(1)
+    nr_pages = np.ones(pfns.shape, dtype=np.int64)
+    if large.any():
+        order = page_flags(prog, heads[large] + 1) & np.uint64(0xFF)
+        nr_pages[large] = np.left_shift(np.int64(1), order.astype(np.int64))
+    return heads, nr_pages
+
+
+def with_folios(prog: Program, table: PageTableWalk) -> PageTableWalk:
+    """The table with `folio_pages`: the base pages of the folio each entry maps (a PTE may map
+    one page of a large folio: an mTHP, mm/memory.c:alloc_anon_folio; a PMD maps a whole THP)."""
+    has_page = (table.present | table.hint) & (table.node >= 0)
+    folio = np.full(len(table), -1, dtype=np.int64)
+    folio[has_page & (table.level == 1)] = 512
+    ptes = has_page & (table.level == 0)
+    folio[ptes] = folio_heads(prog, table.pfn[ptes])[1]
+    return PageTableWalk(table.vaddr, table.raw, table.level, table.node, table.last_cpupid, table.mapcount, folio)
 
 
 def with_mapcount(prog: Program, table: PageTableWalk) -> PageTableWalk:
@@ -334,7 +388,7 @@ def with_mapcount(prog: Program, table: PageTableWalk) -> PageTableWalk:
     mapcount = np.full(len(table), -1, dtype=np.int64)
     offset = offsetof(prog.type("struct page"), "_mapcount")
     mapcount[has_page] = page_field(prog, table.pfn[has_page], offset, "<i4").astype(np.int64) + 1
-    return PageTableWalk(table.vaddr, table.raw, table.level, table.node, table.last_cpupid, mapcount)
+    return PageTableWalk(table.vaddr, table.raw, table.level, table.node, table.last_cpupid, mapcount, table.folio_pages)
 
 
 def last_cpupids(prog: Program, entries: PageTableWalk) -> PageTableWalk:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from .placement import task_numa_placement
-from .state import CPUBUF, MEMBUF, Counters, Page, Task, cpupid, cpupid_cpu, cpupid_pid
+from .state import CPUBUF, MEMBUF, PAGE_SIZE, Counters, Page, Task, cpupid, cpupid_cpu, cpupid_pid
 from .state import LAST__PID_MASK as PID_MASK
 
 
@@ -83,7 +83,7 @@ def hint_fault(
     if not page.hint:
         raise ValueError(f"page {page.vaddr:#x} is not a hint entry: no NUMA fault happens")
     cpu_node = node_of_cpu[cpu]
-    nr = page.nr_pages
+    nr = page.folio_nr_pages  # do_numa_page: nr_pages = folio_nr_pages(folio)
     counters = Counters(numa_hint_faults=1)  # once per fault, THP included (numa_migrate_check)
     local = page.node == cpu_node
     if local:
@@ -145,3 +145,26 @@ def task_numa_fault(
         locality=(locality[0], locality[1], locality[2]),
         numa_pages_migrated=task.numa_pages_migrated + (pages if migrated else 0),
     )
+
+
+def large_folio_fault(task: Task, pages: dict[int, Page], vaddr: int, *, cpu: int, node_of_cpu: dict[int, int],
+                      mm_seq: int | None = None) -> FaultResult:
+    """A hint fault on one PTE of a PTE-mapped large folio (an mTHP), `pages` updated in place.
+
+    mm/memory.c:do_numa_page decides for the folio as a whole (numa_migrate_check,
+    should_numa_migrate_memory with the folio's last_cpupid; nr_pages = folio_nr_pages for
+    task_numa_fault and numa_pages_migrated). Then either migrate_misplaced_folio moves the whole
+    folio and remove_migration_ptes maps every PTE of it again, present (read-only: the
+    migration entries were made from PROT_NONE entries), or numa_rebuild_large_mapping restores
+    every PROT_NONE PTE of the folio within the VMA and the page table, each writable when
+    can_change_pte_writable says so. Either way the folio takes one fault and none of its PTEs
+    is a hint afterwards. Anonymous mTHPs are naturally aligned where alloc_anon_folio maps them
+    (ALIGN_DOWN(address, folio size)), which is how the folio's PTEs are found here."""
+    page = pages[vaddr]
+    result = hint_fault(task, page, cpu=cpu, node_of_cpu=node_of_cpu, mm_seq=mm_seq)
+    size = page.folio_nr_pages * PAGE_SIZE
+    start = vaddr - vaddr % size
+    for va in range(start, start + size, PAGE_SIZE):
+        if va in pages:
+            pages[va] = replace(pages[va], hint=False, node=result.page.node, last_cpupid=result.page.last_cpupid)
+    return result

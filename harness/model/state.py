@@ -80,6 +80,9 @@ class Page:
     zero_page: bool = False
     likely_shared: bool = False  # folio_likely_mapped_shared (e.g. COW-shared after fork)
     last_cpupid: int | None = None  # None: "pid unset" (page_cpupid_reset_last)
+    # Base pages of the folio this PTE maps when that is a large folio (an mTHP: 16 for 64 KiB),
+    # 0 when the folio is what the entry maps (a base page, a PMD-mapped THP).
+    folio_pages: int = 0
 
     @property
     def huge(self) -> bool:
@@ -88,6 +91,11 @@ class Page:
     @property
     def nr_pages(self) -> int:
         return self.size // PAGE_SIZE
+
+    @property
+    def folio_nr_pages(self) -> int:
+        """folio_nr_pages of the folio the entry maps."""
+        return self.folio_pages or self.nr_pages
 
 
 @dataclass(frozen=True)

@@ -91,9 +91,28 @@ def check_scanner_window(ctx: Context) -> Finding:
     meets it (start_scan_seq, next_scan = now + scan delay, pids_active_reset, prev_scan_seq =
     seq - 1: fair.c:task_numa_work), skip it until the delay is over, then scan it; the check
     needs that VMA hinted before it ends."""
+    return _replay_window(ctx, Region(64, node=0, split=ctx.nodes_with_cpus()[-1]))
+
+
+@check("scanner-threads", seconds=14)
+def check_scanner_threads(ctx: Context) -> Finding:
+    """scanner-window's free-running replay with a second, sleeping thread in the process. Two
+    rules then decide differently: get_nr_threads(current) is 2, so vma_is_accessed's idle-VMA
+    test ("numa_scan_seq > prev_scan_seq + get_nr_threads") lets a VMA the spinning thread has
+    not faulted in for two PID windows be scanned only every third sequence instead of every
+    second; and mm_users is 2, so change_pte_range has no target node and hints the half of the
+    region on the spinning thread's own node too. The sleeping thread never runs a pass (only a
+    running task's tick queues task_numa_work) and never faults. The VMA mapped mid-run is never
+    faulted in: after its first two sequences it is scanned through the idle test alone (or as
+    the VMA a pass with every VMA PID-skipped is forced to scan). Compared as scanner-window."""
+    return _replay_window(ctx, Region(64, node=0, split=ctx.nodes_with_cpus()[-1], helper=True))
+
+
+def _replay_window(ctx: Context, request: Region) -> Finding:
+    """The scenario of check_scanner_window with the workload `request` holds."""
     remote = ctx.nodes_with_cpus()[-1]
     tally = _WindowTally()
-    with scenario(ctx, Region(64, node=0, split=remote), knobs=WINDOW_KNOBS) as region:
+    with scenario(ctx, request, knobs=WINDOW_KNOBS) as region:
         drain_lru_batches(ctx.guest)
         # Settle: past the first trigger, which only arms numa_next_scan (a fresh mm burns it),
         # and one whole sequence.
@@ -131,6 +150,8 @@ def check_scanner_window(ctx: Context) -> Finding:
                 tally.keep(ctx, current, region.pid, replay.region, touched=True)
                 previous = current
     return tally.finding(replay)
+
+
 
 
 # Enough steps for a few passes, a placement and a pids_active rotation, small enough for the repository.

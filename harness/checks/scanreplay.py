@@ -17,7 +17,7 @@ state it predicted:
   the step is predicted for each order, and the kernel must match one of the predictions;
 - the workload's own layout: VMAs that appear or grow (stack, heap) and pages it maps outside the
   region, with their node and `last_cpupid` (what a fault does to a page is fault-migration's
-  subject, not this replay's);
+  subject, not this replay's), and its thread count (`get_nr_threads`, signal->nr_threads);
 - the node the pass ran on: the task's CPU at the end of the step, or at its start (a tick
   before the step's command moved the task runs the pass where it was: `_scanning_nodes`);
 - the jiffies of a placement that restarted `numa_next_scan` (update_task_scan_period's first
@@ -79,6 +79,9 @@ class ScanReplay:
     node_stamp: int = 0
     # The node of the CPU the task ran its pass on (an input: the kernel's task->cpu).
     scanning_node: int = -1
+    # get_nr_threads(current) for vma_is_accessed's idle-VMA test: the workload's thread count,
+    # an input (signal->nr_threads at the step's start).
+    nr_threads: int = 1
     # Per step: whether a pass ran, the region entries it hinted anew, the VMAs the task faulted in.
     last_pass: Prediction | None = None
     new_region_hints: int = 0
@@ -95,7 +98,8 @@ class ScanReplay:
             raise ValueError("ScanReplay needs scan_period_min_ms == scan_period_max_ms (scanner-window's knobs)")
         return cls(pid, facts, model_tunables(obs, facts.hz), region, Mm(obs.mm.numa_scan_offset, obs.mm.numa_scan_seq,
                    obs.mm.mm_users), tuple(model_vmas(obs)), model_pages(facts, obs), obs.mm.numa_next_scan,
-                   obs.task.numa_scan_period, obs.task.numa_scan_seq, node_stamp=obs.task.node_stamp)
+                   obs.task.numa_scan_period, obs.task.numa_scan_seq, node_stamp=obs.task.node_stamp,
+                   nr_threads=obs.task.nr_threads)
 
     def _count(self, kind: str, n: int = 1) -> None:
         self.inputs[kind] = self.inputs.get(kind, 0) + n
@@ -144,6 +148,9 @@ class ScanReplay:
         """Predict the step from `before` to `after` (two kernel observations) and compare. Returns
         the diffs; the model's state is the prediction that matched (or the closest one)."""
         self.last_pass, self.new_region_hints, self.faulted_vmas = None, 0, set()
+        if before.task.nr_threads != self.nr_threads:
+            self._count("steps whose workload changed its thread count")
+        self.nr_threads = before.task.nr_threads
         self.hints_off = _kernel_hints_off(after)
         diffs = self._follow_layout(after)
         faults = after.vmstat["numa_hint_faults"] - before.vmstat["numa_hint_faults"]
@@ -290,8 +297,7 @@ class ScanReplay:
             if index is not None:
                 vmas[index] = vma_set_access_pid_bit(vmas[index], self.pid)
         result = scan_pass(mm, vmas, pages, self.tunables, scanning_node=self.scanning_node if node is None else node,
-                           jiffies=ran_at,
-                           pid=self.pid)
+                           jiffies=ran_at, pid=self.pid, nr_threads=self.nr_threads)
         before = (start.pte_updates, start.windows, start.skipped) if start else (0, (), ())
         return Prediction(ran_at, early, result.mm, result.vmas, dict(result.pages),
                           before[0] + result.counters.numa_pte_updates, before[1] + result.windows,

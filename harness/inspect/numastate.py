@@ -77,6 +77,8 @@ class TaskNumaState:
     # task_numa_work queued and not yet run (numa_work.next != &numa_work: fair.c:task_tick_numa
     # queues it, task_numa_work resets it first thing).
     numa_work_pending: bool = False
+    # get_nr_threads: signal->nr_threads, the thread count vma_is_accessed's idle-VMA test uses.
+    nr_threads: int = 1
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +165,7 @@ def read_task(prog: Program, pid: int) -> TaskNumaState:
         numa_pages_migrated=int(task.numa_pages_migrated.value_()),
         numa_group_id=int(group.gid.value_()) if group else None,
         numa_work_pending=task.numa_work.next.value_() != task.numa_work.address_of_().value_(),
+        nr_threads=int(task.signal.nr_threads.value_()),
     )
 
 
@@ -283,6 +286,48 @@ def read_vmstat(prog: Program) -> dict[str, int]:
         for name, index in indexes.items():
             totals[name] += int(events[index])
     return totals
+
+
+@dataclass(frozen=True)
+class ZoneState:
+    """One zone's free pages and watermarks, as mm/page_alloc.c:zone_watermark_ok reads them."""
+
+    node: int
+    name: str
+    managed: int  # zone_managed_pages
+    free: int  # zone_page_state(NR_FREE_PAGES): the global counter, not the per-CPU deltas
+    min: int  # wmark_pages(zone, WMARK_*): _watermark[] + watermark_boost
+    low: int
+    high: int
+    highatomic: int  # nr_reserved_highatomic: subtracted as unusable (__zone_watermark_unusable_free)
+    lowmem_reserve_movable: int  # lowmem_reserve[ZONE_MOVABLE]: added to the mark for a movable request
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_zones(prog: Program, nid: int) -> list[ZoneState]:
+    """
+    Read the managed zones of a node: free pages, watermarks, reserves.
+
+    :param nid: Node id.
+    """
+    pgdat = prog["node_data"][nid]
+    free_item = int(prog.constant("NR_FREE_PAGES").value_())
+    marks = [int(prog.constant(name).value_()) for name in ("WMARK_MIN", "WMARK_LOW", "WMARK_HIGH")]
+    movable = int(prog.constant("ZONE_MOVABLE").value_())
+    zones = []
+    for index in range(int(pgdat.nr_zones.value_())):
+        zone = pgdat.node_zones[index]
+        managed = int(zone.managed_pages.counter.value_())
+        if not managed:
+            continue
+        boost = int(zone.watermark_boost.value_())
+        low_min, low, high = (int(zone._watermark[m].value_()) + boost for m in marks)
+        zones.append(ZoneState(nid, zone.name.string_().decode(), managed, int(zone.vm_stat[free_item].counter.value_()),
+                               low_min, low, high, int(zone.nr_reserved_highatomic.value_()),
+                               int(zone.lowmem_reserve[movable].value_())))
+    return zones
 
 
 def _enum_value(prog: Program, name: str) -> int | None:

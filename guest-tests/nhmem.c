@@ -33,6 +33,9 @@
  *       With "thread" a new thread does it (and exits): its faults record its own tid.
  *       "free" instead of "node N" lets the task run on every CPU (the scheduler, and NUMA
  *       balancing's task placement, choose), where "node N" pins it to node N's CPUs.
+ *   nhmem fill NODE FREE           take pages of node NODE (MPOL_BIND, no balancing, in
+ *                                  chunks) until its free pages (/proc/zoneinfo) are at most
+ *                                  FREE, print "filled PID free N", then sleep until killed.
  *   nhmem pagemap PID START LEN    print "vaddr pfn" per present page, from /proc/PID/pagemap.
  *   nhmem nodes PID START LEN      print "vaddr node" per page, from move_pages(pid, nodes=NULL).
  *
@@ -374,6 +377,75 @@ static int nodes(char **argv)
 	return 0;
 }
 
+/* The node's free pages as /proc/zoneinfo shows them ("pages free": NR_FREE_PAGES, the count
+ * zone_watermark_ok tests), summed over its zones; -1 when unreadable. */
+static long node_free_pages(int node)
+{
+	FILE *f = fopen("/proc/zoneinfo", "r");
+	char line[256];
+	long total = -1, value;
+	int in_node = 0, n;
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "Node %d,", &n) == 1)
+			in_node = n == node;
+		else if (in_node && sscanf(line, " pages free %ld", &value) == 1)
+			total = (total < 0 ? 0 : total) + value;
+	}
+	fclose(f);
+	return total;
+}
+
+/* Bind, populate and keep `pages` pages on `node` (THPs when `huge`). */
+static int fill_chunk(int node, size_t pages, int huge)
+{
+	size_t len = pages * PAGE;
+	unsigned long mask = 1UL << node;
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED || syscall(SYS_mbind, p, len, 2 /* MPOL_BIND */, &mask, 8 * sizeof(mask), 0)) {
+		perror("nhmem: fill");
+		return -1;
+	}
+	madvise(p, len, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+	if (madvise(p, len, 23 /* MADV_POPULATE_WRITE */))
+		touch(p, len);
+	return 0;
+}
+
+static int fill(char **argv)
+{
+	int node = atoi(argv[2]);
+	long target = strtol(argv[3], NULL, 0);
+	/*
+	 * In chunks, reading the node's free pages between them: the page tables and per-CPU page
+	 * lists the allocations take come off the same count, so a fill computed up front ends
+	 * hundreds of pages off. THP chunks (2 MiB each, populated by MADV_POPULATE_WRITE, Linux
+	 * 5.14) while more than 16 MiB remain: a gigabyte in seconds under TCG; then base pages,
+	 * which do not stall in direct compaction as a THP request near the watermarks does.
+	 */
+	for (int rounds = 0; rounds < 10000; rounds++) {
+		long free = node_free_pages(node);
+		if (free < 0) {
+			fprintf(stderr, "nhmem: fill: node %d not in /proc/zoneinfo\n", node);
+			return 1;
+		}
+		if (free <= target) {
+			printf("filled %d free %ld\n", getpid(), free);
+			fflush(stdout);
+			for (;;)
+				pause();
+		}
+		long want = free - target;
+		int huge = want > 4096;
+		size_t chunk = huge ? (size_t)(want / 2) & ~511UL : (size_t)(want > 256 ? want / 2 : want);
+		if (fill_chunk(node, chunk ? chunk : 1, huge))
+			return 1;
+	}
+	fprintf(stderr, "nhmem: fill: node %d did not come down to %ld free pages\n", node, target);
+	return 1;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 3 && !strcmp(argv[1], "hold"))
@@ -382,6 +454,8 @@ int main(int argc, char **argv)
 		return pagemap(argv);
 	if (argc == 5 && !strcmp(argv[1], "nodes"))
 		return nodes(argv);
-	fprintf(stderr, "usage: nhmem hold MIB [thp] [node N] | pagemap PID START LEN | nodes PID START LEN\n");
+	if (argc == 4 && !strcmp(argv[1], "fill"))
+		return fill(argv);
+	fprintf(stderr, "usage: nhmem hold MIB [thp] [node N] | fill NODE FREE | pagemap PID START LEN | nodes PID START LEN\n");
 	return 2;
 }

@@ -275,3 +275,51 @@ def test_a_folio_left_partly_hinted_is_caught() -> None:
         return _column(o, "raw", index, int(hinted))
     diffs = _mthp(one_left)
     assert any("hint=True" in d for d in diffs), diffs
+
+
+# -- migration-refused: the target node nearly full ----------------------------------------------
+
+
+def _refused(perturb: Callable[[str, Observation], Observation] | None = None) -> list[str]:
+    from harness.checks.refusal import replay_refused
+
+    recording = _load("migration-refused")
+    observations = {label: perturb(label, obs) if perturb else obs for label, obs in recording.observations.items()}
+    return replay_refused(recording.facts, observations, recording.notes).diffs
+
+
+def test_recorded_refusals_are_predicted() -> None:
+    diffs = _refused()
+    assert not diffs, diffs
+
+
+def test_a_page_migrated_into_the_full_node_is_caught() -> None:
+    recording = _load("migration-refused")
+    start = int(recording.notes["before"]["region"][0])
+    far = int(recording.notes["before"]["node"])
+
+    def moved(label: str, o: Observation) -> Observation:
+        if label != "after":
+            return o
+        return _column(o, "node", int(np.searchsorted(o.table.vaddr, np.uint64(start))), far)
+    diffs = _refused(moved)
+    assert any("model node" in d for d in diffs), diffs
+
+
+def test_a_refusal_not_booked_as_failed_is_caught() -> None:
+    def unbooked(label: str, o: Observation) -> Observation:
+        if label != "after":
+            return o
+        remote, local, failed = o.task.locality
+        return _with_task(o, locality=(remote, local, failed - 1))
+    diffs = _refused(unbooked)
+    assert any("numa_faults_locality" in d for d in diffs), diffs
+
+
+def test_a_period_not_doubled_after_refusals_is_caught() -> None:
+    def kept(label: str, o: Observation) -> Observation:
+        if label != "placed":
+            return o
+        return _with_task(o, numa_scan_period=_load("migration-refused").observations["after"].task.numa_scan_period)
+    diffs = _refused(kept)
+    assert any("scan period" in d for d in diffs), diffs

@@ -7,8 +7,10 @@ node's CPUs, and in which order; each command is acknowledged with an `ok` line.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from harness.errors import InfrastructureError
@@ -176,6 +178,30 @@ class HeldRegion:
         mode). Short timeout: on a hung guest this runs while an earlier error propagates."""
         self.guest.ssh.run(f"kill $(cat {self.directory}/pid) $(cat {self.directory}/keeper); rm -rf {self.directory}",
                            timeout=15)
+
+
+@contextlib.contextmanager
+def filled(guest: GuestView, node: int, free: int, timeout: float = 120.0) -> Iterator[int]:
+    """Take pages of `node` in a sleeping process (`nhmem fill`: MPOL_BIND, in chunks) until the
+    node has at most `free` free pages, for the duration; yields the free pages it left. The
+    process is killed however the block ends."""
+    directory = f"/tmp/nhfill-{time.monotonic_ns()}"
+    guest.ssh.run(f"mkdir {directory} && {{ nhmem fill {node} {free} > {directory}/out 2>&1 & echo $! > "
+                  f"{directory}/pid; }}").check()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            out = guest.ssh.run(f"cat {directory}/out").stdout.split()
+            if out[:1] == ["filled"] and len(out) >= 4:
+                yield int(out[3])
+                return
+            if out:
+                raise WorkloadError(f"nhmem fill {node} {free} failed in the guest: {' '.join(out)}")
+            if time.monotonic() > deadline:
+                raise WorkloadError(f"nhmem fill {node} {free} did not finish within {timeout:.0f} s")
+            time.sleep(0.2)
+    finally:
+        guest.ssh.run(f"kill $(cat {directory}/pid); rm -rf {directory}", timeout=15)
 
 
 def _op(verb: str, node: int | None, pages: int | None, thread: bool) -> str:

@@ -7,11 +7,13 @@ from .numastate import (
     MmNumaState,
     TaskNumaState,
     VmaNumaState,
+    ZoneState,
     read_balancing,
     read_mm,
     read_task,
     read_vmas,
     read_vmstat,
+    read_zones,
     scan_stamps,
     summarize_by_vma,
 )
@@ -36,8 +38,8 @@ from .pagetable import (
 
 __all__ = [
     "BalancingState", "Entry", "InspectError", "MmNumaState", "NodeRanges", "PageTableWalk", "TaskNumaState",
-    "VmaNumaState", "attach", "decode", "find_mm", "find_task", "five_level", "folio_heads", "last_cpupids", "node_ranges",
-    "page_flags", "page_flags_layout", "read_balancing", "read_mm", "read_task", "read_vmas", "read_vmstat",
-    "scan_stamps", "snapshot", "summarize", "summarize_by_vma", "vmemmap_base", "walk", "with_folios", "with_last_cpupid",
-    "with_mapcount",
+    "VmaNumaState", "ZoneState", "attach", "decode", "find_mm", "find_task", "five_level", "folio_heads",
+    "last_cpupids", "node_ranges", "page_flags", "page_flags_layout", "read_balancing", "read_mm", "read_task",
+    "read_vmas", "read_vmstat", "read_zones", "scan_stamps", "snapshot", "summarize", "summarize_by_vma",
+    "vmemmap_base", "walk", "with_folios", "with_last_cpupid", "with_mapcount",
 ]

@@ -323,3 +323,27 @@ def test_a_period_not_doubled_after_refusals_is_caught() -> None:
         return _with_task(o, numa_scan_period=_load("migration-refused").observations["after"].task.numa_scan_period)
     diffs = _refused(kept)
     assert any("scan period" in d for d in diffs), diffs
+
+
+# -- scanner-threads: a pass in the middle of a touch --------------------------------------------
+
+
+def test_a_pass_in_the_middle_of_a_touch_is_predicted() -> None:
+    """Recorded on a clean kernel when the replay still assumed a touch came wholly before or
+    after the step's pass: with mm_users 2 the pass hinted again the 1,191 pages the touch had
+    restored so far (numa_pte_updates +1,203) and the touch restored the rest after it."""
+    passes, diffs = _replay_window(_load("scanner-threads"))
+    assert not diffs, diffs
+    assert passes == 1
+
+
+def test_a_pass_count_no_order_explains_is_caught() -> None:
+    recording = _load("scanner-threads")
+    last = sorted(recording.observations)[-1]
+
+    def miscounted(label: str, o: Observation) -> Observation:
+        if label != last:
+            return o
+        return replace(o, vmstat={**o.vmstat, "numa_pte_updates": o.vmstat["numa_pte_updates"] - 600})
+    _, diffs = _replay_window(recording, miscounted)
+    assert any("numa_pte_updates" in d for d in diffs), diffs

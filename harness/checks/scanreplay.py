@@ -208,6 +208,14 @@ class ScanReplay:
         self.node_stamp = kernel
         return []
 
+    def _pte_updates_fit(self, prediction: Prediction, before: Observation, after: Observation, faults: int) -> bool:
+        """Whether `prediction`'s pass count is within _pte_updates' bound (true when the count
+        cannot be compared: another mm had a pass in the step)."""
+        if after.other_passes_since(before):
+            return True
+        kernel = after.vmstat["numa_pte_updates"] - before.vmstat["numa_pte_updates"]
+        return prediction.pte_updates <= kernel <= prediction.pte_updates + faults
+
     def _pte_updates(self, before: Observation, after: Observation, faults: int) -> list[str]:
         """numa_pte_updates (global) when no other mm had a pass: the model's count, plus at most
         one re-hint per hint fault counted in the step (a page restored before the pass is hinted
@@ -275,7 +283,12 @@ class ScanReplay:
         return sorted(t for t in edges if lo <= t <= hi)
 
     def _early_variants(self, after: Observation, faults: int, region_touched: bool) -> Iterator[tuple[str, set[int]]]:
-        """Which pages outside the region were restored by a fault before the pass."""
+        """Which pages were restored by a fault before the pass: outside the region (and inside it
+        when the step touched it) none, the ones seen restored after the step, or all. A touch
+        runs through the region in address order, so a pass that came in the middle of it found
+        the pages below some address restored (and hinted them again: with mm_users 2 nothing is
+        skipped as local) and the rest still hinted (then restored by the touch): the cut is
+        where the kernel's hints change along the region, an input like the order above."""
         hinted = {va for va, p in self.pages.items() if p.hint and (region_touched or not self.in_region(va))}
         seen = hinted & self.hints_off
         yield "none", set()
@@ -283,6 +296,15 @@ class ScanReplay:
             yield "seen", seen
         if faults > len(seen) and hinted - seen:
             yield "all", hinted
+        if region_touched:
+            inside = sorted(va for va in hinted if self.in_region(va))
+            cuts = [b for a, b in itertools.pairwise(inside) if (a in self.hints_off) != (b in self.hints_off)]
+            outside = {va for va in seen if not self.in_region(va)}
+            for cut in cuts[:8]:
+                prefix = {va for va in inside if va < cut}
+                yield f"the touch up to {cut:#x}", prefix | outside
+                if outside:
+                    yield f"the touch up to {cut:#x}, no other fault", prefix
 
     def _predict(self, ran_at: int, early: str, restored: set[int], start: Prediction | None = None,
                  node: int | None = None) -> Prediction:
@@ -339,21 +361,32 @@ class ScanReplay:
         if diffs:
             return diffs
         best: tuple[Prediction, list[str]] | None = None
+        # A prediction whose state matches but whose numa_pte_updates does not: taken (and the
+        # count reported by step()) only when no other prediction matches both.
+        counted_wrong: tuple[Prediction, set[int], int] | None = None
         for node in nodes:
             self.scanning_node = node
             for ran_at in times:
                 for early, restored in self._early_variants(after, faults, region_touched):
                     prediction = self._predict(ran_at, early, restored)
                     found = self._mismatch(prediction, after, region_touched)
+                    if not found and not self._pte_updates_fit(prediction, before, after, faults):
+                        counted_wrong = counted_wrong or (prediction, restored, node)
+                        continue
                     if not found:
                         self._adopt(prediction, before, after, faults, restored)
                         if len(times) > 1 or early != "none":
-                            self._count(f"steps predicted with {len(times)} pass times / faults before the pass: {early}")
+                            self._count(f"steps predicted with {len(times)} pass times / faults before the pass: "
+                                        f"{early.split(' 0x')[0]}")
                         if node != nodes[0]:
                             self._count("passes run on the node the task left in the step")
                         return []
                     if best is None or len(found) < len(best[1]):
                         best = (prediction, found)
+        if counted_wrong is not None:
+            prediction, restored, self.scanning_node = counted_wrong
+            self._adopt(prediction, before, after, faults, restored)
+            return []
         self.scanning_node = nodes[0]
         assert best is not None
         both = self._two_passes(before, after, times, region_touched, nodes)

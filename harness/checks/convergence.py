@@ -70,7 +70,7 @@ class ScanSampler:
 
 
 
-@check("convergence", seconds=63)
+@check("convergence", seconds=66)
 def check_convergence(ctx: Context) -> Finding:
     """numa01/numa02 convergence (guest-tests/nhbench). Each workload runs in three variants for
     BENCH_SECONDS with FAST_SCAN and 16 MiB scan windows: free (default policy, memory first-touched on the first node, so

@@ -176,7 +176,7 @@ def _wait_before_read(ctx: Context, region: HeldRegion, node: int, ready: Callab
         spent += 0.3
 
 
-@check("early-scan", seconds=12)
+@check("early-scan", seconds=18)
 def check_early_scan(ctx: Context) -> Finding:
     """The early-scan exception (module docstring), both sides. A 1 MiB region first touched on
     the far node by a task exec'd on the near node, with a sleeping helper thread (mm_users 2:

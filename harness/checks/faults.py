@@ -19,7 +19,7 @@ from harness.model import (
 )
 
 
-@check("fault-migration", seconds=3)
+@check("fault-migration", seconds=4)
 def check_fault_migration(ctx: Context) -> Finding:
     """Hint faults and migration. A 16 MiB region first touched on node 0 is fully hinted by
     its task spinning on another node; LRU batches are drained; then the task touches it from
@@ -84,7 +84,7 @@ def check_fault_migration(ctx: Context) -> Finding:
 
 
 
-@check("two-stage-filter", seconds=9)
+@check("two-stage-filter", seconds=10)
 def check_two_stage_filter(ctx: Context) -> Finding:
     """The two-stage filter (fair.c:should_numa_migrate_memory) once the early-scan exception
     is over (task numa_scan_seq > 4 and a preferred node): a page last faulted from node 0 and
@@ -214,7 +214,7 @@ def passes_at_most(before: Observation, after: Observation) -> int:
 READ_MARGIN_MS = 80
 
 
-@check("thp", seconds=3)
+@check("thp", seconds=6)
 def check_thp(ctx: Context) -> Finding:
     """THP: an 8 MiB MADV_HUGEPAGE region (four PMD mappings) on node 0 is hinted at PMD level
     (the path the seed patch created as do_pmd_numa_page, today do_huge_pmd_numa_page) and then

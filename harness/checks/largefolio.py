@@ -175,7 +175,7 @@ def _compare(facts: GuestFacts, pages: dict[int, Page], obs: Observation, region
     return diffs
 
 
-@check("mthp", seconds=8)
+@check("mthp", seconds=7)
 def check_mthp(ctx: Context) -> Finding:
     """mTHP: a 4 MiB MADV_HUGEPAGE region mapped by 64 KiB folios (hugepages-64kB enabled for
     madvise, PMD THPs off) on the near node, with a sleeping helper thread (mm_users 2: local

@@ -123,7 +123,7 @@ PLACEMENT_STEP_PAGES = 512
 PLACEMENT_ROUNDS = 4
 
 
-@check("placement", seconds=10)
+@check("placement", seconds=11)
 def check_placement(ctx: Context) -> Finding:
     """The preferred node follows the memory, predicted from the books placement folds. A 16 MiB
     region is first touched on node 0 by a task exec'd on the last node; the task spins there
@@ -191,7 +191,7 @@ class _FreeRun:
     pages: dict[int, Page]
 
 
-@check("placement-exact", seconds=13)
+@check("placement-exact", seconds=14)
 def check_placement_exact(ctx: Context) -> Finding:
     """Placement, scan period and the fault books, free-running. The scenario makes the period
     take the "speed up" branch: a 4 MiB read-only region (no numa_group: TNF_NO_GROUP) is moved

@@ -196,7 +196,7 @@ def _period_response(facts: GuestFacts, r: RefusedRead, books: Task) -> list[str
     return diffs
 
 
-@check("migration-refused", seconds=15)
+@check("migration-refused", seconds=12)
 def check_migration_refused(ctx: Context) -> Finding:
     """A 4 MiB region on the near node, its single-threaded task exec'd on the far node. The far
     node is filled (nhmem fill, MPOL_BIND) until each of its zones sits halfway between its low

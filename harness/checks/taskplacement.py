@@ -40,7 +40,7 @@ def _region_nodes(obs: Observation, region: HeldRegion) -> dict[int, int]:
     return nodes
 
 
-@check("task-placement", seconds=10)
+@check("task-placement", seconds=7)
 def check_task_placement(ctx: Context) -> Finding:
     """The task moves to its memory. A 16 MiB region is bound to the near node with
     MPOL_BIND | MPOL_F_NUMA_BALANCING (mm/mempolicy.c:mpol_misplaced then never moves its pages:

@@ -82,3 +82,60 @@ def test_directory_source_is_mirrored_by_content(tmp_path: Path) -> None:
     assert _mtimes(tree.path)["mm/memory.c"] == LONG_AGO_NS
     assert not (tree.path / "mm/gone.c").exists()
     assert (user / "mm/memory.c").read_text() == "v1\n"
+
+
+def _kernel_like_git_tree(root: Path) -> Path:
+    """A git checkout with the kernel's ignore rules for build products, built in place."""
+    import subprocess
+
+    (root / "mm").mkdir(parents=True)
+    (root / "Makefile").write_text("# top\n")
+    (root / "Kconfig").write_text("# top\n")
+    (root / "mm/memory.c").write_text("memory\n")
+    # The lines of the kernel's own .gitignore that cover these products.
+    (root / ".gitignore").write_text(".*\n*.o\n!.gitignore\n/vmlinux\ninclude/config/\ninclude/generated/\n")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"],
+                   check=True)
+    (root / ".config").write_text("CONFIG_NUMA=y\n")
+    (root / "include/config").mkdir(parents=True)
+    (root / "include/config/auto.conf").write_text("CONFIG_NUMA=y\n")
+    (root / "mm/memory.o").write_bytes(b"\x7fELF")
+    (root / ".memory.o.cmd").write_text("cmd\n")
+    (root / "vmlinux").write_bytes(b"\x7fELF")
+    (root / "mm/new.c").write_text("a developer's new file\n")  # untracked, not ignored: mirrored
+    return root
+
+
+def test_a_git_tree_built_in_place_is_accepted_and_mirrors_only_sources(tmp_path: Path) -> None:
+    from harness.kernel.source import identify, list_tree_files, resolve_source
+
+    user = _kernel_like_git_tree(tmp_path / "linux")
+    spec = resolve_source(str(user))
+    assert spec.kind == "git"
+    assert list_tree_files(spec) == [".gitignore", "Kconfig", "Makefile", "mm/memory.c", "mm/new.c"]
+    before = identify(spec, tmp_path / "cache").digest
+    (user / "mm/memory.o").write_bytes(b"\x7fELF rebuilt")  # a rebuild does not change the source
+    assert identify(spec, tmp_path / "cache").digest == before
+    identity = identify(spec, tmp_path / "cache")
+    tree = worktree_for(spec, identity, user, tmp_path / "cache")
+    create_if_missing(tree, spec)
+    sync_from_directory(tree, spec)
+    assert (tree.path / "mm/new.c").exists() and not (tree.path / ".config").exists()
+    assert not (tree.path / "include").exists() and not (tree.path / "mm/memory.o").exists()
+
+
+def test_a_plain_tree_built_in_place_is_refused_saying_why(tmp_path: Path) -> None:
+    import pytest
+
+    from harness.errors import SourceError
+    from harness.kernel.source import resolve_source
+
+    user = tmp_path / "linux"
+    user.mkdir()
+    (user / "Makefile").write_text("# top\n")
+    (user / "Kconfig").write_text("# top\n")
+    (user / ".config").write_text("CONFIG_NUMA=y\n")
+    with pytest.raises(SourceError, match=r"not a git checkout.*make mrproper.*git init"):
+        resolve_source(str(user))

@@ -74,14 +74,21 @@ def resolve_source(arg: str | None, *, install_default: bool = True) -> SourceSp
             f"--source {arg} is a directory but not a kernel source tree (no top-level Makefile "
             f"and Kconfig). Pass the top of a kernel tree."
         )
+    if (path / ".git").exists():
+        # Built in place or not: only tracked and untracked-not-ignored files are mirrored into
+        # the harness's working tree (list_tree_files), and the kernel's .gitignore covers every
+        # build product (.config, include/config, include/generated, *.o, .*.cmd, vmlinux, ...),
+        # so kbuild there sees a clean source tree and the developer's objects stay where they are.
+        return SourceSpec("git", path)
     if (path / ".config").exists() or (path / "include" / "config").exists():
         raise SourceError(
             f"--source {arg} has been configured or built in place (it has .config or "
-            f"include/config), and kbuild refuses out-of-tree builds from such a tree. Run "
-            f"`make mrproper` in it (or pass a clean checkout)."
+            f"include/config) and is not a git checkout, so its build products cannot be told from "
+            f"its sources: its own .gitignore is no guide (Debian's linux-source adds '/*', which "
+            f"ignores the whole top level), and kbuild refuses to build out of tree from a "
+            f"configured source. Run `make mrproper` in it, or pass it as a git checkout (`git "
+            f"init && git add -A` works: build products are then ignored by the kernel's rules)."
         )
-    if (path / ".git").exists():
-        return SourceSpec("git", path)
     return SourceSpec("tree", path)
 
 

@@ -149,6 +149,7 @@ def _replay_window(ctx: Context, request: Region) -> Finding:
                     break
                 tally.keep(ctx, current, region.pid, replay.region, touched=True)
                 previous = current
+    tally.trim_recording(ctx)
     return tally.finding(replay)
 
 
@@ -177,10 +178,12 @@ class _WindowTally:
 
     def keep(self, ctx: Context, obs: Observation, pid: int, region: tuple[int, int], *, touched: bool,
              failed: bool = False) -> None:
-        """With --record: the first RECORDED_STEPS observations, golden data for the replay's tests,
-        and the observation of a step that failed (a failure among the first steps replays whole)."""
-        if self.steps <= RECORDED_STEPS or failed:
-            ctx.keep(f"step-{self.steps:02d}", obs, pid=pid, region=list(region), touched=touched)
+        """With --record: every step's observation while the replay holds (a failure then replays
+        whole from the recording); a run that passes keeps only the first RECORDED_STEPS (see
+        trim_recording), golden data small enough for the repository."""
+        del failed  # kept like any other step: the recording of a failure is complete
+        if ctx.kept is not None:
+            ctx.keep(f"step-{self.steps:03d}", obs, pid=pid, region=list(region), touched=touched)
 
     def step(self, replay: ScanReplay, before: Observation, after: Observation, *, region_touched: bool = False) -> bool:
         """Predict one step; False once the kernel left the prediction (the diffs are kept)."""
@@ -198,6 +201,13 @@ class _WindowTally:
             self.hinting_passes += replay.new_region_hints > 0
             self.windows.extend(f"{(a - lo) >> 20}-{(b - lo) >> 20} MiB" for a, b in in_region)
         return True
+
+    def trim_recording(self, ctx: Context) -> None:
+        """A replay that held needs no more than RECORDED_STEPS steps recorded."""
+        if ctx.kept is not None and not self.diffs:
+            for label in [k for k in ctx.kept if k.startswith("step-") and int(k[5:]) > RECORDED_STEPS]:
+                del ctx.kept[label]
+                ctx.notes.pop(label, None)
 
     def finding(self, replay: ScanReplay) -> Finding:
         diffs = list(self.diffs)

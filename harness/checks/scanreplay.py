@@ -267,6 +267,15 @@ class ScanReplay:
                 times.append(ran_at)
         if placed:  # a restart after the pass hides its time: every jiffy where the gates change
             times += [t for t in self._gate_changes(lo, hi) if pass_allowed(t, self.next_scan)]
+            # A VMA the pass met first got next_scan = the pass's `now` + scan delay
+            # (fair.c:task_numa_work): that `now` is a candidate too (still an input, held to the
+            # step and to the model's numa_next_scan like every other).
+            delay = self.tunables.ms_to_jiffies(self.tunables.scan_delay_ms)
+            known = {v.start for v in self.vmas if v.numab is not None}
+            times += [int(v.numab["next_scan"]) - delay for v in after.vmas
+                      if v.numab is not None and v.start not in known
+                      and lo <= int(v.numab["next_scan"]) - delay <= hi
+                      and pass_allowed(int(v.numab["next_scan"]) - delay, self.next_scan)]
         if times:
             return list(dict.fromkeys(times)), []
         ran_at = after.mm.numa_next_scan - self.tunables.ms_to_jiffies(self.period_ms)

@@ -11,7 +11,9 @@ import pytest
 from harness.checks.mutants import MUTANTS_DIR, discover, select
 from harness.errors import HarnessError, SeriesError
 
-NUMA_FILES = {"mm/memory.c", "mm/huge_memory.c", "mm/mprotect.c", "mm/mempolicy.c", "kernel/sched/fair.c"}
+# mm/migrate.c: migrate_misplaced_folio and its nearly-full-node refusal (migrate_balanced_pgdat).
+NUMA_FILES = {"mm/memory.c", "mm/huge_memory.c", "mm/mprotect.c", "mm/mempolicy.c", "mm/migrate.c",
+              "kernel/sched/fair.c"}
 
 
 def test_every_mutant_says_what_it_breaks_and_touches_numa_balancing() -> None:

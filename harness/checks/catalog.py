@@ -15,4 +15,11 @@ FAMILIES = ("scanner", "faults", "earlyscan", "largefolio", "sharing", "refusal"
 for _family in FAMILIES:
     importlib.import_module(f"harness.checks.{_family}")
 
+# Run order is family order, then each module's own order, whichever module was imported first
+# (a family may import another, and a test may import one before this catalog).
+_FAMILY_INDEX = {f"harness.checks.{family}": index for index, family in enumerate(FAMILIES)}
+_ordered = sorted(CHECKS.values(), key=lambda c: _FAMILY_INDEX.get(c.run.__module__, len(FAMILIES)))
+CHECKS.clear()
+CHECKS.update((c.name, c) for c in _ordered)
+
 __all__ = ["CHECKS", "FAMILIES", "Check"]

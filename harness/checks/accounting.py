@@ -172,3 +172,25 @@ def compare_writable(va: int, result: FaultResult, kernel: nh.Entry) -> list[str
     return [f"{va:#x}: entry {word(kernel.writable)} after the access, model {word(result.writable)} "
             f"({result.decision}; do_numa_page restores the write bit of a page it leaves in place)"]
 
+
+def compare_carried_pages(facts: GuestFacts, pages: dict[int, Page], obs: Observation, region: tuple[int, int],
+                          pid: int, *, hints: bool) -> list[str]:
+    """Pages the model carried against the kernel's entries in `region`: node, last_cpupid (its
+    CPU's node and pid; which CPU of the node is the scheduler's) and, with `hints`, the hint bit
+    (not before a read: the scanner hinted the pages since, as it should)."""
+    kernel = {e.vaddr: e for e in obs.table.within(*region)}
+    diffs = []
+    for va, page in sorted(pages.items()):
+        e = kernel.get(va)
+        if e is None:
+            diffs.append(f"{va:#x}: no longer mapped")
+            continue
+        if e.node != page.node or (hints and e.hint != page.hint):
+            diffs.append(f"{va:#x}: node {e.node} hint={e.hint}, model node {page.node} hint={page.hint}")
+        if page.last_cpupid is None:
+            if e.last_cpupid not in (None, facts.cpupid_unset):
+                diffs.append(f"{va:#x}: last_cpupid {e.last_cpupid:#x}, model: unset (never hint-faulted)")
+        else:
+            node = facts.node_of_cpu[cpupid_cpu(page.last_cpupid)]
+            diffs.extend(compare_last_cpupid(facts, va, page.last_cpupid, e.last_cpupid, node, pid))
+    return diffs

@@ -16,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from harness.checks.accounting import compare_last_cpupid, compare_writable
+from harness.checks.accounting import compare_carried_pages, compare_writable
 from harness.checks.adapters import model_pages, model_task
 from harness.checks.observe import Context, GuestFacts, Inconclusive, KernelNeverReached, Observation, observe
 from harness.checks.registry import Finding, check
 from harness.checks.scenario import drain_lru_batches, scenario
 from harness.checks.workload import HeldRegion, Region
-from harness.model import Decision, Page, Tunables, cpupid_cpu, hint_fault
+from harness.model import Decision, Page, Tunables, hint_fault
 
 # One scanner pass per second of the task's CPU time (task_scan_min = task_scan_max = 1000 ms
 # for a task this small: one scan window), so the first four sequences last seconds, not
@@ -78,7 +78,7 @@ def judge_early_reads(facts: GuestFacts, region: tuple[int, int], pid: int, read
         if not pages:
             pages = kernel_before
         else:
-            judged.diffs.extend(f"{label}, before: {d}" for d in _compare_pages(facts, pages, before, region, pid,
+            judged.diffs.extend(f"{label}, before: {d}" for d in compare_carried_pages(facts, pages, before, region, pid,
                                                                                  hints=False))
         # The scanner's hint bits are its input; node and last_cpupid stay the model's.
         pages = {va: replace(p, hint=kernel_before[va].hint) if va in kernel_before else p for va, p in pages.items()}
@@ -95,7 +95,7 @@ def judge_early_reads(facts: GuestFacts, region: tuple[int, int], pid: int, read
             decisions[result.decision.value] = decisions.get(result.decision.value, 0) + 1
             migrated += result.migrated
         kernel_after = {e.vaddr: e for e in after.table.within(start, end)}
-        found = _compare_pages(facts, pages, after, region, pid, hints=True)
+        found = compare_carried_pages(facts, pages, after, region, pid, hints=True)
         for va, result in results.items():
             if va in kernel_after and not kernel_after[va].hint:
                 found.extend(compare_writable(va, result, kernel_after[va]))
@@ -131,29 +131,6 @@ def _moved_outside(before: Observation, after: Observation, region: tuple[int, i
         if e.hint and not start <= e.vaddr < end and e.vaddr in now and now[e.vaddr].node != e.node:
             moved += 512 if e.level == "pmd" else 1
     return moved
-
-
-def _compare_pages(facts: GuestFacts, pages: dict[int, Page], obs: Observation, region: tuple[int, int],
-                   pid: int, *, hints: bool) -> list[str]:
-    """The model's pages against the kernel's: node, last_cpupid (its CPU's node and pid; which
-    CPU of the node is the scheduler's) and, with `hints`, the hint bit (not before a read: the
-    scanner hinted the pages since, as it should)."""
-    kernel = {e.vaddr: e for e in obs.table.within(*region)}
-    diffs = []
-    for va, page in sorted(pages.items()):
-        e = kernel.get(va)
-        if e is None:
-            diffs.append(f"{va:#x}: no longer mapped")
-            continue
-        if e.node != page.node or (hints and e.hint != page.hint):
-            diffs.append(f"{va:#x}: node {e.node} hint={e.hint}, model node {page.node} hint={page.hint}")
-        if page.last_cpupid is None:
-            if e.last_cpupid not in (None, facts.cpupid_unset):
-                diffs.append(f"{va:#x}: last_cpupid {e.last_cpupid:#x}, model: unset (never hint-faulted)")
-        else:
-            node = facts.node_of_cpu[cpupid_cpu(page.last_cpupid)]
-            diffs.extend(compare_last_cpupid(facts, va, page.last_cpupid, e.last_cpupid, node, pid))
-    return diffs
 
 
 def _wait_before_read(ctx: Context, region: HeldRegion, node: int, ready: Callable[[Observation], bool],

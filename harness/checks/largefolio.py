@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from harness.checks.accounting import compare_last_cpupid
+from harness.checks.accounting import compare_carried_pages
 from harness.checks.adapters import model_pages, model_task
 from harness.checks.observe import Context, GuestFacts, Inconclusive, Observation, observe, spin_until
 from harness.checks.registry import Finding, check
 from harness.checks.scenario import scenario, sysfs
 from harness.checks.workload import Region
-from harness.model import Page, Tunables, cpupid_cpu, large_folio_fault
+from harness.model import Page, Tunables, large_folio_fault
 
 THP_SYSFS = "/sys/kernel/mm/transparent_hugepage"
 # 64 KiB folios for MADV_HUGEPAGE regions, and no PMD THP to take their place.
@@ -91,7 +91,7 @@ def judge_mthp(facts: GuestFacts, region: tuple[int, int], pid: int, reads: list
             raise Inconclusive(f"{label}, before: {'; '.join(layout)}")
         kernel_before = {va: p for va, p in model_pages(facts, before).items() if start <= va < end}
         if pages:
-            judged.diffs.extend(f"{label}, before: {d}" for d in _compare(facts, pages, before, region, pid,
+            judged.diffs.extend(f"{label}, before: {d}" for d in compare_carried_pages(facts, pages, before, region, pid,
                                                                           hints=False))
             pages = {va: replace(p, hint=kernel_before[va].hint) for va, p in pages.items()}
         else:
@@ -110,7 +110,7 @@ def judge_mthp(facts: GuestFacts, region: tuple[int, int], pid: int, reads: list
             faults += 1
             migrated += result.page.folio_nr_pages if result.migrated else 0
             writable.update({v: result.writable for v in was_hinted})
-        found = _compare(facts, pages, after, region, pid, hints=True)
+        found = compare_carried_pages(facts, pages, after, region, pid, hints=True)
         kernel_after = {e.vaddr: e for e in after.table.within(start, end)}
         wrong = [va for va, w in writable.items() if w is not None and va in kernel_after
                  and kernel_after[va].writable != w]
@@ -153,26 +153,6 @@ def _outside_faults(before: Observation, after: Observation, region: tuple[int, 
         counts["local" if e.node == node else "remote"] += pages
         counts["migrated"] += pages if now[e.vaddr].node != e.node else 0
     return counts
-
-
-def _compare(facts: GuestFacts, pages: dict[int, Page], obs: Observation, region: tuple[int, int], pid: int, *,
-             hints: bool) -> list[str]:
-    kernel = {e.vaddr: e for e in obs.table.within(*region)}
-    diffs = []
-    for va, page in sorted(pages.items()):
-        e = kernel.get(va)
-        if e is None:
-            diffs.append(f"{va:#x}: no longer mapped")
-            continue
-        if e.node != page.node or (hints and e.hint != page.hint):
-            diffs.append(f"{va:#x}: node {e.node} hint={e.hint}, model node {page.node} hint={page.hint}")
-        if page.last_cpupid is None:
-            if e.last_cpupid not in (None, facts.cpupid_unset):
-                diffs.append(f"{va:#x}: the folio's last_cpupid {e.last_cpupid:#x}, model: unset")
-        else:
-            node = facts.node_of_cpu[cpupid_cpu(page.last_cpupid)]
-            diffs.extend(compare_last_cpupid(facts, va, page.last_cpupid, e.last_cpupid, node, pid))
-    return diffs
 
 
 @check("mthp", seconds=7)

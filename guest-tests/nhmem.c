@@ -1,7 +1,7 @@
 /*
  * nhmem: memory helper for numa-harness tests, run inside the guest.
  *
- *   nhmem hold MIB [thp] [node N] [split M] [ro] [extras] [helper] [bind B]
+ *   nhmem hold MIB [thp] [node N] [split M] [ro] [extras] [helper] [bind B] [workers W] [quiet]
  *       Map MIB of anonymous memory (2 MiB aligned; MADV_HUGEPAGE with "thp") and write every
  *       page from a CPU of node N ("node N"; with "split M" the second half from node M), then
  *       print "pid PID addr 0xADDR len BYTES". "ro" then makes the region read-only (its hint
@@ -13,6 +13,14 @@
  *       (change_pte_range), and the spinning task keeps faulting. "bind B" mbind()s the region
  *       to node B with MPOL_BIND | MPOL_F_NUMA_BALANCING before it is written: its pages stay
  *       on B (mpol_misplaced), but the scanner hints them and their faults count on B.
+ *       "workers W" starts W persistent threads (1..W) that wait for commands ("on W ..."): a
+ *       worker keeps its tid, so pages it faulted last record it, and it can spin on its CPU
+ *       while another thread faults (task_numa_group looks at the CPU's current task).
+ *       "quiet" then binds every other mapping of the process (program data, stacks, the
+ *       workers' mailboxes) with MPOL_BIND to the nodes with memory, without
+ *       MPOL_F_NUMA_BALANCING: the scanner skips a VMA whose policy lacks MPOL_F_MOF
+ *       (vma_policy_mof), so the region is the only memory that takes hint faults and no
+ *       thread picks up another's last_cpupid elsewhere.
  *       Then it obeys lines on stdin until EOF, answering "ok" to each:
  *         [thread] touch [node N] [pages K]  write every page (the first K) from a CPU of node N
  *         [thread] read [node N] [pages K]   read them
@@ -31,6 +39,9 @@
  *                                            until the holder dies (PR_SET_PDEATHSIG); print
  *                                            "child PID" once its writes are done
  *       With "thread" a new thread does it (and exits): its faults record its own tid.
+ *       "on W" gives the command to worker W and answers once it is done; "on W ... &" answers
+ *       at once and leaves it running ("on W wait" answers when it is done); "on W tid" prints
+ *       "tid W TID". "cpu C" pins to that one CPU; "from I" starts at the region's page I.
  *       "free" instead of "node N" lets the task run on every CPU (the scheduler, and NUMA
  *       balancing's task placement, choose), where "node N" pins it to node N's CPUs.
  *   nhmem fill NODE FREE           take pages of node NODE (MPOL_BIND, no balancing, in
@@ -140,13 +151,26 @@ struct op {
 	char *p;
 	size_t len;
 	int on;
+	int cpu; /* one CPU, or -1: then `on` decides */
 	double secs;
 };
+
+static int run_on_cpu(int cpu)
+{
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	if (sched_setaffinity(0, sizeof(set), &set)) {
+		fprintf(stderr, "nhmem: cannot run on cpu %d: %s\n", cpu, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
 
 /* One command: 0 done, 1 unknown, -1 cannot run on the node. */
 static int run_op(struct op *op)
 {
-	if (run_on_node(op->on))
+	if (op->cpu >= 0 ? run_on_cpu(op->cpu) : run_on_node(op->on))
 		return -1;
 	if (!strcmp(op->verb, "touch")) {
 		touch(op->p, op->len);
@@ -212,10 +236,148 @@ static void *run_op_thread(void *op)
 	return (void *)(intptr_t)run_op(op);
 }
 
+/* A persistent thread and its mailbox: the main thread posts one op at a time. */
+struct worker {
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct op op;
+	int busy; /* an op is posted and not yet done */
+	int status;
+	pid_t tid;
+};
+
+#define MAX_WORKERS 4
+static struct worker workers[MAX_WORKERS];
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	pthread_mutex_lock(&w->lock);
+	w->tid = (pid_t)syscall(SYS_gettid);
+	pthread_cond_broadcast(&w->cond);
+	for (;;) {
+		while (!w->busy)
+			pthread_cond_wait(&w->cond, &w->lock);
+		struct op op = w->op;
+		pthread_mutex_unlock(&w->lock);
+		int status = run_op(&op);
+		fflush(stdout);
+		pthread_mutex_lock(&w->lock);
+		w->status = status;
+		w->busy = 0;
+		pthread_cond_broadcast(&w->cond);
+	}
+	return NULL;
+}
+
+static int start_workers(int count)
+{
+	for (int i = 0; i < count; i++) {
+		struct worker *w = &workers[i];
+		pthread_mutex_init(&w->lock, NULL);
+		pthread_cond_init(&w->cond, NULL);
+		if (pthread_create(&w->thread, NULL, worker_main, w)) {
+			perror("nhmem: worker");
+			return -1;
+		}
+		pthread_mutex_lock(&w->lock);
+		while (!w->tid)
+			pthread_cond_wait(&w->cond, &w->lock);
+		pthread_mutex_unlock(&w->lock);
+	}
+	return 0;
+}
+
+/* Wait until worker `w` is idle; its last op's status. */
+static int worker_idle(struct worker *w)
+{
+	pthread_mutex_lock(&w->lock);
+	while (w->busy)
+		pthread_cond_wait(&w->cond, &w->lock);
+	int status = w->status;
+	pthread_mutex_unlock(&w->lock);
+	return status;
+}
+
+static int worker_run(struct worker *w, struct op *op, int async)
+{
+	worker_idle(w);
+	pthread_mutex_lock(&w->lock);
+	w->op = *op;
+	w->busy = 1;
+	w->status = 0;
+	pthread_cond_broadcast(&w->cond);
+	pthread_mutex_unlock(&w->lock);
+	return async ? 0 : worker_idle(w);
+}
+
+/* The nodes with memory as a mask (/sys/devices/system/node/has_memory, e.g. "0-1"). */
+static unsigned long memory_nodes(void)
+{
+	char buf[256];
+	unsigned long mask = 0;
+	FILE *f = fopen("/sys/devices/system/node/has_memory", "r");
+	if (!f || !fgets(buf, sizeof(buf), f))
+		return 0;
+	fclose(f);
+	for (char *tok = strtok(buf, ",\n"); tok; tok = strtok(NULL, ",\n")) {
+		int a, b;
+		if (sscanf(tok, "%d-%d", &a, &b) == 2)
+			for (int n = a; n <= b && n < 64; n++)
+				mask |= 1UL << n;
+		else if (sscanf(tok, "%d", &a) == 1 && a < 64)
+			mask |= 1UL << a;
+	}
+	return mask;
+}
+
+/* Bind every mapping but [keep, keep + len) and the kernel's special ones to the nodes with
+ * memory, without MPOL_F_NUMA_BALANCING: task_numa_work skips them (vma_policy_mof). */
+static int quiet_except(char *keep, size_t len)
+{
+	unsigned long mask = memory_nodes();
+	char line[512];
+	FILE *f = fopen("/proc/self/maps", "r");
+	if (!mask || !f) {
+		perror("nhmem: quiet");
+		return -1;
+	}
+	/* Read the whole list first: mbind splits VMAs, which would shift a file read in between. */
+	uintptr_t ranges[256][2];
+	int count = 0;
+	while (count < 256 && fgets(line, sizeof(line), f)) {
+		uintptr_t a, b;
+		if (sscanf(line, "%lx-%lx", &a, &b) != 2 || strstr(line, "[vdso]") || strstr(line, "[vvar") ||
+		    strstr(line, "[vsyscall]"))
+			continue;
+		ranges[count][0] = a;
+		ranges[count][1] = b;
+		count++;
+	}
+	fclose(f);
+	uintptr_t k0 = (uintptr_t)keep, k1 = (uintptr_t)keep + len;
+	for (int i = 0; i < count; i++) {
+		uintptr_t pieces[2][2] = { { ranges[i][0], ranges[i][1] < k0 ? ranges[i][1] : k0 },
+					   { ranges[i][0] > k1 ? ranges[i][0] : k1, ranges[i][1] } };
+		for (int j = 0; j < 2; j++) {
+			if (pieces[j][0] >= pieces[j][1])
+				continue;
+			if (syscall(SYS_mbind, pieces[j][0], pieces[j][1] - pieces[j][0], 2 /* MPOL_BIND */, &mask,
+				    8 * sizeof(mask), 0)) {
+				fprintf(stderr, "nhmem: quiet: mbind %lx-%lx: %s\n", (unsigned long)pieces[j][0],
+					(unsigned long)pieces[j][1], strerror(errno));
+				return -1;
+			}
+		}
+	}
+	return 0;
+}
+
 static int hold(int argc, char **argv)
 {
 	size_t len = strtoul(argv[2], NULL, 0) << 20;
-	int thp = 0, node = -1, extras = 0, helper = 0, split = -1, readonly = 0, bind = -1;
+	int thp = 0, node = -1, extras = 0, helper = 0, split = -1, readonly = 0, bind = -1, nworkers = 0, quiet = 0;
 	for (int i = 3; i < argc; i++) {
 		if (!strcmp(argv[i], "thp"))
 			thp = 1;
@@ -231,6 +393,14 @@ static int hold(int argc, char **argv)
 			split = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "bind") && i + 1 < argc)
 			bind = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "workers") && i + 1 < argc)
+			nworkers = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "quiet"))
+			quiet = 1;
+	}
+	if (nworkers < 0 || nworkers > MAX_WORKERS) {
+		fprintf(stderr, "nhmem: workers %d: at most %d\n", nworkers, MAX_WORKERS);
+		return 1;
 	}
 	if (run_on_node(node))
 		return 1;
@@ -275,6 +445,10 @@ static int hold(int argc, char **argv)
 			return 1;
 		}
 	}
+	if (start_workers(nworkers))
+		return 1;
+	if (quiet && quiet_except(p, len))
+		return 1;
 	printf("pid %d addr %p len %zu\n", getpid(), (void *)p, len);
 	if (extras) {
 		char *guard = mmap(NULL, HUGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -295,8 +469,20 @@ static int hold(int argc, char **argv)
 	fflush(stdout);
 	char line[128];
 	while (fgets(line, sizeof(line), stdin)) {
-		struct op op = { .p = p, .len = len, .on = -1 };
+		struct op op = { .p = p, .len = len, .on = -1, .cpu = -1 };
 		char *rest = line;
+		struct worker *worker = NULL;
+		int target, skip;
+		if (sscanf(rest, "on %d %n", &target, &skip) == 1) {
+			if (target < 1 || target > nworkers) {
+				printf("error no worker %d (hold ... workers N)\n", target);
+				fflush(stdout);
+				continue;
+			}
+			worker = &workers[target - 1];
+			rest += skip;
+		}
+		int async = strchr(rest, '&') != NULL;
 		int in_thread = !strncmp(rest, "thread ", 7);
 		if (in_thread)
 			rest += 7;
@@ -308,6 +494,21 @@ static int hold(int argc, char **argv)
 		arg = strstr(rest, "pages ");
 		if (arg && strtoul(arg + 6, NULL, 0) * PAGE < len)
 			op.len = strtoul(arg + 6, NULL, 0) * PAGE;
+		arg = strstr(rest, "cpu ");
+		if (arg)
+			op.cpu = atoi(arg + 4);
+		arg = strstr(rest, "from ");
+		if (arg) {
+			size_t first = strtoul(arg + 5, NULL, 0) * PAGE;
+			if (first >= len) {
+				printf("error from %zu: past the region's %zu pages\n", first / PAGE, len / PAGE);
+				fflush(stdout);
+				continue;
+			}
+			op.p += first;
+			if (op.len > len - first)
+				op.len = len - first;
+		}
 		if (sscanf(rest, "%15s", op.verb) != 1)
 			continue;
 		if (!strcmp(op.verb, "spin") && sscanf(rest, "spin %lf", &op.secs) != 1)
@@ -315,7 +516,14 @@ static int hold(int argc, char **argv)
 		if (!strcmp(op.verb, "loop") && sscanf(rest, "loop %lf", &op.secs) != 1)
 			op.verb[0] = 0;
 		int status;
-		if (in_thread) {
+		if (worker && !strcmp(op.verb, "wait")) {
+			status = worker_idle(worker);
+		} else if (worker && !strcmp(op.verb, "tid")) {
+			printf("tid %d %d\n", target, (int)worker->tid);
+			status = 0;
+		} else if (worker) {
+			status = worker_run(worker, &op, async);
+		} else if (in_thread) {
 			/* A fresh thread: its faults record its own tid in last_cpupid (shared faults for the main thread). */
 			pthread_t thread;
 			void *result;

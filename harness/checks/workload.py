@@ -49,12 +49,18 @@ class Region:
     # Exec nhmem on this node's CPUs (numactl --cpunodebind, no memory policy), so that its own
     # pages (initial stack, static data) are first touched there, not wherever the shell ran.
     exec_on: int | None = None
+    # Persistent worker threads 1..workers, each taking its own commands (HeldRegion.on).
+    workers: int = 0
+    # Bind every other mapping without MPOL_F_NUMA_BALANCING: the scanner skips them
+    # (vma_policy_mof), so only the region takes hint faults.
+    quiet: bool = False
 
     def nhmem_args(self) -> str:
         options = [f"{self.mib}", "thp" if self.thp else "", f"node {self.node}" if self.node is not None else "",
                    "extras" if self.extras else "", "helper" if self.helper else "",
                    f"split {self.split}" if self.split is not None else "", "ro" if self.readonly else "",
-                   f"bind {self.bind}" if self.bind is not None else ""]
+                   f"bind {self.bind}" if self.bind is not None else "",
+                   f"workers {self.workers}" if self.workers else "", "quiet" if self.quiet else ""]
         return " ".join(o for o in options if o)
 
     def command(self) -> str:
@@ -151,6 +157,47 @@ class HeldRegion:
         else:
             self.send(line)
         return line
+
+    def worker_tid(self, worker: int) -> int:
+        """The thread id of persistent worker `worker` (Region.workers)."""
+        self.command(f"on {worker} tid")
+        out = self.guest.ssh.run(f"cat {self.directory}/out").check().stdout
+        tids = [line.split()[2] for line in out.splitlines() if line.startswith(f"tid {worker} ")]
+        if not tids:
+            raise WorkloadError(f"nhmem did not say worker {worker}'s thread id: {out.strip().splitlines()[-1:]}")
+        return int(tids[-1])
+
+    def on(self, worker: int, verb: str, *, cpu: int, first: int | None = None, pages: int | None = None,
+           wait: bool = True) -> str:
+        """Have worker `worker` run `verb` ("read", "touch", "spin SECS") pinned to `cpu`, on the
+        region's pages [first, first + pages). With wait=False it returns once the worker has the
+        command (wait_worker() waits for it to finish)."""
+        words = [f"on {worker}", verb, f"cpu {cpu}"]
+        if first is not None:
+            words.append(f"from {first}")
+        if pages is not None:
+            words.append(f"pages {pages}")
+        line = " ".join(words) + ("" if wait else " &")
+        self.command(line)
+        return line
+
+    def wait_worker(self, worker: int, timeout: float = STEP_TIMEOUT) -> None:
+        """Wait until worker `worker` has finished what it runs."""
+        self.command(f"on {worker} wait", timeout=timeout)
+
+    def wait_running(self, tid: int, cpu: int, timeout: float = 10.0) -> None:
+        """Wait until thread `tid` is running (state R) on `cpu`, as /proc says."""
+        deadline = time.monotonic() + timeout
+        stat = ""
+        while time.monotonic() < deadline:
+            stat = self.guest.ssh.run(f"cat /proc/{self.pid}/task/{tid}/stat").stdout
+            fields = stat.rpartition(")")[2].split()
+            # After the comm: state is field 3, processor field 39 (proc(5)).
+            if len(fields) > 36 and fields[0] == "R" and int(fields[36]) == cpu:
+                return
+            time.sleep(0.05)
+        raise WorkloadError(f"thread {tid} of nhmem (pid {self.pid}) was not running on cpu {cpu} within "
+                            f"{timeout:.0f} s: /proc says {stat.strip()[:120]!r}")
 
     def map_late(self, node: int) -> int:
         """Map a new 2 MiB VMA apart from every other, written from a CPU of `node`: a VMA the

@@ -123,6 +123,11 @@ class Observation:
     mm_address: int
     # (numa_next_scan, numa_scan_seq) of every user mm: who ran scanner passes between two observations.
     stamps: dict[tuple[int, int], tuple[int, int]]
+    # With observe(threads=...): those threads' NUMA state and numa_groups, in that order, and
+    # the pid each CPU runs (cpu_rq(cpu)->curr) at the moment of the observation.
+    threads: tuple[nh.TaskNumaState, ...] = ()
+    groups: tuple[nh.NumaGroupState | None, ...] = ()
+    running: dict[int, int] = field(default_factory=dict)
 
     def other_passes_since(self, earlier: Observation) -> list[int]:
         """The tgids of other processes, alive at both observations, that had a scanner pass in
@@ -133,13 +138,17 @@ class Observation:
                        (tgid, mm) in earlier.stamps and earlier.stamps[(tgid, mm)][0] != stamp[0]})
 
 
-def observe(ctx: Context, pid: int) -> Observation:
+def observe(ctx: Context, pid: int, threads: tuple[int, ...] = ()) -> Observation:
+    """Everything at one moment (the guest paused); with `threads`, also those threads of the
+    process (their NUMA state and groups) and which task each CPU runs."""
     with nh.snapshot(ctx.guest):
         mm = nh.find_mm(ctx.prog, pid)
         table = nh.with_folios(ctx.prog, nh.with_mapcount(ctx.prog, nh.with_last_cpupid(ctx.prog, nh.walk(ctx.prog, mm))))
         obs = Observation(table, nh.read_task(ctx.prog, pid), nh.read_mm(ctx.prog, pid), nh.read_vmas(ctx.prog, pid),
                           nh.read_balancing(ctx.prog), nh.read_vmstat(ctx.prog), int(mm.value_()),
-                          nh.scan_stamps(ctx.prog))
+                          nh.scan_stamps(ctx.prog), tuple(nh.read_task(ctx.prog, tid) for tid in threads),
+                          tuple(nh.read_numa_group(ctx.prog, tid) for tid in threads),
+                          nh.running_pids(ctx.prog) if threads else {})
     ctx.recent[:] = [*ctx.recent[-1:], obs]
     return obs
 
@@ -153,6 +162,9 @@ def observation_json(obs: Observation) -> dict[str, Any]:
         "task": obs.task.as_json(), "mm": obs.mm.as_json(), "vmas": [v.as_json() for v in obs.vmas],
         "balancing": obs.balancing.as_json(), "vmstat": obs.vmstat, "mm_address": hex(obs.mm_address),
         "stamps": [[tgid, hex(mm), *stamp] for (tgid, mm), stamp in obs.stamps.items()],
+        "threads": [t.as_json() for t in obs.threads],
+        "groups": [None if g is None else g.as_json() for g in obs.groups],
+        "running": {str(cpu): pid for cpu, pid in obs.running.items()},
         "entries": {"vaddr": [hex(int(v)) for v in t.vaddr], "raw": [hex(int(r)) for r in t.raw],
                     "level": [int(x) for x in t.level], "node": [int(n) for n in t.node],
                     "last_cpupid": None if t.last_cpupid is None else [int(c) for c in t.last_cpupid],
@@ -173,20 +185,38 @@ def observation_from_json(data: dict[str, Any]) -> Observation:
                              np.array(e["level"], dtype=np.uint8), np.array(e["node"], dtype=np.int16),
                              column(e["last_cpupid"], "int64"), column(e["mapcount"], "int64"),
                              column(e.get("folio_pages"), "int64"))
-    task = dict(data["task"])
-    task["faults"] = {name: [(int(s), int(p)) for s, p in pairs] for name, pairs in task["faults"].items()}
-    task["locality"] = tuple(task["locality"])
-    return Observation(table, nh.TaskNumaState(**task), nh.MmNumaState(**data["mm"]),
+
+    def task_state(recorded: dict[str, Any]) -> nh.TaskNumaState:
+        task = dict(recorded)
+        task["faults"] = {name: [(int(s), int(p)) for s, p in pairs] for name, pairs in task["faults"].items()}
+        task["locality"] = tuple(task["locality"])
+        return nh.TaskNumaState(**task)
+
+    def group_state(recorded: dict[str, Any] | None) -> nh.NumaGroupState | None:
+        if recorded is None:
+            return None
+        group = dict(recorded)
+        group["faults"] = {name: [(int(s), int(p)) for s, p in pairs] for name, pairs in group["faults"].items()}
+        return nh.NumaGroupState(**group)
+
+    return Observation(table, task_state(data["task"]), nh.MmNumaState(**data["mm"]),
                        [nh.VmaNumaState(**v) for v in data["vmas"]], nh.BalancingState(**data["balancing"]),
                        dict(data["vmstat"]), int(data.get("mm_address", "0x0"), 16),
-                       {(int(s[0]), int(s[1], 16)): (int(s[2]), int(s[3])) for s in data.get("stamps", [])})
+                       {(int(s[0]), int(s[1], 16)): (int(s[2]), int(s[3])) for s in data.get("stamps", [])},
+                       tuple(task_state(t) for t in data.get("threads", [])),
+                       tuple(group_state(g) for g in data.get("groups", [])),
+                       {int(cpu): int(pid) for cpu, pid in data.get("running", {}).items()})
 
 
 def spin_until(region: HeldRegion, ctx: Context, node: int, done: Callable[[Observation], bool], *,
-                step: float = 1.0, limit: float = 60.0) -> Observation:
+                step: float = 1.0, limit: float = 60.0, spinner: Callable[[float], None] | None = None,
+                threads: tuple[int, ...] = (), pace: Callable[[Observation], float] | None = None) -> Observation:
+    """Spin (the holder's main thread on `node`, or `spinner(seconds)`) `step` seconds at a time,
+    or as long as `pace` says from the last observation, until `done` holds for an observation
+    (of `threads` too); `limit` seconds of spinning at most."""
     spent = 0.0
     while True:
-        obs = observe(ctx, region.pid)
+        obs = observe(ctx, region.pid, threads)
         if done(obs):
             return obs
         if spent >= limit:
@@ -198,8 +228,12 @@ def spin_until(region: HeldRegion, ctx: Context, node: int, done: Callable[[Obse
                 f"entries hinted, entries per node {nodes}; task numa_scan_seq {obs.task.numa_scan_seq}, mm "
                 f"numa_scan_seq {obs.mm.numa_scan_seq}, preferred node {obs.task.numa_preferred_nid}, mm_users "
                 f"{obs.mm.mm_users}, hint faults {obs.vmstat.get('numa_hint_faults')}")
-        region.spin(step, node=node)
-        spent += step
+        seconds = step if pace is None else pace(obs)
+        if spinner is None:
+            region.spin(seconds, node=node)
+        else:
+            spinner(seconds)
+        spent += seconds
 
 
 def region_hinted(region: HeldRegion) -> Callable[[Observation], bool]:

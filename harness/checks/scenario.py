@@ -41,15 +41,20 @@ def drain_lru_batches(guest: GuestView) -> None:
 
 
 @contextlib.contextmanager
-def scenario(ctx: Context, region: Region, knobs: Mapping[str, int] = FAST_SCAN) -> Iterator[HeldRegion]:
+def scenario(ctx: Context, region: Region, knobs: Mapping[str, int] = FAST_SCAN, *,
+             knobs_at_exec: bool = False) -> Iterator[HeldRegion]:
     """A workload holding `region`, run with the debugfs scan `knobs`; the region is closed and
-    the knobs restored however the block ends."""
-    held = HeldRegion.start(ctx.guest, region)
-    try:
-        with tunables(ctx.guest, **knobs):
-            yield held
-    finally:
-        held.close()
+    the knobs restored however the block ends. With `knobs_at_exec` the knobs are set before the
+    workload starts: a new task's first scan period is the scan delay at its fork
+    (fair.c:init_numa_balancing), and a task that never takes a placement keeps it."""
+    with contextlib.ExitStack() as stack:
+        if knobs_at_exec:
+            stack.enter_context(tunables(ctx.guest, **knobs))
+        held = HeldRegion.start(ctx.guest, region)
+        stack.callback(held.close)
+        if not knobs_at_exec:
+            stack.enter_context(tunables(ctx.guest, **knobs))
+        yield held
 
 
 @contextlib.contextmanager

@@ -5,15 +5,18 @@ from .attach import InspectError, attach, find_mm, find_task, snapshot
 from .numastate import (
     BalancingState,
     MmNumaState,
+    NumaGroupState,
     TaskNumaState,
     VmaNumaState,
     ZoneState,
     read_balancing,
     read_mm,
+    read_numa_group,
     read_task,
     read_vmas,
     read_vmstat,
     read_zones,
+    running_pids,
     scan_stamps,
     summarize_by_vma,
 )
@@ -37,9 +40,9 @@ from .pagetable import (
 )
 
 __all__ = [
-    "BalancingState", "Entry", "InspectError", "MmNumaState", "NodeRanges", "PageTableWalk", "TaskNumaState",
+    "BalancingState", "Entry", "InspectError", "MmNumaState", "NodeRanges", "NumaGroupState", "PageTableWalk", "TaskNumaState",
     "VmaNumaState", "ZoneState", "attach", "decode", "find_mm", "find_task", "five_level", "folio_heads",
-    "last_cpupids", "node_ranges", "page_flags", "page_flags_layout", "read_balancing", "read_mm", "read_task",
-    "read_vmas", "read_vmstat", "read_zones", "scan_stamps", "snapshot", "summarize", "summarize_by_vma",
+    "last_cpupids", "node_ranges", "page_flags", "page_flags_layout", "read_balancing", "read_mm", "read_numa_group", "read_task",
+    "read_vmas", "read_vmstat", "read_zones", "running_pids", "scan_stamps", "snapshot", "summarize", "summarize_by_vma",
     "vmemmap_base", "walk", "with_folios", "with_last_cpupid", "with_mapcount",
 ]

@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from drgn import Object, Program
+from drgn import Object, Program, offsetof
+from drgn.helpers.linux.cpumask import for_each_possible_cpu
+from drgn.helpers.linux.sched import cpu_curr
 
 from .attach import InspectError, NoSuchTask, find_task
 from .pagetable import PageTableWalk
@@ -18,14 +20,17 @@ from .pagetable import PageTableWalk
 __all__ = (
     "BalancingState",
     "MmNumaState",
+    "NumaGroupState",
     "TaskNumaState",
     "VmaNumaState",
     "nr_node_ids",
     "read_balancing",
     "read_mm",
+    "read_numa_group",
     "read_task",
     "read_vmas",
     "read_vmstat",
+    "running_pids",
     "scan_stamps",
     "summarize_by_vma",
 )
@@ -167,6 +172,61 @@ def read_task(prog: Program, pid: int) -> TaskNumaState:
         numa_work_pending=task.numa_work.next.value_() != task.numa_work.address_of_().value_(),
         nr_threads=int(task.signal.nr_threads.value_()),
     )
+
+
+@dataclass(frozen=True)
+class NumaGroupState:
+    """A ``struct numa_group`` (kernel/sched/fair.c): the tasks NUMA balancing treats as one
+    workload, and their summed fault books."""
+
+    # Its address: task_numa_group breaks a tie between two groups of one task each by it.
+    address: int
+    gid: int
+    nr_tasks: int
+    active_nodes: int
+    total_faults: int
+    max_faults_cpu: int
+    # faults[stat][nid] = (shared, private) for "mem" and "cpu": the first NR_NUMA_HINT_FAULT_STATS
+    # * nr_node_ids entries of the task books' layout (task_faults_idx), the buffers excluded.
+    faults: dict[str, list[tuple[int, int]]]
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_numa_group(prog: Program, pid: int) -> NumaGroupState | None:
+    """
+    Read the numa_group a task belongs to (``kernel/sched/fair.c:struct numa_group``, which only
+    that file defines: drgn finds it in fair.o's debug info), or ``None`` if it has none yet.
+
+    :param pid: PID (or thread id) of the task.
+    """
+    group = find_task(prog, pid).numa_group
+    if not group:
+        return None
+    nodes = nr_node_ids(prog)
+    # faults[] is a flexible array member: read it from its offset, as task books are read.
+    at = group.value_() + offsetof(group.type_.type, "faults")
+    values = np.frombuffer(prog.read(at, 8 * 2 * 2 * nodes), dtype="<u8")
+    faults = {name: [(int(values[2 * (stat * nodes + nid)]), int(values[2 * (stat * nodes + nid) + 1]))
+                     for nid in range(nodes)] for stat, name in enumerate(FAULT_STATS[:2])}
+    return NumaGroupState(
+        address=int(group.value_()),
+        gid=int(group.gid.value_()),
+        nr_tasks=int(group.nr_tasks.value_()),
+        active_nodes=int(group.active_nodes.value_()),
+        total_faults=int(group.total_faults.value_()),
+        max_faults_cpu=int(group.max_faults_cpu.value_()),
+        faults=faults,
+    )
+
+
+def running_pids(prog: Program) -> dict[int, int]:
+    """
+    Return the pid of the task each possible CPU runs (``cpu_rq(cpu)->curr``; 0 is the idle task),
+    the task ``task_numa_group`` finds behind a ``last_cpupid``'s CPU.
+    """
+    return {cpu: int(cpu_curr(prog, cpu).pid.value_()) for cpu in for_each_possible_cpu(prog)}
 
 
 def read_mm(prog: Program, pid: int) -> MmNumaState:

@@ -13,16 +13,22 @@ from harness.model import (
     HPAGE_SIZE,
     PAGE_SIZE,
     Counters,
+    CpuOccupant,
+    GroupOutcome,
     Mm,
     NumabState,
+    NumaGroup,
     Page,
     Task,
     Tunables,
     Vma,
     cpupid,
+    group_books,
     hint_fault,
+    numa_group_count_active_nodes,
     scan_pass,
     should_numa_migrate_memory,
+    task_numa_group,
     task_numa_placement,
     task_scan_max,
     task_scan_min,
@@ -314,3 +320,62 @@ def test_a_hint_fault_sets_the_task_pid_bit_in_pids_active_1_only_once_scanned()
     after = vma_set_access_pid_bit(scanned, 1234)
     assert after.numab is not None and after.numab.pids_active == (0x10, pid_bit(1234))
     assert pid_bit(1234) == 1 << ((1234 * 0x61C88647 & 0xFFFFFFFF) >> 26)
+
+
+# -- numa_group: kernel/sched/fair.c:task_numa_group ----------------------------------------------
+
+def _occupant(pid: int, group: NumaGroup | None, same_mm: bool = True) -> CpuOccupant:
+    return CpuOccupant(pid, group, same_mm)
+
+
+@pytest.mark.parametrize(("last", "mine", "occupant", "flags", "outcome", "priv", "gid", "size"), [
+    (None, None, None, {}, GroupOutcome.PRIVATE, 1, None, None),
+    (cpupid(1, 10), None, None, {}, GroupOutcome.PRIVATE, 1, None, None),
+    (cpupid(1, 20), None, None, {"no_group": True}, GroupOutcome.NO_GROUP_FLAG, 0, None, None),
+    (cpupid(1, 20), None, None, {}, GroupOutcome.NOT_RUNNING, 0, 10, 1),
+    (cpupid(1, 20), None, _occupant(20, None), {}, GroupOutcome.OCCUPANT_WITHOUT_GROUP, 0, 10, 1),
+    (cpupid(1, 20), NumaGroup(20, 2, 0x200), _occupant(20, NumaGroup(20, 2, 0x200)), {}, GroupOutcome.SAME_GROUP,
+     0, 20, 2),
+    (cpupid(1, 20), NumaGroup(10, 2, 0x100), _occupant(20, NumaGroup(20, 1, 0x200)), {},
+     GroupOutcome.OWN_GROUP_BIGGER, 0, 10, 2),
+    (cpupid(1, 20), NumaGroup(10, 1, 0x300), _occupant(20, NumaGroup(20, 1, 0x200)), {}, GroupOutcome.TIE_KEPT,
+     0, 10, 1),
+    (cpupid(1, 20), NumaGroup(10, 1, 0x100), _occupant(20, NumaGroup(20, 1, 0x200)), {}, GroupOutcome.JOINED,
+     0, 20, 2),
+    (cpupid(1, 20), None, _occupant(20, NumaGroup(20, 3, 0x200)), {}, GroupOutcome.JOINED, 0, 20, 4),
+    (cpupid(1, 20), NumaGroup(10, 1, 0x100), _occupant(20, NumaGroup(20, 1, 0x200), same_mm=False), {},
+     GroupOutcome.FALSE_SHARING, 1, 10, 1),
+    (cpupid(1, 20), NumaGroup(10, 1, 0x100), _occupant(20, NumaGroup(20, 1, 0x200), same_mm=False),
+     {"shared_mapping": True}, GroupOutcome.JOINED, 0, 20, 2),
+    # Only the low 8 bits of a pid are kept in last_cpupid (cpupid_match_pid compares those).
+    (cpupid(1, 20), NumaGroup(10, 1, 0x100), _occupant(20 + 256, NumaGroup(20, 1, 0x200)), {},
+     GroupOutcome.JOINED, 0, 20, 2),
+])
+def test_task_numa_group_exits(last: int | None, mine: NumaGroup | None, occupant: CpuOccupant | None,
+                               flags: dict[str, bool], outcome: GroupOutcome, priv: int, gid: int | None,
+                               size: int | None) -> None:
+    decided = task_numa_group(10, last, mine, occupant, **flags)
+    assert (decided.outcome, decided.priv) == (outcome, priv)
+    assert (decided.group.gid, decided.group.nr_tasks) == (gid, size) if decided.group else gid is None
+
+
+def test_a_tie_without_both_addresses_is_not_guessed() -> None:
+    with pytest.raises(ValueError, match="addresses"):
+        task_numa_group(10, cpupid(1, 20), None, _occupant(20, NumaGroup(20, 1, 0x200)))
+
+
+def test_a_group_books_are_its_members_summed() -> None:
+    a = {"mem": [(1, 2), (3, 4)], "cpu": [(0, 1), (0, 0)]}
+    b = {"mem": [(10, 0), (0, 5)], "cpu": [(2, 2), (1, 1)]}
+    books, total = group_books([a, b], [7, 9])
+    assert books == {"mem": [(11, 2), (3, 9)], "cpu": [(2, 3), (1, 1)]} and total == 16
+
+
+@pytest.mark.parametrize(("cpu_faults", "expected"), [
+    ([0, 0], (0, 0)),  # no CPU faults yet: no node is "more than a third of the maximum"
+    ([90, 30], (1, 90)),  # exactly a third is not more than a third
+    ([90, 31], (2, 90)),
+    ([5, 100], (1, 100)),
+])
+def test_active_nodes_are_those_above_a_third_of_the_busiest(cpu_faults: list[int], expected: tuple[int, int]) -> None:
+    assert numa_group_count_active_nodes(cpu_faults) == expected

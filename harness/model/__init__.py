@@ -2,6 +2,15 @@
 migration filter, placement), each rule citing the kernel function it mirrors."""
 
 from .faults import Decision, FaultResult, hint_fault, large_folio_fault, should_numa_migrate_memory, task_numa_fault
+from .group import (
+    CpuOccupant,
+    GroupFault,
+    GroupOutcome,
+    NumaGroup,
+    group_books,
+    numa_group_count_active_nodes,
+    task_numa_group,
+)
 from .placement import (
     numa_migrate_interval,
     placement_restarts_scan_clock,
@@ -45,9 +54,13 @@ __all__ = [
     "MEMBUF",
     "PAGE_SIZE",
     "Counters",
+    "CpuOccupant",
     "Decision",
     "FaultResult",
+    "GroupFault",
+    "GroupOutcome",
     "Mm",
+    "NumaGroup",
     "NumabState",
     "Page",
     "PassResult",
@@ -58,8 +71,10 @@ __all__ = [
     "cpupid",
     "cpupid_cpu",
     "cpupid_pid",
+    "group_books",
     "hint_fault",
     "large_folio_fault",
+    "numa_group_count_active_nodes",
     "numa_migrate_interval",
     "placement_restarts_scan_clock",
     "scan_pass",
@@ -67,6 +82,7 @@ __all__ = [
     "skip_reason",
     "task_nr_scan_windows",
     "task_numa_fault",
+    "task_numa_group",
     "task_numa_placement",
     "task_scan_max",
     "task_scan_min",

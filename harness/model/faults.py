@@ -70,6 +70,7 @@ def hint_fault(
     mm_seq: int | None = None,
     write: bool = False,
     vma_writable: bool = True,
+    priv: int | None = None,
 ) -> FaultResult:
     """A task on `cpu` reads (or with write=True writes) a hinted page (or THP).
 
@@ -79,7 +80,8 @@ def hint_fault(
     (do_huge_pmd_wp_page) has no such reset. A page restored in place gets its write bit back
     (numa_rebuild_single_mapping: can_change_pte_writable holds for an exclusive anonymous page of
     a writable private VMA) and keeps the exchanged last_cpupid; a migrated one stays read-only
-    until a write faults it writable."""
+    until a write faults it writable. `priv` is task_numa_group's verdict on the fault
+    (model/group.py) where the task's numa_group decides it; by default the pid test alone."""
     if not page.hint:
         raise ValueError(f"page {page.vaddr:#x} is not a hint entry: no NUMA fault happens")
     cpu_node = node_of_cpu[cpu]
@@ -110,7 +112,7 @@ def hint_fault(
             decision = Decision.MIGRATION_FAILED
     task = task_numa_fault(task, last_before, restored.node, nr, local=local, migrated=migrated,
                            migrate_failed=not migrated and decision == Decision.MIGRATION_FAILED, cpu_node=cpu_node,
-                           run_placement=jiffies_after_retry, mm_seq=mm_seq)
+                           run_placement=jiffies_after_retry, mm_seq=mm_seq, priv=priv)
     writable = None if restored.huge else (write if migrated else vma_writable and not page.likely_shared)
     return FaultResult(restored, task, counters, migrated, local, decision, writable)
 
@@ -127,9 +129,13 @@ def task_numa_fault(
     cpu_node: int,
     run_placement: bool,
     mm_seq: int | None,
+    priv: int | None = None,
 ) -> Task:
-    """kernel/sched/fair.c:task_numa_fault (no numa_group; balancing enabled)."""
-    priv = 1 if last_cpupid is None or cpupid_pid(last_cpupid) == task.pid & PID_MASK else 0
+    """kernel/sched/fair.c:task_numa_fault (balancing enabled). The fault is private when
+    last_cpupid is unset or the task's own; `priv` overrides that with task_numa_group's verdict
+    (model/group.py: a non-joining fault from another process counts private)."""
+    if priv is None:
+        priv = 1 if last_cpupid is None or cpupid_pid(last_cpupid) == task.pid & PID_MASK else 0
     if run_placement and mm_seq is not None:
         task = task_numa_placement(task, mm_seq)
     faults = [list(map(list, stat)) for stat in task.faults]

@@ -347,3 +347,112 @@ def test_a_pass_count_no_order_explains_is_caught() -> None:
         return replace(o, vmstat={**o.vmstat, "numa_pte_updates": o.vmstat["numa_pte_updates"] - 600})
     _, diffs = _replay_window(recording, miscounted)
     assert any("numa_pte_updates" in d for d in diffs), diffs
+
+
+# -- numa-group: two threads, their first groups, the tie-break and the join ----------------------
+
+
+def _group(perturb: Callable[[str, Observation], Observation] | None = None) -> list[str]:
+    from harness.checks.numagroup import replay_group
+
+    recording = _load("numa-group")
+    observations = {label: perturb(label, obs) if perturb else obs for label, obs in recording.observations.items()}
+    return replay_group(recording.facts, observations, recording.notes).diffs
+
+
+def _joined_step() -> tuple[str, int]:
+    """The label of the join step's observation after the reads, and the index of the reader."""
+    recording = _load("numa-group")
+    label = max(k for k in recording.observations if k.endswith("-done"))
+    reader = int(recording.notes[label]["reads"][0][0])
+    return label, reader - 1
+
+
+def test_recorded_groups_form_and_join_as_predicted() -> None:
+    recording = _load("numa-group")
+    diffs = _group()
+    assert not diffs, diffs
+    label, _ = _joined_step()
+    groups = recording.observations[label].groups
+    assert groups[0] is not None and groups[0] == groups[1] and groups[0].nr_tasks == 2
+
+
+def test_a_thread_that_did_not_join_is_caught() -> None:
+    label, reader = _joined_step()
+
+    def apart(lbl: str, o: Observation) -> Observation:
+        if lbl != label:
+            return o
+        mine = o.groups[reader]
+        assert mine is not None
+        own = replace(mine, gid=o.threads[reader].pid, nr_tasks=1, address=mine.address + 0x1000)
+        other = replace(mine, nr_tasks=1)
+        return replace(o, groups=tuple(own if i == reader else other for i in range(2)))
+    diffs = _group(apart)
+    assert any(d.startswith("joined: groups") for d in diffs), diffs
+
+
+def test_joining_faults_counted_private_are_caught() -> None:
+    label, reader = _joined_step()
+
+    def private(lbl: str, o: Observation) -> Observation:
+        if lbl != label:
+            return o
+        t = o.threads[reader]
+        membuf = [(s - 8, p + 8) if s >= 8 else (s, p) for s, p in t.faults["membuf"]]
+        moved = replace(t, faults={**t.faults, "membuf": membuf})
+        return replace(o, threads=tuple(moved if i == reader else o.threads[i] for i in range(2)))
+    diffs = _group(private)
+    assert any(d.startswith("joined: books") and "shared" in d for d in diffs), diffs
+
+
+def test_a_group_whose_books_are_not_its_members_is_caught() -> None:
+    label, _ = _joined_step()
+
+    def lost(lbl: str, o: Observation) -> Observation:
+        if lbl != label:
+            return o
+        g = o.groups[0]
+        assert g is not None
+        mem = [(s, max(p - 100, 0)) for s, p in g.faults["mem"]]
+        changed = replace(g, faults={**g.faults, "mem": mem})
+        return replace(o, groups=(changed, changed))
+    diffs = _group(lost)
+    assert any("members' summed" in d for d in diffs), diffs
+
+
+def test_a_pass_during_the_reads_makes_the_step_inconclusive() -> None:
+    from harness.checks.observe import Inconclusive
+
+    label, _ = _joined_step()
+
+    def passed(lbl: str, o: Observation) -> Observation:
+        return replace(o, mm=replace(o.mm, numa_scan_seq=o.mm.numa_scan_seq + 1)) if lbl == label else o
+    with pytest.raises(Inconclusive, match="during the reads"):
+        _group(passed)
+
+
+def test_a_tie_broken_the_wrong_way_is_caught() -> None:
+    recording = _load("numa-group")
+    label = next(k for k in recording.observations if k.endswith("-done") and recording.notes[k]["step"] == "tie kept")
+    reader = int(recording.notes[label]["reads"][0][0]) - 1
+
+    def joined_low(lbl: str, o: Observation) -> Observation:
+        if lbl != label:
+            return o
+        low = o.groups[1 - reader]
+        assert low is not None
+        both = replace(low, nr_tasks=2)
+        return replace(o, groups=(both, both))
+    diffs = _group(joined_low)
+    assert any(d.startswith("tie kept: groups") for d in diffs), diffs
+
+
+def test_active_nodes_not_recounted_are_caught() -> None:
+    def stale(lbl: str, o: Observation) -> Observation:
+        if not lbl.endswith("-done"):
+            return o
+        return replace(o, groups=tuple(None if g is None else replace(g, active_nodes=g.active_nodes + 1)
+                                       for g in o.groups))
+    diffs = _group(stale)
+    assert any(": active nodes: " in d and "numa_group_count_active_nodes" in d for d in diffs), diffs

@@ -1,0 +1,502 @@
+"""numa_group: threads of one process found sharing memory become one group.
+
+kernel/sched/fair.c:task_numa_fault hands a shared fault (a page whose last_cpupid names
+another pid) to task_numa_group. The task gets a group of its own the first time; it joins the
+group of the task now running on the last_cpupid's CPU when that task has a group, the groups
+differ, its own is not bigger (equal sizes: the lower address joins the higher), and the two
+share the mm (or the fault is TNF_SHARED); past the size tests a non-joining fault counts
+private (false sharing). model/group.py mirrors it; this check makes every one of those exits
+decide, one step at a time, on two worker threads pinned to one CPU each on different nodes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from harness import inspect as nh
+from harness.checks.accounting import (
+    FaultBooks,
+    compare_accounting,
+    compare_local_counter,
+    compare_writable,
+    model_accounting,
+    recover_accounting,
+)
+from harness.checks.adapters import model_pages
+from harness.checks.observe import Context, GuestFacts, Inconclusive, Observation, observe, spin_until
+from harness.checks.registry import Finding, check
+from harness.checks.scenario import drain_lru_batches, scenario
+from harness.checks.workload import STEP_TIMEOUT, Region
+from harness.model import (
+    LAST__PID_MASK,
+    CpuOccupant,
+    FaultResult,
+    GroupOutcome,
+    NumaGroup,
+    Page,
+    Task,
+    cpupid_cpu,
+    group_books,
+    hint_fault,
+    numa_group_count_active_nodes,
+    task_numa_group,
+)
+
+# Two slices of 256 pages: slice A first touched on the near node, slice B on the far one. A
+# join needs one fault while the other thread runs; 256 chances are plenty, and a small region
+# keeps each pass cheap (task_numa_work charges 32 times a pass's runtime to node_stamp).
+GROUP_REGION_MIB = 2
+SLICE_PAGES = 256
+# Every scanner pass must be at least 3 s after the one before it, so that a step's reads (a
+# spinner started, two SSH commands: 0.4 to 0.7 s from the observation before them to the one
+# after, measured under TCG) fall between two passes: a pass during them that begins a new
+# sequence would give the reader a second placement, after which its books cannot be recovered
+# (recover_accounting), and any pass may hint again a page the reads restored. A pass sets
+# mm->numa_next_scan to now plus the scanning task's numa_scan_period (fair.c:task_numa_work);
+# the holder's threads start with the scan delay of their fork as their period
+# (init_numa_balancing: the knobs are set before the holder is exec'd), and
+# update_task_scan_period keeps it within [scan_period_min, scan_period_max]: 3000 ms throughout.
+GROUP_KNOBS = {"scan_delay_ms": 3000, "scan_period_min_ms": 3000, "scan_period_max_ms": 3000}
+# How long a thread spins on its CPU while the other reads (the reads take well under a second;
+# a spinner that stopped before the observation after them makes the step inconclusive).
+SPIN_S = 2.0
+# Spun past the moment the next pass may come, so that the pass has run when the worker stops.
+PASS_SLACK_S = 0.3
+WORKERS = (1, 2)
+
+
+@dataclass(frozen=True)
+class Read:
+    """Worker `worker` reads slice `slice` ("A" or "B") from its CPU."""
+
+    worker: int
+    slice: str
+
+
+@dataclass(frozen=True)
+class GroupStep:
+    """One step: the reads, made while `spinner` (if any) spins on its CPU, and the observations
+    just before them (the region hinted by a pass after the previous step) and right after them
+    (the spinner still spinning)."""
+
+    label: str
+    reads: tuple[Read, ...]
+    spinner: int | None
+    hinted: Observation
+    done: Observation
+
+
+@dataclass(frozen=True)
+class GroupRun:
+    region: tuple[int, int]
+    slices: dict[str, tuple[int, int]]
+    tids: dict[int, int]  # worker -> thread id
+    cpus: dict[int, int]  # worker -> the one CPU it runs on
+    pid: int
+    start: Observation  # after the holder wrote the region: no hint fault yet
+    steps: tuple[GroupStep, ...]
+
+
+@dataclass
+class _Verdict:
+    diffs: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, label: str, found: list[str], limit: int = 6) -> None:
+        self.diffs.extend(f"{label}: {d}" for d in found[:limit])
+        if len(found) > limit:
+            self.diffs.append(f"{label}: ... and {len(found) - limit} more")
+
+
+def model_thread_task(state: nh.TaskNumaState, nr_nodes: int) -> Task:
+    """A thread's observed books as the model's Task (the faults' additions are what is compared)."""
+    faults = tuple(tuple(tuple(pair) for pair in state.faults[name]) for name in ("mem", "cpu", "membuf", "cpubuf"))
+    return Task(pid=state.pid, nr_nodes=nr_nodes, numa_scan_seq=state.numa_scan_seq,
+                numa_scan_period=state.numa_scan_period, numa_scan_period_max=state.numa_scan_period_max,
+                numa_preferred_nid=state.numa_preferred_nid, faults=faults,  # type: ignore[arg-type]
+                locality=state.locality, total_numa_faults=state.total_numa_faults,
+                numa_pages_migrated=state.numa_pages_migrated)
+
+
+def _compare_groups(run: GroupRun, obs: Observation, model: dict[int, NumaGroup | None]) -> list[str]:
+    """Each worker's group, model against kernel (gid, size, and the address once the model has
+    one); every group's books against its members' (group_books); the main thread, which never
+    takes a hint fault, in no group."""
+    diffs = []
+    for index, worker in enumerate(WORKERS):
+        kernel, expected = obs.groups[index], model[worker]
+        if expected is None:
+            if kernel is not None:
+                diffs.append(f"worker {worker}: in group {kernel.gid} ({kernel.nr_tasks} tasks), model: no group")
+            continue
+        if kernel is None:
+            diffs.append(f"worker {worker}: no group, model: group {expected.gid} of {expected.nr_tasks} task(s)")
+            continue
+        if (kernel.gid, kernel.nr_tasks) != (expected.gid, expected.nr_tasks) or \
+                (expected.address is not None and expected.address != kernel.address):
+            at = f" at {expected.address:#x}" if expected.address is not None else ""
+            diffs.append(f"worker {worker}: group {kernel.gid} of {kernel.nr_tasks} task(s) at {kernel.address:#x}, "
+                         f"model: group {expected.gid}{at} of {expected.nr_tasks} task(s)")
+    by_address: dict[int, list[int]] = {}
+    for index, group in enumerate(obs.groups):
+        if group is not None:
+            by_address.setdefault(group.address, []).append(index)
+    for address, members in sorted(by_address.items()):
+        group = obs.groups[members[0]]
+        assert group is not None
+        books, total = group_books([obs.threads[i].faults for i in members], [obs.threads[i].total_numa_faults
+                                                                              for i in members])
+        for stat in books:
+            if books[stat] != group.faults[stat]:
+                diffs.append(f"group {group.gid} at {address:#x}: {stat} books {group.faults[stat]}, its members' "
+                             f"summed {books[stat]} (task_numa_group moves a joining task's books, "
+                             f"task_numa_placement adds the same diff to task and group)")
+        if total != group.total_faults:
+            diffs.append(f"group {group.gid} at {address:#x}: total_faults {group.total_faults}, its members' "
+                         f"total_numa_faults summed {total}")
+    if obs.task.numa_group_id is not None:
+        diffs.append(f"the main thread is in group {obs.task.numa_group_id}; it takes no hint fault (its memory is "
+                     f"not scanned), so task_numa_group never runs for it")
+    return diffs
+
+
+def _compare_pages(facts: GuestFacts, pages: dict[int, Page], obs: Observation, region: tuple[int, int],
+                   results: dict[int, FaultResult], *, hints_exact: bool = True) -> list[str]:
+    """The carried pages against the kernel's entries: node, hint, the exact last_cpupid (the
+    workers are pinned to one CPU each) and, for a page that faulted, the write bit. Without
+    `hints_exact` (a pass may have run since the model's hints were true) a page the model has
+    restored may have been hinted again; one the model has hinted must still be."""
+    kernel = {e.vaddr: e for e in obs.table.within(*region)}
+    found = []
+    for va, page in sorted(pages.items()):
+        e = kernel.get(va)
+        if e is None:
+            found.append(f"{va:#x}: no longer mapped")
+            continue
+        if e.node != page.node or (e.hint != page.hint and (hints_exact or page.hint)):
+            found.append(f"{va:#x}: node {e.node} hint={e.hint}, model node {page.node} hint={page.hint}")
+        unset = e.last_cpupid is None or e.last_cpupid == facts.cpupid_unset
+        if page.last_cpupid is None and not unset:
+            found.append(f"{va:#x}: last_cpupid {e.last_cpupid:#x}, model unset")
+        elif page.last_cpupid is not None and e.last_cpupid is not None and e.last_cpupid != page.last_cpupid:
+            k = "unset" if unset else f"cpu {cpupid_cpu(e.last_cpupid)} pid bits {e.last_cpupid & LAST__PID_MASK}"
+            found.append(f"{va:#x}: last_cpupid {k}, model cpu {cpupid_cpu(page.last_cpupid)} pid bits "
+                         f"{page.last_cpupid & LAST__PID_MASK}")
+        if va in results:
+            found.extend(compare_writable(va, results[va], e))
+    return found
+
+
+def _step_premises(run: GroupRun, step: GroupStep) -> list[str]:
+    """What a step stands on: no pass began a sequence during the reads (a reader could then
+    have taken a second placement: its books would be unrecoverable), the spinner ran on its CPU
+    after them (the task task_numa_group finds behind the last_cpupid), both inconclusive when
+    missing; and every page of the slices read was hinted before the reads (the kernel's
+    part: the wait condition saw the whole region hinted)."""
+    label = step.label
+    if step.done.mm.numa_scan_seq != step.hinted.mm.numa_scan_seq:
+        raise Inconclusive(f"{label}: a scanner pass began sequence {step.done.mm.numa_scan_seq} during the reads "
+                           f"(from {step.hinted.mm.numa_scan_seq}): a reader may have taken two placements, "
+                           f"and its books cannot be recovered")
+    if step.spinner is not None and step.done.running.get(run.cpus[step.spinner]) != run.tids[step.spinner]:
+        raise Inconclusive(f"{label}: worker {step.spinner} was not running on cpu {run.cpus[step.spinner]} after "
+                           f"the reads (pid {step.done.running.get(run.cpus[step.spinner])} was): the premise of the "
+                           f"step, a task running behind the last_cpupid, is not established")
+    hinted = {e.vaddr: e.hint for e in step.hinted.table.within(*run.region)}
+    return [f"{sum(1 for va in range(*run.slices[r.slice], 4096) if not hinted.get(va, False))} pages of slice "
+            f"{r.slice} not hinted before the read" for r in step.reads
+            if not all(hinted.get(va, False) for va in range(*run.slices[r.slice], 4096))]
+
+
+@dataclass
+class _StepModel:
+    """The model's side of one step's reads."""
+
+    books: dict[int, FaultBooks] = field(default_factory=dict)
+    migrated: dict[int, int] = field(default_factory=dict)
+    results: dict[int, FaultResult] = field(default_factory=dict)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    faults: int = 0
+    local: int = 0
+
+
+def _replay_reads(facts: GuestFacts, run: GroupRun, step: GroupStep, pages: dict[int, Page],
+                  groups: dict[int, NumaGroup | None]) -> _StepModel:
+    """Each read, page by page in address order (nhmem reads them so): task_numa_group's decision
+    on the fault (the occupant of the last_cpupid's CPU is the step's spinner if it is the one
+    recorded there), then the fault itself with that priv. `pages` and `groups` carried in place."""
+    nodes = len(set(facts.node_of_cpu.values()))
+    model = _StepModel()
+    for read in step.reads:
+        worker, tid, cpu = read.worker, run.tids[read.worker], run.cpus[read.worker]
+        task = model_thread_task(step.hinted.threads[WORKERS.index(worker)], nodes)
+        model.books[worker] = FaultBooks.opening(task)
+        model.migrated[worker] = 0
+        for va in range(*run.slices[read.slice], 4096):
+            page = pages[va]
+            occupant = None
+            if page.last_cpupid is not None and step.spinner is not None and \
+                    cpupid_cpu(page.last_cpupid) == run.cpus[step.spinner]:
+                occupant = CpuOccupant(run.tids[step.spinner], groups[step.spinner], same_mm=True)
+            decided = task_numa_group(tid, page.last_cpupid, groups[worker], occupant)
+            if decided.outcome is GroupOutcome.JOINED and decided.group is not None:
+                # Every member of the joined group sees its new size.
+                for other, group in groups.items():
+                    if group is not None and group.gid == decided.group.gid:
+                        groups[other] = decided.group
+            groups[worker] = decided.group
+            model.outcomes[f"worker {worker}: {decided.outcome.value}"] += 1
+            result = hint_fault(task, page, cpu=cpu, node_of_cpu=facts.node_of_cpu, jiffies_after_retry=False,
+                                priv=decided.priv)
+            model.books[worker].add(page, result, facts.node_of_cpu[cpu])
+            task, pages[va] = result.task, result.page
+            model.results[va] = result
+            model.migrated[worker] += result.migrated
+            model.faults += 1
+            model.local += result.local
+    return model
+
+
+def _compare_books(step: GroupStep, model: _StepModel) -> list[str]:
+    """What each reader's faults added to its books (per node, private or shared; bound 0: the
+    region is the only memory of the process the scanner hints) and its numa_pages_migrated."""
+    found: list[str] = []
+    for read in step.reads:
+        worker = read.worker
+        index = WORKERS.index(worker)
+        t0, t1 = step.hinted.threads[index], step.done.threads[index]
+        kernel = recover_accounting(t0, t1, step.hinted.mm.numa_scan_seq, step.done.mm.numa_scan_seq)
+        diffs, _ = compare_accounting(model_accounting(model.books[worker].start, model.books[worker].books), kernel, 0)
+        found.extend(f"worker {worker}: {d}" for d in diffs)
+        if t1.numa_pages_migrated - t0.numa_pages_migrated != model.migrated[worker]:
+            found.append(f"worker {worker} migrated {t1.numa_pages_migrated - t0.numa_pages_migrated} pages "
+                         f"(numa_pages_migrated), model {model.migrated[worker]}")
+    return found
+
+
+def _compare_active_nodes(step: GroupStep, model: _StepModel) -> tuple[list[str], int]:
+    """A reader that took a placement in this step recounted its group's active nodes at its
+    end (task_numa_placement -> numa_group_count_active_nodes) from the group's NUMA_CPU books,
+    which nothing changes afterwards in a step without a join (no other thread faults, a
+    placement runs once per sequence). Returns the diffs and how many groups were judged; a join
+    changes the books without a recount, so a join step is not judged."""
+    if any(GroupOutcome.JOINED.value in key for key in model.outcomes):
+        return [], 0
+    found, judged = [], 0
+    for read in step.reads:
+        index = WORKERS.index(read.worker)
+        placed = step.done.threads[index].numa_scan_seq != step.hinted.threads[index].numa_scan_seq
+        group = step.done.groups[index]
+        if not placed or group is None:
+            continue
+        judged += 1
+        expected = numa_group_count_active_nodes([s + p for s, p in group.faults["cpu"]])
+        if (group.active_nodes, group.max_faults_cpu) != expected:
+            found.append(f"group {group.gid}: active_nodes {group.active_nodes}, max_faults_cpu "
+                         f"{group.max_faults_cpu}; from its NUMA_CPU books {group.faults['cpu']}: {expected[0]}, "
+                         f"{expected[1]} (numa_group_count_active_nodes after worker {read.worker}'s placement)")
+    return found, judged
+
+
+def judge_group(facts: GuestFacts, run: GroupRun) -> _Verdict:
+    """The model's side of check_numa_group (no guest: golden observations replay through it).
+
+    Carried from the start: every page of the region (node, last_cpupid, write bit) and each
+    worker's group. The scanner is not replayed here (the scanner checks do that): before each
+    step the whole region must be hinted, and nothing else about the pages may have changed.
+    Taken from the kernel: a group's address once an observation shows the group (kzalloc chose
+    it; only the tie-break reads it), which task runs on each CPU (the scenario pins a spinner;
+    the observation after the reads confirms it), and each reader's books at the step's start,
+    against which the step's additions are compared."""
+    verdict = _Verdict()
+    pages: dict[int, Page] = {va: p for va, p in model_pages(facts, run.start).items()
+                              if run.region[0] <= va < run.region[1]}
+    if len(pages) != (run.region[1] - run.region[0]) // 4096 or any(p.huge or p.folio_pages for p in pages.values()):
+        verdict.diffs.append("the region is not mapped as base pages of its own: the check lost its subject")
+        return verdict
+    groups: dict[int, NumaGroup | None] = dict.fromkeys(WORKERS)
+    verdict.add("at the start", _compare_groups(run, run.start, groups))
+    outcomes: dict[str, dict[str, int]] = {}
+    active_judged = hints_judged = 0
+    for step in run.steps:
+        verdict.add(f"{step.label}: before the reads", _step_premises(run, step))
+        pages.update((va, replace(p, hint=True)) for va, p in pages.items())
+        verdict.add(f"{step.label}: before the reads", _compare_pages(facts, pages, step.hinted, run.region, {}))
+        verdict.add(f"{step.label}: before the reads", _compare_groups(run, step.hinted, groups))
+        # Addresses of groups the model knows only by gid until now (an input it cannot know).
+        for index, worker in enumerate(WORKERS):
+            group, seen = groups[worker], step.hinted.groups[index]
+            if group is not None and group.address is None and seen is not None and seen.gid == group.gid:
+                groups[worker] = replace(group, address=seen.address)
+        model = _replay_reads(facts, run, step, pages, groups)
+        outcomes[step.label] = dict(model.outcomes)
+        # A pass during the reads (it moves numa_next_scan; so does a placement that restarts the
+        # scan clock) may hint restored pages again: then a restored page's hint is not judged.
+        hints_exact = step.done.mm.numa_next_scan == step.hinted.mm.numa_next_scan
+        hints_judged += hints_exact
+        verdict.add(f"{step.label}: pages", _compare_pages(facts, pages, step.done, run.region, model.results,
+                                                           hints_exact=hints_exact))
+        verdict.add(f"{step.label}: books", _compare_books(step, model))
+        verdict.add(f"{step.label}: counters", compare_local_counter(model.local, model.faults, step.hinted, step.done))
+        verdict.add(f"{step.label}: groups", _compare_groups(run, step.done, groups))
+        found, judged = _compare_active_nodes(step, model)
+        verdict.add(f"{step.label}: active nodes", found)
+        active_judged += judged
+    final = run.steps[-1].done if run.steps else run.start
+    verdict.figures = {
+        "outcomes": outcomes,
+        "groups": [None if g is None else {"gid": g.gid, "nr_tasks": g.nr_tasks, "address": hex(g.address)}
+                   for g in final.groups],
+        "tids": {str(w): t for w, t in run.tids.items()}, "cpus": {str(w): c for w, c in run.cpus.items()},
+        "steps": [s.label for s in run.steps], "active_nodes_judged": active_judged,
+        "steps_with_restored_hints_judged": hints_judged,
+    }
+    if len(run.steps) < 4 or not any(GroupOutcome.JOINED.value in key for o in outcomes.values() for key in o):
+        verdict.diffs.append("no step made a join: the check lost its subject")
+    if len(run.steps) == 4 and not active_judged:
+        verdict.diffs.append("no reader took a placement in a step without a join: numa_group_count_active_nodes "
+                             "was never judged")
+    return verdict
+
+
+def until_next_pass(obs: Observation, hz: int) -> float:
+    """How long the workers must spin (both at once) before the next scanner pass can run, plus
+    PASS_SLACK_S: fair.c:task_tick_numa queues task_numa_work once a task's own runtime passes
+    node_stamp + numa_scan_period (and task_numa_work adds 32 times a pass's runtime to
+    node_stamp), and task_numa_work only scans once jiffies reach mm->numa_next_scan. Each
+    worker's runtime grows 1:1 while it spins alone on its CPU: the sooner of the two runtime
+    waits, or the wall-clock wait if that is longer."""
+    runtime_s = min((t.node_stamp + t.numa_scan_period * 1_000_000 - t.sum_exec_runtime) / 1e9 for t in obs.threads)
+    wall_s = (obs.mm.numa_next_scan - obs.balancing.jiffies) / hz
+    return min(max(runtime_s, wall_s, 0.0) + PASS_SLACK_S, 10.0)
+
+
+def _slice_whose_last_is(worker: int) -> str:
+    """After step 2 worker 2's read of slice A made it A's last_cpupid, worker 1's read of B B's."""
+    return "A" if worker == 2 else "B"
+
+
+@check("numa-group", seconds=40)
+def check_numa_group(ctx: Context) -> Finding:
+    """Two worker threads of one holder, each pinned to one CPU: worker 1 on the far node,
+    worker 2 on the near node. The region (2 MiB, mapped only by the holder; every other mapping
+    bound without MPOL_F_NUMA_BALANCING, so nothing else takes a hint fault) is slice A, first
+    touched on the near node, and slice B on the far node. Before each step both workers spin
+    until a pass begun after the previous step has hinted the whole region (a worker that
+    faulted in the region passes vma_is_accessed's PID test; the main thread never faults).
+
+    1. Worker 1 reads A, worker 2 reads B: first faults (last_cpupid unset) are private
+       (task_numa_fault), task_numa_group is not called, and the early-scan rule migrates every
+       page to the reader's node with the reader's last_cpupid. No group forms.
+    2. Worker 2 reads A, worker 1 reads B: each page's last_cpupid is the other worker's, whose
+       node is not the reader's: the two-stage filter keeps the page (restored writable) and
+       records the reader. The fault is shared; task_numa_group gives the reader its first
+       group (gid its tid) and, the other worker being asleep (not running on its CPU), joins
+       nothing.
+    3. The groups are the same size, so their addresses decide (observed now). The worker whose
+       group is at the lower address spins on its CPU while the other reads the slice the
+       spinner faulted last (local to the reader: mpol_misplaced stops before the filter and
+       last_cpupid stays): its group is not smaller and sits higher, so it keeps it; the faults
+       stay shared.
+    4. Roles swap: the higher worker spins, the lower reads the higher's slice: it joins the
+       higher's group (same mm), which now has both; its faults count shared.
+
+    After each step, from the model carried from the start: every page's node, hint, exact
+    last_cpupid (pinned CPUs) and write bit; what each reader's faults added to its books, per
+    node, private or shared (recover_accounting; nothing outside the region may add), and its
+    numa_pages_migrated; the hint-fault counters; each worker's group (gid, size, address once
+    observed); every group's books equal to its members' summed (group_books); the main thread
+    in no group. A step during which a pass began a new sequence, or whose spinner was not
+    running after it, is inconclusive and the scenario is retried; after a step during which
+    numa_next_scan moved (a pass, or a placement restarting the scan clock) a restored page
+    may be hinted again, and only its other fields are judged (counted in the figures)."""
+    nodes = ctx.nodes_with_cpus()
+    near, far = nodes[0], nodes[-1]
+    cpus = {1: max(c for c, n in ctx.node_of_cpu.items() if n == far),
+            2: max(c for c, n in ctx.node_of_cpu.items() if n == near)}
+    request = Region(GROUP_REGION_MIB, node=near, split=far, exec_on=near, workers=len(WORKERS), quiet=True)
+    with scenario(ctx, request, GROUP_KNOBS, knobs_at_exec=True) as region:
+        tids = {w: region.worker_tid(w) for w in WORKERS}
+        threads = tuple(tids[w] for w in WORKERS)
+        half = region.length // 2
+        slices = {"A": (region.addr, region.addr + half), "B": (region.addr + half, region.end)}
+        first = {"A": 0, "B": SLICE_PAGES}
+        drain_lru_batches(ctx.guest)
+        start = observe(ctx, region.pid, threads)
+        steps: list[GroupStep] = []
+
+        def hinted() -> Observation:
+            """Both workers spin until the whole region is hinted: the reads of the step before
+            restored every page they read, so that takes a pass begun after them (which may not
+            begin a sequence: a pass that hints the region and then scans the vDSO only because
+            no other VMA is left, vma_pids_forced, breaks off before reset_ptenuma_scan)."""
+            def the_whole_region_hinted(o: Observation) -> bool:
+                part = o.table.within(region.addr, region.end)
+                return bool(len(part)) and bool(part.hint.all())
+
+            def spin(seconds: float) -> None:
+                region.on(1, f"spin {seconds:.2f}", cpu=cpus[1], wait=False)
+                region.on(2, f"spin {seconds:.2f}", cpu=cpus[2])
+                region.wait_worker(1)
+            return spin_until(region, ctx, far, the_whole_region_hinted, spinner=spin, threads=threads,
+                              pace=lambda o: until_next_pass(o, ctx.hz))
+
+        def step(label: str, reads: tuple[Read, ...], spinner: int | None) -> GroupStep:
+            before = hinted()
+            if spinner is not None:
+                region.on(spinner, f"spin {SPIN_S}", cpu=cpus[spinner], wait=False)
+                region.wait_running(tids[spinner], cpus[spinner])
+            for read in reads:
+                region.on(read.worker, "read", cpu=cpus[read.worker], first=first[read.slice], pages=SLICE_PAGES)
+            done = observe(ctx, region.pid, threads)
+            if spinner is not None:
+                region.wait_worker(spinner, timeout=SPIN_S + STEP_TIMEOUT)
+            made = GroupStep(label, reads, spinner, before, done)
+            steps.append(made)
+            return made
+
+        step("first faults", (Read(1, "A"), Read(2, "B")), None)
+        created = step("groups created", (Read(2, "A"), Read(1, "B")), None)
+        groups = created.done.groups
+        if all(g is not None for g in groups):
+            addresses = {w: g.address for w, g in zip(WORKERS, groups, strict=True) if g is not None}
+            low, high = sorted(WORKERS, key=lambda w: addresses[w])
+            step("tie kept", (Read(high, _slice_whose_last_is(low)),), low)
+            step("joined", (Read(low, _slice_whose_last_is(high)),), high)
+    run = GroupRun((region.addr, region.end), slices, tids, cpus, region.pid, start, tuple(steps))
+    _keep(ctx, run)
+    verdict = judge_group(ctx.facts, run)
+    f = verdict.figures
+    summary = f"{len(run.steps)} steps; groups at the end: {f.get('groups')}; outcomes {f.get('outcomes')}"
+    return Finding(summary, verdict.figures, tuple(verdict.diffs))
+
+
+def _keep(ctx: Context, run: GroupRun) -> None:
+    notes = {"region": list(run.region), "slices": {k: list(v) for k, v in run.slices.items()},
+             "tids": {str(w): t for w, t in run.tids.items()}, "cpus": {str(w): c for w, c in run.cpus.items()},
+             "pid": run.pid}
+    ctx.keep("start", run.start, **notes)
+    for index, s in enumerate(run.steps):
+        step_notes = {"step": s.label, "reads": [[r.worker, r.slice] for r in s.reads], "spinner": s.spinner}
+        ctx.keep(f"step{index}-hinted", s.hinted, **step_notes)
+        ctx.keep(f"step{index}-done", s.done, **step_notes)
+
+
+def replay_group(facts: GuestFacts, observations: dict[str, Observation], notes: dict[str, Any]) -> _Verdict:
+    """check_numa_group's judgement over a recording (labels start, stepN-hinted, stepN-done)."""
+    n = notes["start"]
+    steps = []
+    index = 0
+    while f"step{index}-done" in observations:
+        s = notes[f"step{index}-done"]
+        steps.append(GroupStep(s["step"], tuple(Read(int(w), str(sl)) for w, sl in s["reads"]),
+                               None if s["spinner"] is None else int(s["spinner"]),
+                               observations[f"step{index}-hinted"], observations[f"step{index}-done"]))
+        index += 1
+    run = GroupRun((int(n["region"][0]), int(n["region"][1])),
+                   {k: (int(v[0]), int(v[1])) for k, v in n["slices"].items()},
+                   {int(w): int(t) for w, t in n["tids"].items()}, {int(w): int(c) for w, c in n["cpus"].items()},
+                   int(n["pid"]), observations["start"], tuple(steps))
+    return judge_group(facts, run)

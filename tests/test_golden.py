@@ -20,6 +20,7 @@ import pytest
 from harness.checks.observe import Observation
 from harness.checks.placement import _Rounds, judge_placement_round, replay_exact_rounds
 from harness.checks.runner import Recording, load_recording
+from harness.checks.scantiming import ClockSample
 from harness.inspect import TaskNumaState
 
 GOLDEN = Path(__file__).parent / "data" / "observations"
@@ -456,3 +457,58 @@ def test_active_nodes_not_recounted_are_caught() -> None:
                                        for g in o.groups))
     diffs = _group(stale)
     assert any(": active nodes: " in d and "numa_group_count_active_nodes" in d for d in diffs), diffs
+
+
+# -- scan-timing: the scanner's clock sampled while two threads spin ------------------------------
+
+
+def _timing(perturb: Callable[[list[ClockSample]], list[ClockSample]] | None = None) -> list[str]:
+    from harness.checks.scantiming import judge_timing
+
+    recording = _load("scan-timing")
+    notes = recording.notes["samples"]
+    samples = [ClockSample.from_json(s) for s in notes["samples"]]
+    return judge_timing(recording.facts, perturb(samples) if perturb else samples, int(notes["period_ms"])).diffs
+
+
+def _first_pass(samples: list[ClockSample]) -> int:
+    """The index of the sample that first shows a pass."""
+    return next(i for i in range(1, len(samples)) if samples[i].numa_next_scan != samples[i - 1].numa_next_scan)
+
+
+def test_recorded_scan_clock_follows_the_period() -> None:
+    diffs = _timing()
+    assert not diffs, diffs
+
+
+def test_a_clock_set_half_a_period_short_is_caught() -> None:
+    hz = _load("scan-timing").facts.hz
+
+    def halved(samples: list[ClockSample]) -> list[ClockSample]:
+        i = _first_pass(samples)
+        shift = hz // 2
+        return [replace(s, numa_next_scan=s.numa_next_scan - shift) if k >= i else s for k, s in enumerate(samples)]
+    diffs = _timing(halved)
+    assert any("msecs_to_jiffies(numa_scan_period)" in d for d in diffs), diffs
+
+
+def test_a_pass_charged_to_no_thread_is_caught() -> None:
+    def uncharged(samples: list[ClockSample]) -> list[ClockSample]:
+        i = _first_pass(samples)
+        before = samples[i - 1]
+        return [replace(s, node_stamp=tuple(min(x, before.node_stamp[n] + (x - before.node_stamp[n]) // 10**9 * 10**9)
+                                            for n, x in enumerate(s.node_stamp))) if k == i else s
+                for k, s in enumerate(samples)]
+    diffs = _timing(uncharged)
+    assert any("charged" in d or "node_stamp" in d for d in diffs), diffs
+
+
+def test_a_trigger_that_found_the_clock_open_and_did_nothing_is_caught() -> None:
+    def lost(samples: list[ClockSample]) -> list[ClockSample]:
+        i = _first_pass(samples)
+        # The pass never happened: the clock stays where it was, the work is not queued.
+        old = samples[i - 1].numa_next_scan
+        return [replace(s, numa_next_scan=old, work_pending=(False,) * len(s.work_pending)) if k == i else s
+                for k, s in enumerate(samples)]
+    diffs = _timing(lost)
+    assert any("neither ran a pass nor has the work still queued" in d for d in diffs), diffs

@@ -10,8 +10,8 @@ import importlib
 
 from harness.checks.registry import CHECKS, Check
 
-FAMILIES = ("scanner", "faults", "earlyscan", "largefolio", "sharing", "refusal", "placement", "taskplacement", "numagroup",
-             "convergence")
+FAMILIES = ("scanner", "scantiming", "faults", "earlyscan", "largefolio", "sharing", "refusal", "placement",
+            "taskplacement", "numagroup", "convergence")
 
 for _family in FAMILIES:
     importlib.import_module(f"harness.checks.{_family}")

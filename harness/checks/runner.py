@@ -192,8 +192,8 @@ def run_checks(guest: GuestView, names: Sequence[str] | None = None,
             stopped = _stop_reason(result)
             if fail_fast and stopped is None and result.verdict.indicts_kernel:
                 stopped = f"--fail-fast: {check.name} failed"
-            if record is not None and ctx.kept:
-                write_recording(record, result, ctx.facts, ctx.kept, ctx.notes)
+            if record is not None and (ctx.kept or ctx.notes):
+                write_recording(record, result, ctx.facts, ctx.kept or {}, ctx.notes)
         bugs = guest.new_bugs()
         if bugs:
             verdict = Verdict.NOT_RUN if result.verdict is Verdict.NOT_RUN else Verdict.FAIL

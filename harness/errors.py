@@ -93,5 +93,9 @@ class VerifyError(InfrastructureError):
     """The built vmlinux is not what was asked for."""
 
 
+class BuildOptionError(BadInput):
+    """A build option (--base-config, --make-opt) that cannot be used as given."""
+
+
 class CacheError(BadInput):
     """The cache directory is unusable (a path the user chose or the environment names)."""

@@ -30,6 +30,10 @@ def print_artifact(artifact: KernelArtifact) -> None:
     print(f"  source     {manifest['source']['identity']}")
     patches = ", ".join(p["name"] for p in manifest.get("patches", [])) or "none"
     print(f"  patches    {patches}")
+    base = manifest.get("base_config")
+    print(f"  base       {base['origin'] if base else 'tinyconfig'}")
+    if manifest.get("make_opts"):
+        print(f"  make       {' '.join(manifest['make_opts'])}")
     print(f"  build-id   {manifest.get('build_id')}")
     print(
         f"  verified   DWARF v{verification.get('dwarf_version')} "

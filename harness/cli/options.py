@@ -33,6 +33,11 @@ def build_options() -> argparse.ArgumentParser:
                        help="merge a Kconfig fragment after the defaults (repeatable, later wins)")
     group.add_argument("--kconfig", metavar="CONFIG_X=V", action="append", default=[],
                        help="set one option after all fragments (repeatable)")
+    group.add_argument("--base-config", metavar="FILE|tree",
+                       help="start from this .config instead of tinyconfig (`tree`: --source's own .config); "
+                       "the harness's fragments are merged on top and verified")
+    group.add_argument("--make-opt", metavar="VAR=VALUE", action="append", default=[],
+                       help="a make variable for every make run and the cache key (repeatable; e.g. LLVM=1)")
     group.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, help="make -j (default: nproc)")
     return parent
 

@@ -12,7 +12,7 @@ from harness.kernel.pipeline import BuildRequest
 def build_request(args: argparse.Namespace) -> BuildRequest:
     return BuildRequest(source=args.source, series_dir=args.series, extra_patches=tuple(args.patch),
                         config_files=tuple(args.config), kconfig=tuple(args.kconfig), cache_dir=args.cache_dir,
-                        jobs=args.jobs)
+                        jobs=args.jobs, base_config=args.base_config, make_opts=tuple(args.make_opt))
 
 
 def launch_request(args: argparse.Namespace, name: str = "", topology: str | None = None) -> LaunchRequest:

@@ -12,8 +12,7 @@ from harness.errors import BadInput
 from harness.guest.image import build_image, client_identity
 from harness.guest.qemu import Guest, VmConfig
 from harness.guest.topology import parse_topology
-from harness.kernel.pipeline import BuildRequest, KernelArtifact, build
-from harness.kernel.source import resolve_source
+from harness.kernel.pipeline import BuildRequest, KernelArtifact, build, validate_build_options
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,7 @@ class LaunchRequest:
             extra_patches=tuple(Path(p) for p in b["extra_patches"]),
             config_files=tuple(Path(p) for p in b["config_files"]), kconfig=tuple(b["kconfig"]),
             cache_dir=Path(b["cache_dir"]) if b["cache_dir"] else None, jobs=int(b["jobs"]),
+            base_config=b.get("base_config"), make_opts=tuple(b.get("make_opts", ())),
         )
         return cls(
             build=build_request, kernel_dir=Path(data["kernel_dir"]) if data["kernel_dir"] else None,
@@ -54,8 +54,8 @@ def validate(request: LaunchRequest) -> None:
     parse_topology(request.topology, request.memory)
     if request.kernel_dir is not None:
         _kernel_from_directory(request.kernel_dir)
-    elif request.build.source is not None:
-        resolve_source(request.build.source, install_default=False)
+    else:
+        validate_build_options(request.build)
 
 
 def resolve_kernel(request: LaunchRequest) -> KernelArtifact:

@@ -33,22 +33,29 @@ class MakeResult:
     seconds: float
 
 
-def make_argv(srctree: Path, builddir: Path, targets: Sequence[str], jobs: int) -> list[str]:
-    return ["make", "-C", str(srctree), f"O={builddir}", f"ARCH={ARCH}", f"-j{jobs}", *targets]
+def make_argv(srctree: Path, builddir: Path, targets: Sequence[str], jobs: int,
+              make_opts: Sequence[str] = ()) -> list[str]:
+    return ["make", "-C", str(srctree), f"O={builddir}", f"ARCH={ARCH}", *make_opts, f"-j{jobs}", *targets]
 
 
-def configure(srctree: Path, builddir: Path, fragment_text: str, log: IO[str]) -> str:
-    """tinyconfig, merge our fragment on top, olddefconfig. Returns the final .config text."""
+def configure(srctree: Path, builddir: Path, fragment_text: str, log: IO[str], *, base: str | None = None,
+              make_opts: Sequence[str] = ()) -> str:
+    """tinyconfig (or the `base` configuration given), merge our fragment on top, olddefconfig.
+    Returns the final .config text. `make_opts` (LLVM=1, CC=clang, ...) reach every make: the
+    compiler decides which options exist (CONFIG_CC_IS_CLANG, ...)."""
     builddir.mkdir(parents=True, exist_ok=True)
     fragment = builddir / FRAGMENT_NAME
     fragment.write_text(fragment_text)
+    if base is not None:
+        (builddir / ".config").write_text(base)
+    start = [] if base is not None else [make_argv(srctree, builddir, ["tinyconfig"], 1, make_opts)]
     steps = [
-        make_argv(srctree, builddir, ["tinyconfig"], 1),
+        *start,
         [
             "sh", str(srctree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(builddir),
             str(builddir / ".config"), str(fragment),
         ],
-        make_argv(srctree, builddir, ["olddefconfig"], 1),
+        make_argv(srctree, builddir, ["olddefconfig"], 1, make_opts),
     ]
     for argv in steps:
         log.write(f"$ {' '.join(argv)}\n")
@@ -64,10 +71,11 @@ def configure(srctree: Path, builddir: Path, fragment_text: str, log: IO[str]) -
 
 
 def run_make(
-    srctree: Path, builddir: Path, targets: Sequence[str], jobs: int, log: IO[str], expected_objects: int | None
+    srctree: Path, builddir: Path, targets: Sequence[str], jobs: int, log: IO[str], expected_objects: int | None,
+    make_opts: Sequence[str] = (),
 ) -> MakeResult:
     """Run make, streaming its output to the log; a progress bar on a terminal, plain lines otherwise."""
-    argv = make_argv(srctree, builddir, targets, jobs)
+    argv = make_argv(srctree, builddir, targets, jobs, make_opts)
     log.write(f"$ {' '.join(argv)}\n")
     log.flush()
     start = time.monotonic()

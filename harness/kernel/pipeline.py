@@ -4,7 +4,8 @@
                  --build-> KernelArtifact (bzImage, vmlinux, config, manifest) in kernels/<key>/
 
 The cache key covers everything that changes the kernel: the source identity, each patch's
-content in order, and the merged requested config (plus the harness's recipe version).
+content in order, the merged requested config, and, when given, the base configuration it is
+merged onto and the extra make variables (plus the harness's recipe version).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -21,7 +23,7 @@ from typing import Any
 
 from harness import REPO_ROOT, __version__
 from harness.cache import default_cache_root, ensure_dir, file_lock, read_json, staged_entry
-from harness.errors import KconfigError
+from harness.errors import BuildOptionError, KconfigError
 from harness.kernel.entries import mark_used
 from harness.kernel.kbuild import configure, kernel_release, run_make
 from harness.kernel.kconfig import (
@@ -55,6 +57,11 @@ class BuildRequest:
     kconfig: tuple[str, ...] = ()
     cache_dir: Path | None = None
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Start from this configuration instead of tinyconfig: a file, or "tree" for --source's own
+    # .config (a developer's tree configured in place).
+    base_config: str | None = None
+    # Extra make variables (VAR=VALUE: LLVM=1, CC=clang, ...), given to every make run.
+    make_opts: tuple[str, ...] = ()
 
     @property
     def cache_root(self) -> Path:
@@ -68,6 +75,73 @@ class BuildPlan:
     patches: tuple[Patch, ...]
     merged: MergedConfig
     key: str
+    base: BaseConfig | None = None
+    make_opts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """The configuration a build starts from instead of tinyconfig, and where it came from."""
+
+    origin: str
+    text: str
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+# Variables the harness sets itself on every make command line (kbuild.make_argv).
+_OWN_MAKE_VARIABLES = ("O", "ARCH")
+_MAKE_OPT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=\S*$")
+
+
+def make_options(given: tuple[str, ...]) -> tuple[str, ...]:
+    """--make-opt VAR=VALUE, checked: a make variable assignment, not one of the harness's own."""
+    for opt in given:
+        if not _MAKE_OPT_RE.match(opt):
+            raise BuildOptionError(f"--make-opt {opt!r}: expected one make variable as VAR=VALUE with no spaces, "
+                                   f"for example --make-opt LLVM=1 or --make-opt CC=clang")
+        if opt.split("=", 1)[0] in _OWN_MAKE_VARIABLES:
+            raise BuildOptionError(f"--make-opt {opt}: the harness sets {opt.split('=', 1)[0]} itself (out-of-tree "
+                                   f"build directory in its cache, x86_64); drop this option")
+    return given
+
+
+def validate_build_options(request: BuildRequest) -> None:
+    """Reject a bad --source, --base-config or --make-opt before anything is built or booted (the
+    default source may still be installed by the build)."""
+    make_options(request.make_opts)
+    if request.source is not None:
+        base_config(request, resolve_source(request.source, install_default=False))
+    elif request.base_config not in (None, "tree"):
+        base_config(request, SourceSpec("tarball", Path()))
+    elif request.base_config == "tree":
+        raise BuildOptionError("--base-config tree needs --source TREE: the default source is a tarball, which has "
+                               "no .config of its own")
+
+
+def base_config(request: BuildRequest, spec: SourceSpec) -> BaseConfig | None:
+    """--base-config FILE, or `tree` for the source tree's own .config; None: tinyconfig."""
+    if request.base_config is None:
+        return None
+    if request.base_config == "tree":
+        if spec.kind == "tarball":
+            raise BuildOptionError(f"--base-config tree: --source {spec.path} is a tarball, which has no .config of "
+                                   f"its own. Pass --source with a configured kernel tree, or --base-config FILE")
+        path = spec.path / ".config"
+        if not path.is_file():
+            raise BuildOptionError(f"--base-config tree: {spec.path} has no .config. Configure the tree first (e.g. "
+                                   f"`make defconfig` in it), or pass --base-config FILE")
+        return BaseConfig(f"{path} (--base-config tree)", path.read_text())
+    path = Path(request.base_config).expanduser()
+    if not path.is_file():
+        raise BuildOptionError(f"--base-config {request.base_config}: no such file. Pass a kernel .config, or "
+                               f"`tree` for --source's own .config")
+    text = path.read_text(errors="replace")
+    if "CONFIG_" not in text:
+        raise BuildOptionError(f"--base-config {request.base_config}: not a kernel configuration (no CONFIG_ "
+                               f"line). Pass a .config written by kconfig")
+    return BaseConfig(str(path.resolve()), text)
 
 
 @dataclass(frozen=True)
@@ -127,17 +201,24 @@ def series_for(request: BuildRequest) -> tuple[Patch, ...]:
 def plan(request: BuildRequest, *, install_default: bool = True) -> BuildPlan:
     merged = merged_config(request)
     patches = series_for(request)
+    opts = make_options(request.make_opts)
     spec = resolve_source(request.source, install_default=install_default)
+    base = base_config(request, spec)
     ensure_dir(request.cache_root)
     identity = identify(spec, request.cache_root)
-    key_material = {
+    key_material: dict[str, Any] = {
         "recipe": RECIPE_VERSION,
         "source": identity.digest,
         "patches": [[p.name, p.strip, p.sha256()] for p in patches],
         "config": merged.canonical(),
     }
+    # Only when given, so that every existing cache entry keeps its key.
+    if base is not None:
+        key_material["base_config"] = base.digest()
+    if opts:
+        key_material["make"] = list(opts)
     key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:32]
-    return BuildPlan(spec, identity, patches, merged, key)
+    return BuildPlan(spec, identity, patches, merged, key, base, opts)
 
 
 def cached_artifact(request: BuildRequest, build_plan: BuildPlan) -> KernelArtifact | None:
@@ -171,14 +252,15 @@ def build(request: BuildRequest) -> KernelArtifact:
         if build_plan.spec.kind != "tarball":
             sync_from_directory(tree, build_plan.spec)
         apply_overlay(tree, staged)
-        builddir = root / "build" / f"{tree.root.name}-{build_plan.merged.digest()[:16]}"
+        builddir = root / "build" / f"{tree.root.name}-{_build_flavour(build_plan)}"
         ensure_dir(builddir)
         log_path = builddir / "build.log"
         with log_path.open("w") as log:
-            final_text = configure(tree.path, builddir, build_plan.merged.canonical(), log)
-            _check_requested_options(build_plan.merged, final_text, tree.path)
+            final_text = configure(tree.path, builddir, build_plan.merged.canonical(), log,
+                                   base=build_plan.base.text if build_plan.base else None, make_opts=build_plan.make_opts)
+            _check_requested_options(build_plan.merged, final_text, tree.path, build_plan.base)
             expected = _read_int(builddir / "numa-harness-objects") or _read_int(root / "build" / "last-cold-objects")
-            result = run_make(tree.path, builddir, TARGETS, request.jobs, log, expected)
+            result = run_make(tree.path, builddir, TARGETS, request.jobs, log, expected, build_plan.make_opts)
         if result.compiled_objects > 1000:
             (root / "build" / "last-cold-objects").write_text(f"{result.compiled_objects}\n")
         if not _read_int(builddir / "numa-harness-objects"):
@@ -212,6 +294,9 @@ def _manifest(build_plan: BuildPlan, srctree: Path, builddir: Path, final_text: 
             "version": kernel_version_of_tree(srctree),
         },
         "patches": [{"name": p.name, "origin": p.origin, "sha256": p.sha256()} for p in build_plan.patches],
+        "base_config": None if build_plan.base is None else {"origin": build_plan.base.origin,
+                                                             "sha256": build_plan.base.digest()},
+        "make_opts": list(build_plan.make_opts),
         "config_sha256": hashlib.sha256(final_text.encode()).hexdigest(),
         "requested_config_sha256": build_plan.merged.digest(),
         "kernel_release": kernel_release(builddir),
@@ -223,13 +308,28 @@ def _manifest(build_plan: BuildPlan, srctree: Path, builddir: Path, final_text: 
     }
 
 
-def _check_requested_options(merged: MergedConfig, final_text: str, srctree: Path) -> None:
+def _build_flavour(build_plan: BuildPlan) -> str:
+    """The build directory's suffix: one per requested config and make variables, so that
+    switching between them rebuilds nothing twice. A base config shares its directory with the
+    same request on tinyconfig: kbuild rebuilds what the final .config changed (nothing, when
+    the base is a kernel the harness built)."""
+    if not build_plan.make_opts:
+        return build_plan.merged.digest()[:16]
+    return hashlib.sha256("\n".join([build_plan.merged.digest(), *build_plan.make_opts]).encode()).hexdigest()[:16]
+
+
+def _check_requested_options(merged: MergedConfig, final_text: str, srctree: Path,
+                             base: BaseConfig | None = None) -> None:
     final = parse_dotconfig(final_text)
     missing = unmet_options(merged.options, final)
     if not missing:
         return
     index = KconfigIndex.scan(srctree)
     paragraphs = [index.explain_missing(option, final) for option in missing]
+    if base is not None:
+        paragraphs.append(f"The build started from {base.origin} instead of tinyconfig; an option it sets or "
+                          f"leaves out may be what keeps the ones above from sticking: fix it there, or add the "
+                          f"option that is missing with --kconfig.")
     raise KconfigError("\n\n".join(paragraphs))
 
 

@@ -2,6 +2,7 @@
  * nhmem: memory helper for numa-harness tests, run inside the guest.
  *
  *   nhmem hold MIB [thp] [node N] [split M] [ro] [extras] [helper] [bind B] [workers W] [quiet]
+ *              [shared] [procs]
  *       Map MIB of anonymous memory (2 MiB aligned; MADV_HUGEPAGE with "thp") and write every
  *       page from a CPU of node N ("node N"; with "split M" the second half from node M), then
  *       print "pid PID addr 0xADDR len BYTES". "ro" then makes the region read-only (its hint
@@ -21,6 +22,9 @@
  *       MPOL_F_NUMA_BALANCING: the scanner skips a VMA whose policy lacks MPOL_F_MOF
  *       (vma_policy_mof), so the region is the only memory that takes hint faults and no
  *       thread picks up another's last_cpupid elsewhere.
+ *       "shared" maps the region MAP_SHARED (shmem). "procs" makes the workers processes forked
+ *       after the region is written (and after "quiet": they inherit its policies); the holder
+ *       then unmaps the region, so a page's mapcount counts the workers that mapped it.
  *       Then it obeys lines on stdin until EOF, answering "ok" to each:
  *         [thread] touch [node N] [pages K]  write every page (the first K) from a CPU of node N
  *         [thread] read [node N] [pages K]   read them
@@ -41,7 +45,9 @@
  *       With "thread" a new thread does it (and exits): its faults record its own tid.
  *       "on W" gives the command to worker W and answers once it is done; "on W ... &" answers
  *       at once and leaves it running ("on W wait" answers when it is done); "on W tid" prints
- *       "tid W TID". "cpu C" pins to that one CPU; "from I" starts at the region's page I.
+ *       "tid W TID" (a worker process's pid with "procs"). "cpu C" pins to that one CPU;
+ *       "from I" starts at the region's page I. "unmap" (madvise MADV_DONTNEED) drops the
+ *       caller's mapping of the pages (a shared region's pages stay, mapped by the others).
  *       "free" instead of "node N" lets the task run on every CPU (the scheduler, and NUMA
  *       balancing's task placement, choose), where "node N" pins it to node N's CPUs.
  *   nhmem fill NODE FREE           take pages of node NODE (MPOL_BIND, no balancing, in
@@ -220,6 +226,11 @@ static int run_op(struct op *op)
 		while (now() < end)
 			if (read_all(op->p, op->len) == 42)
 				printf("#");
+	} else if (!strcmp(op->verb, "unmap")) {
+		if (madvise(op->p, op->len, MADV_DONTNEED)) {
+			perror("nhmem: unmap");
+			return -1;
+		}
 	} else if (!strcmp(op->verb, "spin")) {
 		double end = now() + op->secs;
 		volatile unsigned long spins = 0;
@@ -245,6 +256,8 @@ struct worker {
 	int busy; /* an op is posted and not yet done */
 	int status;
 	pid_t tid;
+	/* A worker process ("procs"): ops go down cmd_fd, statuses come back on done_fd. */
+	int proc, cmd_fd, done_fd, pending;
 };
 
 #define MAX_WORKERS 4
@@ -289,9 +302,56 @@ static int start_workers(int count)
 	return 0;
 }
 
+static int start_worker_procs(int count)
+{
+	for (int i = 0; i < count; i++) {
+		struct worker *w = &workers[i];
+		int cmd[2], done[2];
+		if (pipe(cmd) || pipe(done)) {
+			perror("nhmem: worker pipes");
+			return -1;
+		}
+		fflush(stdout); /* the child must not inherit (and repeat) buffered lines */
+		pid_t child = fork();
+		if (child < 0) {
+			perror("nhmem: worker fork");
+			return -1;
+		}
+		if (child == 0) {
+			/* Killed with the holder, whichever way it ends. */
+			if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() == 1)
+				_exit(1);
+			close(cmd[1]);
+			close(done[0]);
+			struct op op;
+			while (read(cmd[0], &op, sizeof(op)) == (ssize_t)sizeof(op)) {
+				int status = run_op(&op);
+				fflush(stdout);
+				if (write(done[1], &status, sizeof(status)) != (ssize_t)sizeof(status))
+					_exit(1);
+			}
+			_exit(0);
+		}
+		close(cmd[0]);
+		close(done[1]);
+		w->proc = 1;
+		w->tid = child;
+		w->cmd_fd = cmd[1];
+		w->done_fd = done[0];
+	}
+	return 0;
+}
+
 /* Wait until worker `w` is idle; its last op's status. */
 static int worker_idle(struct worker *w)
 {
+	if (w->proc) {
+		int status = 0;
+		if (w->pending && read(w->done_fd, &status, sizeof(status)) != (ssize_t)sizeof(status))
+			status = -1;
+		w->pending = 0;
+		return status;
+	}
 	pthread_mutex_lock(&w->lock);
 	while (w->busy)
 		pthread_cond_wait(&w->cond, &w->lock);
@@ -303,6 +363,12 @@ static int worker_idle(struct worker *w)
 static int worker_run(struct worker *w, struct op *op, int async)
 {
 	worker_idle(w);
+	if (w->proc) {
+		if (write(w->cmd_fd, op, sizeof(*op)) != (ssize_t)sizeof(*op))
+			return -1;
+		w->pending = 1;
+		return async ? 0 : worker_idle(w);
+	}
 	pthread_mutex_lock(&w->lock);
 	w->op = *op;
 	w->busy = 1;
@@ -378,6 +444,7 @@ static int hold(int argc, char **argv)
 {
 	size_t len = strtoul(argv[2], NULL, 0) << 20;
 	int thp = 0, node = -1, extras = 0, helper = 0, split = -1, readonly = 0, bind = -1, nworkers = 0, quiet = 0;
+	int shared = 0, procs = 0;
 	for (int i = 3; i < argc; i++) {
 		if (!strcmp(argv[i], "thp"))
 			thp = 1;
@@ -397,6 +464,10 @@ static int hold(int argc, char **argv)
 			nworkers = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "quiet"))
 			quiet = 1;
+		else if (!strcmp(argv[i], "shared"))
+			shared = 1;
+		else if (!strcmp(argv[i], "procs"))
+			procs = 1;
 	}
 	if (nworkers < 0 || nworkers > MAX_WORKERS) {
 		fprintf(stderr, "nhmem: workers %d: at most %d\n", nworkers, MAX_WORKERS);
@@ -405,7 +476,8 @@ static int hold(int argc, char **argv)
 	if (run_on_node(node))
 		return 1;
 	/* Over-map and align to 2 MiB so that a THP request can be honoured from the first byte. */
-	char *raw = mmap(NULL, len + HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *raw = mmap(NULL, len + HUGE, PROT_READ | PROT_WRITE, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS,
+			 -1, 0);
 	if (raw == MAP_FAILED) {
 		perror("nhmem: mmap");
 		return 1;
@@ -445,10 +517,16 @@ static int hold(int argc, char **argv)
 			return 1;
 		}
 	}
-	if (start_workers(nworkers))
-		return 1;
-	if (quiet && quiet_except(p, len))
-		return 1;
+	if (procs) {
+		/* Processes inherit the policies "quiet" sets; the holder then leaves the region to them. */
+		if ((quiet && quiet_except(p, len)) || start_worker_procs(nworkers) || munmap(raw, len + HUGE))
+			return 1;
+	} else {
+		if (start_workers(nworkers))
+			return 1;
+		if (quiet && quiet_except(p, len))
+			return 1;
+	}
 	printf("pid %d addr %p len %zu\n", getpid(), (void *)p, len);
 	if (extras) {
 		char *guard = mmap(NULL, HUGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -142,15 +142,28 @@ def observe(ctx: Context, pid: int, threads: tuple[int, ...] = ()) -> Observatio
     """Everything at one moment (the guest paused); with `threads`, also those threads of the
     process (their NUMA state and groups) and which task each CPU runs."""
     with nh.snapshot(ctx.guest):
-        mm = nh.find_mm(ctx.prog, pid)
-        table = nh.with_folios(ctx.prog, nh.with_mapcount(ctx.prog, nh.with_last_cpupid(ctx.prog, nh.walk(ctx.prog, mm))))
-        obs = Observation(table, nh.read_task(ctx.prog, pid), nh.read_mm(ctx.prog, pid), nh.read_vmas(ctx.prog, pid),
-                          nh.read_balancing(ctx.prog), nh.read_vmstat(ctx.prog), int(mm.value_()),
-                          nh.scan_stamps(ctx.prog), tuple(nh.read_task(ctx.prog, tid) for tid in threads),
-                          tuple(nh.read_numa_group(ctx.prog, tid) for tid in threads),
-                          nh.running_pids(ctx.prog) if threads else {})
+        obs = _observe_paused(ctx, pid, threads)
     ctx.recent[:] = [*ctx.recent[-1:], obs]
     return obs
+
+
+def observe_processes(ctx: Context, pids: tuple[int, ...]) -> tuple[Observation, ...]:
+    """observe() for several processes at one moment: each observation has its process as its
+    one thread (its NUMA state and group), and which task each CPU runs."""
+    with nh.snapshot(ctx.guest):
+        found = tuple(_observe_paused(ctx, pid, (pid,)) for pid in pids)
+    ctx.recent[:] = list(found[-2:])
+    return found
+
+
+def _observe_paused(ctx: Context, pid: int, threads: tuple[int, ...]) -> Observation:
+    mm = nh.find_mm(ctx.prog, pid)
+    table = nh.with_folios(ctx.prog, nh.with_mapcount(ctx.prog, nh.with_last_cpupid(ctx.prog, nh.walk(ctx.prog, mm))))
+    return Observation(table, nh.read_task(ctx.prog, pid), nh.read_mm(ctx.prog, pid), nh.read_vmas(ctx.prog, pid),
+                       nh.read_balancing(ctx.prog), nh.read_vmstat(ctx.prog), int(mm.value_()),
+                       nh.scan_stamps(ctx.prog), tuple(nh.read_task(ctx.prog, tid) for tid in threads),
+                       tuple(nh.read_numa_group(ctx.prog, tid) for tid in threads),
+                       nh.running_pids(ctx.prog) if threads else {})
 
 
 def observation_json(obs: Observation) -> dict[str, Any]:

@@ -54,13 +54,18 @@ class Region:
     # Bind every other mapping without MPOL_F_NUMA_BALANCING: the scanner skips them
     # (vma_policy_mof), so only the region takes hint faults.
     quiet: bool = False
+    # MAP_SHARED (shmem) instead of private anonymous memory.
+    shared: bool = False
+    # The workers are processes forked after the region is written; the holder then unmaps it.
+    procs: bool = False
 
     def nhmem_args(self) -> str:
         options = [f"{self.mib}", "thp" if self.thp else "", f"node {self.node}" if self.node is not None else "",
                    "extras" if self.extras else "", "helper" if self.helper else "",
                    f"split {self.split}" if self.split is not None else "", "ro" if self.readonly else "",
                    f"bind {self.bind}" if self.bind is not None else "",
-                   f"workers {self.workers}" if self.workers else "", "quiet" if self.quiet else ""]
+                   f"workers {self.workers}" if self.workers else "", "quiet" if self.quiet else "",
+                   "shared" if self.shared else "", "procs" if self.procs else ""]
         return " ".join(o for o in options if o)
 
     def command(self) -> str:
@@ -159,7 +164,7 @@ class HeldRegion:
         return line
 
     def worker_tid(self, worker: int) -> int:
-        """The thread id of persistent worker `worker` (Region.workers)."""
+        """The thread id of persistent worker `worker` (Region.workers; its pid with procs)."""
         self.command(f"on {worker} tid")
         out = self.guest.ssh.run(f"cat {self.directory}/out").check().stdout
         tids = [line.split()[2] for line in out.splitlines() if line.startswith(f"tid {worker} ")]
@@ -169,7 +174,7 @@ class HeldRegion:
 
     def on(self, worker: int, verb: str, *, cpu: int, first: int | None = None, pages: int | None = None,
            wait: bool = True) -> str:
-        """Have worker `worker` run `verb` ("read", "touch", "spin SECS") pinned to `cpu`, on the
+        """Have worker `worker` run `verb` ("read", "touch", "unmap", "spin SECS") pinned to `cpu`, on the
         region's pages [first, first + pages). With wait=False it returns once the worker has the
         command (wait_worker() waits for it to finish)."""
         words = [f"on {worker}", verb, f"cpu {cpu}"]
@@ -190,7 +195,7 @@ class HeldRegion:
         deadline = time.monotonic() + timeout
         stat = ""
         while time.monotonic() < deadline:
-            stat = self.guest.ssh.run(f"cat /proc/{self.pid}/task/{tid}/stat").stdout
+            stat = self.guest.ssh.run(f"cat /proc/{tid}/stat").stdout
             fields = stat.rpartition(")")[2].split()
             # After the comm: state is field 3, processor field 39 (proc(5)).
             if len(fields) > 36 and fields[0] == "R" and int(fields[36]) == cpu:

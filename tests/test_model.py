@@ -379,3 +379,15 @@ def test_a_group_books_are_its_members_summed() -> None:
 ])
 def test_active_nodes_are_those_above_a_third_of_the_busiest(cpu_faults: list[int], expected: tuple[int, int]) -> None:
     assert numa_group_count_active_nodes(cpu_faults) == expected
+
+
+@pytest.mark.parametrize("migrates", [True, False])
+def test_a_shared_mapping_comes_back_writable_either_way(migrates: bool) -> None:
+    """VM_SHARED: vm_page_prot has the write bit, and both numa_rebuild_single_mapping and
+    remove_migration_pte start from it; a private page that migrated comes back read-only."""
+    page = Page(BASE, 0, hint=True, last_cpupid=None if migrates else cpupid(0, 20))
+    task = Task(pid=10, nr_nodes=2)
+    shared = hint_fault(task, page, cpu=2, node_of_cpu=NODE_OF_CPU, vma_shared=True)
+    private = hint_fault(task, page, cpu=2, node_of_cpu=NODE_OF_CPU)
+    assert shared.migrated is migrates and shared.writable is True
+    assert private.writable is (not migrates)

@@ -51,11 +51,12 @@ class FaultBooks:
     def opening(cls, task: Task) -> FaultBooks:
         return cls(task, task)
 
-    def add(self, before: Page, result: FaultResult, cpu_node: int) -> None:
+    def add(self, before: Page, result: FaultResult, cpu_node: int, priv: int | None = None) -> None:
+        """One fault's additions; `priv` is task_numa_group's verdict where a group decided it."""
         self.books = task_numa_fault(self.books, before.last_cpupid, result.page.node, result.page.nr_pages,
                                      local=result.local, migrated=result.migrated,
                                      migrate_failed=result.decision is Decision.MIGRATION_FAILED, cpu_node=cpu_node,
-                                     run_placement=False, mm_seq=None)
+                                     run_placement=False, mm_seq=None, priv=priv)
         self.faults += 1
         self.local += result.local
 

@@ -250,7 +250,7 @@ def _replay_reads(facts: GuestFacts, run: GroupRun, step: GroupStep, pages: dict
             model.outcomes[f"worker {worker}: {decided.outcome.value}"] += 1
             result = hint_fault(task, page, cpu=cpu, node_of_cpu=facts.node_of_cpu, jiffies_after_retry=False,
                                 priv=decided.priv)
-            model.books[worker].add(page, result, facts.node_of_cpu[cpu])
+            model.books[worker].add(page, result, facts.node_of_cpu[cpu], decided.priv)
             task, pages[va] = result.task, result.page
             model.results[va] = result
             model.migrated[worker] += result.migrated

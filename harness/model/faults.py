@@ -71,6 +71,7 @@ def hint_fault(
     write: bool = False,
     vma_writable: bool = True,
     priv: int | None = None,
+    vma_shared: bool = False,
 ) -> FaultResult:
     """A task on `cpu` reads (or with write=True writes) a hinted page (or THP).
 
@@ -81,7 +82,10 @@ def hint_fault(
     (numa_rebuild_single_mapping: can_change_pte_writable holds for an exclusive anonymous page of
     a writable private VMA) and keeps the exchanged last_cpupid; a migrated one stays read-only
     until a write faults it writable. `priv` is task_numa_group's verdict on the fault
-    (model/group.py) where the task's numa_group decides it; by default the pid test alone."""
+    (model/group.py) where the task's numa_group decides it; by default the pid test alone.
+    In a writable VM_SHARED mapping (`vma_shared`) both ways give a writable entry: its
+    vm_page_prot has the write bit (shmem wants no write notification), which
+    numa_rebuild_single_mapping's pte_modify and remove_migration_pte's mk_pte start from."""
     if not page.hint:
         raise ValueError(f"page {page.vaddr:#x} is not a hint entry: no NUMA fault happens")
     cpu_node = node_of_cpu[cpu]
@@ -113,7 +117,12 @@ def hint_fault(
     task = task_numa_fault(task, last_before, restored.node, nr, local=local, migrated=migrated,
                            migrate_failed=not migrated and decision == Decision.MIGRATION_FAILED, cpu_node=cpu_node,
                            run_placement=jiffies_after_retry, mm_seq=mm_seq, priv=priv)
-    writable = None if restored.huge else (write if migrated else vma_writable and not page.likely_shared)
+    if restored.huge:
+        writable = None
+    elif vma_shared:
+        writable = vma_writable
+    else:
+        writable = write if migrated else vma_writable and not page.likely_shared
     return FaultResult(restored, task, counters, migrated, local, decision, writable)
 
 

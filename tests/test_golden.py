@@ -512,3 +512,68 @@ def test_a_trigger_that_found_the_clock_open_and_did_nothing_is_caught() -> None
                 for k, s in enumerate(samples)]
     diffs = _timing(lost)
     assert any("neither ran a pass nor has the work still queued" in d for d in diffs), diffs
+
+
+# -- numa-group-shared: two processes on a MAP_SHARED buffer --------------------------------------
+
+
+def _shared(perturb: Callable[[str, Observation], Observation] | None = None) -> list[str]:
+    from harness.checks.numagroupshared import replay_shared
+
+    recording = _load("numa-group-shared")
+    observations = {label: perturb(label, obs) if perturb else obs for label, obs in recording.observations.items()}
+    return replay_shared(recording.facts, observations, recording.notes).diffs
+
+
+def _last_step_labels() -> tuple[str, str, int]:
+    """The join step's done observations (worker 1, worker 2) and the reader's index."""
+    recording = _load("numa-group-shared")
+    last = max(int(k.split("-")[0][4:]) for k in recording.observations if k.startswith("step"))
+    reader = int(recording.notes[f"step{last}-done-w1"]["reads"][0][0]) - 1
+    return f"step{last}-done-w1", f"step{last}-done-w2", reader
+
+
+def test_recorded_processes_share_join_and_false_share_as_predicted() -> None:
+    diffs = _shared()
+    assert not diffs, diffs
+
+
+def test_false_sharing_counted_shared_is_caught() -> None:
+    *labels, reader = _last_step_labels()
+
+    def shared(lbl: str, o: Observation) -> Observation:
+        if lbl != labels[reader]:
+            return o
+        membuf = [(s + p, 0) for s, p in o.task.faults["membuf"]]
+        return _with_task(o, faults={**o.task.faults, "membuf": membuf})
+    diffs = _shared(shared)
+    assert any("books" in d and "private" in d for d in diffs), diffs
+
+
+def test_processes_that_did_not_join_are_caught() -> None:
+    *labels, reader = _last_step_labels()
+
+    def apart(lbl: str, o: Observation) -> Observation:
+        if lbl not in labels:
+            return o
+        g = o.groups[0]
+        assert g is not None
+        alone = replace(g, nr_tasks=1, gid=o.task.pid, address=g.address + (0x1000 if lbl == labels[reader] else 0))
+        return replace(o, groups=(alone,))
+    diffs = _shared(apart)
+    assert any(": groups: " in d for d in diffs), diffs
+
+
+def test_a_migration_that_left_the_other_mapping_behind_is_caught() -> None:
+    recording = _load("numa-group-shared")
+    label = "step0-done-w2"
+    region = int(recording.notes["mapped-w1"]["region"][0])
+
+    def stale(lbl: str, o: Observation) -> Observation:
+        if lbl != label:
+            return o
+        # Worker 2's entry of the first page worker 1 migrated, still on the node it left.
+        index = int(np.searchsorted(o.table.vaddr, np.uint64(region)))
+        return _column(o, "node", index, int(recording.observations["step0-hinted-w2"].table.node[index]))
+    diffs = _shared(stale)
+    assert any(d.startswith("first faults: entries: worker 2") for d in diffs), diffs

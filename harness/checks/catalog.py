@@ -11,7 +11,7 @@ import importlib
 from harness.checks.registry import CHECKS, Check
 
 FAMILIES = ("scanner", "scantiming", "faults", "earlyscan", "largefolio", "sharing", "refusal", "placement",
-            "taskplacement", "numagroup", "convergence")
+            "taskplacement", "numagroup", "numagroupshared", "convergence")
 
 for _family in FAMILIES:
     importlib.import_module(f"harness.checks.{_family}")

@@ -5,8 +5,12 @@ first build starts."""
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import replace
 from pathlib import Path
 
+from harness.cache import atomic_write_text
+from harness.checks.bisect import BisectStep, BisectVerdict, bisect, candidate_paths, check_prefix
 from harness.checks.catalog import CHECKS
 from harness.checks.checkrun import check_kernel, kernel_identity
 from harness.checks.mutants import MUTANTS_DIR, MutantOutcome, discover, run_mutants, select
@@ -15,6 +19,7 @@ from harness.cli.options import say
 from harness.cli.requests import launch_request
 from harness.errors import BadInput, ExitCode
 from harness.guest.launch import resolve_kernel, validate
+from harness.kernel.patches import extra_patch, load_series
 from harness.report.ci import CiRequest, load_baseline, newest_run, run_ci
 from harness.report.junit import write_junit
 from harness.report.overview import write_overview
@@ -47,6 +52,48 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.junit:
         write_junit(args.junit, run.results, f"numa-harness.{args.topology}")
     return verdict_exit(list(run.results))
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    """The candidates are the --patch files, on top of the series (default or --series); or,
+    without --patch, the patches of --series DIR on top of the harness's default series."""
+    checks = validate_names(args.checks, "--checks")
+    if args.kernel:
+        raise BadInput("bisect: --kernel cannot be used; every step is built from the source and a prefix of the series.")
+    request = launch_request(args, name="bisect")
+    if args.patch:
+        patches = tuple(extra_patch(Path(p)) for p in args.patch)
+        request = replace(request, build=replace(request.build, extra_patches=()))
+    elif args.series:
+        patches = load_series(args.series)
+        request = replace(request, build=replace(request.build, series_dir=None))
+    else:
+        raise BadInput("bisect: give the patches to search, in order: --patch FILE (repeatable, on top of the series) "
+                       "or --series DIR (its patches, on top of the harness's default series).")
+    if not patches:
+        raise BadInput(f"bisect: --series {args.series} has no patches to search.")
+    paths = candidate_paths(patches)
+    validate(request)
+    say(f"bisecting {len(paths)} patches: {', '.join(p.name for p in patches)}")
+
+    def tell(step: BisectStep) -> None:
+        say(f"{step.applied} of {len(paths)} applied: {step.outcome.value} ({step.seconds:.0f} s)"
+            + (f" {', '.join(step.failed)}: {step.detail[:200]}" if step.detail else ""))
+    result = bisect([p.name for p in patches], lambda applied, names, fail_fast: check_prefix(
+        request, paths, applied, names, fail_fast=fail_fast), checks or None, progress=tell)
+    print(f"numa-harness bisect: {result.verdict.value}")
+    if result.verdict is BisectVerdict.FOUND or result.verdict is BisectVerdict.AMBIGUOUS:
+        bad = next(s for s in reversed(result.steps) if s.applied == result.first_bad)
+        which = result.culprits[0] if len(result.culprits) == 1 else f"one of {', '.join(result.culprits)}"
+        print(f"  culprit  {which} (patch {result.first_bad} of {len(paths)})")
+        print(f"  fails    {', '.join(bad.failed)}: {bad.detail}")
+    for step in result.steps:
+        print(f"  step     {step.applied} of {len(paths)} applied: {step.outcome.value} ({step.seconds:.0f} s)")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result.as_json(), indent=2) + "\n")
+    if result.verdict is BisectVerdict.UNTESTABLE:
+        return ExitCode.HARNESS_FAILED
+    return ExitCode.OK if result.verdict is BisectVerdict.FOUND else ExitCode.CHECK_FAILED
 
 
 def cmd_mutants(args: argparse.Namespace) -> int:

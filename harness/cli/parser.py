@@ -103,6 +103,14 @@ def _checks(sub: Subparsers) -> None:
                    help="run every check on every mutant (default: stop a mutant at its first kill)")
     p.set_defaults(command="harness.cli.checks:cmd_mutants")
 
+    p = sub.add_parser("bisect", parents=[build_options(), guest_options()],
+                       help="name the first patch of a series after which a check fails (--patch ... or --series DIR)")
+    p.add_argument("--checks", action="append", default=[], metavar="CHECK",
+                   help="the checks to run with every patch applied (default all); the ones that fail there run at "
+                        "every step")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the steps and the culprit as JSON")
+    p.set_defaults(command="harness.cli.checks:cmd_bisect")
+
     p = sub.add_parser("ci", parents=[build_options(), machine_options()],
                        help="unattended: build, check on each topology, mutation self-check; write junit.xml, "
                             "summary.json, report.html into --out")

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs everything numa-harness needs on Debian 12, as root, idempotently:
-# Debian packages (--no-install-recommends), then a venv in .venv with the harness installed.
+# Debian packages (--no-install-recommends; both built-in kernel sources, 6.12 and 6.1), then a
+# venv in .venv with the harness installed.
 # A second run with nothing to do takes about a second.
 # --test also installs what only the test suite needs: Debian's chromium, which renders the
 # ci report in headless mode.
@@ -8,7 +9,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 PACKAGES="python3 python3-venv gcc libc6-dev make bc bison flex libelf-dev libssl-dev cpio xz-utils
- patch git linux-source-6.12 qemu-system-x86 busybox-static dropbear-bin numactl openssh-client"
+ patch git linux-source-6.12 linux-source-6.1 qemu-system-x86 busybox-static dropbear-bin numactl openssh-client"
 case "${1:-}" in
     --test) PACKAGES="$PACKAGES chromium" ;;
     "") ;;

@@ -37,12 +37,24 @@ from harness.kernel.kconfig import (
     unmet_options,
 )
 from harness.kernel.patches import Patch, extra_patch, load_series, stage_series
-from harness.kernel.source import SourceIdentity, SourceSpec, identify, kernel_version_of_tree, pristine_tree, resolve_source
+from harness.kernel.source import (
+    SourceIdentity,
+    SourceSpec,
+    identify,
+    kernel_version_of_tree,
+    pristine_tree,
+    resolve_source,
+    source_release,
+)
 from harness.kernel.verify import verify_vmlinux
 from harness.kernel.worktree import apply_overlay, create_if_missing, sync_from_directory, worktree_for
 
 KCONFIG_DIR = REPO_ROOT / "kernel-config"
 DEFAULT_SERIES_DIR = KCONFIG_DIR / "patches"
+# The default series per kernel release (VERSION.PATCHLEVEL): the harness's own patches differ
+# where the kernel does (6.1 keeps vmcoreinfo in kernel/crash_core.c). Another release gets the
+# newest one; --series replaces it.
+DEFAULT_SERIES_DIRS = {"6.12": DEFAULT_SERIES_DIR, "6.1": KCONFIG_DIR / "patches-6.1"}
 # Bump when the way a kernel is built changes (targets, make flags): old entries become misses.
 RECIPE_VERSION = 1
 TARGETS = ("bzImage", "vmlinux")
@@ -193,19 +205,25 @@ def merged_config(request: BuildRequest) -> MergedConfig:
     return merge(fragments)
 
 
-def series_for(request: BuildRequest) -> tuple[Patch, ...]:
-    series = load_series(request.series_dir or DEFAULT_SERIES_DIR)
-    return series + tuple(extra_patch(Path(p)) for p in request.extra_patches)
+def default_series_dir(release: str) -> Path:
+    """The harness's default series for a kernel release ("6.1.192" -> kernel-config/patches-6.1)."""
+    return DEFAULT_SERIES_DIRS.get(".".join(release.split(".")[:2]), DEFAULT_SERIES_DIR)
+
+
+def series_for(request: BuildRequest, release: str | None = None) -> tuple[Patch, ...]:
+    """--series, or the default series for the source's kernel `release`; then --patch files."""
+    directory = request.series_dir or (default_series_dir(release) if release else DEFAULT_SERIES_DIR)
+    return load_series(directory) + tuple(extra_patch(Path(p)) for p in request.extra_patches)
 
 
 def plan(request: BuildRequest, *, install_default: bool = True) -> BuildPlan:
     merged = merged_config(request)
-    patches = series_for(request)
     opts = make_options(request.make_opts)
     spec = resolve_source(request.source, install_default=install_default)
     base = base_config(request, spec)
     ensure_dir(request.cache_root)
     identity = identify(spec, request.cache_root)
+    patches = series_for(request, None if request.series_dir else source_release(spec, identity, request.cache_root))
     key_material: dict[str, Any] = {
         "recipe": RECIPE_VERSION,
         "source": identity.digest,

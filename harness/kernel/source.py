@@ -1,15 +1,17 @@
 """Kernel source: where it is, what it is (its identity for the cache key), and a base tree.
 
-Three kinds of source: a tarball (Debian's linux-source-6.12 by default), a git tree, and a plain
-unpacked tree. The user's files are only ever read. A tarball is extracted once into the cache
-(`src/<sha>/pristine`, immutable); a directory source is mirrored into the cache by the working
-tree module, so the base tree of a directory source is the directory itself.
+Three kinds of source: a tarball (Debian's linux-source-6.12 by default; `6.12` and `6.1` name
+Debian's two LTS source packages), a git tree, and a plain unpacked tree. The user's files are
+only ever read. A tarball is extracted once into the cache (`src/<sha>/pristine`, immutable); a
+directory source is mirrored into the cache by the working tree module, so the base tree of a
+directory source is the directory itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,8 +21,22 @@ from pathlib import Path
 from harness.cache import cached_sha256, ensure_dir, staged_entry
 from harness.errors import SourceError
 
-DEFAULT_PACKAGE = "linux-source-6.12"
-DEFAULT_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
+
+@dataclass(frozen=True)
+class BuiltinSource:
+    """A Debian linux-source package `--source NAME` stands for (installed with apt when missing)."""
+
+    package: str
+    tarball: Path
+
+
+BUILTIN_SOURCES = {
+    "6.12": BuiltinSource("linux-source-6.12", Path("/usr/src/linux-source-6.12.tar.xz")),
+    "6.1": BuiltinSource("linux-source-6.1", Path("/usr/src/linux-source-6.1.tar.xz")),
+}
+DEFAULT_SOURCE = "6.12"
+DEFAULT_PACKAGE = BUILTIN_SOURCES[DEFAULT_SOURCE].package
+DEFAULT_TARBALL = BUILTIN_SOURCES[DEFAULT_SOURCE].tarball
 _TARBALL_SUFFIXES = (".tar", ".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar.zst")
 
 
@@ -45,22 +61,25 @@ class SourceIdentity:
 
 
 def resolve_source(arg: str | None, *, install_default: bool = True) -> SourceSpec:
-    """Turn --source (or its absence) into a SourceSpec, installing the default when allowed."""
-    if arg is None:
-        if not DEFAULT_TARBALL.exists() and install_default:
-            _install_default_source()
-        if not DEFAULT_TARBALL.exists():
+    """Turn --source (or its absence) into a SourceSpec, installing a built-in source's Debian
+    package when allowed."""
+    if arg is None or arg in BUILTIN_SOURCES:
+        builtin = BUILTIN_SOURCES[arg or DEFAULT_SOURCE]
+        if not builtin.tarball.exists() and install_default:
+            _install_package(builtin.package)
+        if not builtin.tarball.exists():
             raise SourceError(
-                f"The default kernel source {DEFAULT_TARBALL} is missing. Install it with "
-                f"`apt-get install --no-install-recommends {DEFAULT_PACKAGE}` (as root), or pass "
+                f"The kernel source {builtin.tarball} is missing. Install it with "
+                f"`apt-get install --no-install-recommends {builtin.package}` (as root), or pass "
                 f"--source with a kernel git tree, unpacked tree or tarball."
             )
-        return SourceSpec("tarball", DEFAULT_TARBALL)
+        return SourceSpec("tarball", builtin.tarball)
     path = Path(arg).expanduser().resolve()
     if not path.exists():
         raise SourceError(
             f"--source {arg}: no such file or directory. Pass a kernel git tree, an unpacked "
-            f"kernel tree or a kernel tarball (.tar.xz/.tar.gz)."
+            f"kernel tree, a kernel tarball (.tar.xz/.tar.gz) or a built-in source "
+            f"({', '.join(BUILTIN_SOURCES)})."
         )
     if path.is_file():
         if not path.name.endswith(_TARBALL_SUFFIXES):
@@ -92,12 +111,12 @@ def resolve_source(arg: str | None, *, install_default: bool = True) -> SourceSp
     return SourceSpec("tree", path)
 
 
-def _install_default_source() -> None:
+def _install_package(package: str) -> None:
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         return
-    print(f"numa-harness: installing {DEFAULT_PACKAGE} with apt-get", file=sys.stderr)
+    print(f"numa-harness: installing {package} with apt-get", file=sys.stderr)
     subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", DEFAULT_PACKAGE],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", package],
         check=False,
         stdout=subprocess.DEVNULL,
         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
@@ -179,6 +198,21 @@ def _flatten_single_top_dir(staging: Path) -> None:
         for child in list(inner.iterdir()):
             child.rename(staging / child.name)
         inner.rmdir()
+
+
+def source_release(spec: SourceSpec, identity: SourceIdentity, cache_root: Path) -> str:
+    """The kernel release a source holds (VERSION.PATCHLEVEL[.SUBLEVEL]): a built-in source's by
+    its name, another tarball's from its file name when it says (linux-6.1.192.tar.xz), else from
+    its top Makefile (extracting it, once, as the build will)."""
+    for name, builtin in BUILTIN_SOURCES.items():
+        if spec.kind == "tarball" and spec.path == builtin.tarball:
+            return name
+    if spec.kind != "tarball":
+        return kernel_version_of_tree(spec.path)
+    named = re.search(r"(?:^|[-_])(\d+\.\d+(?:\.\d+)?)\.(?:tar|tgz)", spec.path.name)
+    if named:
+        return named.group(1)
+    return kernel_version_of_tree(pristine_tree(spec, identity, cache_root))
 
 
 def kernel_version_of_tree(tree: Path) -> str:

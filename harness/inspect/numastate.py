@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from drgn import Object, Program, offsetof
+from drgn import Object, Program, TypeKind, offsetof
 from drgn.helpers.linux.cpumask import for_each_possible_cpu
 from drgn.helpers.linux.sched import cpu_curr
 
@@ -252,8 +252,12 @@ def read_mm(prog: Program, pid: int) -> MmNumaState:
 def _mm_rss(prog: Program, mm: Object) -> int:
     """include/linux/mm.h:get_mm_rss with get_mm_counter's percpu_counter_read_positive."""
     total = 0
+    # mm->rss_stat became an array of percpu_counters in Linux 6.2 (commit f1a7941243c1 "mm:
+    # convert mm's rss stats into percpu_counter"); before, a struct mm_rss_stat of atomics.
+    counters = mm.rss_stat if mm.rss_stat.type_.kind == TypeKind.ARRAY else mm.rss_stat.count
     for member in ("MM_FILEPAGES", "MM_ANONPAGES", "MM_SHMEMPAGES"):
-        count = int(mm.rss_stat[int(prog.constant(member).value_())].count.value_())
+        counter = counters[int(prog.constant(member).value_())]
+        count = int((counter.count if hasattr(counter, "count") else counter.counter).value_())
         total += max(count, 0)
     return total
 
@@ -293,9 +297,12 @@ def read_vmas(prog: Program, pid: int) -> list[VmaNumaState]:
     if not mm:
         raise NoSuchTask(f"Task {pid} is a kernel thread: it has no VMAs.")
     result = []
+    # struct vma_numab_state came with Linux 6.4 (commit ef6a22b70f6d "sched/numa: apply the
+    # scan delay to every new vma"); before it the scanner keeps no per-VMA state.
+    has_numab = any(member.name == "numab_state" for member in prog.type("struct vm_area_struct").members)
     for vma in for_each_vma(mm):
         numab = None
-        if vma.numab_state:
+        if has_numab and vma.numab_state:
             state = vma.numab_state
             numab = {
                 "next_scan": int(state.next_scan.value_()),

@@ -10,7 +10,7 @@ from drgn.helpers.linux.pid import for_each_task
 
 from harness import inspect as nh
 from harness.checks.observe import Context
-from harness.checks.registry import Finding, check
+from harness.checks.registry import Finding, Mechanism, check
 from harness.checks.scenario import FAST_SCAN, drain_lru_batches, tunables
 from harness.checks.workload import BenchRun, run_bench
 
@@ -70,7 +70,7 @@ class ScanSampler:
 
 
 
-@check("convergence", seconds=66)
+@check("convergence", seconds=66, needs=[Mechanism.VMA_NUMAB])
 def check_convergence(ctx: Context) -> Finding:
     """numa01/numa02 convergence (guest-tests/nhbench). Each workload runs in three variants for
     BENCH_SECONDS with FAST_SCAN and 16 MiB scan windows: free (default policy, memory first-touched on the first node, so

@@ -17,7 +17,7 @@ import numpy as np
 from harness.checks.accounting import compare_carried_pages
 from harness.checks.adapters import model_pages, model_task
 from harness.checks.observe import Context, GuestFacts, Inconclusive, Observation, observe, spin_until
-from harness.checks.registry import Finding, check
+from harness.checks.registry import Finding, Mechanism, check
 from harness.checks.scenario import scenario, sysfs
 from harness.checks.workload import Region
 from harness.model import Page, Tunables, large_folio_fault
@@ -155,7 +155,7 @@ def _outside_faults(before: Observation, after: Observation, region: tuple[int, 
     return counts
 
 
-@check("mthp", seconds=7)
+@check("mthp", seconds=7, needs=[Mechanism.MTHP])
 def check_mthp(ctx: Context) -> Finding:
     """mTHP: a 4 MiB MADV_HUGEPAGE region mapped by 64 KiB folios (hugepages-64kB enabled for
     madvise, PMD THPs off) on the near node, with a sleeping helper thread (mm_users 2: local

@@ -36,6 +36,12 @@ class Verdict(StrEnum):
     ERROR = "error"
     # Not run because an earlier check found the kernel broken (bug, livelock, dead guest).
     NOT_RUN = "not-run"
+    # The kernel lacks a mechanism the check makes decide (the summary names it): nothing to judge.
+    NOT_APPLICABLE = "not-applicable"
+    # The model does not know this kernel release: the check ran under the rules of the release
+    # it models (harness.model.MODELLED_RELEASE), and its outcome, in the summary, is not a
+    # verdict on this kernel either way.
+    UNVERIFIED = "unverified"
 
     @property
     def indicts_kernel(self) -> bool:
@@ -75,6 +81,14 @@ class CheckResult:
                 "vmstat_delta": self.vmstat_delta}
 
 
+class Mechanism(StrEnum):
+    """A part of NUMA balancing some kernels lack, which a check can need; the value says what
+    it is and since when (Context.open probes the guest for each)."""
+
+    VMA_NUMAB = "per-VMA scan state (struct vma_numab_state: scan delay, PID filter, prev_scan_seq; Linux 6.4)"
+    MTHP = "multi-size anonymous THP (sysfs hugepages-<size>kB; Linux 6.8)"
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -82,6 +96,8 @@ class Check:
     # What it typically takes on the default kernel (2-core TCG, 2x2), measured: the self-check runs
     # the cheap ones first after the one a mutant's header names, to find a kill fast.
     seconds: float = 10.0
+    # What the kernel must have for the check to judge anything: without it, not applicable.
+    needs: frozenset[Mechanism] = frozenset()
 
     @property
     def description(self) -> str:
@@ -92,13 +108,15 @@ class Check:
 CHECKS: dict[str, Check] = {}
 
 
-def check(name: str, *, seconds: float) -> Callable[[Callable[[Context], Finding]], Callable[[Context], Finding]]:
+def check(name: str, *, seconds: float,
+          needs: Iterable[Mechanism] = ()) -> Callable[[Callable[[Context], Finding]], Callable[[Context], Finding]]:
     """Register a check under `name` (the order of registration is the order checks run in);
-    `seconds` is what it typically takes, as measured (see Check.seconds)."""
+    `seconds` is what it typically takes, as measured (see Check.seconds); `needs`, the
+    mechanisms it makes decide (see Check.needs)."""
     def register(function: Callable[[Context], Finding]) -> Callable[[Context], Finding]:
         if name in CHECKS:
             raise ValueError(f"check {name!r} registered twice ({CHECKS[name].run.__qualname__}, {function.__qualname__})")
-        CHECKS[name] = Check(name, function, seconds)
+        CHECKS[name] = Check(name, function, seconds, frozenset(needs))
         return function
     return register
 

@@ -12,6 +12,7 @@ not run: on such a kernel they would only wait out their own limits.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import json
 import time
@@ -34,11 +35,12 @@ from harness.checks.observe import (
     observation_from_json,
     observation_json,
 )
-from harness.checks.registry import Check, CheckResult, Verdict, limit_diffs
+from harness.checks.registry import Check, CheckResult, Mechanism, Verdict, limit_diffs
 from harness.checks.workload import WorkloadStuck
 from harness.errors import HarnessError
 from harness.guest.ssh import CommandTimeout, GuestCommandError
 from harness.guest.view import GuestView, VmError
+from harness.model import MODELLED_RELEASE
 
 # How long a trivial SSH command may take before the guest counts as no longer answering.
 LIVENESS_TIMEOUT = 15.0
@@ -145,6 +147,50 @@ def load_recording(path: Path) -> Recording:
                      {k: observation_from_json(v) for k, v in data["observations"].items()}, data.get("notes", {}))
 
 
+@dataclass(frozen=True)
+class KernelProfile:
+    """What the booted kernel is, for the checks' applicability: its release and which of the
+    mechanisms some kernels lack it has."""
+
+    release: str
+    mechanisms: frozenset[Mechanism]
+
+    @property
+    def modelled(self) -> bool:
+        """Whether the model follows this release (VERSION.PATCHLEVEL)."""
+        return ".".join(self.release.split(".")[:2]) == MODELLED_RELEASE
+
+
+def kernel_profile(ctx: Context) -> KernelProfile:
+    """Probe the guest: init_uts_ns's release; struct vm_area_struct's numab_state member (drgn's
+    own helpers test members the same way when a struct changed between releases); the mTHP
+    sysfs directory the mthp check writes."""
+    release = ctx.prog["init_uts_ns"].name.release.string_().decode()
+    found = set()
+    if any(member.name == "numab_state" for member in ctx.prog.type("struct vm_area_struct").members):
+        found.add(Mechanism.VMA_NUMAB)
+    if ctx.guest.ssh.run("test -d /sys/kernel/mm/transparent_hugepage/hugepages-64kB").exit_status == 0:
+        found.add(Mechanism.MTHP)
+    return KernelProfile(release, frozenset(found))
+
+
+def judge_applicability(check: Check, profile: KernelProfile, run: Callable[[], CheckResult]) -> CheckResult:
+    """Not applicable when the kernel lacks what the check needs (never run, never a silent
+    pass); on a release the model does not follow, a pass or fail is only the outcome under the
+    modelled release's rules: unverified. A hang or a harness error stays what it is."""
+    missing = sorted(m.value for m in check.needs - profile.mechanisms)
+    if missing:
+        return CheckResult(check.name, Verdict.NOT_APPLICABLE,
+                           f"not applicable: Linux {profile.release} has no {'; no '.join(missing)}")
+    result = run()
+    if profile.modelled or result.verdict not in (Verdict.PASS, Verdict.FAIL):
+        return result
+    return replace(result, verdict=Verdict.UNVERIFIED,
+                   summary=f"unverified on Linux {profile.release}: the model follows Linux {MODELLED_RELEASE}, under "
+                           f"whose rules this check would {result.verdict.value}: {result.summary}",
+                   figures={**result.figures, "outcome_under_modelled_rules": result.verdict.value})
+
+
 def _run_one(ctx: Context, check: Check) -> CheckResult:
     ctx.recent.clear()
     try:
@@ -178,6 +224,7 @@ def run_checks(guest: GuestView, names: Sequence[str] | None = None,
     observations each check keeps (Context.keep) there as golden data; with `fail_fast`, the
     checks after the first that fails or hangs are not run."""
     ctx = Context.open(guest)
+    profile = kernel_profile(ctx)
     if timeline is not None:
         ctx.timeline = timeline
     results: list[CheckResult] = []
@@ -188,7 +235,7 @@ def run_checks(guest: GuestView, names: Sequence[str] | None = None,
             result = CheckResult(check.name, Verdict.NOT_RUN, f"not run: {stopped}")
         else:
             ctx.kept, ctx.notes = ({} if record is not None else None), {}
-            result = _run_one(ctx, check)
+            result = judge_applicability(check, profile, functools.partial(_run_one, ctx, check))
             stopped = _stop_reason(result)
             if fail_fast and stopped is None and result.verdict.indicts_kernel:
                 stopped = f"--fail-fast: {check.name} failed"

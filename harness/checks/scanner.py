@@ -6,14 +6,14 @@ from dataclasses import dataclass, field
 
 from harness.checks.adapters import model_vmas
 from harness.checks.observe import Context, Observation, observe, spin_until
-from harness.checks.registry import Finding, check
+from harness.checks.registry import Finding, Mechanism, check
 from harness.checks.scanreplay import ScanReplay
 from harness.checks.scenario import drain_lru_batches, scenario
 from harness.checks.workload import Region
 from harness.model import HPAGE_SIZE, skip_reason
 
 
-@check("skip-rules", seconds=5)
+@check("skip-rules", seconds=5, needs=[Mechanism.VMA_NUMAB])
 def check_skip_rules(ctx: Context) -> Finding:
     """Skip rules: the scanner never allocates numab_state for (so never scans) a VMA that
     task_numa_work skips as unsuitable (VM_IO/PFNMAP, MPOL_BIND without MPOL_F_NUMA_BALANCING,
@@ -68,7 +68,7 @@ def check_skip_rules(ctx: Context) -> Finding:
 WINDOW_KNOBS = {"scan_delay_ms": 100, "scan_size_mb": 16, "scan_period_min_ms": 1000, "scan_period_max_ms": 1000}
 
 
-@check("scanner-window", seconds=19)
+@check("scanner-window", seconds=19, needs=[Mechanism.VMA_NUMAB])
 def check_scanner_window(ctx: Context) -> Finding:
     """Scanner window, free-running. A 64 MiB region first touched on node 0 (its second half on
     the node the task spins on: change_pte_range must skip those pages, mm_users being 1); its
@@ -94,7 +94,7 @@ def check_scanner_window(ctx: Context) -> Finding:
     return _replay_window(ctx, Region(64, node=0, split=ctx.nodes_with_cpus()[-1]))
 
 
-@check("scanner-threads", seconds=24)
+@check("scanner-threads", seconds=24, needs=[Mechanism.VMA_NUMAB])
 def check_scanner_threads(ctx: Context) -> Finding:
     """scanner-window's free-running replay with a second, sleeping thread in the process. Two
     rules then decide differently: get_nr_threads(current) is 2, so vma_is_accessed's idle-VMA

@@ -16,7 +16,7 @@ from typing import Any
 from harness.checks.accounting import compare_last_cpupid
 from harness.checks.adapters import model_pages, model_task, model_tunables, model_vmas
 from harness.checks.observe import Context, GuestFacts, Observation, observe, spin_until
-from harness.checks.registry import Finding, check
+from harness.checks.registry import Finding, Mechanism, check
 from harness.checks.scenario import drain_lru_batches, scenario
 from harness.checks.workload import Region
 from harness.model import Page, change_prot_numa, hint_fault
@@ -162,7 +162,7 @@ def judge_cow(facts: GuestFacts, run: CowRun) -> _Verdict:
     return verdict
 
 
-@check("cow-sharing", seconds=4)
+@check("cow-sharing", seconds=4, needs=[Mechanism.VMA_NUMAB])
 def check_cow_sharing(ctx: Context) -> Finding:
     """COW after fork. An 8 MiB region written on the near node by a holder exec'd there; it
     forks a child that writes the first half (so the child gets copies, and the holder's

@@ -28,8 +28,12 @@ from harness.report.terminal import print_mutant_table, print_table, write_json,
 
 
 def verdict_exit(results: list[CheckResult]) -> ExitCode:
+    """A fail or hang: 1; a harness error or an unverified check (the model does not follow this
+    release, so the harness cannot judge it): 125; a check that does not apply counts as no
+    finding."""
     return ExitCode.most_telling(
-        ExitCode.CHECK_FAILED if r.verdict.indicts_kernel else ExitCode.HARNESS_FAILED if r.verdict is Verdict.ERROR
+        ExitCode.CHECK_FAILED if r.verdict.indicts_kernel
+        else ExitCode.HARNESS_FAILED if r.verdict in (Verdict.ERROR, Verdict.UNVERIFIED)
         else ExitCode.OK for r in results)
 
 

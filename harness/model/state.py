@@ -15,6 +15,10 @@ LAST__PID_MASK = (1 << LAST__PID_SHIFT) - 1
 NUMA_BALANCING_NORMAL = 1
 NUMA_BALANCING_MEMORY_TIERING = 2
 
+# The kernel release (VERSION.PATCHLEVEL) whose rules the model follows: on another, a check's
+# outcome is reported as unverified (harness.checks.runner.judge_applicability).
+MODELLED_RELEASE = "6.12"
+
 
 def time_after(a: int, b: int) -> bool:
     """include/linux/jiffies.h:time_after for unsigned long jiffies: a is after b, wrap-safe."""

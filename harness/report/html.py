@@ -22,7 +22,7 @@ h1 { margin-bottom: .2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 
 table { border-collapse: collapse; margin: .5em 0; } td, th { border: 1px solid #ddd; padding: .3em .6em; }
 th { background: #f5f5f5; text-align: left; } td.v-pass { color: #137333; font-weight: 600; }
 td.v-fail, td.v-hang, td.v-survived { color: #a50e0e; font-weight: 600; }
-td.v-error { color: #8a5a00; font-weight: 600; } td.v-not-run { color: #777; }
+td.v-error, td.v-unverified { color: #8a5a00; font-weight: 600; } td.v-not-run, td.v-not-applicable { color: #777; }
 td.v-killed { color: #137333; font-weight: 600; }
 pre { background: #f8f8f8; padding: .6em; overflow-x: auto; font-size: 12px; }
 .meta td:first-child { color: #666; } figure { margin: 1em 0; } figcaption { color: #555; font-size: 12px; }

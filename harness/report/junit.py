@@ -43,7 +43,7 @@ def _check_case(suite_name: str, check: dict[str, Any]) -> TestCase:
         error = Error(message, "harness-error")
         error.text = xml_text(str(check.get("figures", {}).get("traceback") or text))
         case.result = [error]
-    elif verdict is Verdict.NOT_RUN:
+    elif verdict in (Verdict.NOT_RUN, Verdict.NOT_APPLICABLE, Verdict.UNVERIFIED):
         case.result = [Skipped(message)]
     case.system_out = xml_text(json.dumps({"figures": check.get("figures", {}), "vmstat_delta": check.get("vmstat_delta", {}),
                                            "snapshot_file": check.get("snapshot_file")}))

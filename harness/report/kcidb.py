@@ -24,8 +24,10 @@ from harness.errors import InfrastructureError
 
 ORIGIN = "numa_harness"
 TEST_ROOT = "numa_balancing"
+# KCIDB's DONE is "finished, no PASS/FAIL verdict": what an unverified check is; a check that
+# does not apply to the kernel is SKIP, as one not run.
 CHECK_STATUS = {Verdict.PASS: "PASS", Verdict.FAIL: "FAIL", Verdict.HANG: "FAIL", Verdict.ERROR: "ERROR",
-                Verdict.NOT_RUN: "SKIP"}
+                Verdict.NOT_RUN: "SKIP", Verdict.NOT_APPLICABLE: "SKIP", Verdict.UNVERIFIED: "DONE"}
 MUTANT_STATUS = {MutantOutcome.KILLED: "PASS", MutantOutcome.HANG: "PASS", MutantOutcome.SURVIVED: "FAIL",
                  MutantOutcome.ERROR: "ERROR"}
 

@@ -194,7 +194,7 @@ def exit_code_of(summary: dict[str, Any]) -> ExitCode:
     first and infrastructure failures last)."""
     checks = [c for t in summary["topologies"] for c in t["checks"]]
     infrastructure = (bool(summary["errors"]) or not summary["topologies"] or any(t.get("error") for t in summary["topologies"])
-                      or any(c["verdict"] == Verdict.ERROR for c in checks))
+                      or any(c["verdict"] in (Verdict.ERROR, Verdict.UNVERIFIED) for c in checks))
     failed = any(Verdict(c["verdict"]).indicts_kernel for c in checks)
     survived = summary["mutants"] is not None and any(m["outcome"] == MutantOutcome.SURVIVED
                                                       for m in summary["mutants"]["mutants"])

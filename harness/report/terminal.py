@@ -17,7 +17,7 @@ from harness.checks.mutants import MutantOutcome, MutantResult
 from harness.checks.registry import CheckResult, Verdict
 
 VERDICT_STYLE = {Verdict.PASS: "green", Verdict.FAIL: "red", Verdict.HANG: "red", Verdict.ERROR: "yellow",
-                 Verdict.NOT_RUN: "dim"}
+                 Verdict.NOT_RUN: "dim", Verdict.NOT_APPLICABLE: "dim", Verdict.UNVERIFIED: "yellow"}
 
 
 def print_table(results: Sequence[CheckResult], title: str) -> None:

@@ -44,7 +44,8 @@
  *                                            "child PID" once its writes are done
  *       With "thread" a new thread does it (and exits): its faults record its own tid.
  *       "on W" gives the command to worker W and answers once it is done; "on W ... &" answers
- *       at once and leaves it running ("on W wait" answers when it is done); "on W tid" prints
+ *       at once and leaves it running ("on W wait" answers when it is done; "on W stop" ends a
+ *       worker thread's spin now); "on W tid" prints
  *       "tid W TID" (a worker process's pid with "procs"). "cpu C" pins to that one CPU;
  *       "from I" starts at the region's page I. "unmap" (madvise MADV_DONTNEED) drops the
  *       caller's mapping of the pages (a shared region's pages stay, mapped by the others).
@@ -159,6 +160,7 @@ struct op {
 	int on;
 	int cpu; /* one CPU, or -1: then `on` decides */
 	double secs;
+	volatile int *stop; /* a worker thread's "stop" flag: ends a spin early */
 };
 
 static int run_on_cpu(int cpu)
@@ -234,7 +236,7 @@ static int run_op(struct op *op)
 	} else if (!strcmp(op->verb, "spin")) {
 		double end = now() + op->secs;
 		volatile unsigned long spins = 0;
-		while (now() < end)
+		while (now() < end && !(op->stop && *op->stop))
 			spins++;
 	} else {
 		return 1;
@@ -256,6 +258,7 @@ struct worker {
 	int busy; /* an op is posted and not yet done */
 	int status;
 	pid_t tid;
+	volatile int stop; /* "on W stop": end the running spin now */
 	/* A worker process ("procs"): ops go down cmd_fd, statuses come back on done_fd. */
 	int proc, cmd_fd, done_fd, pending;
 };
@@ -371,6 +374,8 @@ static int worker_run(struct worker *w, struct op *op, int async)
 	}
 	pthread_mutex_lock(&w->lock);
 	w->op = *op;
+	w->op.stop = &w->stop;
+	w->stop = 0;
 	w->busy = 1;
 	w->status = 0;
 	pthread_cond_broadcast(&w->cond);
@@ -596,6 +601,14 @@ static int hold(int argc, char **argv)
 		int status;
 		if (worker && !strcmp(op.verb, "wait")) {
 			status = worker_idle(worker);
+		} else if (worker && !strcmp(op.verb, "stop")) {
+			if (worker->proc) {
+				printf("error stop: worker %d is a process (only worker threads can be stopped)\n", target);
+				fflush(stdout);
+				continue;
+			}
+			worker->stop = 1; /* the worker ends its spin at its next clock read */
+			status = 0;
 		} else if (worker && !strcmp(op.verb, "tid")) {
 			printf("tid %d %d\n", target, (int)worker->tid);
 			status = 0;

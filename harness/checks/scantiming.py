@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness import inspect as nh
-from harness.checks.observe import Context, GuestFacts
+from harness.checks.observe import Context, GuestFacts, Inconclusive
 from harness.checks.registry import Finding, check
 from harness.checks.scenario import scenario
 from harness.checks.workload import STEP_TIMEOUT, Region
@@ -29,11 +29,14 @@ from harness.model.timing import NSEC_PER_MSEC, pass_allowed, tick_nsec
 # it. One second: under TCG a pass over this process costs a few ms of CPU time, so the charge
 # 32 times that adds to the winner's node_stamp stays well under the period.
 TIMING_KNOBS = {"scan_delay_ms": 1000, "scan_period_min_ms": 1000, "scan_period_max_ms": 1000}
-# How long both threads spin, and how many samples of the clock are taken meanwhile: a sample
-# every SAMPLE_GAP_S of host time (the guest runs between samples and is paused for each).
-SPIN_S = 10.0
+# Both threads spin until TARGET_PASSES passes have been sampled (a period plus the winner's
+# 32 x CPU-time charge apart: about 1.3 s each), SPIN_LIMIT_S at most; a sample every
+# SAMPLE_GAP_S of host time (the guest runs between samples and is paused for each).
+TARGET_PASSES = 6
+SPIN_LIMIT_S = 40.0
 SAMPLE_GAP_S = 0.1
-# Passes the check must see judged (about six: a period plus the winner's 32 x CPU-time charge apart).
+# Fewer passes than this in the whole spin: the threads did not get the CPU (a loaded host), and
+# the rules that did hold judged too little; the scenario is retried.
 MIN_PASSES = 4
 
 
@@ -101,19 +104,16 @@ def _winner(a: ClockSample, b: ClockSample, hz: int) -> tuple[list[int], list[st
 
 
 def _triggers(a: ClockSample, b: ClockSample, hz: int, period_ms: int) -> list[str]:
-    """task_tick_numa's side. At every sample each thread's node_stamp + period is at least its
-    CPU time less one tick (the tick that saw the CPU time pass it would have added a period).
-    A thread whose node_stamp crossed a period between two samples queued its scan work then; if
-    numa_next_scan was already open at the first sample, that work runs a pass on the way back
-    to user mode (task_numa_work: the clock allows it, and the cmpxchg fails only when another
-    thread's pass moved the clock): with no pass by the second sample the work must still be
-    queued there."""
+    """task_tick_numa's side. A thread whose node_stamp crossed a period between two samples
+    queued its scan work then; if numa_next_scan was already open at the first sample, that work
+    runs a pass on the way back to user mode (task_numa_work: the clock allows it, and the
+    cmpxchg fails only when another thread's pass moved the clock): with no pass by the second
+    sample the work must still be queued there. (How far a thread's CPU time may run past
+    node_stamp + period before a tick sees it is not bounded here: under TCG a busy host delays
+    the guest's tick interrupts while sched_clock, which the CPU time is read from, runs on.)"""
     diffs = []
-    tick, period_ns = tick_nsec(hz), period_ms * NSEC_PER_MSEC
+    period_ns = period_ms * NSEC_PER_MSEC
     for index in range(len(b.node_stamp)):
-        if b.node_stamp[index] + period_ns < b.runtime[index] - tick:
-            diffs.append(f"jiffies {b.jiffies}: thread {index + 1} ran {b.runtime[index]} ns, past node_stamp "
-                         f"{b.node_stamp[index]} + {period_ms} ms by more than a tick: task_tick_numa did not trigger")
         crossed = b.node_stamp[index] - a.node_stamp[index] >= period_ns
         gate_open = not time_after(a.numa_next_scan, a.jiffies)
         if crossed and gate_open and b.numa_next_scan == a.numa_next_scan and not b.work_pending[index]:
@@ -163,8 +163,9 @@ def judge_timing(facts: GuestFacts, samples: list[ClockSample], period_ms: int) 
                        "pass_gaps_jiffies": [y - x for x, y in itertools.pairwise(ran)], "period_jiffies": period_j,
                        "sample_gap_jiffies_max": max(gaps, default=0)}
     if passes < MIN_PASSES:
-        verdict.diffs.append(f"{passes} passes in {len(samples)} samples, at least {MIN_PASSES} needed: the check lost "
-                             f"its subject")
+        raise Inconclusive(f"{passes} passes in {len(samples)} samples over {samples[-1].jiffies - samples[0].jiffies} "
+                           f"jiffies, at least {MIN_PASSES} needed: the spinning threads got too little CPU time to "
+                           f"reach their triggers (task_tick_numa counts their own runtime)")
     return verdict
 
 
@@ -172,7 +173,8 @@ def judge_timing(facts: GuestFacts, samples: list[ClockSample], period_ms: int) 
 def check_scan_timing(ctx: Context) -> Finding:
     """Two worker threads of one holder spin on one CPU each (the holder's other memory is not
     scanned, nothing faults) while the harness samples the scanner's clock every ~0.1 s: jiffies,
-    numa_next_scan, the sequence, each thread's node_stamp, CPU time and period. Predicted: the
+    numa_next_scan, the sequence, each thread's node_stamp, CPU time and period, until
+    TARGET_PASSES passes have been seen. Predicted: the
     period stays the scan delay at the fork; every pass sets numa_next_scan to the jiffy it ran at
     plus exactly that period, and ran no earlier than the clock allowed; exactly one thread is
     charged for it; every trigger that found the clock open ran a pass. The samples bound each
@@ -185,16 +187,20 @@ def check_scan_timing(ctx: Context) -> Finding:
                   knobs_at_exec=True) as region:
         tids = (region.worker_tid(1), region.worker_tid(2))
         for worker, cpu in zip((1, 2), cpus, strict=True):
-            region.on(worker, f"spin {SPIN_S}", cpu=cpu, wait=False)
+            region.on(worker, f"spin {SPIN_LIMIT_S}", cpu=cpu, wait=False)
         for tid, cpu in zip(tids, cpus, strict=True):
             region.wait_running(tid, cpu)
         samples = [sample_clock(ctx, region.pid, tids)]
-        span_j = int((SPIN_S - 1.5) * ctx.hz)
-        while samples[-1].jiffies - samples[0].jiffies < span_j:
+        # Sample until enough passes were seen (or the spin is nearly over): the event, not a time.
+        limit_j = int((SPIN_LIMIT_S - 2.0) * ctx.hz)
+        seen = 0
+        while seen < TARGET_PASSES and samples[-1].jiffies - samples[0].jiffies < limit_j:
             time.sleep(SAMPLE_GAP_S)  # the sampling cadence: the guest runs between two samples
             samples.append(sample_clock(ctx, region.pid, tids))
+            seen += samples[-1].numa_next_scan != samples[-2].numa_next_scan
         for worker in (1, 2):
-            region.wait_worker(worker, timeout=SPIN_S + STEP_TIMEOUT)
+            region.stop_worker(worker)
+            region.wait_worker(worker, timeout=SPIN_LIMIT_S + STEP_TIMEOUT)
     if ctx.kept is not None:
         ctx.notes["samples"] = {"samples": [s.as_json() for s in samples], "period_ms": TIMING_KNOBS["scan_delay_ms"]}
     verdict = judge_timing(ctx.facts, samples, TIMING_KNOBS["scan_delay_ms"])

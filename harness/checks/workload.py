@@ -190,6 +190,10 @@ class HeldRegion:
         """Wait until worker `worker` has finished what it runs."""
         self.command(f"on {worker} wait", timeout=timeout)
 
+    def stop_worker(self, worker: int) -> None:
+        """End worker thread `worker`'s spin now (it then waits for its next command)."""
+        self.command(f"on {worker} stop")
+
     def wait_running(self, tid: int, cpu: int, timeout: float = 10.0) -> None:
         """Wait until thread `tid` is running (state R) on `cpu`, as /proc says."""
         deadline = time.monotonic() + timeout

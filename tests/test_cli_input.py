@@ -34,3 +34,17 @@ def test_bad_input_exits_2_and_builds_nothing(tmp_path: Path, command: str, args
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not cache.exists() or not any(p for p in cache.rglob("*") if p.is_file()), list(cache.rglob("*"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_harness_bug_exits_125_never_1(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit 1 says "a check failed" to CI and to git bisect: an unexpected exception is the
+    harness's failure (125), reported with its traceback."""
+    import harness.cli.build
+    from harness.cli.main import main
+
+    def broken(args: object) -> int:
+        raise ConnectionRefusedError(111, "Connection refused")
+    monkeypatch.setattr(harness.cli.build, "cmd_build", broken)
+    assert main(["build"]) == 125
+    err = capsys.readouterr().err
+    assert "internal error: ConnectionRefusedError" in err and "Traceback" in err

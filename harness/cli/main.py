@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from harness.cli.parser import make_parser, validate_early
@@ -25,3 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         print("numa-harness: interrupted", file=sys.stderr)
         return ExitCode.for_error(err)
+    except Exception as err:
+        # A bug in the harness: never exit 1, which says "a check failed" to CI and bisect.
+        traceback.print_exc()
+        print(f"numa-harness: internal error: {type(err).__name__}: {err} (a harness bug: the kernel was not "
+              f"judged)", file=sys.stderr)
+        return ExitCode.HARNESS_FAILED

@@ -266,8 +266,18 @@ class Guest(GuestView):
             if time.monotonic() > deadline:
                 self._boot_timeout()
             time.sleep(0.02)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(str(self.paths.console))
+        # QEMU binds the socket before it listens on it: a connect in between is refused.
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(self.paths.console))
+                break
+            except ConnectionRefusedError:
+                sock.close()
+                self._check_alive("before its console accepted a connection")
+                if time.monotonic() > deadline:
+                    self._boot_timeout()
+                time.sleep(0.02)
         try:
             child = pexpect.fdpexpect.fdspawn(sock.fileno(), encoding="utf-8", codec_errors="replace")
             while True:

@@ -239,7 +239,9 @@ def spin_until(region: HeldRegion, ctx: Context, node: int, done: Callable[[Obse
                 f"the kernel never reached the state the check waits for ({getattr(done, '__name__', 'condition')}) "
                 f"after {limit:.0f} s of spinning on node {node}: the region has {int(part.hint.sum())} of {len(part)} "
                 f"entries hinted, entries per node {nodes}; task numa_scan_seq {obs.task.numa_scan_seq}, mm "
-                f"numa_scan_seq {obs.mm.numa_scan_seq}, preferred node {obs.task.numa_preferred_nid}, mm_users "
+                f"numa_scan_seq {obs.mm.numa_scan_seq}, preferred node {obs.task.numa_preferred_nid}, numa_group "
+                f"{obs.task.numa_group_id}, numa_migrate_retry in {obs.task.numa_migrate_retry - obs.balancing.jiffies} "
+                f"jiffies, numa_next_scan in {obs.mm.numa_next_scan - obs.balancing.jiffies} jiffies, mm_users "
                 f"{obs.mm.mm_users}, hint faults {obs.vmstat.get('numa_hint_faults')}")
         seconds = step if pace is None else pace(obs)
         if spinner is None:

@@ -92,7 +92,8 @@ def _comment_patch(pristine: Path, path: str, where: Path, tag: str) -> Path:
 @pytest.mark.kernel
 def test_a_mutant_third_in_five_patches_is_named(built_kernel: KernelArtifact, tmp_path: Path) -> None:
     cache = built_kernel.directory.parent.parent
-    pristine = sorted(cache.glob("src/*/pristine/mm/mprotect.c"))[0].parent.parent
+    pristine = built_kernel.pristine_source
+    assert pristine is not None
     before = {p.name for p in (cache / "kernels").iterdir()}
     harmless = [_comment_patch(pristine, path, tmp_path, f"{n}-comment") for n, path in
                 enumerate(["kernel/sched/fair.c", "mm/mempolicy.c", "mm/migrate.c", "mm/huge_memory.c"], start=1)]

@@ -48,8 +48,7 @@ def test_default_kernel_is_built_and_verified_independently(built_kernel: Kernel
     # DWARF of mm/memory.c; its declaration line must be where the source declares it.
     evidence = built_kernel.manifest["verification"]["function_evidence"]
     assert "handle_mm_fault" in names  # the fault path it is inlined into
-    cache_root = built_kernel.directory.parent.parent
-    source_lines = sorted(cache_root.glob("src/*/pristine/mm/memory.c"))[0].read_text()
+    source_lines = (_pristine(built_kernel) / "mm/memory.c").read_text()
     declared = 1 + source_lines.splitlines().index("static vm_fault_t do_numa_page(struct vm_fault *vmf)")
     assert evidence["do_numa_page"] in (f"inlined, DWARF mm/memory.c:{declared}", f"DWARF mm/memory.c:{declared}") \
         or evidence["do_numa_page"].startswith("symbol 0x")
@@ -63,12 +62,15 @@ def test_default_kernel_is_built_and_verified_independently(built_kernel: Kernel
     assert built_kernel.manifest["kernel_release"].startswith("6.12")
 
 
+def _pristine(artifact: KernelArtifact) -> Path:
+    # The cache may hold several releases' extractions (6.1 as well): take this kernel's own.
+    tree = artifact.pristine_source
+    assert tree is not None and tree.is_dir(), f"no extraction of this kernel's source: {tree}"
+    return tree
+
+
 def _extract_ikconfig_script(artifact: KernelArtifact) -> Path:
-    # The pristine extraction of Debian's tarball sits next to the working tree in the cache.
-    cache_root = artifact.directory.parent.parent
-    candidates = sorted(cache_root.glob("src/*/pristine/scripts/extract-ikconfig"))
-    assert candidates, "no extracted kernel source in the cache"
-    return candidates[0]
+    return _pristine(artifact) / "scripts/extract-ikconfig"
 
 
 def test_default_patch_exports_page_flags_layout(built_kernel: KernelArtifact) -> None:
@@ -141,7 +143,7 @@ def test_one_file_patch_change_rebuilds_only_a_few_objects(built_kernel: KernelA
     """Adding a patch that changes one .c file recompiles that file (plus the per-link version
     objects), not the kernel: asserted on compiled-object counts from the build log."""
     cache = built_kernel.directory.parent.parent
-    tree = sorted(cache.glob("src/*/pristine/mm/mprotect.c"))[0].parent.parent
+    tree = _pristine(built_kernel)
     original = (tree / "mm/mprotect.c").read_text()
     marker = f"/* numa-harness incremental test {os.getpid()} {tmp_path.name} */\n"
     patch = tmp_path / "one-file.patch"

@@ -179,6 +179,16 @@ class KernelArtifact:
     def build_log(self) -> Path:
         return self.directory / "build.log"
 
+    @property
+    def pristine_source(self) -> Path | None:
+        """The untouched extraction this kernel was built from (`src/<digest>/pristine` in the
+        cache), or None for a developer's tree, which the harness never copies. The cache holds
+        one extraction per source release, so it is found by the manifest's digest, not by name."""
+        source = self.manifest["source"]
+        if source["kind"] != "tarball":
+            return None
+        return self.directory.parent.parent / "src" / str(source["digest"])[:16] / "pristine"
+
     def as_json(self) -> dict[str, Any]:
         return {
             **self.manifest,

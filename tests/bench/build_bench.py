@@ -45,7 +45,8 @@ def main() -> int:
     hits = sorted(timed_cli()[0] for _ in range(3))
     rows.append(("cache hit (CLI process, median of 3)", hits[1], 2.0, ""))
     with tempfile.TemporaryDirectory() as tmp:
-        source = sorted(default.directory.parent.parent.glob("src/*/pristine/mm/mprotect.c"))[0].read_text()
+        assert default.pristine_source is not None
+        source = (default.pristine_source / "mm/mprotect.c").read_text()
         first, second = source.splitlines(keepends=True)[:2]
         patch = Path(tmp) / "bench.patch"
         patch.write_text("--- a/mm/mprotect.c\n+++ b/mm/mprotect.c\n@@ -1,2 +1,3 @@\n"

@@ -361,12 +361,17 @@ def _group(perturb: Callable[[str, Observation], Observation] | None = None) -> 
     return replay_group(recording.facts, observations, recording.notes).diffs
 
 
+def _group_step(name: str) -> tuple[str, list[int]]:
+    """The label of a step's observation after the reads, and the indexes of its readers."""
+    recording = _load("numa-group")
+    label = next(k for k in recording.observations if k.endswith("-done") and recording.notes[k]["step"] == name)
+    return label, [int(read[0]) - 1 for read in recording.notes[label]["reads"]]
+
+
 def _joined_step() -> tuple[str, int]:
     """The label of the join step's observation after the reads, and the index of the reader."""
-    recording = _load("numa-group")
-    label = max(k for k in recording.observations if k.endswith("-done"))
-    reader = int(recording.notes[label]["reads"][0][0])
-    return label, reader - 1
+    label, readers = _group_step("joined")
+    return label, readers[0]
 
 
 def test_recorded_groups_form_and_join_as_predicted() -> None:
@@ -447,6 +452,80 @@ def test_a_tie_broken_the_wrong_way_is_caught() -> None:
         return replace(o, groups=(both, both))
     diffs = _group(joined_low)
     assert any(d.startswith("tie kept: groups") for d in diffs), diffs
+
+
+def _in_decides(change: Callable[[Observation], Observation]) -> list[str]:
+    label, _ = _group_step("group decides")
+    return _group(lambda lbl, o: change(o) if lbl == label else o)
+
+
+def test_recorded_group_decides_both_ways() -> None:
+    """The recording's group-decides step took the group half of should_numa_migrate_memory both
+    ways (one reader's pages moved, the other's stayed) and counted its remote shared faults
+    local inside the group's two active nodes."""
+    from harness.checks.numagroup import replay_group
+
+    recording = _load("numa-group")
+    decisions = replay_group(recording.facts, recording.observations, recording.notes).figures["group_decisions"]
+    assert any("favours the destination" in k for k in decisions) and any("keeps the page" in k for k in decisions)
+    assert any("counted local" in k for k in decisions), decisions
+
+
+def test_a_group_that_ignores_its_books_is_caught() -> None:
+    """Every page the group kept, moved to the reader's node (what a kernel without the group test
+    would do): the model says where each page belongs."""
+    recording = _load("numa-group")
+    label, _readers = _group_step("group decides")
+    before = recording.observations[label.replace("-done", "-hinted")]
+    start_nodes = {e.vaddr: e.node for e in before.table.within(*recording.notes["start"]["region"])}
+
+    def moved(o: Observation) -> Observation:
+        nodes = o.table.node.copy()
+        for i, e in enumerate(o.table):
+            if e.vaddr in start_nodes and e.node == start_nodes[e.vaddr]:
+                nodes[i] = 1 - e.node
+        return replace(o, table=replace(o.table, node=nodes))
+    diffs = _in_decides(moved)
+    assert any(d.startswith("group decides: pages") for d in diffs), diffs
+
+
+def test_remote_shared_faults_counted_remote_are_caught() -> None:
+    _label, readers = _group_step("group decides")
+
+    def remote(o: Observation) -> Observation:
+        threads = list(o.threads)
+        for r in readers:
+            remote_, local, failed = threads[r].locality
+            threads[r] = replace(threads[r], locality=(remote_ + local, 0, failed))
+        return replace(o, threads=tuple(threads))
+    diffs = _in_decides(remote)
+    assert any("numa_faults_locality" in d for d in diffs), diffs
+
+
+def test_cpu_books_not_weighted_by_runtime_are_caught() -> None:
+    """A placement that copied the raw CPU-fault buffer into NUMA_CPU (no f_weight)."""
+    def unweighted(o: Observation) -> Observation:
+        groups = []
+        for g in o.groups:
+            groups.append(None if g is None else replace(g, faults={**g.faults, "cpu": [(s, p // 1000) for s, p in
+                                                                                       g.faults["cpu"]]}))
+        return replace(o, groups=tuple(groups))
+    diffs = _in_decides(unweighted)
+    assert any("group decides: carried books: group" in d for d in diffs), diffs
+
+
+def test_a_pinned_member_that_keeps_the_group_node_is_caught() -> None:
+    """A group member that cannot move keeps the node it runs on as its preferred node
+    (task_numa_migrate); keeping the group's choice instead is caught."""
+    _label, readers = _group_step("group decides")
+
+    def stubborn(o: Observation) -> Observation:
+        threads = list(o.threads)
+        for r in readers:
+            threads[r] = replace(threads[r], numa_preferred_nid=1 - threads[r].numa_preferred_nid)
+        return replace(o, threads=tuple(threads))
+    diffs = _in_decides(stubborn)
+    assert any("numa_preferred_nid" in d for d in diffs), diffs
 
 
 def test_active_nodes_not_recounted_are_caught() -> None:

@@ -14,18 +14,23 @@ from harness.model import (
     PAGE_SIZE,
     Counters,
     CpuOccupant,
+    GroupBooks,
     GroupOutcome,
     Mm,
     NumabState,
     NumaGroup,
     Page,
+    PlacementClock,
     Task,
     Tunables,
     Vma,
+    counts_local_in_group,
     cpupid,
     group_books,
+    group_task_numa_placement,
     hint_fault,
     numa_group_count_active_nodes,
+    numa_migrate_preferred_pinned,
     scan_pass,
     should_numa_migrate_memory,
     task_numa_group,
@@ -391,3 +396,77 @@ def test_a_shared_mapping_comes_back_writable_either_way(migrates: bool) -> None
     private = hint_fault(task, page, cpu=2, node_of_cpu=NODE_OF_CPU)
     assert shared.migrated is migrates and shared.writable is True
     assert private.writable is (not migrates)
+
+
+# -- a group member: should_numa_migrate_memory's group half, placement and locality --------------
+
+
+def _books(cpu: tuple[int, int], mem: tuple[int, int], active: int = 2) -> GroupBooks:
+    """Group books with the given group_faults_cpu and group_faults per node (all shared)."""
+    return GroupBooks(mem=((mem[0], 0), (mem[1], 0)), cpu=((cpu[0], 0), (cpu[1], 0)), total_faults=sum(mem),
+                      active_nodes=active, max_faults_cpu=max(cpu))
+
+
+@pytest.mark.parametrize(("cpu", "mem", "migrates", "branch"), [
+    # faults_cpu(dst=1) 31 > 3 * faults_cpu(src=0) 10: much more used destination.
+    ((10, 31), (1, 100), True, "exceed 3x"),
+    # 30 is not > 30: the ratio decides: 30 * 100 * 3 = 9000 > 10 * 100 * 4 = 4000.
+    ((10, 30), (100, 100), True, "favours the destination"),
+    # 13 * 100 * 3 = 3900 > 10 * 100 * 4 = 4000? No: the 3/4 hysteresis keeps the page.
+    ((10, 13), (100, 100), False, "keeps the page"),
+    # 14 * 100 * 3 = 4200 > 4000: moves; memory already on the destination weighs against it.
+    ((10, 14), (100, 100), True, "favours the destination"),
+    ((10, 14), (100, 200), False, "keeps the page"),
+])
+def test_a_group_members_shared_fault_is_decided_by_the_group(cpu: tuple[int, int], mem: tuple[int, int],
+                                                               migrates: bool, branch: str) -> None:
+    """fair.c:should_numa_migrate_memory past the two-stage filter, for a shared fault (another
+    pid, same node) of a task in a numa_group: the page on node 0, the fault from node 1."""
+    task = Task(pid=7, nr_nodes=2, numa_scan_seq=9, numa_preferred_nid=1)
+    page = Page(BASE, 0, last_cpupid=cpupid(3, 8))
+    ok, _, decision = should_numa_migrate_memory(task, page, 1, cpupid(2, 7), NODE_OF_CPU, group=_books(cpu, mem))
+    assert ok is migrates and branch in decision
+    # Without a group the same fault migrates ("A shared fault, but p->numa_group has not been set up yet").
+    assert should_numa_migrate_memory(task, page, 1, cpupid(2, 7), NODE_OF_CPU)[0] is True
+
+
+def test_a_remote_shared_fault_inside_the_active_nodes_counts_local() -> None:
+    """fair.c:task_numa_fault: only for a shared fault, only with two or more active nodes, and
+    only when both the CPU's and the page's node are active (faults_cpu * 3 > max_faults_cpu)."""
+    assert counts_local_in_group(_books((10, 12), (1, 1)), 1, 0)
+    assert not counts_local_in_group(_books((10, 12), (1, 1), active=1), 1, 0)
+    assert not counts_local_in_group(_books((3, 12), (1, 1)), 1, 0)  # 3 * 3 = 9 is not > 12
+    task = Task(pid=7, nr_nodes=2, numa_scan_seq=9, numa_preferred_nid=1)
+    shared = Page(BASE, 0, hint=True, last_cpupid=cpupid(3, 8))
+    counted = hint_fault(task, shared, cpu=2, node_of_cpu=NODE_OF_CPU, jiffies_after_retry=False,
+                         group=_books((10, 12), (100, 100)))
+    assert not counted.local and counted.task.locality == (0, 1, 0)
+    mine = hint_fault(task, replace(shared, last_cpupid=cpupid(3, 7)), cpu=2, node_of_cpu=NODE_OF_CPU,
+                      jiffies_after_retry=False, group=_books((10, 12), (100, 100)))
+    assert mine.task.locality == (1, 0, 0)  # private: remote stays remote
+
+
+def test_a_group_members_placement_weighs_cpu_faults_by_runtime_and_shares_its_diffs() -> None:
+    """fair.c:task_numa_placement with a group: f_weight = (runtime << 16) / (period + 1) *
+    cpubuf / (local + remote + 1); the group gets the task's diff and f_diff, recounts its active
+    nodes, and the preferred node is the group's busiest memory node."""
+    task = Task(pid=7, nr_nodes=2, numa_scan_seq=3, numa_preferred_nid=0, locality=(30, 10, 0),
+                faults=(((8, 0), (0, 0)),          # mem
+                        ((1000, 0), (0, 0)),       # cpu
+                        ((0, 0), (40, 0)),         # membuf
+                        ((0, 0), (40, 0))))        # cpubuf
+    group = GroupBooks(mem=((8, 0), (100, 0)), cpu=((5000, 0), (900, 0)), total_faults=108, active_nodes=1,
+                       max_faults_cpu=5000)
+    clock = PlacementClock(runtime=500_000_000, period=999_999_999)
+    placed, books = group_task_numa_placement(task, group, 4, clock)
+    weight = (500_000_000 << 16) // 1_000_000_000 * 40 // 41  # 32768 * 40 // 41
+    assert weight == 31968
+    assert placed.faults[1] == ((1000 - 500, 0), (weight, 0))
+    assert placed.faults[0] == ((8 - 4, 0), (40, 0)) and placed.total_numa_faults == 36
+    assert books.cpu == ((5000 - 500, 0), (900 + weight, 0)) and books.mem == ((4, 0), (140, 0))
+    assert books.total_faults == 108 + 36
+    assert (books.active_nodes, books.max_faults_cpu) == (1, 900 + weight)  # 4500 * 3 is not > 32868
+    assert placed.numa_preferred_nid == 1 and placed.numa_scan_seq == 4
+    # A pinned group member away from the group's node takes its own node (task_numa_migrate).
+    assert numa_migrate_preferred_pinned(placed, 0, in_group=True).numa_preferred_nid == 0
+    assert numa_migrate_preferred_pinned(placed, 0, in_group=False).numa_preferred_nid == 1

@@ -32,16 +32,21 @@ from harness.checks.workload import STEP_TIMEOUT, Region
 from harness.model import (
     LAST__PID_MASK,
     CpuOccupant,
+    Decision,
     FaultResult,
+    GroupBooks,
     GroupOutcome,
     NumaGroup,
     Page,
+    PlacementClock,
     Task,
+    counts_local_in_group,
     cpupid_cpu,
     group_books,
     hint_fault,
     numa_group_count_active_nodes,
     task_numa_group,
+    time_after,
 )
 
 # Two slices of 256 pages: slice A first touched on the near node, slice B on the far one. A
@@ -65,14 +70,18 @@ SPIN_S = 2.0
 # Spun past the moment the next pass may come, so that the pass has run when the worker stops.
 PASS_SLACK_S = 0.3
 WORKERS = (1, 2)
+# The step after the join, where the group's books decide the migrations (see check_numa_group).
+GROUP_DECIDES = "group decides"
 
 
 @dataclass(frozen=True)
 class Read:
-    """Worker `worker` reads slice `slice` ("A" or "B") from its CPU."""
+    """Worker `worker` reads slice `slice` ("A" or "B") from its CPU, or from `cpu` when given
+    (the worker is pinned there for the read)."""
 
     worker: int
     slice: str
+    cpu: int | None = None
 
 
 @dataclass(frozen=True)
@@ -223,14 +232,18 @@ class _StepModel:
 
 
 def _replay_reads(facts: GuestFacts, run: GroupRun, step: GroupStep, pages: dict[int, Page],
-                  groups: dict[int, NumaGroup | None]) -> _StepModel:
+                  groups: dict[int, NumaGroup | None], carry: _GroupCarry | None = None) -> _StepModel:
     """Each read, page by page in address order (nhmem reads them so): task_numa_group's decision
     on the fault (the occupant of the last_cpupid's CPU is the step's spinner if it is the one
-    recorded there), then the fault itself with that priv. `pages` and `groups` carried in place."""
+    recorded there), then the fault itself with that priv. `pages` and `groups` carried in place.
+    With `carry` (the group-decides step) the readers' group books take part in each fault and
+    each reader's pending placement runs at its first fault, weighted by its clock; the readers'
+    tasks and the group's books at the end are left in `carry`."""
     nodes = len(set(facts.node_of_cpu.values()))
     model = _StepModel()
     for read in step.reads:
-        worker, tid, cpu = read.worker, run.tids[read.worker], run.cpus[read.worker]
+        worker, tid = read.worker, run.tids[read.worker]
+        cpu = read.cpu if read.cpu is not None else run.cpus[read.worker]
         task = model_thread_task(step.hinted.threads[WORKERS.index(worker)], nodes)
         model.books[worker] = FaultBooks.opening(task)
         model.migrated[worker] = 0
@@ -248,15 +261,122 @@ def _replay_reads(facts: GuestFacts, run: GroupRun, step: GroupStep, pages: dict
                         groups[other] = decided.group
             groups[worker] = decided.group
             model.outcomes[f"worker {worker}: {decided.outcome.value}"] += 1
-            result = hint_fault(task, page, cpu=cpu, node_of_cpu=facts.node_of_cpu, jiffies_after_retry=False,
-                                priv=decided.priv)
+            if carry is None:
+                result = hint_fault(task, page, cpu=cpu, node_of_cpu=facts.node_of_cpu, jiffies_after_retry=False,
+                                    priv=decided.priv)
+            else:
+                before = carry.books
+                result = hint_fault(task, page, cpu=cpu, node_of_cpu=facts.node_of_cpu, priv=decided.priv,
+                                    jiffies_after_retry=carry.placement_due[worker], mm_seq=step.hinted.mm.numa_scan_seq,
+                                    group=carry.books, clock=carry.clocks.get(worker), pinned=True)
+                carry.books = result.group
+                carry.decisions[f"worker {worker}: {result.decision.value}"] += 1
+                if not decided.priv and not result.local and \
+                        counts_local_in_group(before, facts.node_of_cpu[cpu], result.page.node):
+                    carry.decisions[f"worker {worker}: remote shared fault counted local (group's active nodes)"] += 1
             model.books[worker].add(page, result, facts.node_of_cpu[cpu], decided.priv)
             task, pages[va] = result.task, result.page
             model.results[va] = result
             model.migrated[worker] += result.migrated
             model.faults += 1
             model.local += result.local
+        if carry is not None:
+            carry.tasks[worker] = task
     return model
+
+
+@dataclass
+class _GroupCarry:
+    """The group-decides step's model state: the group's books (as observed before the step, then
+    carried through each fault and placement), each reader's clock for its placement and whether
+    one is due at its first fault, and at the end each reader's task and the reasons the pages
+    moved or stayed."""
+
+    books: GroupBooks | None
+    clocks: dict[int, PlacementClock]
+    placement_due: dict[int, bool]
+    tasks: dict[int, Task] = field(default_factory=dict)
+    decisions: Counter[str] = field(default_factory=Counter)
+
+
+def observed_group_books(group: nh.NumaGroupState) -> GroupBooks:
+    """A numa_group as read from the kernel, as the model's GroupBooks."""
+    return GroupBooks(tuple((int(s), int(p)) for s, p in group.faults["mem"]),
+                      tuple((int(s), int(p)) for s, p in group.faults["cpu"]), group.total_faults,
+                      group.active_nodes, group.max_faults_cpu)
+
+
+def _group_carry(run: GroupRun, step: GroupStep) -> tuple[_GroupCarry, list[str]]:
+    """What the group-decides step takes from the kernel: the readers' group's books before it
+    (the steps before compare what faults add, not how placements weigh the NUMA_CPU books, so
+    the model starts from the observation here) and, for each reader whose placement is due (its
+    numa_scan_seq behind the mm's, and numa_migrate_retry passed before the reads, so the first
+    fault runs it: fair.c:task_numa_fault), the scheduler's clock at that placement: the change of
+    last_sum_exec_runtime and last_task_numa_placement across the step (numa_get_avg_runtime
+    stores both readings there). A reader whose placement is due but whose clock did not move
+    took none: that is a finding, and the step's books are not judged further."""
+    hinted, done = step.hinted, step.done
+    group = hinted.groups[WORKERS.index(step.reads[0].worker)]
+    if group is None or any(hinted.groups[WORKERS.index(r.worker)] is None or
+                            hinted.groups[WORKERS.index(r.worker)].address != group.address  # type: ignore[union-attr]
+                            for r in step.reads):
+        raise Inconclusive(f"{step.label}: the readers are not in one numa_group before the reads: the step has no "
+                           f"subject")
+    carry = _GroupCarry(observed_group_books(group), {}, {})
+    found = []
+    for read in step.reads:
+        index = WORKERS.index(read.worker)
+        t0, t1 = hinted.threads[index], done.threads[index]
+        due = t0.numa_scan_seq != hinted.mm.numa_scan_seq
+        if due and not time_after(hinted.balancing.jiffies, t0.numa_migrate_retry):
+            raise Inconclusive(f"{step.label}: worker {read.worker}'s numa_migrate_retry ({t0.numa_migrate_retry}) had "
+                               f"not passed before the reads (jiffies {hinted.balancing.jiffies}): whether its first "
+                               f"fault runs its placement depends on when it ran")
+        if due and t0.last_task_numa_placement == 0:
+            raise Inconclusive(f"{step.label}: worker {read.worker} has had no placement yet: its first weighs by "
+                               f"se.avg.load_sum, which the model cannot read")
+        carry.placement_due[read.worker] = due
+        moved = t1.last_task_numa_placement != t0.last_task_numa_placement
+        if due and not moved:
+            found.append(f"worker {read.worker} took no placement during its reads; model: one at its first fault "
+                         f"(mm sequence {hinted.mm.numa_scan_seq}, its own {t0.numa_scan_seq}, numa_migrate_retry "
+                         f"passed)")
+        elif not due and moved:
+            found.append(f"worker {read.worker} took a placement during its reads; model: none (its numa_scan_seq "
+                         f"{t0.numa_scan_seq} is the mm's)")
+        elif due:
+            carry.clocks[read.worker] = PlacementClock(t1.last_sum_exec_runtime - t0.last_sum_exec_runtime,
+                                                       t1.last_task_numa_placement - t0.last_task_numa_placement)
+    return carry, found
+
+
+def _compare_carried_group(facts: GuestFacts, run: GroupRun, step: GroupStep, carry: _GroupCarry) -> list[str]:
+    """After the group-decides step: each reader's whole book-keeping as the model carried it
+    through its placement and faults (all four fault stats, total_numa_faults,
+    numa_faults_locality, numa_scan_seq, numa_pages_migrated, and the preferred node: the one
+    with the most group memory faults on a NUMA_DIRECT machine, or the reader's own node when it
+    is pinned elsewhere), and the group's books."""
+    found = []
+    for read in step.reads:
+        index = WORKERS.index(read.worker)
+        kernel, model = step.done.threads[index], carry.tasks[read.worker]
+        for stat, name in enumerate(("mem", "cpu", "membuf", "cpubuf")):
+            got = [tuple(pair) for pair in kernel.faults[name]]
+            if got != [tuple(pair) for pair in model.faults[stat]]:
+                found.append(f"worker {read.worker}: {name} books {got}, model {list(model.faults[stat])}")
+        pairs = {"total_numa_faults": (kernel.total_numa_faults, model.total_numa_faults),
+                 "numa_faults_locality": (tuple(kernel.locality), model.locality),
+                 "numa_scan_seq": (kernel.numa_scan_seq, model.numa_scan_seq),
+                 "numa_pages_migrated": (kernel.numa_pages_migrated, model.numa_pages_migrated)}
+        if facts.numa_direct:
+            pairs["numa_preferred_nid"] = (kernel.numa_preferred_nid, model.numa_preferred_nid)
+        found.extend(f"worker {read.worker}: {name} {k}, model {m}" for name, (k, m) in pairs.items() if k != m)
+    group = step.done.groups[WORKERS.index(step.reads[0].worker)]
+    if group is not None and carry.books is not None:
+        kernel_books = observed_group_books(group)
+        if kernel_books != carry.books:
+            found.append(f"group {group.gid}: books {kernel_books}, model {carry.books}")
+    return found
 
 
 def _compare_books(step: GroupStep, model: _StepModel) -> list[str]:
@@ -319,6 +439,7 @@ def judge_group(facts: GuestFacts, run: GroupRun) -> _Verdict:
     groups: dict[int, NumaGroup | None] = dict.fromkeys(WORKERS)
     verdict.add("at the start", _compare_groups(run, run.start, groups))
     outcomes: dict[str, dict[str, int]] = {}
+    decisions: Counter[str] = Counter()
     active_judged = hints_judged = 0
     for step in run.steps:
         verdict.add(f"{step.label}: before the reads", _step_premises(run, step))
@@ -330,8 +451,17 @@ def judge_group(facts: GuestFacts, run: GroupRun) -> _Verdict:
             group, seen = groups[worker], step.hinted.groups[index]
             if group is not None and group.address is None and seen is not None and seen.gid == group.gid:
                 groups[worker] = replace(group, address=seen.address)
-        model = _replay_reads(facts, run, step, pages, groups)
+        carry = None
+        if step.label == GROUP_DECIDES:
+            carry, found = _group_carry(run, step)
+            verdict.add(f"{step.label}: placements", found)
+            if found:
+                carry = None
+        model = _replay_reads(facts, run, step, pages, groups, carry)
         outcomes[step.label] = dict(model.outcomes)
+        if carry is not None:
+            decisions.update(carry.decisions)
+            verdict.add(f"{step.label}: carried books", _compare_carried_group(facts, run, step, carry))
         # A pass during the reads (it moves numa_next_scan; so does a placement that restarts the
         # scan clock) may hint restored pages again: then a restored page's hint is not judged.
         hints_exact = step.done.mm.numa_next_scan == step.hinted.mm.numa_next_scan
@@ -351,14 +481,21 @@ def judge_group(facts: GuestFacts, run: GroupRun) -> _Verdict:
                    for g in final.groups],
         "tids": {str(w): t for w, t in run.tids.items()}, "cpus": {str(w): c for w, c in run.cpus.items()},
         "steps": [s.label for s in run.steps], "active_nodes_judged": active_judged,
-        "steps_with_restored_hints_judged": hints_judged,
+        "steps_with_restored_hints_judged": hints_judged, "group_decisions": dict(decisions),
     }
     if len(run.steps) < 4 or not any(GroupOutcome.JOINED.value in key for o in outcomes.values() for key in o):
         verdict.diffs.append("no step made a join: the check lost its subject")
-    if len(run.steps) == 4 and not active_judged:
+    if len(run.steps) == 5 and not any(d in key for key in decisions for d in _GROUP_BRANCHES):
+        verdict.diffs.append(f"{GROUP_DECIDES}: no fault reached the group half of should_numa_migrate_memory: the "
+                             f"step lost its subject")
+    if len(run.steps) >= 4 and not active_judged:
         verdict.diffs.append("no reader took a placement in a step without a join: numa_group_count_active_nodes "
                              "was never judged")
     return verdict
+
+
+_GROUP_BRANCHES = tuple(d.value for d in (Decision.GROUP_DST_BUSIER, Decision.GROUP_RATIO_MIGRATE,
+                                         Decision.GROUP_RATIO_KEEP))
 
 
 def until_next_pass(obs: Observation, hz: int) -> float:
@@ -402,6 +539,25 @@ def check_numa_group(ctx: Context) -> Finding:
        stay shared.
     4. Roles swap: the higher worker spins, the lower reads the higher's slice: it joins the
        higher's group (same mm), which now has both; its faults count shared.
+    5. The group decides. Worker 1, moved to worker 2's CPU on the near node, reads A (on the
+       far node, last_cpupid worker 2's, near); then worker 2, moved to the far CPU, reads B
+       (near, last worker 1's, far). Each fault is remote, passes the two-stage filter (the
+       last_cpupid's node is the reader's) and is shared (another pid; the CPU's occupant is the
+       reader itself, so no join), so should_numa_migrate_memory's group half decides: migrate
+       when the group's NUMA_CPU faults on the destination exceed 3 times the source's, else when
+       cpu(dst) * mem(src) * 3 > cpu(src) * mem(dst) * 4 (the 3/4 hysteresis), else keep the
+       page. task_numa_fault counts such a fault local when the group spans more than one active
+       node and both the CPU's and the page's node are active. Each reader's first fault also
+       runs its placement (due: the pass before the step began a sequence): its books decay and
+       take in the buffers, its NUMA_CPU books by its CPU-time share (f_weight, from the
+       scheduler's clock the kernel stores at the placement: the one input read back), the
+       group gets the same diffs and recounts its active nodes, and the reader prefers the node
+       with the most group memory faults, unless that is not the node it runs on: pinned,
+       task_numa_migrate finds no CPU for it there, and as a group member it takes its own
+       node instead (numa_migrate_preferred). The faults after it decide on the new books. The model
+       starts the step from the group's books as observed before it (the steps before judge
+       what faults add to books, not how placements weigh them) and must match, after it, every
+       page, each reader's whole book-keeping and preferred node, and the group's books.
 
     After each step, from the model carried from the start: every page's node, hint, exact
     last_cpupid (pinned CPUs) and write bit; what each reader's faults added to its books, per
@@ -449,7 +605,8 @@ def check_numa_group(ctx: Context) -> Finding:
                 region.on(spinner, f"spin {SPIN_S}", cpu=cpus[spinner], wait=False)
                 region.wait_running(tids[spinner], cpus[spinner])
             for read in reads:
-                region.on(read.worker, "read", cpu=cpus[read.worker], first=first[read.slice], pages=SLICE_PAGES)
+                cpu = read.cpu if read.cpu is not None else cpus[read.worker]
+                region.on(read.worker, "read", cpu=cpu, first=first[read.slice], pages=SLICE_PAGES)
             done = observe(ctx, region.pid, threads)
             if spinner is not None:
                 region.wait_worker(spinner, timeout=SPIN_S + STEP_TIMEOUT)
@@ -465,6 +622,10 @@ def check_numa_group(ctx: Context) -> Finding:
             low, high = sorted(WORKERS, key=lambda w: addresses[w])
             step("tie kept", (Read(high, _slice_whose_last_is(low)),), low)
             step("joined", (Read(low, _slice_whose_last_is(high)),), high)
+            # Each worker on the other's CPU reads the slice whose last_cpupid names the other
+            # worker on that CPU's node: A (on the far node) was last read by worker 2 from the
+            # near node, B (near) by worker 1 from the far node.
+            step(GROUP_DECIDES, (Read(1, "A", cpu=cpus[2]), Read(2, "B", cpu=cpus[1])), None)
     run = GroupRun((region.addr, region.end), slices, tids, cpus, region.pid, start, tuple(steps))
     _keep(ctx, run)
     verdict = judge_group(ctx.facts, run)
@@ -479,7 +640,7 @@ def _keep(ctx: Context, run: GroupRun) -> None:
              "pid": run.pid}
     ctx.keep("start", run.start, **notes)
     for index, s in enumerate(run.steps):
-        step_notes = {"step": s.label, "reads": [[r.worker, r.slice] for r in s.reads], "spinner": s.spinner}
+        step_notes = {"step": s.label, "reads": [[r.worker, r.slice, r.cpu] for r in s.reads], "spinner": s.spinner}
         ctx.keep(f"step{index}-hinted", s.hinted, **step_notes)
         ctx.keep(f"step{index}-done", s.done, **step_notes)
 
@@ -491,7 +652,8 @@ def replay_group(facts: GuestFacts, observations: dict[str, Observation], notes:
     index = 0
     while f"step{index}-done" in observations:
         s = notes[f"step{index}-done"]
-        steps.append(GroupStep(s["step"], tuple(Read(int(w), str(sl)) for w, sl in s["reads"]),
+        steps.append(GroupStep(s["step"], tuple(Read(int(r[0]), str(r[1]), None if len(r) < 3 or r[2] is None
+                                                     else int(r[2])) for r in s["reads"]),
                                None if s["spinner"] is None else int(s["spinner"]),
                                observations[f"step{index}-hinted"], observations[f"step{index}-done"]))
         index += 1

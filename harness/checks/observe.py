@@ -47,6 +47,10 @@ class GuestFacts:
     hz: int
     zero_pfn: int
     cpupid_width: int
+    # sched_numa_topology_type == NUMA_DIRECT (kernel/sched/topology.c:init_numa_topology_type:
+    # at most two distinct distances): then preferred_group_nid keeps the node with the most group
+    # faults. Recordings made before this was read were all of two-node guests: direct.
+    numa_direct: bool = True
 
     @property
     def cpupid_unset(self) -> int:
@@ -54,12 +58,12 @@ class GuestFacts:
 
     def as_json(self) -> dict[str, Any]:
         return {"node_of_cpu": {str(c): n for c, n in self.node_of_cpu.items()}, "hz": self.hz,
-                "zero_pfn": self.zero_pfn, "cpupid_width": self.cpupid_width}
+                "zero_pfn": self.zero_pfn, "cpupid_width": self.cpupid_width, "numa_direct": self.numa_direct}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GuestFacts:
         return cls({int(c): int(n) for c, n in data["node_of_cpu"].items()}, int(data["hz"]), int(data["zero_pfn"]),
-                   int(data["cpupid_width"]))
+                   int(data["cpupid_width"]), bool(data.get("numa_direct", True)))
 
 
 @dataclass
@@ -89,7 +93,9 @@ class Context:
         # HZ is a macro, invisible to drgn; the guest's own config says it (CONFIG_IKCONFIG_PROC).
         hz_line = guest.ssh.run("zcat /proc/config.gz | grep '^CONFIG_HZ='").check().stdout
         width = nh.page_flags_layout(prog).get("LAST_CPUPID_WIDTH", 0)
-        facts = GuestFacts(node_of_cpu, int(hz_line.strip().split("=")[1]), int(prog["zero_pfn"].value_()), width)
+        direct = prog["sched_numa_topology_type"].value_() == prog["NUMA_DIRECT"].value_()
+        facts = GuestFacts(node_of_cpu, int(hz_line.strip().split("=")[1]), int(prog["zero_pfn"].value_()), width,
+                           direct)
         return cls(guest, prog, facts)
 
     @property

@@ -84,6 +84,11 @@ class TaskNumaState:
     numa_work_pending: bool = False
     # get_nr_threads: signal->nr_threads, the thread count vma_is_accessed's idle-VMA test uses.
     nr_threads: int = 1
+    # The scheduler's clock at the task's last placement (fair.c:numa_get_avg_runtime stores
+    # se.sum_exec_runtime and se.exec_start there): two readings around one placement give the
+    # CPU time and the wall time it weighted the NUMA_CPU books by. 0: no placement yet.
+    last_sum_exec_runtime: int = 0
+    last_task_numa_placement: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,6 +176,8 @@ def read_task(prog: Program, pid: int) -> TaskNumaState:
         numa_group_id=int(group.gid.value_()) if group else None,
         numa_work_pending=task.numa_work.next.value_() != task.numa_work.address_of_().value_(),
         nr_threads=int(task.signal.nr_threads.value_()),
+        last_sum_exec_runtime=int(task.last_sum_exec_runtime.value_()),
+        last_task_numa_placement=int(task.last_task_numa_placement.value_()),
     )
 
 

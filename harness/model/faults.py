@@ -1,8 +1,8 @@
 """A NUMA hint fault: mm/memory.c:do_numa_page (mm/huge_memory.c:do_huge_pmd_numa_page for a THP),
 the migration decision, and kernel/sched/fair.c:task_numa_fault's accounting.
 
-Modelled for the default policy (no mempolicy), NORMAL mode, DRAM-only nodes, and a task without
-a numa_group (private memory of one process).
+Modelled for the default policy (no mempolicy), NORMAL mode and DRAM-only nodes; a task's
+numa_group enters through its books (model/group.py:GroupBooks).
 """
 
 from __future__ import annotations
@@ -10,7 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from .placement import task_numa_placement
+from .group import ACTIVE_NODE_FRACTION, GroupBooks, counts_local_in_group
+from .placement import (
+    PlacementClock,
+    group_task_numa_placement,
+    numa_migrate_preferred_pinned,
+    task_numa_placement,
+)
 from .state import CPUBUF, MEMBUF, PAGE_SIZE, Counters, Page, Task, cpupid, cpupid_cpu, cpupid_pid
 from .state import LAST__PID_MASK as PID_MASK
 
@@ -24,6 +30,10 @@ class Decision(StrEnum):
     TWO_STAGE_REFUSED = "two-stage filter: the previous fault came from another node"
     SAME_TASK_TWICE = "same task faulted from this node twice"
     NO_GROUP = "no numa_group"
+    # fair.c:should_numa_migrate_memory's group half, for a shared fault of a group member.
+    GROUP_DST_BUSIER = "group: the destination's CPU faults exceed 3x the source's"
+    GROUP_RATIO_MIGRATE = "group: CPU over memory faults, 3/4 hysteresis, favours the destination"
+    GROUP_RATIO_KEEP = "group: CPU over memory faults, 3/4 hysteresis, keeps the page"
     MIGRATION_FAILED = "migration failed"  # do_numa_page: TNF_MIGRATE_FAIL
 
 
@@ -38,12 +48,15 @@ class FaultResult:
     decision: Decision
     # The base-page entry's write bit once the access completed (None for a THP: not modelled).
     writable: bool | None = None
+    # The task's group's books after the fault (a placement it ran changes them); None: no group.
+    group: GroupBooks | None = None
 
 
 def should_numa_migrate_memory(task: Task, page: Page, dst_nid: int, this_cpupid: int, node_of_cpu: dict[int, int],
-                               has_memory: bool = True) -> tuple[bool, Page, Decision]:
-    """kernel/sched/fair.c:should_numa_migrate_memory for NORMAL mode without a numa_group.
-    Returns (migrate?, the page with last_cpupid exchanged, reason)."""
+                               has_memory: bool = True, group: GroupBooks | None = None) -> tuple[bool, Page, Decision]:
+    """kernel/sched/fair.c:should_numa_migrate_memory for NORMAL mode; `group` is the task's
+    numa_group's books at the fault (None: no group). Returns (migrate?, the page with last_cpupid
+    exchanged, reason)."""
     if not has_memory:
         return False, page, Decision.NO_MEMORY
     last = page.last_cpupid
@@ -56,7 +69,18 @@ def should_numa_migrate_memory(task: Task, page: Page, dst_nid: int, this_cpupid
         return False, page, Decision.TWO_STAGE_REFUSED
     if pid_match:
         return True, page, Decision.SAME_TASK_TWICE
-    return True, page, Decision.NO_GROUP
+    if group is None:
+        return True, page, Decision.NO_GROUP
+    src_nid = page.node
+    # "Destination node is much more heavily used than the source node? Allow migration."
+    if group.faults_cpu(dst_nid) > group.faults_cpu(src_nid) * ACTIVE_NODE_FRACTION:
+        return True, page, Decision.GROUP_DST_BUSIER
+    # "Distribute memory according to CPU & memory use on each node, with 3/4 hysteresis":
+    # faults_cpu(dst) / faults_mem(dst) * 3/4 > faults_cpu(src) / faults_mem(src), cross-multiplied.
+    if group.faults_cpu(dst_nid) * group.faults_mem(src_nid) * 3 > \
+            group.faults_cpu(src_nid) * group.faults_mem(dst_nid) * 4:
+        return True, page, Decision.GROUP_RATIO_MIGRATE
+    return False, page, Decision.GROUP_RATIO_KEEP
 
 
 def hint_fault(
@@ -72,6 +96,9 @@ def hint_fault(
     vma_writable: bool = True,
     priv: int | None = None,
     vma_shared: bool = False,
+    group: GroupBooks | None = None,
+    clock: PlacementClock | None = None,
+    pinned: bool = False,
 ) -> FaultResult:
     """A task on `cpu` reads (or with write=True writes) a hinted page (or THP).
 
@@ -83,6 +110,10 @@ def hint_fault(
     a writable private VMA) and keeps the exchanged last_cpupid; a migrated one stays read-only
     until a write faults it writable. `priv` is task_numa_group's verdict on the fault
     (model/group.py) where the task's numa_group decides it; by default the pid test alone.
+    `group` is the task's group's books before the fault (after any join it made): they take
+    part in the migration decision and the locality count, and a placement the fault runs
+    (with `clock`, needed then) updates them (FaultResult.group). `pinned`: the task may run on
+    `cpu` only, so the numa_migrate_preferred after a placement cannot move it.
     In a writable VM_SHARED mapping (`vma_shared`) both ways give a writable entry: its
     vm_page_prot has the write bit (shmem wants no write notification), which
     numa_rebuild_single_mapping's pte_modify and remove_migration_pte's mk_pte start from."""
@@ -105,7 +136,7 @@ def hint_fault(
         decision = Decision.LOCAL
     else:
         wanted, restored, decision = should_numa_migrate_memory(task, restored, cpu_node, cpupid(cpu, task.pid),
-                                                                node_of_cpu)
+                                                                node_of_cpu, group=group)
         if wanted and migration_succeeds:
             restored = replace(restored, node=cpu_node)
             if write and not restored.huge:
@@ -114,16 +145,17 @@ def hint_fault(
             counters += Counters(numa_pages_migrated=nr)
         elif wanted:
             decision = Decision.MIGRATION_FAILED
-    task = task_numa_fault(task, last_before, restored.node, nr, local=local, migrated=migrated,
-                           migrate_failed=not migrated and decision == Decision.MIGRATION_FAILED, cpu_node=cpu_node,
-                           run_placement=jiffies_after_retry, mm_seq=mm_seq, priv=priv)
+    task, group = numa_fault_books(task, last_before, restored.node, nr, local=local, migrated=migrated,
+                                   migrate_failed=not migrated and decision == Decision.MIGRATION_FAILED,
+                                   cpu_node=cpu_node, run_placement=jiffies_after_retry, mm_seq=mm_seq, priv=priv,
+                                   group=group, clock=clock, pinned=pinned)
     if restored.huge:
         writable = None
     elif vma_shared:
         writable = vma_writable
     else:
         writable = write if migrated else vma_writable and not page.likely_shared
-    return FaultResult(restored, task, counters, migrated, local, decision, writable)
+    return FaultResult(restored, task, counters, migrated, local, decision, writable, group)
 
 
 def task_numa_fault(
@@ -140,13 +172,53 @@ def task_numa_fault(
     mm_seq: int | None,
     priv: int | None = None,
 ) -> Task:
-    """kernel/sched/fair.c:task_numa_fault (balancing enabled). The fault is private when
-    last_cpupid is unset or the task's own; `priv` overrides that with task_numa_group's verdict
-    (model/group.py: a non-joining fault from another process counts private)."""
+    """kernel/sched/fair.c:task_numa_fault (balancing enabled) for a task without a numa_group.
+    The fault is private when last_cpupid is unset or the task's own; `priv` overrides that with
+    task_numa_group's verdict (model/group.py: a non-joining fault from another process counts
+    private)."""
+    return numa_fault_books(task, last_cpupid, mem_node, pages, local=local, migrated=migrated,
+                            migrate_failed=migrate_failed, cpu_node=cpu_node, run_placement=run_placement,
+                            mm_seq=mm_seq, priv=priv)[0]
+
+
+def numa_fault_books(
+    task: Task,
+    last_cpupid: int | None,
+    mem_node: int,
+    pages: int,
+    *,
+    local: bool,
+    migrated: bool,
+    migrate_failed: bool,
+    cpu_node: int,
+    run_placement: bool,
+    mm_seq: int | None,
+    priv: int | None = None,
+    group: GroupBooks | None = None,
+    clock: PlacementClock | None = None,
+    pinned: bool = False,
+) -> tuple[Task, GroupBooks | None]:
+    """kernel/sched/fair.c:task_numa_fault, also for a member of a numa_group (`group`, its books
+    before the fault): a shared remote fault wholly inside the group's active nodes counts local,
+    judged on the books before this fault's placement; the placement (with `clock`) updates the
+    group's books with the task's, and for a `pinned` task the numa_migrate_preferred after it is
+    modelled (numa_migrate_preferred_pinned). Returns the task and its group's books afterwards."""
     if priv is None:
         priv = 1 if last_cpupid is None or cpupid_pid(last_cpupid) == task.pid & PID_MASK else 0
+    # "A shared fault that occurs wholly within the set of nodes that the workload is actively
+    # using should be counted as local."
+    if not priv and not local and counts_local_in_group(group, cpu_node, mem_node):
+        local = True
     if run_placement and mm_seq is not None:
-        task = task_numa_placement(task, mm_seq)
+        if group is None:
+            task = task_numa_placement(task, mm_seq, clock=clock)
+        elif task.numa_scan_seq != mm_seq:
+            if clock is None:
+                raise ValueError(f"task {task.pid}: a group member's placement weighs its NUMA_CPU books by its "
+                                 f"runtime, and no PlacementClock was given")
+            task, group = group_task_numa_placement(task, group, mm_seq, clock)
+        if pinned:
+            task = numa_migrate_preferred_pinned(task, cpu_node, in_group=group is not None)
     faults = [list(map(list, stat)) for stat in task.faults]
     faults[MEMBUF][mem_node][priv] += pages
     faults[CPUBUF][cpu_node][priv] += pages
@@ -159,7 +231,7 @@ def task_numa_fault(
         faults=tuple(tuple((nid[0], nid[1]) for nid in stat) for stat in faults),
         locality=(locality[0], locality[1], locality[2]),
         numa_pages_migrated=task.numa_pages_migrated + (pages if migrated else 0),
-    )
+    ), group
 
 
 def large_folio_fault(task: Task, pages: dict[int, Page], vaddr: int, *, cpu: int, node_of_cpu: dict[int, int],

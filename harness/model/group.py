@@ -116,6 +116,39 @@ def task_numa_group(pid: int, last_cpupid: int | None, group: NumaGroup | None, 
 ACTIVE_NODE_FRACTION = 3
 
 
+@dataclass(frozen=True)
+class GroupBooks:
+    """What a struct numa_group holds that decides: its NUMA_MEM and NUMA_CPU books per node
+    (shared, private), total_faults, and the pseudo-interleaving set numa_group_count_active_nodes
+    last computed (active_nodes, max_faults_cpu). Changed only by a member's placement
+    (task_numa_placement) or a join (task_numa_group); a fault only fills the member's buffers."""
+
+    mem: tuple[tuple[int, int], ...]
+    cpu: tuple[tuple[int, int], ...]
+    total_faults: int
+    active_nodes: int
+    max_faults_cpu: int
+
+    def faults_mem(self, nid: int) -> int:
+        """fair.c:group_faults: NUMA_MEM shared plus private on `nid`."""
+        return self.mem[nid][0] + self.mem[nid][1]
+
+    def faults_cpu(self, nid: int) -> int:
+        """fair.c:group_faults_cpu: NUMA_CPU shared plus private on `nid`."""
+        return self.cpu[nid][0] + self.cpu[nid][1]
+
+    def is_active(self, nid: int) -> bool:
+        """fair.c:numa_is_active_node, against the max_faults_cpu of the last recount."""
+        return self.faults_cpu(nid) * ACTIVE_NODE_FRACTION > self.max_faults_cpu
+
+
+def counts_local_in_group(group: GroupBooks | None, cpu_node: int, mem_node: int) -> bool:
+    """fair.c:task_numa_fault: "a shared fault that occurs wholly within the set of nodes that the
+    workload is actively using should be counted as local" (for a shared, remote fault): the
+    group spans more than one active node and both the CPU's and the page's node are active."""
+    return group is not None and group.active_nodes > 1 and group.is_active(cpu_node) and group.is_active(mem_node)
+
+
 def numa_group_count_active_nodes(cpu_faults: Sequence[int]) -> tuple[int, int]:
     """kernel/sched/fair.c:numa_group_count_active_nodes, run at the end of every member's
     task_numa_placement: `cpu_faults` is group_faults_cpu per node (NUMA_CPU, shared plus

@@ -1,51 +1,129 @@
-"""kernel/sched/fair.c:task_numa_placement and update_task_scan_period, for a task without a
-numa_group. The CPU-fault weighting by runtime (numa_get_avg_runtime) is not modelled: the
-preferred node is decided by the memory faults alone, which is what the kernel does too."""
+"""kernel/sched/fair.c:task_numa_placement and update_task_scan_period, for a task on its own or
+a member of a numa_group. The NUMA_CPU books are weighted by the runtime the scheduler measured
+(numa_get_avg_runtime), which the caller supplies as a PlacementClock; the preferred node is
+decided by the memory faults alone (the task's, or its group's), as in the kernel."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+from .group import GroupBooks, numa_group_count_active_nodes
 from .state import CPU, CPUBUF, MEM, MEMBUF, Task
 
 NUMA_PERIOD_SLOTS = 10
 NUMA_PERIOD_THRESHOLD = 7
 
 
-def task_numa_placement(task: Task, mm_seq: int, *, scan_min: int | None = None, scan_max: int | None = None) -> Task:
-    """Acts only when the mm has started a new scan sequence since the task last looked."""
-    if task.numa_scan_seq == mm_seq:
-        return task
+@dataclass(frozen=True)
+class PlacementClock:
+    """What fair.c:numa_get_avg_runtime returns at one placement: `runtime`, the CPU time (ns) the
+    task ran since its previous placement (se.sum_exec_runtime now minus p->last_sum_exec_runtime),
+    and `period`, the time (ns) since then (se.exec_start now minus p->last_task_numa_placement).
+    The scheduler's clock, which the model cannot know: read from the kernel around the placement,
+    which stores both readings in those two fields. (A task's first placement weighs by
+    se.avg.load_sum over LOAD_AVG_MAX instead: not readable afterwards, so not modelled.)"""
+
+    runtime: int
+    period: int
+
+    def weight(self, cpubuf: int, total_faults: int) -> int:
+        """task_numa_placement's f_weight: the CPU time share (<< 16) times this bucket's share of
+        the faults since the last placement (numa_faults_locality local plus remote)."""
+        return ((self.runtime << 16) // (self.period + 1)) * cpubuf // (total_faults + 1)
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """One placement's arithmetic over the task's books: the new books, the NUMA_MEM diff and
+    NUMA_CPU f_diff per (node, priv), the total_numa_faults diff and the faults per type."""
+
+    faults: tuple[tuple[tuple[int, int], ...], ...]
+    mem_diff: tuple[tuple[int, int], ...]
+    cpu_diff: tuple[tuple[int, int], ...]
+    total_diff: int
+    fault_types: tuple[int, int]
+
+
+def _fold(task: Task, clock: PlacementClock | None) -> _Fold:
+    """fair.c:task_numa_placement's loop over nodes and fault types, the task's side: decay the
+    window and copy in the buffers. Without a clock the NUMA_CPU books only decay (f_weight 0):
+    what a caller that never compares NUMA_CPU may use."""
     faults = [list(map(list, stat)) for stat in task.faults]
+    total_faults = task.locality[0] + task.locality[1]
+    mem_diff, cpu_diff = [], []
     fault_types = [0, 0]
-    total = task.total_numa_faults
-    max_faults, max_nid = 0, -1
     for nid in range(task.nr_nodes):
-        node_faults = 0
+        node_mem, node_cpu = [0, 0], [0, 0]
         for priv in (0, 1):
             membuf = faults[MEMBUF][nid][priv]
             # diff = membuf - mem / 2 (integer division), so mem becomes mem - mem/2 + membuf.
-            diff = membuf - faults[MEM][nid][priv] // 2
+            node_mem[priv] = membuf - faults[MEM][nid][priv] // 2
             fault_types[priv] += membuf
             faults[MEMBUF][nid][priv] = 0
-            faults[MEM][nid][priv] += diff
-            faults[CPU][nid][priv] -= faults[CPU][nid][priv] // 2  # f_weight not modelled: decays only
+            weight = clock.weight(faults[CPUBUF][nid][priv], total_faults) if clock is not None else 0
+            node_cpu[priv] = weight - faults[CPU][nid][priv] // 2
             faults[CPUBUF][nid][priv] = 0
-            node_faults += faults[MEM][nid][priv]
-            total += diff
-        if node_faults > max_faults:
-            max_faults, max_nid = node_faults, nid
-    preferred = max_nid if max_faults else task.numa_preferred_nid
+            faults[MEM][nid][priv] += node_mem[priv]
+            faults[CPU][nid][priv] += node_cpu[priv]
+        mem_diff.append((node_mem[0], node_mem[1]))
+        cpu_diff.append((node_cpu[0], node_cpu[1]))
+    return _Fold(tuple(tuple((n[0], n[1]) for n in stat) for stat in faults), tuple(mem_diff), tuple(cpu_diff),
+                 sum(a + b for a, b in mem_diff), (fault_types[0], fault_types[1]))
+
+
+def _argmax_node(per_node: list[int], default: int) -> int:
+    """The first node with the most faults (strictly more than any before it), or `default` when
+    every count is 0 (task_numa_placement leaves the preferred node alone without faults)."""
+    max_faults, max_nid = 0, -1
+    for nid, faults in enumerate(per_node):
+        if faults > max_faults:
+            max_faults, max_nid = faults, nid
+    return max_nid if max_faults else default
+
+
+def task_numa_placement(task: Task, mm_seq: int, *, scan_min: int | None = None, scan_max: int | None = None,
+                        clock: PlacementClock | None = None) -> Task:
+    """fair.c:task_numa_placement for a task without a numa_group. Acts only when the mm has
+    started a new scan sequence since the task last looked. `clock` weighs the NUMA_CPU books
+    (without it they only decay: see _fold)."""
+    if task.numa_scan_seq == mm_seq:
+        return task
+    fold = _fold(task, clock)
+    preferred = _argmax_node([sum(fold.faults[MEM][nid]) for nid in range(task.nr_nodes)], task.numa_preferred_nid)
+    return _placed(task, fold, mm_seq, preferred, scan_min, scan_max)
+
+
+def group_task_numa_placement(task: Task, group: GroupBooks, mm_seq: int, clock: PlacementClock, *,
+                              scan_min: int | None = None, scan_max: int | None = None) -> tuple[Task, GroupBooks]:
+    """fair.c:task_numa_placement for a member of a numa_group: the group gets the same diff and
+    f_diff as the task (and the diff in total_faults), the preferred node is the one with the
+    most GROUP memory faults, and numa_group_count_active_nodes recounts the group's
+    pseudo-interleaving set. preferred_group_nid returns that node unchanged on a NUMA_DIRECT
+    machine (every node pair at one distance), the only kind modelled: callers check the guest's
+    sched_numa_topology_type."""
+    if task.numa_scan_seq == mm_seq:
+        return task, group
+    fold = _fold(task, clock)
+    mem = tuple((m[0] + d[0], m[1] + d[1]) for m, d in zip(group.mem, fold.mem_diff, strict=True))
+    cpu = tuple((c[0] + d[0], c[1] + d[1]) for c, d in zip(group.cpu, fold.cpu_diff, strict=True))
+    active, most = numa_group_count_active_nodes([a + b for a, b in cpu])
+    placed_group = GroupBooks(mem, cpu, group.total_faults + fold.total_diff, active, most)
+    preferred = _argmax_node([a + b for a, b in mem], task.numa_preferred_nid)
+    return _placed(task, fold, mm_seq, preferred, scan_min, scan_max), placed_group
+
+
+def _placed(task: Task, fold: _Fold, mm_seq: int, preferred: int, scan_min: int | None,
+            scan_max: int | None) -> Task:
     task = replace(
         task,
         numa_scan_seq=mm_seq,
         # task_numa_placement refreshes numa_scan_period_max = task_scan_max(p) before anything else.
         numa_scan_period_max=scan_max if scan_max is not None else task.numa_scan_period_max,
-        faults=tuple(tuple((n[0], n[1]) for n in stat) for stat in faults),
-        total_numa_faults=total,
+        faults=fold.faults,
+        total_numa_faults=task.total_numa_faults + fold.total_diff,
         numa_preferred_nid=preferred,
     )
-    return update_task_scan_period(task, shared=fault_types[0], private=fault_types[1], scan_min=scan_min,
+    return update_task_scan_period(task, shared=fold.fault_types[0], private=fold.fault_types[1], scan_min=scan_min,
                                    scan_max=scan_max)
 
 
@@ -90,6 +168,18 @@ def update_task_scan_period(task: Task, *, shared: int, private: int, scan_min: 
     low = scan_min if scan_min is not None else 0
     period = min(max(task.numa_scan_period + diff, low), period_max)
     return replace(task, numa_scan_period=period, locality=(0, 0, 0))
+
+
+def numa_migrate_preferred_pinned(task: Task, task_node: int, *, in_group: bool) -> Task:
+    """fair.c:numa_migrate_preferred for a task allowed on one CPU only, on node `task_node`.
+    Away from its preferred node it calls task_numa_migrate, whose task_numa_find_cpu considers
+    only CPUs in the task's cpus_ptr on the candidate nodes: none, so best_cpu stays -1. A member
+    of a numa_group then takes the node it runs on as its preferred node ("remember this node as
+    the task's preferred numa node, so the workload can settle down": nid = env.src_nid); a task
+    without a group keeps its preference and tries again at numa_migrate_retry."""
+    if task.numa_preferred_nid in (-1, task_node) or not in_group:
+        return task
+    return replace(task, numa_preferred_nid=task_node)
 
 
 def numa_migrate_interval(scan_period_ms: int, hz: int) -> int:

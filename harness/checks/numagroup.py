@@ -26,7 +26,7 @@ from harness.checks.accounting import (
 )
 from harness.checks.adapters import model_pages
 from harness.checks.observe import Context, GuestFacts, Inconclusive, Observation, observe, spin_until
-from harness.checks.registry import Finding, check
+from harness.checks.registry import Finding, Judgement, check
 from harness.checks.scenario import drain_lru_batches, scenario
 from harness.checks.workload import STEP_TIMEOUT, Region
 from harness.model import (
@@ -106,17 +106,6 @@ class GroupRun:
     pid: int
     start: Observation  # after the holder wrote the region: no hint fault yet
     steps: tuple[GroupStep, ...]
-
-
-@dataclass
-class _Verdict:
-    diffs: list[str] = field(default_factory=list)
-    figures: dict[str, Any] = field(default_factory=dict)
-
-    def add(self, label: str, found: list[str], limit: int = 6) -> None:
-        self.diffs.extend(f"{label}: {d}" for d in found[:limit])
-        if len(found) > limit:
-            self.diffs.append(f"{label}: ... and {len(found) - limit} more")
 
 
 def model_thread_task(state: nh.TaskNumaState, nr_nodes: int) -> Task:
@@ -420,7 +409,7 @@ def _compare_active_nodes(step: GroupStep, model: _StepModel) -> tuple[list[str]
     return found, judged
 
 
-def judge_group(facts: GuestFacts, run: GroupRun) -> _Verdict:
+def judge_group(facts: GuestFacts, run: GroupRun) -> Judgement:
     """The model's side of check_numa_group (no guest: golden observations replay through it).
 
     Carried from the start: every page of the region (node, last_cpupid, write bit) and each
@@ -430,7 +419,7 @@ def judge_group(facts: GuestFacts, run: GroupRun) -> _Verdict:
     it; only the tie-break reads it), which task runs on each CPU (the scenario pins a spinner;
     the observation after the reads confirms it), and each reader's books at the step's start,
     against which the step's additions are compared."""
-    verdict = _Verdict()
+    verdict = Judgement()
     pages: dict[int, Page] = {va: p for va, p in model_pages(facts, run.start).items()
                               if run.region[0] <= va < run.region[1]}
     if len(pages) != (run.region[1] - run.region[0]) // 4096 or any(p.huge or p.folio_pages for p in pages.values()):
@@ -645,7 +634,7 @@ def _keep(ctx: Context, run: GroupRun) -> None:
         ctx.keep(f"step{index}-done", s.done, **step_notes)
 
 
-def replay_group(facts: GuestFacts, observations: dict[str, Observation], notes: dict[str, Any]) -> _Verdict:
+def replay_group(facts: GuestFacts, observations: dict[str, Observation], notes: dict[str, Any]) -> Judgement:
     """check_numa_group's judgement over a recording (labels start, stepN-hinted, stepN-done)."""
     n = notes["start"]
     steps = []

@@ -23,7 +23,7 @@ from harness.checks.accounting import (
 from harness.checks.adapters import model_pages
 from harness.checks.numagroup import SPIN_S, model_thread_task, until_next_pass
 from harness.checks.observe import Context, GuestFacts, Inconclusive, KernelNeverReached, Observation, observe_processes
-from harness.checks.registry import Finding, check
+from harness.checks.registry import Finding, Judgement, check
 from harness.checks.scenario import drain_lru_batches, scenario
 from harness.checks.workload import STEP_TIMEOUT, Region
 from harness.model import (
@@ -73,17 +73,6 @@ class SharedRun:
     cpus: dict[int, int]
     mapped: tuple[Observation, ...]  # both workers mapped the whole region (minor faults), no hint yet
     steps: tuple[SharedStep, ...]
-
-
-@dataclass
-class _Verdict:
-    diffs: list[str] = field(default_factory=list)
-    figures: dict[str, Any] = field(default_factory=dict)
-
-    def add(self, label: str, found: list[str], limit: int = 6) -> None:
-        self.diffs.extend(f"{label}: {d}" for d in found[:limit])
-        if len(found) > limit:
-            self.diffs.append(f"{label}: ... and {len(found) - limit} more")
 
 
 @dataclass
@@ -259,7 +248,7 @@ def _step_premises(run: SharedRun, step: SharedStep) -> None:
             raise Inconclusive(f"{step.label}: worker {step.spinner} was not running on cpu {cpu} after the reads")
 
 
-def judge_shared(facts: GuestFacts, run: SharedRun) -> _Verdict:
+def judge_shared(facts: GuestFacts, run: SharedRun) -> Judgement:
     """The model's side of check_numa_group_shared (golden observations replay through it).
 
     Carried from the observation after both workers mapped the region: the folios, who maps
@@ -267,7 +256,7 @@ def judge_shared(facts: GuestFacts, run: SharedRun) -> _Verdict:
     shown, the CPU's occupant (confirmed by the observation after the reads), each reader's books
     at the step's start (the step's additions are compared) and the fact that a hint phase hinted
     both workers' whole mapping (checked)."""
-    verdict = _Verdict()
+    verdict = Judgement()
     pages = {va: replace(p, hint=False) for va, p in model_pages(facts, run.mapped[0]).items()
              if run.region[0] <= va < run.region[1]}
     every = set(range(run.region[0], run.region[1], 4096))
@@ -433,7 +422,7 @@ def _keep(ctx: Context, run: SharedRun) -> None:
             ctx.keep(f"step{n}-done-w{index + 1}", s.done[index], **step_notes)
 
 
-def replay_shared(facts: GuestFacts, observations: dict[str, Observation], notes: dict[str, Any]) -> _Verdict:
+def replay_shared(facts: GuestFacts, observations: dict[str, Observation], notes: dict[str, Any]) -> Judgement:
     """check_numa_group_shared's judgement over a recording."""
     n = notes["mapped-w1"]
     mapped = tuple(observations[f"mapped-w{i + 1}"] for i in range(len(WORKERS)))

@@ -58,6 +58,21 @@ class Finding:
     diffs: tuple[str, ...] = ()
 
 
+@dataclass
+class Judgement:
+    """A check's model-side judgement as it accumulates (its replay of a recording returns one):
+    the diffs so far, each labelled with the step it was found in, and the figures."""
+
+    diffs: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, label: str, found: list[str], limit: int = 6) -> None:
+        """Record a step's diffs under its label, the first `limit` in full."""
+        self.diffs.extend(f"{label}: {d}" for d in found[:limit])
+        if len(found) > limit:
+            self.diffs.append(f"{label}: ... and {len(found) - limit} more")
+
+
 @dataclass(frozen=True)
 class CheckResult:
     name: str

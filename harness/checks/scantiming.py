@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from harness import inspect as nh
 from harness.checks.observe import Context, GuestFacts, Inconclusive
-from harness.checks.registry import Finding, check
+from harness.checks.registry import Finding, Judgement, check
 from harness.checks.scenario import scenario
 from harness.checks.workload import STEP_TIMEOUT, Region
 from harness.model import time_after
@@ -77,12 +77,6 @@ def sample_clock(ctx: Context, pid: int, threads: tuple[int, ...]) -> ClockSampl
                        tuple(t.numa_work_pending for t in tasks))
 
 
-@dataclass
-class _Verdict:
-    diffs: list[str] = field(default_factory=list)
-    figures: dict[str, Any] = field(default_factory=dict)
-
-
 def _winner(a: ClockSample, b: ClockSample, hz: int) -> tuple[list[int], list[str]]:
     """Which thread ran the pass between two samples, from node_stamp: every thread's grows by
     whole periods (task_tick_numa), the winner's also by 2 * TICK_NSEC + 32 * d, d the pass's CPU
@@ -123,13 +117,13 @@ def _triggers(a: ClockSample, b: ClockSample, hz: int, period_ms: int) -> list[s
     return diffs
 
 
-def judge_timing(facts: GuestFacts, samples: list[ClockSample], period_ms: int) -> _Verdict:
+def judge_timing(facts: GuestFacts, samples: list[ClockSample], period_ms: int) -> Judgement:
     """Every pass (numa_next_scan moved between two samples): it ran at a jiffy numa_next_scan
     allowed (pass_allowed) and inside the interval, and set the clock to that jiffy plus the
     winner's period in jiffies, so `numa_next_scan - period` must fall between the two samples;
     exactly one thread won it (node_stamp, _winner). Between samples, every trigger that found
     the clock open ran a pass or is still queued (_triggers)."""
-    verdict = _Verdict()
+    verdict = Judgement()
     hz = facts.hz
     period_j = -(-period_ms * hz // 1000)  # msecs_to_jiffies rounds up
     passes = 0

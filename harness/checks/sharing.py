@@ -10,13 +10,13 @@ then mapped once and is hinted like any other page.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.checks.accounting import compare_last_cpupid
 from harness.checks.adapters import model_pages, model_task, model_tunables, model_vmas
 from harness.checks.observe import Context, GuestFacts, Observation, observe, spin_until
-from harness.checks.registry import Finding, Mechanism, check
+from harness.checks.registry import Finding, Judgement, Mechanism, check
 from harness.checks.scenario import drain_lru_batches, scenario
 from harness.checks.workload import Region
 from harness.model import Page, change_prot_numa, hint_fault
@@ -42,17 +42,6 @@ class CowRun:
     read: Observation  # after the holder read the whole region from the far node
 
 
-@dataclass
-class _Verdict:
-    diffs: list[str] = field(default_factory=list)
-    figures: dict[str, Any] = field(default_factory=dict)
-
-    def add(self, label: str, found: list[str], limit: int = 6) -> None:
-        self.diffs.extend(f"{label}: {d}" for d in found[:limit])
-        if len(found) > limit:
-            self.diffs.append(f"{label}: ... and {len(found) - limit} more")
-
-
 def region_vma_completed_after(region: tuple[int, int], seq: int) -> Callable[[Observation], bool]:
     """The wait condition "the scanner completed the region's VMA in a sequence after `seq`":
     task_numa_work sets numab_state->prev_scan_seq = mm->numa_scan_seq when it has scanned a VMA
@@ -73,9 +62,9 @@ def expected_mapcount(va: int, run: CowRun) -> int:
     return 1 if va < run.region[0] + run.copied * 4096 else 2
 
 
-def judge_cow(facts: GuestFacts, run: CowRun) -> _Verdict:
+def judge_cow(facts: GuestFacts, run: CowRun) -> Judgement:
     """The model's side of check_cow_sharing (no guest: golden observations replay through it)."""
-    verdict = _Verdict()
+    verdict = Judgement()
     start, end = run.region
     forked = run.forked
     entries = {e.vaddr: e for e in forked.table.within(start, end)}
@@ -200,7 +189,7 @@ def check_cow_sharing(ctx: Context) -> Finding:
     return Finding(summary, verdict.figures, tuple(verdict.diffs))
 
 
-def replay_cow(facts: GuestFacts, observations: dict[str, Observation], notes: dict[str, Any]) -> _Verdict:
+def replay_cow(facts: GuestFacts, observations: dict[str, Observation], notes: dict[str, Any]) -> Judgement:
     """check_cow_sharing's judgement over a recording (labels forked/scanned/read)."""
     n = notes["forked"]
     run = CowRun((int(n["region"][0]), int(n["region"][1])), int(n["copied"]), int(n["near"]), int(n["far"]),

@@ -14,8 +14,8 @@ from harness.model import MODELLED_RELEASE
 EVERYTHING = frozenset(Mechanism)
 
 
-def _check(*needs: Mechanism) -> Check:
-    return Check("toy", lambda ctx: Finding("ran"), 1.0, frozenset(needs))
+def _check(*needs: Mechanism, releases: frozenset[str] = frozenset({MODELLED_RELEASE})) -> Check:
+    return Check("toy", lambda ctx: Finding("ran"), 1.0, frozenset(needs), releases)
 
 
 def _ran(verdict: Verdict) -> CheckResult:
@@ -31,11 +31,30 @@ def test_a_missing_mechanism_is_named_and_the_check_never_runs() -> None:
 
 
 @pytest.mark.parametrize("verdict", [Verdict.PASS, Verdict.FAIL])
-def test_an_unmodelled_release_makes_pass_and_fail_unverified(verdict: Verdict) -> None:
-    result = judge_applicability(_check(), KernelProfile("6.1.192", EVERYTHING), lambda: _ran(verdict))
+@pytest.mark.parametrize(("release", "judged_by"), [("6.1.192", "6.1"), ("6.6.30", MODELLED_RELEASE)])
+def test_a_release_the_check_does_not_follow_makes_pass_and_fail_unverified(verdict: Verdict, release: str,
+                                                                           judged_by: str) -> None:
+    """6.1 is a release the model knows, but this check was not verified against its rules; 6.6
+    the model does not know at all (judged by the default release's rules)."""
+    result = judge_applicability(_check(), KernelProfile(release, EVERYTHING), lambda: _ran(verdict))
     assert result.verdict is Verdict.UNVERIFIED
     assert result.figures["outcome_under_modelled_rules"] == verdict.value
-    assert f"the model follows Linux {MODELLED_RELEASE}" in result.summary
+    assert f"follows the rules of Linux {MODELLED_RELEASE}" in result.summary
+    assert f"under Linux {judged_by}'s rules" in result.summary
+
+
+def test_a_check_that_follows_two_releases_keeps_its_verdicts_on_both() -> None:
+    both = _check(releases=frozenset({MODELLED_RELEASE, "6.1"}))
+    for release in (f"{MODELLED_RELEASE}.117", "6.1.192"):
+        profile = KernelProfile(release, EVERYTHING)
+        assert judge_applicability(both, profile, lambda: _ran(Verdict.FAIL)).verdict is Verdict.FAIL
+
+
+def test_a_release_without_rules_cannot_be_declared() -> None:
+    from harness.checks.registry import check
+
+    with pytest.raises(ValueError, match=r"no rules for release 5\.15"):
+        check("toy-5.15", seconds=1, releases=("5.15",))(lambda ctx: Finding("ran"))
 
 
 @pytest.mark.parametrize("verdict", [Verdict.HANG, Verdict.ERROR])
@@ -45,7 +64,7 @@ def test_a_hang_or_harness_error_stays_what_it_is(verdict: Verdict) -> None:
 
 def test_the_modelled_release_keeps_its_verdicts() -> None:
     profile = KernelProfile(f"{MODELLED_RELEASE}.117", EVERYTHING)
-    assert profile.modelled
+    assert profile.series == MODELLED_RELEASE
     assert judge_applicability(_check(Mechanism.MTHP), profile, lambda: _ran(Verdict.PASS)).verdict is Verdict.PASS
     assert judge_applicability(_check(Mechanism.MTHP), profile, lambda: _ran(Verdict.FAIL)).verdict is Verdict.FAIL
 

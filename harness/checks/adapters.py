@@ -50,7 +50,8 @@ def model_pages(facts: GuestFacts, obs: Observation) -> dict[int, Page]:
         pages[e.vaddr] = Page(e.vaddr, e.node, HPAGE_SIZE if e.level == "pmd" else PAGE_SIZE, hint=e.hint,
                               zero_page=e.pfn == zero_pfn, last_cpupid=last,
                               likely_shared=e.mapcount is not None and e.mapcount > 1,
-                              folio_pages=e.folio_pages if e.level == "pte" and e.folio_pages and e.folio_pages > 1 else 0)
+                              folio_pages=e.folio_pages if e.level == "pte" and e.folio_pages and e.folio_pages > 1 else 0,
+                              writable=e.writable)
     return pages
 
 

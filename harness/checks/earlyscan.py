@@ -90,7 +90,8 @@ def judge_early_reads(facts: GuestFacts, region: tuple[int, int], pid: int, read
             if not pages[va].hint:
                 continue
             # No placement can run: the task's sequence already equals the mm's (mm_seq=None).
-            result = hint_fault(task, pages[va], cpu=read.cpu, node_of_cpu=facts.node_of_cpu, mm_seq=None)
+            result = hint_fault(task, pages[va], cpu=read.cpu, node_of_cpu=facts.node_of_cpu, mm_seq=None,
+                                rules=facts.rules)
             task, pages[va], results[va] = result.task, result.page, result
             decisions[result.decision.value] = decisions.get(result.decision.value, 0) + 1
             migrated += result.migrated

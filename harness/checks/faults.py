@@ -43,7 +43,7 @@ def check_fault_migration(ctx: Context) -> Finding:
     migrated_model = 0
     kernel_region = {e.vaddr: e for e in after.table.within(region.addr, region.end)}
     for va in sorted(p for p in pages if region.addr <= p < region.end):
-        result = hint_fault(task, pages[va], cpu=remote_cpus[0], node_of_cpu=ctx.node_of_cpu,
+        result = hint_fault(task, pages[va], cpu=remote_cpus[0], node_of_cpu=ctx.node_of_cpu, rules=ctx.facts.rules,
                             mm_seq=before.mm.numa_scan_seq, write=True)
         task = result.task
         books.add(pages[va], result, remote)
@@ -149,7 +149,8 @@ def _replay_read(ctx: Context, region: HeldRegion, before: Observation, after: O
     diffs: list[str] = []
     passes = passes_at_most(before, after)
     for va in sorted(p for p in pages if region.addr <= p < region.end):
-        result = hint_fault(task, pages[va], cpu=cpu, node_of_cpu=ctx.node_of_cpu, mm_seq=before.mm.numa_scan_seq)
+        result = hint_fault(task, pages[va], cpu=cpu, node_of_cpu=ctx.node_of_cpu, mm_seq=before.mm.numa_scan_seq,
+                            rules=ctx.facts.rules)
         task = result.task
         decisions[result.decision] = decisions.get(result.decision, 0) + 1
         moved_model += result.migrated
@@ -256,7 +257,7 @@ def check_thp(ctx: Context) -> Finding:
     kernel_after = {e.vaddr: e for e in after.table.within(region.addr, region.end)}
     migrated = 0
     for va in sorted(p for p in pages if region.addr <= p < region.end):
-        result = hint_fault(task, pages[va], cpu=remote_cpus[0], node_of_cpu=ctx.node_of_cpu,
+        result = hint_fault(task, pages[va], cpu=remote_cpus[0], node_of_cpu=ctx.node_of_cpu, rules=ctx.facts.rules,
                             mm_seq=hinted.mm.numa_scan_seq)
         task = result.task
         books.add(pages[va], result, remote)

@@ -252,10 +252,10 @@ def _replay_reads(facts: GuestFacts, run: GroupRun, step: GroupStep, pages: dict
             model.outcomes[f"worker {worker}: {decided.outcome.value}"] += 1
             if carry is None:
                 result = hint_fault(task, page, cpu=cpu, node_of_cpu=facts.node_of_cpu, jiffies_after_retry=False,
-                                    priv=decided.priv)
+                                    priv=decided.priv, rules=facts.rules)
             else:
                 before = carry.books
-                result = hint_fault(task, page, cpu=cpu, node_of_cpu=facts.node_of_cpu, priv=decided.priv,
+                result = hint_fault(task, page, cpu=cpu, node_of_cpu=facts.node_of_cpu, priv=decided.priv, rules=facts.rules,
                                     jiffies_after_retry=carry.placement_due[worker], mm_seq=step.hinted.mm.numa_scan_seq,
                                     group=carry.books, clock=carry.clocks.get(worker), pinned=True)
                 carry.books = result.group

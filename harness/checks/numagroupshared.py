@@ -192,7 +192,7 @@ def _replay_reads(facts: GuestFacts, run: SharedRun, step: SharedStep, state: _S
                         state.groups[other] = decided.group
             state.groups[worker] = decided.group
             reads.outcomes[f"worker {worker}: {decided.outcome.value}"] += 1
-            result = hint_fault(task, page, cpu=cpu, node_of_cpu=facts.node_of_cpu, jiffies_after_retry=False,
+            result = hint_fault(task, page, cpu=cpu, node_of_cpu=facts.node_of_cpu, jiffies_after_retry=False, rules=facts.rules,
                                 priv=decided.priv, vma_shared=True)
             reads.books[worker].add(page, result, facts.node_of_cpu[cpu], decided.priv)
             task = result.task

@@ -21,6 +21,7 @@ from harness import inspect as nh
 from harness.checks.workload import HeldRegion
 from harness.guest.topology import parse_cpulist
 from harness.guest.view import GuestView
+from harness.model import DEFAULT_RULES, RULES, KernelRules, release_series
 
 
 class KernelNeverReached(Exception):
@@ -51,6 +52,15 @@ class GuestFacts:
     # at most two distinct distances): then preferred_group_nid keeps the node with the most group
     # faults. Recordings made before this was read were all of two-node guests: direct.
     numa_direct: bool = True
+    # init_uts_ns's release: which release's rules the model judges by (KernelRules). Recordings
+    # made before this was read were all of the default 6.12 kernel.
+    release: str = ""
+
+    @property
+    def rules(self) -> KernelRules:
+        """The model's rules for this kernel's release; the default release's for one the model
+        does not know (its checks' verdicts are then reported as unverified)."""
+        return RULES.get(release_series(self.release), DEFAULT_RULES) if self.release else DEFAULT_RULES
 
     @property
     def cpupid_unset(self) -> int:
@@ -58,12 +68,13 @@ class GuestFacts:
 
     def as_json(self) -> dict[str, Any]:
         return {"node_of_cpu": {str(c): n for c, n in self.node_of_cpu.items()}, "hz": self.hz,
-                "zero_pfn": self.zero_pfn, "cpupid_width": self.cpupid_width, "numa_direct": self.numa_direct}
+                "zero_pfn": self.zero_pfn, "cpupid_width": self.cpupid_width, "numa_direct": self.numa_direct,
+                "release": self.release}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GuestFacts:
         return cls({int(c): int(n) for c, n in data["node_of_cpu"].items()}, int(data["hz"]), int(data["zero_pfn"]),
-                   int(data["cpupid_width"]), bool(data.get("numa_direct", True)))
+                   int(data["cpupid_width"]), bool(data.get("numa_direct", True)), str(data.get("release", "")))
 
 
 @dataclass
@@ -94,8 +105,9 @@ class Context:
         hz_line = guest.ssh.run("zcat /proc/config.gz | grep '^CONFIG_HZ='").check().stdout
         width = nh.page_flags_layout(prog).get("LAST_CPUPID_WIDTH", 0)
         direct = prog["sched_numa_topology_type"].value_() == prog["NUMA_DIRECT"].value_()
+        release = prog["init_uts_ns"].name.release.string_().decode()
         facts = GuestFacts(node_of_cpu, int(hz_line.strip().split("=")[1]), int(prog["zero_pfn"].value_()), width,
-                           direct)
+                           direct, release)
         return cls(guest, prog, facts)
 
     @property

@@ -66,7 +66,7 @@ def predict_placement(facts: GuestFacts, a: Observation, books: Task) -> Task:
     tun = model_tunables(a, facts.hz)
     rss = a.mm.rss_pages
     return task_numa_placement(books, a.mm.numa_scan_seq, scan_min=task_scan_min(rss, tun),
-                               scan_max=task_scan_max(rss, tun))
+                               scan_max=task_scan_max(rss, tun), rules=facts.rules)
 
 
 def compare_placed(label: str, model: Task, kernel: Observation, *, period: bool) -> list[str]:
@@ -341,7 +341,8 @@ def judge_exact_round(facts: GuestFacts, r: ExactRound, free: _FreeRun | None, r
     task, pages = placed, {v: replace(p, hint=v in hinted) for v, p in free.pages.items()}
     read = [v for v in sorted(pages) if v < va + 4096 and pages[v].hint]
     for v in read:  # the read's faults, in address order (nhmem's loop)
-        result = hint_fault(task, pages[v], cpu=r.cpu, node_of_cpu=facts.node_of_cpu, jiffies_after_retry=False)
+        result = hint_fault(task, pages[v], cpu=r.cpu, node_of_cpu=facts.node_of_cpu, jiffies_after_retry=False,
+                            rules=facts.rules)
         task, pages[v] = result.task, result.page
     label = f"round {number} placement (jiffies {a.balancing.jiffies})"
     clock = _scan_clock(facts, free.task, placed, a, b)

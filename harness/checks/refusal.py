@@ -100,7 +100,8 @@ def judge_refused(facts: GuestFacts, r: RefusedRead) -> _Judged:
         if not pages[va].hint:
             continue
         # No placement during the read: check_migration_refused waits for task sequence == mm's.
-        result = hint_fault(task, pages[va], cpu=r.cpu, node_of_cpu=facts.node_of_cpu, migration_succeeds=False)
+        result = hint_fault(task, pages[va], cpu=r.cpu, node_of_cpu=facts.node_of_cpu, migration_succeeds=False,
+                            rules=facts.rules)
         task, pages[va] = result.task, result.page
         decisions[result.decision.value] = decisions.get(result.decision.value, 0) + 1
         e = kernel.get(va)
@@ -179,7 +180,7 @@ def _period_response(facts: GuestFacts, r: RefusedRead, books: Task) -> list[str
     period_max = task_scan_max(c.mm.rss_pages, tun)
     # The period the model carries from `before`: no placement ran during the read.
     placed = update_task_scan_period(replace(books, numa_scan_period=r.before.task.numa_scan_period),
-                                     shared=0, private=1, scan_max=period_max)
+                                     shared=0, private=1, scan_max=period_max, rules=facts.rules)
     diffs = []
     if a.task.numa_scan_period != r.before.task.numa_scan_period:
         diffs.append(f"the scan period moved from {r.before.task.numa_scan_period} to {a.task.numa_scan_period} ms "

@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.checks.observe import Context
 from harness.errors import BadInput
+from harness.model import MODELLED_RELEASE, RULES
 
 # A failure lists at most this many diffs (and says how many more there were).
 MAX_DIFFS = 20
@@ -113,6 +114,10 @@ class Check:
     seconds: float = 10.0
     # What the kernel must have for the check to judge anything: without it, not applicable.
     needs: frozenset[Mechanism] = frozenset()
+    # The releases (VERSION.PATCHLEVEL) whose rules its judgement follows (harness.model.RULES):
+    # every function it makes decide was compared between them and each difference modelled. On
+    # any other release its verdict is unverified.
+    releases: frozenset[str] = frozenset({MODELLED_RELEASE})
 
     @property
     def description(self) -> str:
@@ -123,15 +128,20 @@ class Check:
 CHECKS: dict[str, Check] = {}
 
 
-def check(name: str, *, seconds: float,
-          needs: Iterable[Mechanism] = ()) -> Callable[[Callable[[Context], Finding]], Callable[[Context], Finding]]:
+def check(name: str, *, seconds: float, needs: Iterable[Mechanism] = (),
+          releases: Iterable[str] = (MODELLED_RELEASE,)) -> Callable[[Callable[[Context], Finding]],
+                                                                   Callable[[Context], Finding]]:
     """Register a check under `name` (the order of registration is the order checks run in);
     `seconds` is what it typically takes, as measured (see Check.seconds); `needs`, the
-    mechanisms it makes decide (see Check.needs)."""
+    mechanisms it makes decide (see Check.needs); `releases`, those whose rules it follows
+    (see Check.releases)."""
     def register(function: Callable[[Context], Finding]) -> Callable[[Context], Finding]:
         if name in CHECKS:
             raise ValueError(f"check {name!r} registered twice ({CHECKS[name].run.__qualname__}, {function.__qualname__})")
-        CHECKS[name] = Check(name, function, seconds, frozenset(needs))
+        unknown = sorted(set(releases) - set(RULES))
+        if unknown:
+            raise ValueError(f"check {name!r}: the model has no rules for release {', '.join(unknown)}")
+        CHECKS[name] = Check(name, function, seconds, frozenset(needs), frozenset(releases))
         return function
     return register
 

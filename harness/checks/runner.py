@@ -40,7 +40,7 @@ from harness.checks.workload import WorkloadStuck
 from harness.errors import HarnessError
 from harness.guest.ssh import CommandTimeout, GuestCommandError
 from harness.guest.view import GuestView, VmError
-from harness.model import MODELLED_RELEASE
+from harness.model import MODELLED_RELEASE, RULES, release_series
 
 # How long a trivial SSH command may take before the guest counts as no longer answering.
 LIVENESS_TIMEOUT = 15.0
@@ -156,9 +156,9 @@ class KernelProfile:
     mechanisms: frozenset[Mechanism]
 
     @property
-    def modelled(self) -> bool:
-        """Whether the model follows this release (VERSION.PATCHLEVEL)."""
-        return ".".join(self.release.split(".")[:2]) == MODELLED_RELEASE
+    def series(self) -> str:
+        """VERSION.PATCHLEVEL, the key of the model's rules (harness.model.RULES)."""
+        return release_series(self.release)
 
 
 def kernel_profile(ctx: Context) -> KernelProfile:
@@ -176,18 +176,22 @@ def kernel_profile(ctx: Context) -> KernelProfile:
 
 def judge_applicability(check: Check, profile: KernelProfile, run: Callable[[], CheckResult]) -> CheckResult:
     """Not applicable when the kernel lacks what the check needs (never run, never a silent
-    pass); on a release the model does not follow, a pass or fail is only the outcome under the
-    modelled release's rules: unverified. A hang or a harness error stays what it is."""
+    pass); on a release whose rules the check does not follow (Check.releases), a pass or fail
+    is only the outcome under the rules it judged by (the model's default release's, for a
+    release it does not know): unverified. A hang or a harness error stays what it is."""
     missing = sorted(m.value for m in check.needs - profile.mechanisms)
     if missing:
         return CheckResult(check.name, Verdict.NOT_APPLICABLE,
                            f"not applicable: Linux {profile.release} has no {'; no '.join(missing)}")
     result = run()
-    if profile.modelled or result.verdict not in (Verdict.PASS, Verdict.FAIL):
+    if profile.series in check.releases or result.verdict not in (Verdict.PASS, Verdict.FAIL):
         return result
+    judged_by = profile.series if profile.series in RULES else MODELLED_RELEASE
+    follows = ", ".join(sorted(check.releases))
     return replace(result, verdict=Verdict.UNVERIFIED,
-                   summary=f"unverified on Linux {profile.release}: the model follows Linux {MODELLED_RELEASE}, under "
-                           f"whose rules this check would {result.verdict.value}: {result.summary}",
+                   summary=f"unverified on Linux {profile.release}: this check follows the rules of Linux {follows}; "
+                           f"under Linux {judged_by}'s rules as the model has them it would {result.verdict.value}: "
+                           f"{result.summary}",
                    figures={**result.figures, "outcome_under_modelled_rules": result.verdict.value})
 
 

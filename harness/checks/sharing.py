@@ -111,7 +111,8 @@ def judge_cow(facts: GuestFacts, run: CowRun) -> Judgement:
     for va in sorted(pages):
         if not pages[va].hint:
             continue
-        result = hint_fault(task, pages[va], cpu=far_cpu, node_of_cpu=facts.node_of_cpu, jiffies_after_retry=False)
+        result = hint_fault(task, pages[va], cpu=far_cpu, node_of_cpu=facts.node_of_cpu, jiffies_after_retry=False,
+                            rules=facts.rules)
         task, pages[va] = result.task, result.page
         migrated += result.migrated
     read = {e.vaddr: e for e in run.read.table.within(start, end)}

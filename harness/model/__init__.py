@@ -40,6 +40,7 @@ from .scanner import (
     task_scan_min,
 )
 from .state import (
+    DEFAULT_RULES,
     HPAGE_PMD_NR,
     HPAGE_SIZE,
     LAST__PID_MASK,
@@ -47,7 +48,9 @@ from .state import (
     MEMBUF,
     MODELLED_RELEASE,
     PAGE_SIZE,
+    RULES,
     Counters,
+    KernelRules,
     Mm,
     NumabState,
     Page,
@@ -57,10 +60,12 @@ from .state import (
     cpupid,
     cpupid_cpu,
     cpupid_pid,
+    release_series,
     time_after,
 )
 
 __all__ = [
+    "DEFAULT_RULES",
     "HPAGE_PMD_NR",
     "HPAGE_SIZE",
     "LAST__PID_MASK",
@@ -68,6 +73,7 @@ __all__ = [
     "MEMBUF",
     "MODELLED_RELEASE",
     "PAGE_SIZE",
+    "RULES",
     "Counters",
     "CpuOccupant",
     "Decision",
@@ -75,6 +81,7 @@ __all__ = [
     "GroupBooks",
     "GroupFault",
     "GroupOutcome",
+    "KernelRules",
     "Mm",
     "NumaGroup",
     "NumabState",
@@ -98,6 +105,7 @@ __all__ = [
     "numa_migrate_interval",
     "numa_migrate_preferred_pinned",
     "placement_restarts_scan_clock",
+    "release_series",
     "scan_pass",
     "should_numa_migrate_memory",
     "skip_reason",

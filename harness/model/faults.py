@@ -17,7 +17,19 @@ from .placement import (
     numa_migrate_preferred_pinned,
     task_numa_placement,
 )
-from .state import CPUBUF, MEMBUF, PAGE_SIZE, Counters, Page, Task, cpupid, cpupid_cpu, cpupid_pid
+from .state import (
+    CPUBUF,
+    DEFAULT_RULES,
+    MEMBUF,
+    PAGE_SIZE,
+    Counters,
+    KernelRules,
+    Page,
+    Task,
+    cpupid,
+    cpupid_cpu,
+    cpupid_pid,
+)
 from .state import LAST__PID_MASK as PID_MASK
 
 
@@ -99,6 +111,7 @@ def hint_fault(
     group: GroupBooks | None = None,
     clock: PlacementClock | None = None,
     pinned: bool = False,
+    rules: KernelRules = DEFAULT_RULES,
 ) -> FaultResult:
     """A task on `cpu` reads (or with write=True writes) a hinted page (or THP).
 
@@ -113,7 +126,8 @@ def hint_fault(
     `group` is the task's group's books before the fault (after any join it made): they take
     part in the migration decision and the locality count, and a placement the fault runs
     (with `clock`, needed then) updates them (FaultResult.group). `pinned`: the task may run on
-    `cpu` only, so the numa_migrate_preferred after a placement cannot move it.
+    `cpu` only, so the numa_migrate_preferred after a placement cannot move it. `rules`: the
+    release's (KernelRules); under 6.1's a hint entry keeps the write bit (`page.writable`).
     In a writable VM_SHARED mapping (`vma_shared`) both ways give a writable entry: its
     vm_page_prot has the write bit (shmem wants no write notification), which
     numa_rebuild_single_mapping's pte_modify and remove_migration_pte's mk_pte start from."""
@@ -139,7 +153,9 @@ def hint_fault(
                                                                 node_of_cpu, group=group)
         if wanted and migration_succeeds:
             restored = replace(restored, node=cpu_node)
-            if write and not restored.huge:
+            # A write to a page that came back read-only takes a wp fault: wp_page_reuse resets
+            # last_cpupid. Under 6.1 a page whose hint kept the write bit comes back writable.
+            if write and not restored.huge and not (rules.savedwrite and page.writable):
                 restored = replace(restored, last_cpupid=None)
             migrated = True
             counters += Counters(numa_pages_migrated=nr)
@@ -148,13 +164,22 @@ def hint_fault(
     task, group = numa_fault_books(task, last_before, restored.node, nr, local=local, migrated=migrated,
                                    migrate_failed=not migrated and decision == Decision.MIGRATION_FAILED,
                                    cpu_node=cpu_node, run_placement=jiffies_after_retry, mm_seq=mm_seq, priv=priv,
-                                   group=group, clock=clock, pinned=pinned)
+                                   group=group, clock=clock, pinned=pinned, rules=rules)
     if restored.huge:
         writable = None
+    elif rules.savedwrite:
+        # 6.1: the saved write bit, in place or through a writable migration entry; a write to a
+        # read-only result takes a wp fault that makes it writable (and, in place, resets
+        # last_cpupid there too: wp_page_reuse).
+        writable = page.writable or write
+        if write and not page.writable and not migrated:
+            restored = replace(restored, last_cpupid=None)
     elif vma_shared:
         writable = vma_writable
     else:
         writable = write if migrated else vma_writable and not page.likely_shared
+    if writable is not None:
+        restored = replace(restored, writable=writable)
     return FaultResult(restored, task, counters, migrated, local, decision, writable, group)
 
 
@@ -171,6 +196,7 @@ def task_numa_fault(
     run_placement: bool,
     mm_seq: int | None,
     priv: int | None = None,
+    rules: KernelRules = DEFAULT_RULES,
 ) -> Task:
     """kernel/sched/fair.c:task_numa_fault (balancing enabled) for a task without a numa_group.
     The fault is private when last_cpupid is unset or the task's own; `priv` overrides that with
@@ -178,7 +204,7 @@ def task_numa_fault(
     private)."""
     return numa_fault_books(task, last_cpupid, mem_node, pages, local=local, migrated=migrated,
                             migrate_failed=migrate_failed, cpu_node=cpu_node, run_placement=run_placement,
-                            mm_seq=mm_seq, priv=priv)[0]
+                            mm_seq=mm_seq, priv=priv, rules=rules)[0]
 
 
 def numa_fault_books(
@@ -197,6 +223,7 @@ def numa_fault_books(
     group: GroupBooks | None = None,
     clock: PlacementClock | None = None,
     pinned: bool = False,
+    rules: KernelRules = DEFAULT_RULES,
 ) -> tuple[Task, GroupBooks | None]:
     """kernel/sched/fair.c:task_numa_fault, also for a member of a numa_group (`group`, its books
     before the fault): a shared remote fault wholly inside the group's active nodes counts local,
@@ -211,12 +238,12 @@ def numa_fault_books(
         local = True
     if run_placement and mm_seq is not None:
         if group is None:
-            task = task_numa_placement(task, mm_seq, clock=clock)
+            task = task_numa_placement(task, mm_seq, clock=clock, rules=rules)
         elif task.numa_scan_seq != mm_seq:
             if clock is None:
                 raise ValueError(f"task {task.pid}: a group member's placement weighs its NUMA_CPU books by its "
                                  f"runtime, and no PlacementClock was given")
-            task, group = group_task_numa_placement(task, group, mm_seq, clock)
+            task, group = group_task_numa_placement(task, group, mm_seq, clock, rules=rules)
         if pinned:
             task = numa_migrate_preferred_pinned(task, cpu_node, in_group=group is not None)
     faults = [list(map(list, stat)) for stat in task.faults]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .group import GroupBooks, numa_group_count_active_nodes
-from .state import CPU, CPUBUF, MEM, MEMBUF, Task
+from .state import CPU, CPUBUF, DEFAULT_RULES, MEM, MEMBUF, KernelRules, Task
 
 NUMA_PERIOD_SLOTS = 10
 NUMA_PERIOD_THRESHOLD = 7
@@ -82,7 +82,7 @@ def _argmax_node(per_node: list[int], default: int) -> int:
 
 
 def task_numa_placement(task: Task, mm_seq: int, *, scan_min: int | None = None, scan_max: int | None = None,
-                        clock: PlacementClock | None = None) -> Task:
+                        clock: PlacementClock | None = None, rules: KernelRules = DEFAULT_RULES) -> Task:
     """fair.c:task_numa_placement for a task without a numa_group. Acts only when the mm has
     started a new scan sequence since the task last looked. `clock` weighs the NUMA_CPU books
     (without it they only decay: see _fold)."""
@@ -90,11 +90,12 @@ def task_numa_placement(task: Task, mm_seq: int, *, scan_min: int | None = None,
         return task
     fold = _fold(task, clock)
     preferred = _argmax_node([sum(fold.faults[MEM][nid]) for nid in range(task.nr_nodes)], task.numa_preferred_nid)
-    return _placed(task, fold, mm_seq, preferred, scan_min, scan_max)
+    return _placed(task, fold, mm_seq, preferred, scan_min, scan_max, rules)
 
 
 def group_task_numa_placement(task: Task, group: GroupBooks, mm_seq: int, clock: PlacementClock, *,
-                              scan_min: int | None = None, scan_max: int | None = None) -> tuple[Task, GroupBooks]:
+                              scan_min: int | None = None, scan_max: int | None = None,
+                              rules: KernelRules = DEFAULT_RULES) -> tuple[Task, GroupBooks]:
     """fair.c:task_numa_placement for a member of a numa_group: the group gets the same diff and
     f_diff as the task (and the diff in total_faults), the preferred node is the one with the
     most GROUP memory faults, and numa_group_count_active_nodes recounts the group's
@@ -109,11 +110,11 @@ def group_task_numa_placement(task: Task, group: GroupBooks, mm_seq: int, clock:
     active, most = numa_group_count_active_nodes([a + b for a, b in cpu])
     placed_group = GroupBooks(mem, cpu, group.total_faults + fold.total_diff, active, most)
     preferred = _argmax_node([a + b for a, b in mem], task.numa_preferred_nid)
-    return _placed(task, fold, mm_seq, preferred, scan_min, scan_max), placed_group
+    return _placed(task, fold, mm_seq, preferred, scan_min, scan_max, rules), placed_group
 
 
 def _placed(task: Task, fold: _Fold, mm_seq: int, preferred: int, scan_min: int | None,
-            scan_max: int | None) -> Task:
+            scan_max: int | None, rules: KernelRules) -> Task:
     task = replace(
         task,
         numa_scan_seq=mm_seq,
@@ -124,7 +125,7 @@ def _placed(task: Task, fold: _Fold, mm_seq: int, preferred: int, scan_min: int 
         numa_preferred_nid=preferred,
     )
     return update_task_scan_period(task, shared=fold.fault_types[0], private=fold.fault_types[1], scan_min=scan_min,
-                                   scan_max=scan_max)
+                                   scan_max=scan_max, rules=rules)
 
 
 def placement_restarts_scan_clock(task: Task, mm_seq: int) -> bool:
@@ -142,7 +143,7 @@ def placement_restarts_scan_clock(task: Task, mm_seq: int) -> bool:
 
 
 def update_task_scan_period(task: Task, *, shared: int, private: int, scan_min: int | None = None,
-                            scan_max: int | None = None) -> Task:
+                            scan_max: int | None = None, rules: KernelRules = DEFAULT_RULES) -> Task:
     """fair.c:update_task_scan_period: slow down when faults are private or local, speed up otherwise.
     The first branch also restarts mm->numa_next_scan (placement_restarts_scan_clock): the model
     has no mm, so the caller that carries one applies it."""
@@ -150,7 +151,9 @@ def update_task_scan_period(task: Task, *, shared: int, private: int, scan_min: 
     period_max = scan_max if scan_max is not None else task.numa_scan_period_max
     if local + shared == 0 or failed:
         period = min(period_max, task.numa_scan_period << 1)
-        return replace(task, numa_scan_period=period, locality=(0, 0, 0))
+        # 6.1 returns before clearing numa_faults_locality (KernelRules.slow_down_keeps_locality).
+        return replace(task, numa_scan_period=period,
+                       locality=task.locality if rules.slow_down_keeps_locality else (0, 0, 0))
     if local + remote == 0 or private + shared == 0:
         # Unreachable in the kernel (every fault adds to numa_faults_locality and to the fault
         # buffers together), but a snapshot taken with the vCPU stopped between those two stores

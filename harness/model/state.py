@@ -1,5 +1,6 @@
-"""State of the reference model of Linux 6.12 NUMA balancing: immutable values, so every rule is a
-pure function from one state to the next (easy to test, easy to replay against the kernel)."""
+"""State of the reference model of Linux NUMA balancing (6.12, and 6.1 where KernelRules say):
+immutable values, so every rule is a pure function from one state to the next (easy to test,
+easy to replay against the kernel)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,43 @@ LAST__PID_MASK = (1 << LAST__PID_SHIFT) - 1
 NUMA_BALANCING_NORMAL = 1
 NUMA_BALANCING_MEMORY_TIERING = 2
 
-# The kernel release (VERSION.PATCHLEVEL) whose rules the model follows: on another, a check's
-# outcome is reported as unverified (harness.checks.runner.judge_applicability).
+# The kernel release (VERSION.PATCHLEVEL) whose rules the model follows by default; RULES holds
+# every release it knows. On another, a check's outcome is reported as unverified
+# (harness.checks.runner.judge_applicability).
 MODELLED_RELEASE = "6.12"
+
+
+@dataclass(frozen=True)
+class KernelRules:
+    """Where the NUMA-balancing rules of the releases the model knows differ (each field cites
+    both sides). Everything not named here is the same in the functions the checks make decide,
+    compared function by function between Debian's 6.1.192 and 6.12.117 sources."""
+
+    release: str
+    # 6.1: mm/mprotect.c:change_pte_range keeps a writable PTE's write bit in the NUMA hint entry
+    # (preserve_write -> pte_mk_savedwrite, on x86 pte_mkwrite itself), mm/memory.c:do_numa_page
+    # puts it back on a page it leaves in place (was_writable = pte_savedwrite), and
+    # mm/rmap.c:try_to_migrate_one makes a writable migration entry from it, so a migrated page
+    # comes back writable too (and a write after it takes no wp fault: last_cpupid stays).
+    # 6.12: the hint entry has no write bit; do_numa_page decides with can_change_pte_writable
+    # (numa_rebuild_single_mapping) and a migrated page comes back read-only.
+    savedwrite: bool
+    # 6.1: kernel/sched/fair.c:update_task_scan_period's slow-down branch returns before the
+    # memset of numa_faults_locality, so those counts (a migrate failure among them) carry into
+    # the next placement. 6.12: "goto out", the counts are cleared on every branch.
+    slow_down_keeps_locality: bool
+
+
+RULES: dict[str, KernelRules] = {
+    "6.12": KernelRules("6.12", savedwrite=False, slow_down_keeps_locality=False),
+    "6.1": KernelRules("6.1", savedwrite=True, slow_down_keeps_locality=True),
+}
+DEFAULT_RULES = RULES[MODELLED_RELEASE]
+
+
+def release_series(release: str) -> str:
+    """VERSION.PATCHLEVEL of a kernel release string ("6.1.192-numa" -> "6.1")."""
+    return ".".join(release.split(".")[:2])
 
 
 def time_after(a: int, b: int) -> bool:
@@ -87,6 +122,8 @@ class Page:
     # Base pages of the folio this PTE maps when that is a large folio (an mTHP: 16 for 64 KiB),
     # 0 when the folio is what the entry maps (a base page, a PMD-mapped THP).
     folio_pages: int = 0
+    # The entry's write bit (for a hint entry under 6.1's rules, the saved one: KernelRules.savedwrite).
+    writable: bool = False
 
     @property
     def huge(self) -> bool:

@@ -202,15 +202,15 @@ def test_accounting_is_recovered_across_one_placement(history: list[tuple[int, i
     task = Task(pid=100, nr_nodes=2, numa_scan_seq=3)
     for node, priv, pages in history:  # some decayed history in NUMA_MEM
         task = task_numa_fault(task, None if priv else cpupid(0, 7), node, pages, local=True, migrated=False,
-                               migrate_failed=False, cpu_node=node, run_placement=False, mm_seq=None)
+                               migrate_failed=False, cpu_node=node, run_placement=False, mm_seq=None)[0]
     task = task_numa_placement(task, 4)
     before, books = task, task
     for index, (node, shared, pages) in enumerate(faults):
         last = cpupid(0, 7) if shared else None
         task = task_numa_fault(task, last, node, pages, local=node == 0, migrated=False, migrate_failed=False,
-                               cpu_node=0, run_placement=index == placement_at, mm_seq=5)
+                               cpu_node=0, run_placement=index == placement_at, mm_seq=5)[0]
         books = task_numa_fault(books, last, node, pages, local=node == 0, migrated=False, migrate_failed=False,
-                                cpu_node=0, run_placement=False, mm_seq=None)
+                                cpu_node=0, run_placement=False, mm_seq=None)[0]
     recovered = recover_accounting(_as_kernel_state(before), _as_kernel_state(task), 4, 5)
     expected = model_accounting(before, books)
     assert recovered is not None and recovered.mem == expected.mem

@@ -56,7 +56,7 @@ class FaultBooks:
         self.books = task_numa_fault(self.books, before.last_cpupid, result.page.node, result.page.nr_pages,
                                      local=result.local, migrated=result.migrated,
                                      migrate_failed=result.decision is Decision.MIGRATION_FAILED, cpu_node=cpu_node,
-                                     run_placement=False, mm_seq=None, priv=priv)
+                                     run_placement=False, mm_seq=None, priv=priv)[0]
         self.faults += 1
         self.local += result.local
 

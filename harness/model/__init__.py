@@ -6,7 +6,6 @@ from .faults import (
     FaultResult,
     hint_fault,
     large_folio_fault,
-    numa_fault_books,
     should_numa_migrate_memory,
     task_numa_fault,
 )
@@ -100,7 +99,6 @@ __all__ = [
     "group_task_numa_placement",
     "hint_fault",
     "large_folio_fault",
-    "numa_fault_books",
     "numa_group_count_active_nodes",
     "numa_migrate_interval",
     "numa_migrate_preferred_pinned",

@@ -161,10 +161,10 @@ def hint_fault(
             counters += Counters(numa_pages_migrated=nr)
         elif wanted:
             decision = Decision.MIGRATION_FAILED
-    task, group = numa_fault_books(task, last_before, restored.node, nr, local=local, migrated=migrated,
-                                   migrate_failed=not migrated and decision == Decision.MIGRATION_FAILED,
-                                   cpu_node=cpu_node, run_placement=jiffies_after_retry, mm_seq=mm_seq, priv=priv,
-                                   group=group, clock=clock, pinned=pinned, rules=rules)
+    task, group = task_numa_fault(task, last_before, restored.node, nr, local=local, migrated=migrated,
+                                  migrate_failed=not migrated and decision == Decision.MIGRATION_FAILED,
+                                  cpu_node=cpu_node, run_placement=jiffies_after_retry, mm_seq=mm_seq, priv=priv,
+                                  group=group, clock=clock, pinned=pinned, rules=rules)
     if restored.huge:
         writable = None
     elif rules.savedwrite:
@@ -196,37 +196,15 @@ def task_numa_fault(
     run_placement: bool,
     mm_seq: int | None,
     priv: int | None = None,
-    rules: KernelRules = DEFAULT_RULES,
-) -> Task:
-    """kernel/sched/fair.c:task_numa_fault (balancing enabled) for a task without a numa_group.
-    The fault is private when last_cpupid is unset or the task's own; `priv` overrides that with
-    task_numa_group's verdict (model/group.py: a non-joining fault from another process counts
-    private)."""
-    return numa_fault_books(task, last_cpupid, mem_node, pages, local=local, migrated=migrated,
-                            migrate_failed=migrate_failed, cpu_node=cpu_node, run_placement=run_placement,
-                            mm_seq=mm_seq, priv=priv, rules=rules)[0]
-
-
-def numa_fault_books(
-    task: Task,
-    last_cpupid: int | None,
-    mem_node: int,
-    pages: int,
-    *,
-    local: bool,
-    migrated: bool,
-    migrate_failed: bool,
-    cpu_node: int,
-    run_placement: bool,
-    mm_seq: int | None,
-    priv: int | None = None,
     group: GroupBooks | None = None,
     clock: PlacementClock | None = None,
     pinned: bool = False,
     rules: KernelRules = DEFAULT_RULES,
 ) -> tuple[Task, GroupBooks | None]:
-    """kernel/sched/fair.c:task_numa_fault, also for a member of a numa_group (`group`, its books
-    before the fault): a shared remote fault wholly inside the group's active nodes counts local,
+    """kernel/sched/fair.c:task_numa_fault (balancing enabled). The fault is private when
+    last_cpupid is unset or the task's own; `priv` overrides that with task_numa_group's verdict
+    (model/group.py: a non-joining fault from another process counts private). For a member of a
+    numa_group (`group`, its books before the fault) a shared remote fault wholly inside the group's active nodes counts local,
     judged on the books before this fault's placement; the placement (with `clock`) updates the
     group's books with the task's, and for a `pinned` task the numa_migrate_preferred after it is
     modelled (numa_migrate_preferred_pinned). Returns the task and its group's books afterwards."""

@@ -303,14 +303,18 @@ def _group_carry(run: GroupRun, step: GroupStep) -> tuple[_GroupCarry, list[str]
     fault runs it: fair.c:task_numa_fault), the scheduler's clock at that placement: the change of
     last_sum_exec_runtime and last_task_numa_placement across the step (numa_get_avg_runtime
     stores both readings there). A reader whose placement is due but whose clock did not move
-    took none: that is a finding, and the step's books are not judged further."""
+    took none: that is a finding, and the step's books are not judged further; so are readers not
+    in one group (the step before joined them)."""
     hinted, done = step.hinted, step.done
     group = hinted.groups[WORKERS.index(step.reads[0].worker)]
     if group is None or any(hinted.groups[WORKERS.index(r.worker)] is None or
                             hinted.groups[WORKERS.index(r.worker)].address != group.address  # type: ignore[union-attr]
                             for r in step.reads):
-        raise Inconclusive(f"{step.label}: the readers are not in one numa_group before the reads: the step has no "
-                           f"subject")
+        # The join step before made them one group (the model's groups say so, and that step's
+        # comparison has already named the difference): a kernel that did not join them fails.
+        apart = [None if g is None else g.gid for g in hinted.groups]
+        return _GroupCarry(None, {}, {}), [f"the readers are not in one numa_group before the reads (groups "
+                                           f"{apart}): the join before them did not happen"]
     carry = _GroupCarry(observed_group_books(group), {}, {})
     found = []
     for read in step.reads:

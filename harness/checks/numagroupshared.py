@@ -23,7 +23,7 @@ from harness.checks.accounting import (
 from harness.checks.adapters import model_pages
 from harness.checks.numagroup import SPIN_S, model_thread_task, until_next_pass
 from harness.checks.observe import Context, GuestFacts, Inconclusive, KernelNeverReached, Observation, observe_processes
-from harness.checks.registry import Finding, Judgement, check
+from harness.checks.registry import Finding, Judgement, Mechanism, check
 from harness.checks.scenario import drain_lru_batches, scenario
 from harness.checks.workload import STEP_TIMEOUT, Region
 from harness.model import (
@@ -312,7 +312,7 @@ def _slice_whose_last_is(worker: int) -> str:
     return "A" if worker == 2 else "B"
 
 
-@check("numa-group-shared", seconds=45)
+@check("numa-group-shared", seconds=45, needs=[Mechanism.SHMEM_TASK_POLICY])
 def check_numa_group_shared(ctx: Context) -> Finding:
     """Two worker processes, each pinned to one CPU (worker 1 on the far node, worker 2 on the
     near one), share a 2 MiB MAP_SHARED region the holder wrote (slice A on the near node, B on

@@ -103,6 +103,8 @@ class Mechanism(StrEnum):
 
     VMA_NUMAB = "per-VMA scan state (struct vma_numab_state: scan delay, PID filter, prev_scan_seq; Linux 6.4)"
     MTHP = "multi-size anonymous THP (sysfs hugepages-<size>kB; Linux 6.8)"
+    SHMEM_TASK_POLICY = ("scanning of shared-memory mappings without a shared policy (vma_policy_mof falls "
+                         "back to the task's policy; Linux 6.7's mempolicy rework)")
 
 
 @dataclass(frozen=True)

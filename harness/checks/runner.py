@@ -171,6 +171,15 @@ def kernel_profile(ctx: Context) -> KernelProfile:
         found.add(Mechanism.VMA_NUMAB)
     if ctx.guest.ssh.run("test -d /sys/kernel/mm/transparent_hugepage/hugepages-64kB").exit_status == 0:
         found.add(Mechanism.MTHP)
+    # 6.1's mm/mempolicy.c:vma_policy_mof returns false for a VMA whose get_policy (shmem's)
+    # finds no shared policy, so task_numa_work skips every MAP_SHARED anonymous mapping; 6.12's
+    # falls back to the task's policy (MPOL_F_MOF by default). Both came with the mempolicy
+    # rework that gave vm_operations_struct.get_policy its interleave-index argument (pgoff_t
+    # *ilx, a third parameter): the probe reads that signature, as the two sources compared show
+    # the two changes together.
+    get_policy = ctx.prog.type("struct vm_operations_struct").member("get_policy").type.type
+    if len(get_policy.parameters) >= 3:
+        found.add(Mechanism.SHMEM_TASK_POLICY)
     return KernelProfile(release, frozenset(found))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from harness.checks.accounting import compare_carried_pages, compare_writable
 from harness.checks.adapters import model_pages, model_task
 from harness.checks.observe import Context, GuestFacts, Inconclusive, KernelNeverReached, Observation, observe
-from harness.checks.registry import Finding, check
+from harness.checks.registry import EVERY_MODELLED_RELEASE, Finding, check
 from harness.checks.scenario import drain_lru_batches, scenario
 from harness.checks.workload import HeldRegion, Region
 from harness.model import Decision, Page, Tunables, hint_fault
@@ -154,7 +154,7 @@ def _wait_before_read(ctx: Context, region: HeldRegion, node: int, ready: Callab
         spent += 0.3
 
 
-@check("early-scan", seconds=18)
+@check("early-scan", seconds=18, releases=EVERY_MODELLED_RELEASE)
 def check_early_scan(ctx: Context) -> Finding:
     """The early-scan exception (module docstring), both sides. A 1 MiB region first touched on
     the far node by a task exec'd on the near node, with a sleeping helper thread (mm_users 2:

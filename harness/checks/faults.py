@@ -7,7 +7,7 @@ from typing import Any
 from harness.checks.accounting import FaultBooks, compare_last_cpupid, compare_writable
 from harness.checks.adapters import model_pages, model_task
 from harness.checks.observe import Context, Observation, observe, outside_region, region_hinted, spin_until
-from harness.checks.registry import Finding, check
+from harness.checks.registry import EVERY_MODELLED_RELEASE, Finding, check
 from harness.checks.scenario import drain_lru_batches, scenario
 from harness.checks.workload import HeldRegion, Region
 from harness.model import (
@@ -19,7 +19,7 @@ from harness.model import (
 )
 
 
-@check("fault-migration", seconds=4)
+@check("fault-migration", seconds=4, releases=EVERY_MODELLED_RELEASE)
 def check_fault_migration(ctx: Context) -> Finding:
     """Hint faults and migration. A 16 MiB region first touched on node 0 is fully hinted by
     its task spinning on another node; LRU batches are drained; then the task touches it from
@@ -84,7 +84,7 @@ def check_fault_migration(ctx: Context) -> Finding:
 
 
 
-@check("two-stage-filter", seconds=10)
+@check("two-stage-filter", seconds=10, releases=EVERY_MODELLED_RELEASE)
 def check_two_stage_filter(ctx: Context) -> Finding:
     """The two-stage filter (fair.c:should_numa_migrate_memory) once the early-scan exception
     is over (task numa_scan_seq > 4 and a preferred node): a page last faulted from node 0 and
@@ -215,7 +215,7 @@ def passes_at_most(before: Observation, after: Observation) -> int:
 READ_MARGIN_MS = 80
 
 
-@check("thp", seconds=6)
+@check("thp", seconds=6, releases=EVERY_MODELLED_RELEASE)
 def check_thp(ctx: Context) -> Finding:
     """THP: an 8 MiB MADV_HUGEPAGE region (four PMD mappings) on node 0 is hinted at PMD level
     (the path the seed patch created as do_pmd_numa_page, today do_huge_pmd_numa_page) and then

@@ -26,7 +26,7 @@ from harness.checks.accounting import (
 )
 from harness.checks.adapters import model_pages
 from harness.checks.observe import Context, GuestFacts, Inconclusive, Observation, observe, spin_until
-from harness.checks.registry import Finding, Judgement, check
+from harness.checks.registry import EVERY_MODELLED_RELEASE, Finding, Judgement, check
 from harness.checks.scenario import drain_lru_batches, scenario
 from harness.checks.workload import STEP_TIMEOUT, Region
 from harness.model import (
@@ -508,7 +508,7 @@ def _slice_whose_last_is(worker: int) -> str:
     return "A" if worker == 2 else "B"
 
 
-@check("numa-group", seconds=40)
+@check("numa-group", seconds=40, releases=EVERY_MODELLED_RELEASE)
 def check_numa_group(ctx: Context) -> Finding:
     """Two worker threads of one holder, each pinned to one CPU: worker 1 on the far node,
     worker 2 on the near node. The region (2 MiB, mapped only by the holder; every other mapping

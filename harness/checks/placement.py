@@ -31,7 +31,7 @@ from harness.checks.observe import (
     region_hinted,
     spin_until,
 )
-from harness.checks.registry import Finding, check
+from harness.checks.registry import EVERY_MODELLED_RELEASE, Finding, check
 from harness.checks.scenario import drain_lru_batches, scenario
 from harness.checks.workload import HeldRegion, Region
 from harness.model import (
@@ -132,7 +132,7 @@ PLACEMENT_STEP_PAGES = 512
 PLACEMENT_ROUNDS = 4
 
 
-@check("placement", seconds=11)
+@check("placement", seconds=11, releases=EVERY_MODELLED_RELEASE)
 def check_placement(ctx: Context) -> Finding:
     """The preferred node follows the memory, predicted from the books placement folds. A 16 MiB
     region is first touched on node 0 by a task exec'd on the last node; the task spins there
@@ -215,7 +215,7 @@ def _moved_to(ctx: Context, region: HeldRegion, far: int) -> None:
                            f"faults (a refused migration): the rounds need the whole region there")
 
 
-@check("placement-exact", seconds=14)
+@check("placement-exact", seconds=14, releases=EVERY_MODELLED_RELEASE)
 def check_placement_exact(ctx: Context) -> Finding:
     """Placement, scan period and the fault books, free-running. The scenario makes the period
     take the "speed up" branch: a 4 MiB read-only region (no numa_group: TNF_NO_GROUP) is moved

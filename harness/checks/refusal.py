@@ -19,7 +19,7 @@ from harness.checks.accounting import compare_last_cpupid, compare_writable
 from harness.checks.adapters import model_pages, model_task, model_tunables
 from harness.checks.observe import Context, GuestFacts, Inconclusive, Observation, observe, spin_until
 from harness.checks.placement import placement_pending
-from harness.checks.registry import Finding, check
+from harness.checks.registry import EVERY_MODELLED_RELEASE, Finding, check
 from harness.checks.scenario import scenario
 from harness.checks.workload import Region, filled
 from harness.model import Decision, Task, Tunables, hint_fault, task_scan_max, update_task_scan_period
@@ -197,7 +197,7 @@ def _period_response(facts: GuestFacts, r: RefusedRead, books: Task) -> list[str
     return diffs
 
 
-@check("migration-refused", seconds=12)
+@check("migration-refused", seconds=12, releases=EVERY_MODELLED_RELEASE)
 def check_migration_refused(ctx: Context) -> Finding:
     """A 4 MiB region on the near node, its single-threaded task exec'd on the far node. The far
     node is filled (nhmem fill, MPOL_BIND) until each of its zones sits halfway between its low

@@ -129,6 +129,9 @@ class Check:
 
 CHECKS: dict[str, Check] = {}
 
+# For a check that follows the rules of every release the model knows (harness.model.RULES).
+EVERY_MODELLED_RELEASE = tuple(RULES)
+
 
 def check(name: str, *, seconds: float, needs: Iterable[Mechanism] = (),
           releases: Iterable[str] = (MODELLED_RELEASE,)) -> Callable[[Callable[[Context], Finding]],

@@ -18,7 +18,7 @@ from typing import Any
 
 from harness import inspect as nh
 from harness.checks.observe import Context, GuestFacts, Inconclusive
-from harness.checks.registry import Finding, Judgement, check
+from harness.checks.registry import EVERY_MODELLED_RELEASE, Finding, Judgement, check
 from harness.checks.scenario import scenario
 from harness.checks.workload import STEP_TIMEOUT, Region
 from harness.model import time_after
@@ -163,7 +163,7 @@ def judge_timing(facts: GuestFacts, samples: list[ClockSample], period_ms: int) 
     return verdict
 
 
-@check("scan-timing", seconds=15)
+@check("scan-timing", seconds=15, releases=EVERY_MODELLED_RELEASE)
 def check_scan_timing(ctx: Context) -> Finding:
     """Two worker threads of one holder spin on one CPU each (the holder's other memory is not
     scanned, nothing faults) while the harness samples the scanner's clock every ~0.1 s: jiffies,

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from harness.checks.observe import Context, KernelNeverReached, Observation, observe
-from harness.checks.registry import Finding, check
+from harness.checks.registry import EVERY_MODELLED_RELEASE, Finding, check
 from harness.checks.scenario import drain_lru_batches, scenario
 from harness.checks.workload import STEP_TIMEOUT, HeldRegion, Region
 from harness.model import numa_migrate_interval
@@ -40,7 +40,7 @@ def _region_nodes(obs: Observation, region: HeldRegion) -> dict[int, int]:
     return nodes
 
 
-@check("task-placement", seconds=7)
+@check("task-placement", seconds=7, releases=EVERY_MODELLED_RELEASE)
 def check_task_placement(ctx: Context) -> Finding:
     """The task moves to its memory. A 16 MiB region is bound to the near node with
     MPOL_BIND | MPOL_F_NUMA_BALANCING (mm/mempolicy.c:mpol_misplaced then never moves its pages:

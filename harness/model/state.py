@@ -25,8 +25,20 @@ MODELLED_RELEASE = "6.12"
 @dataclass(frozen=True)
 class KernelRules:
     """Where the NUMA-balancing rules of the releases the model knows differ (each field cites
-    both sides). Everything not named here is the same in the functions the checks make decide,
-    compared function by function between Debian's 6.1.192 and 6.12.117 sources."""
+    both sides). Compared function by function between Debian's 6.1.192 and 6.12.117 sources,
+    everything else the checks that follow both releases make decide is the same:
+    kernel/sched/fair.c should_numa_migrate_memory (6.12 adds the memoryless-node and tiering
+    tests, which do not apply), task_numa_fault, task_numa_group, task_numa_placement (6.12's
+    numa_nearest_node is 6.1's open-coded loop), numa_get_avg_runtime,
+    numa_group_count_active_nodes, numa_migrate_preferred, task_numa_migrate,
+    task_numa_find_cpu, task_numa_compare, task_tick_numa, init_numa_balancing, task_scan_min,
+    task_scan_max, and task_numa_work's clock (its per-VMA state is 6.4's: Mechanism.VMA_NUMAB);
+    mm/memory.c do_numa_page (6.1's numa_migrate_prep is 6.12's numa_migrate_check) and
+    wp_page_reuse; mm/huge_memory.c do_huge_pmd_numa_page; mm/mempolicy.c mpol_misplaced; and
+    mm/migrate.c's refusal on a nearly full node (migrate_balanced_pgdat, ALLOC_CMA aside).
+    One more difference changes which pages are hinted, which no check on 6.1 predicts:
+    6.1's change_pte_range skips a COW-mapping page whose page_count is not 1, 6.12's one
+    that is likely mapped shared or DMA-pinned."""
 
     release: str
     # 6.1: mm/mprotect.c:change_pte_range keeps a writable PTE's write bit in the NUMA hint entry

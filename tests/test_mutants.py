@@ -78,3 +78,21 @@ def test_kill_order_puts_the_named_check_first_then_the_cheapest() -> None:
     assert rest == sorted(rest) and order[-1] == "convergence"
     assert kill_order(("thp",), ["fault-migration", "thp"]) == ["thp", "fault-migration"]
     assert kill_order(("convergence",), ["thp"]) == ["thp"]  # a subset leaves out what it does not name
+
+
+def test_every_61_port_names_its_612_mutant_and_a_check_that_follows_61() -> None:
+    """kernel-config/patches-6.1/mutants: each port keeps the 6.12 mutant's name and header, says
+    what it ports, is a small change too, and expects a check that gives verdicts on 6.1."""
+    from harness.checks.catalog import CHECKS
+    from harness.checks.mutants import mutants_dir_for
+
+    ports = discover(mutants_dir_for("6.1.192"))
+    originals = {m.name: m for m in discover(MUTANTS_DIR)}
+    assert len(ports) >= 15
+    for port in ports:
+        assert port.name in originals, port.name
+        assert f"Ported to 6.1 from kernel-config/patches/mutants/{port.name}.patch" in " ".join(
+            port.path.read_text().split()), port.name
+        assert port.expected == originals[port.name].expected and port.expects_hang == originals[port.name].expects_hang
+        assert all("6.1" in CHECKS[name].releases for name in port.expected), port.name
+    assert mutants_dir_for("6.12.117") == MUTANTS_DIR

@@ -18,9 +18,15 @@ from harness.checks.checkrun import BootFailure, check_kernel
 from harness.checks.registry import CheckResult, Verdict, kill_order
 from harness.errors import BadInput, HarnessError, SeriesError
 from harness.guest.launch import LaunchRequest
-from harness.kernel.pipeline import KCONFIG_DIR, build
+from harness.kernel.pipeline import KCONFIG_DIR, build, default_series_dir
 
 MUTANTS_DIR = KCONFIG_DIR / "patches" / "mutants"
+
+
+def mutants_dir_for(release: str) -> Path:
+    """The mutants written for a kernel release: next to its default series (6.1's ports in
+    kernel-config/patches-6.1/mutants, each naming the 6.12 mutant it ports)."""
+    return default_series_dir(release) / "mutants"
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,14 @@ from harness.cache import atomic_write_text
 from harness.checks.bisect import BisectStep, BisectVerdict, bisect, candidate_paths, check_prefix
 from harness.checks.catalog import CHECKS
 from harness.checks.checkrun import check_kernel, kernel_identity
-from harness.checks.mutants import MUTANTS_DIR, MutantOutcome, discover, run_mutants, select
+from harness.checks.mutants import MUTANTS_DIR, MutantOutcome, discover, mutants_dir_for, run_mutants, select
 from harness.checks.registry import CheckResult, Verdict, validate_names
 from harness.cli.options import say
 from harness.cli.requests import launch_request
 from harness.errors import BadInput, ExitCode
 from harness.guest.launch import resolve_kernel, validate
 from harness.kernel.patches import extra_patch, load_series
+from harness.kernel.pipeline import request_release
 from harness.report.ci import CiRequest, load_baseline, newest_run, run_ci
 from harness.report.junit import write_junit
 from harness.report.overview import write_overview
@@ -104,11 +105,11 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     checks = validate_names(args.checks, "--checks")
     if args.kernel:
         raise BadInput("mutants: --kernel cannot be used; each mutant is built from the source and series.")
-    mutants = discover(args.dir or MUTANTS_DIR)
-    if args.only:
-        mutants = select(mutants, args.only)
     request = launch_request(args)
     validate(request)
+    mutants = discover(args.dir or mutants_dir_for(request_release(request.build)))
+    if args.only:
+        mutants = select(mutants, args.only)
     say(f"{len(mutants)} mutants, each built incrementally and checked ({len(checks) or len(CHECKS)} checks)")
     results = run_mutants(mutants, request, checks or None, progress=lambda r: say(
         f"{r.mutant.name}: {r.outcome.value} ({r.seconds:.0f} s) {r.detail[:160]}"), full_matrix=args.full_matrix)

@@ -95,7 +95,9 @@ def _checks(sub: Subparsers) -> None:
 
     p = sub.add_parser("mutants", parents=[build_options(), guest_options()],
                        help="mutation self-check: build each mutant kernel, run check; exit 0 only if all are killed")
-    p.add_argument("--dir", type=Path, metavar="DIR", help="mutant patches (default kernel-config/patches/mutants)")
+    p.add_argument("--dir", type=Path, metavar="DIR",
+                   help="mutant patches (default: the source release's, kernel-config/patches/mutants for 6.12, "
+                        "kernel-config/patches-6.1/mutants for 6.1)")
     p.add_argument("--only", action="append", default=[], metavar="MUTANT", help="run only this mutant (name or prefix)")
     p.add_argument("--checks", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the mutant table as JSON")

@@ -220,6 +220,12 @@ def default_series_dir(release: str) -> Path:
     return DEFAULT_SERIES_DIRS.get(".".join(release.split(".")[:2]), DEFAULT_SERIES_DIR)
 
 
+def request_release(request: BuildRequest) -> str:
+    """The kernel release of the request's source (its Makefile's VERSION.PATCHLEVEL.SUBLEVEL)."""
+    spec = resolve_source(request.source)
+    return source_release(spec, identify(spec, request.cache_root), request.cache_root)
+
+
 def series_for(request: BuildRequest, release: str | None = None) -> tuple[Patch, ...]:
     """--series, or the default series for the source's kernel `release`; then --patch files."""
     directory = request.series_dir or (default_series_dir(release) if release else DEFAULT_SERIES_DIR)

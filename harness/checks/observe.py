@@ -60,7 +60,7 @@ class GuestFacts:
     def rules(self) -> KernelRules:
         """The model's rules for this kernel's release; the default release's for one the model
         does not know (its checks' verdicts are then reported as unverified)."""
-        return RULES.get(release_series(self.release), DEFAULT_RULES) if self.release else DEFAULT_RULES
+        return RULES.get(release_series(self.release), DEFAULT_RULES)
 
     @property
     def cpupid_unset(self) -> int:

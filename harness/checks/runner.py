@@ -165,7 +165,7 @@ def kernel_profile(ctx: Context) -> KernelProfile:
     """Probe the guest: init_uts_ns's release; struct vm_area_struct's numab_state member (drgn's
     own helpers test members the same way when a struct changed between releases); the mTHP
     sysfs directory the mthp check writes."""
-    release = ctx.prog["init_uts_ns"].name.release.string_().decode()
+    release = ctx.facts.release  # read from init_uts_ns when the context opened
     found = set()
     if any(member.name == "numab_state" for member in ctx.prog.type("struct vm_area_struct").members):
         found.add(Mechanism.VMA_NUMAB)

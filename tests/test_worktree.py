@@ -84,6 +84,26 @@ def test_directory_source_is_mirrored_by_content(tmp_path: Path) -> None:
     assert (user / "mm/memory.c").read_text() == "v1\n"
 
 
+def test_directory_source_keeps_the_executable_bit(tmp_path: Path) -> None:
+    """kbuild runs scripts/*.sh by their mode: a tree mirrored without it cannot be configured
+    ("cc-version.sh: Permission denied"). A mode change alone reaches the working tree too."""
+    user = tmp_path / "linux"
+    (user / "scripts").mkdir(parents=True)
+    (user / "scripts/cc-version.sh").write_text("#!/bin/sh\n")
+    (user / "scripts/cc-version.sh").chmod(0o755)
+    (user / "scripts/notes.txt").write_text("x\n")
+    (user / "scripts/notes.txt").chmod(0o640)
+    spec = SourceSpec("tree", user)
+    tree = worktree_for(spec, SourceIdentity("tree", str(user), "ef" * 32, "tree"), user, tmp_path / "cache")
+    create_if_missing(tree, spec)
+    sync_from_directory(tree, spec)
+    assert os.stat(tree.path / "scripts/cc-version.sh").st_mode & 0o777 == 0o755
+    assert os.stat(tree.path / "scripts/notes.txt").st_mode & 0o777 == 0o640
+    (user / "scripts/cc-version.sh").chmod(0o644)
+    assert sync_from_directory(tree, spec) == 1
+    assert os.stat(tree.path / "scripts/cc-version.sh").st_mode & 0o777 == 0o644
+
+
 def _kernel_like_git_tree(root: Path) -> Path:
     """A git checkout with the kernel's ignore rules for build products, built in place."""
     import subprocess

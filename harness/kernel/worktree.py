@@ -80,9 +80,11 @@ def sync_from_directory(tree: WorkTree, spec: SourceSpec) -> int:
     for rel in list_tree_files(spec):
         st = (spec.path / rel).stat()
         new_stats[rel] = [st.st_size, st.st_mtime_ns]
+        new_stats[rel].append(st.st_mode & 0o777)
         if old_stats.get(rel) == new_stats[rel] and (tree.path / rel).exists():
             continue
-        if write_if_different(tree.path / rel, (spec.path / rel).read_bytes()):
+        # The mode too: kbuild runs scripts (scripts/cc-version.sh, ...) by their executable bit.
+        if write_if_different(tree.path / rel, (spec.path / rel).read_bytes(), mode=st.st_mode & 0o777):
             written += 1
     for rel in set(old_stats) - set(new_stats):
         if write_if_different(tree.path / rel, None):
@@ -114,20 +116,24 @@ def apply_overlay(tree: WorkTree, staged: Mapping[str, bytes | None]) -> list[st
     return changed
 
 
-def write_if_different(path: Path, desired: bytes | None) -> bool:
-    """Replace `path` by rename (never in place: it may be a hard link into the pristine tree)."""
+def write_if_different(path: Path, desired: bytes | None, mode: int | None = None) -> bool:
+    """Replace `path` by rename (never in place: it may be a hard link into the pristine tree).
+    `mode`: the permission bits it must have (default: what it has, or 0o644 for a new file). A
+    file whose content is right but whose mode is not gets a new copy with the mode, not a chmod:
+    a chmod would reach the pristine tree through a hard link. Returns whether anything changed."""
     if desired is None:
         if path.exists() or path.is_symlink():
             path.unlink()
             return True
         return False
     try:
-        if path.read_bytes() == desired:
+        if path.read_bytes() == desired and (mode is None or path.stat().st_mode & 0o777 == mode):
             return False
     except (FileNotFoundError, IsADirectoryError):
         pass
     ensure_dir(path.parent)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    if mode is None:
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     atomic_write_bytes(path, desired)
     os.chmod(path, mode)
     return True

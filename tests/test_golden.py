@@ -617,6 +617,20 @@ def test_recorded_processes_share_join_and_false_share_as_predicted() -> None:
     assert not diffs, diffs
 
 
+def test_a_worker_whose_pid_ends_in_0xff_is_predicted() -> None:
+    """A real run where worker 1 was pid 1279 (0x4ff): its last_cpupid's pid bits are all ones,
+    which cpupid_pid_unset takes for "unset", so worker 2's faults on its pages in "groups
+    created" passed as first faults and migrated all 256 pages that a plain pid's two-stage
+    filter keeps. The model mirrors that aliasing (model/faults.py:should_numa_migrate_memory);
+    before it did, this run was a false alarm."""
+    from harness.checks.numagroupshared import replay_shared
+
+    recording = _load("numa-group-shared-pid-4ff")
+    assert recording.notes["mapped-w1"]["pids"]["1"] & 0xFF == 0xFF
+    result = replay_shared(recording.facts, recording.observations, recording.notes)
+    assert not result.diffs, result.diffs
+
+
 def test_false_sharing_counted_shared_is_caught() -> None:
     *labels, reader = _last_step_labels()
 

@@ -14,6 +14,7 @@ from harness.model import (
     PAGE_SIZE,
     Counters,
     CpuOccupant,
+    Decision,
     GroupBooks,
     GroupOutcome,
     Mm,
@@ -176,6 +177,31 @@ def test_other_tasks_last_cpupid_is_shared_and_still_filtered() -> None:
     ok, page, _ = should_numa_migrate_memory(Task(pid=7, nr_nodes=2), Page(BASE, 0, last_cpupid=cpupid(0, 8)),
                                              1, cpupid(2, 7), NODE_OF_CPU)
     assert ok is False and page.last_cpupid == cpupid(2, 7)
+
+
+def test_a_pid_ending_in_0xff_leaves_a_last_cpupid_the_filter_takes_for_unset() -> None:
+    """include/linux/mm.h: cpupid_pid_unset and cpupid_match_pid read only the pid bits, and unset
+    is all ones. Task 1279 (0x4ff) on CPU 3 leaves cpupid 0x3ff. Another task's fault on the page
+    from node 0 is then a "first fault": early in its life it migrates (EARLY_SCAN), and later it
+    skips the two-stage filter that refuses the same fault from task 1278 (0x4fe)."""
+    reader = Task(pid=1280, nr_nodes=2)
+    aliased, plain = Page(BASE, 1, last_cpupid=cpupid(3, 1279)), Page(BASE, 1, last_cpupid=cpupid(3, 1278))
+    assert should_numa_migrate_memory(reader, aliased, 0, cpupid(1, 1280), NODE_OF_CPU)[::2] == (
+        True, Decision.EARLY_SCAN)
+    assert should_numa_migrate_memory(reader, plain, 0, cpupid(1, 1280), NODE_OF_CPU)[::2] == (
+        False, Decision.TWO_STAGE_REFUSED)
+    late = Task(pid=1280, nr_nodes=2, numa_scan_seq=9, numa_preferred_nid=1)
+    assert should_numa_migrate_memory(late, aliased, 0, cpupid(1, 1280), NODE_OF_CPU)[::2] == (
+        True, Decision.NO_GROUP)
+    assert should_numa_migrate_memory(late, plain, 0, cpupid(1, 1280), NODE_OF_CPU)[::2] == (
+        False, Decision.TWO_STAGE_REFUSED)
+    # And a truly unset last_cpupid matches task 1279's pid bits: past the early phase its fault
+    # is "private" (SAME_TASK_TWICE) where another task's goes on to the group half.
+    owner = Task(pid=1279, nr_nodes=2, numa_scan_seq=9, numa_preferred_nid=1)
+    assert should_numa_migrate_memory(owner, Page(BASE, 1), 0, cpupid(1, 1279), NODE_OF_CPU, group=_books(
+        (10, 10), (100, 100)))[::2] == (True, Decision.SAME_TASK_TWICE)
+    assert should_numa_migrate_memory(late, Page(BASE, 1), 0, cpupid(1, 1280), NODE_OF_CPU, group=_books(
+        (10, 10), (100, 100)))[::2] == (False, Decision.GROUP_RATIO_KEEP)
 
 
 def test_thp_fault_migrates_whole_folio() -> None:

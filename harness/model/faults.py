@@ -73,11 +73,17 @@ def should_numa_migrate_memory(task: Task, page: Page, dst_nid: int, this_cpupid
         return False, page, Decision.NO_MEMORY
     last = page.last_cpupid
     page = replace(page, last_cpupid=this_cpupid)  # folio_xchg_last_cpupid, before any test below
-    pid_unset = last is None
-    pid_match = last is not None and cpupid_pid(last) == task.pid & PID_MASK
+    # include/linux/mm.h: cpupid_pid_unset and cpupid_match_pid read the pid bits alone, and
+    # "unset" is all ones (page_cpupid_reset_last; None here). So a task whose pid ends in
+    # LAST__PID_MASK (1279 = 0x4ff) leaves a last_cpupid these tests take for unset: another
+    # task's fault on it passes as a first fault, early scan or not, and skips the two-stage
+    # filter. task_numa_fault's first-access test compares the whole value and does not.
+    last_pid = PID_MASK if last is None else cpupid_pid(last)
+    pid_unset = last_pid == PID_MASK
+    pid_match = last_pid == task.pid & PID_MASK
     if (task.numa_preferred_nid == -1 or task.numa_scan_seq <= 4) and (pid_unset or pid_match):
         return True, page, Decision.EARLY_SCAN
-    if last is not None and node_of_cpu[cpupid_cpu(last)] != dst_nid:
+    if last is not None and not pid_unset and node_of_cpu[cpupid_cpu(last)] != dst_nid:
         return False, page, Decision.TWO_STAGE_REFUSED
     if pid_match:
         return True, page, Decision.SAME_TASK_TWICE

@@ -24,7 +24,7 @@ from harness.checks.registry import CheckResult, Verdict
 from harness.errors import BadInput, HarnessError, SeriesError
 from harness.guest.launch import LaunchRequest
 from harness.kernel.patches import Patch
-from harness.kernel.pipeline import build
+from harness.kernel.pipeline import BuildRequest, build
 
 
 class StepOutcome(StrEnum):
@@ -100,26 +100,43 @@ def _outcome(results: Sequence[CheckResult]) -> tuple[StepOutcome, tuple[str, ..
     return StepOutcome.GOOD, (), ""
 
 
+@dataclass(frozen=True)
+class CheckedKernel:
+    """What one build-boot-check round said about a kernel: the bisect step without its place."""
+
+    outcome: StepOutcome
+    failed: tuple[str, ...]
+    detail: str
+    seconds: float
+
+
+def check_build(request: LaunchRequest, build_request: BuildRequest, name: str, checks: Sequence[str] | None,
+                *, fail_fast: bool) -> CheckedKernel:
+    """Build `build_request`, boot it as `request` does and run `checks`. A build or boot that
+    fails for want of the harness (not a kernel crash), or a check's harness error, is a SKIP;
+    bad input (a patch that does not apply, a bad option) is raised: the user's to fix."""
+    started = time.monotonic()
+    try:
+        kernel = build(build_request)
+        run = check_kernel(replace(request, build=build_request, name=name), kernel, checks, fail_fast=fail_fast)
+    except BootFailure as err:
+        if err.bug_title:  # the kernel crashed at boot: a verdict, as for a mutant
+            return CheckedKernel(StepOutcome.BAD, ("boot",), f"kernel bug: {err.bug_title}", time.monotonic() - started)
+        return CheckedKernel(StepOutcome.SKIP, (), f"boot failed: {err}", time.monotonic() - started)
+    except BadInput:
+        raise
+    except HarnessError as err:
+        return CheckedKernel(StepOutcome.SKIP, (), f"could not test: {err}", time.monotonic() - started)
+    outcome, failed, detail = _outcome(run.results)
+    return CheckedKernel(outcome, failed, detail, time.monotonic() - started)
+
+
 def check_prefix(request: LaunchRequest, candidates: Sequence[Path], applied: int, checks: Sequence[str] | None,
                 *, fail_fast: bool) -> BisectStep:
     """Build the base with the first `applied` candidates, boot it and run `checks`."""
-    started = time.monotonic()
     build_request = replace(request.build, extra_patches=(*request.build.extra_patches, *candidates[:applied]))
-    try:
-        kernel = build(build_request)
-        run = check_kernel(replace(request, build=build_request, name=f"bisect-{applied}"), kernel, checks,
-                           fail_fast=fail_fast)
-    except BootFailure as err:
-        if err.bug_title:  # the kernel crashed at boot: a verdict, as for a mutant
-            return BisectStep(applied, StepOutcome.BAD, ("boot",), f"kernel bug: {err.bug_title}",
-                              time.monotonic() - started)
-        return BisectStep(applied, StepOutcome.SKIP, (), f"boot failed: {err}", time.monotonic() - started)
-    except BadInput:
-        raise  # a patch that does not apply, a bad option: the user's to fix, not a step to skip
-    except HarnessError as err:
-        return BisectStep(applied, StepOutcome.SKIP, (), f"could not test: {err}", time.monotonic() - started)
-    outcome, failed, detail = _outcome(run.results)
-    return BisectStep(applied, outcome, failed, detail, time.monotonic() - started)
+    checked = check_build(request, build_request, f"bisect-{applied}", checks, fail_fast=fail_fast)
+    return BisectStep(applied, checked.outcome, checked.failed, checked.detail, checked.seconds)
 
 
 Tester = Callable[[int, Sequence[str] | None, bool], BisectStep]

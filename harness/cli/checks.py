@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,12 +14,13 @@ from harness.cache import atomic_write_text
 from harness.checks.bisect import BisectStep, BisectVerdict, bisect, candidate_paths, check_prefix
 from harness.checks.catalog import CHECKS
 from harness.checks.checkrun import check_kernel, kernel_identity
+from harness.checks.gitbisect import GitStep, bisect_commits, commit_range, git_tree
 from harness.checks.mutants import MUTANTS_DIR, MutantOutcome, discover, mutants_dir_for, run_mutants, select
 from harness.checks.registry import CheckResult, Verdict, validate_names
 from harness.cli.options import say
 from harness.cli.requests import launch_request
 from harness.errors import BadInput, ExitCode
-from harness.guest.launch import resolve_kernel, validate
+from harness.guest.launch import LaunchRequest, resolve_kernel, validate
 from harness.kernel.patches import extra_patch, load_series
 from harness.kernel.pipeline import request_release
 from harness.report.ci import CiRequest, load_baseline, newest_run, run_ci
@@ -66,6 +68,8 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     if args.kernel:
         raise BadInput("bisect: --kernel cannot be used; every step is built from the source and a prefix of the series.")
     request = launch_request(args, name="bisect")
+    if args.commits:
+        return _bisect_commits(args, request, checks)
     if args.patch:
         patches = tuple(extra_patch(Path(p)) for p in args.patch)
         request = replace(request, build=replace(request.build, extra_patches=()))
@@ -94,6 +98,39 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         print(f"  fails    {', '.join(bad.failed)}: {bad.detail}")
     for step in result.steps:
         print(f"  step     {step.applied} of {len(paths)} applied: {step.outcome.value} ({step.seconds:.0f} s)")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result.as_json(), indent=2) + "\n")
+    if result.verdict is BisectVerdict.UNTESTABLE:
+        return ExitCode.HARNESS_FAILED
+    return ExitCode.OK if result.verdict is BisectVerdict.FOUND else ExitCode.CHECK_FAILED
+
+
+def _bisect_commits(args: argparse.Namespace, request: LaunchRequest, checks: Sequence[str]) -> int:
+    """`bisect --source TREE GOOD BAD`: `git bisect run` over the tree's commits (harness.checks.gitbisect)."""
+    if len(args.commits) != 2:
+        raise BadInput(f"bisect: expected two commits, GOOD then BAD; got {len(args.commits)}: "
+                       f"{' '.join(args.commits)}.")
+    if args.patch:
+        raise BadInput("bisect GOOD BAD: the candidates are the tree's commits, so --patch has nothing to add; "
+                       "to apply your own patches on every commit give them as --series DIR.")
+    tree = git_tree(args.source)
+    good, bad = commit_range(tree, *args.commits)
+    validate(request)
+    say(f"bisecting {tree}: {good.describe()} (good) .. {bad.describe()} (bad), in the harness's own copy")
+
+    def tell(step: GitStep) -> None:
+        say(f"{step.commit.describe()}: {step.outcome.value} ({step.seconds:.0f} s)"
+            + (f" {', '.join(step.failed)}: {step.detail[:200]}" if step.detail else ""))
+    result = bisect_commits(request, tree, good.sha, bad.sha, checks or None, progress=tell)
+    print(f"numa-harness bisect: {result.verdict.value}")
+    if result.verdict is BisectVerdict.FOUND or result.verdict is BisectVerdict.AMBIGUOUS:
+        which = " or ".join(c.describe() for c in result.culprits)
+        print(f"  culprit  {which}" if result.verdict is BisectVerdict.FOUND else f"  culprit  one of {which}")
+        step = result.culprit_step()
+        if step is not None:
+            print(f"  fails    {', '.join(step.failed)}: {step.detail}")
+    for step in result.steps:
+        print(f"  step     {step.commit.describe()}: {step.outcome.value} ({step.seconds:.0f} s)")
     if args.json:
         atomic_write_text(args.json, json.dumps(result.as_json(), indent=2) + "\n")
     if result.verdict is BisectVerdict.UNTESTABLE:

@@ -106,7 +106,11 @@ def _checks(sub: Subparsers) -> None:
     p.set_defaults(command="harness.cli.checks:cmd_mutants")
 
     p = sub.add_parser("bisect", parents=[build_options(), guest_options()],
-                       help="name the first patch of a series after which a check fails (--patch ... or --series DIR)")
+                       help="name the first patch of a series (--patch ... or --series DIR), or the first commit "
+                            "of a git tree (--source TREE GOOD BAD), after which a check fails")
+    p.add_argument("commits", nargs="*", metavar="GOOD BAD",
+                   help="with --source TREE (a git tree): the passing and the failing commit; the commits between "
+                        "are bisected with `git bisect run` in the harness's own copy of the tree")
     p.add_argument("--checks", action="append", default=[], metavar="CHECK",
                    help="the checks to run with every patch applied (default all); the ones that fail there run at "
                         "every step")

@@ -1,7 +1,7 @@
 /*
  * nhbench: autonuma-benchmark-style workloads for numa-harness, sized for a small guest.
  *
- *   nhbench numa01|numa02 MIB SECS free|bind|inverse
+ *   nhbench numa01|numa02 MIB SECS free|bind|inverse [share=S|hint-faults=K]
  *
  * numa02: one process, one thread per CPU, each pinned to its CPU and writing its own slice of
  *         one private anonymous buffer, over and over.
@@ -19,7 +19,10 @@
  * Output, every 250 ms from the parent, one line:
  *   sample T local SHARE nodes N0,N1,.. threads S0,S1,.. vmstat HINT,LOCAL,MIGRATED,PTE_UPDATES
  * (SHARE: fraction of all slice pages on their thread's node; Si the same per thread; Nk pages on
- * node k, from move_pages), then "done writes W seconds S".
+ * node k, from move_pages), then "done writes W seconds S stopped REASON". It runs SECS seconds
+ * ("deadline"), or stops at the first sample where the local share is at least S ("share"), or
+ * where the hint faults since the first sample (vmstat numa_hint_faults) reach K times the
+ * buffer's pages ("hint-faults").
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -143,7 +146,8 @@ static void vmstat(unsigned long *out)
 	fclose(f);
 }
 
-static void sample(double t, void **pages, int *status, size_t count)
+/* One sample line; returns the local share and sets *hint_faults to vmstat's numa_hint_faults. */
+static double sample(double t, void **pages, int *status, size_t count, unsigned long *hint_faults)
 {
 	long on_node[MAX_NODES] = { 0 }, local[MAX_CPUS] = { 0 }, total_local = 0;
 	unsigned long counters[4];
@@ -170,13 +174,21 @@ static void sample(double t, void **pages, int *status, size_t count)
 		printf("%c%.4f", c ? ',' : ' ', (double)local[c] / per_slice);
 	printf(" vmstat %lu,%lu,%lu,%lu\n", counters[0], counters[1], counters[2], counters[3]);
 	fflush(stdout);
+	*hint_faults = counters[0];
+	return (double)total_local / count;
 }
 
 int main(int argc, char **argv)
 {
-	if (argc != 5 || (strcmp(argv[1], "numa01") && strcmp(argv[1], "numa02")) ||
+	double until_share = -1, until_faults = -1;
+	if (argc == 6 && !strncmp(argv[5], "share=", 6))
+		until_share = atof(argv[5] + 6);
+	else if (argc == 6 && !strncmp(argv[5], "hint-faults=", 12))
+		until_faults = atof(argv[5] + 12);
+	if ((argc != 5 && argc != 6) || (argc == 6 && until_share < 0 && until_faults < 0) ||
+	    (strcmp(argv[1], "numa01") && strcmp(argv[1], "numa02")) ||
 	    (strcmp(argv[4], "free") && strcmp(argv[4], "bind") && strcmp(argv[4], "inverse"))) {
-		fprintf(stderr, "usage: nhbench numa01|numa02 MIB SECS free|bind|inverse\n");
+		fprintf(stderr, "usage: nhbench numa01|numa02 MIB SECS free|bind|inverse [share=S|hint-faults=K]\n");
 		return 2;
 	}
 	int shared = !strcmp(argv[1], "numa01");
@@ -249,17 +261,30 @@ int main(int argc, char **argv)
 	printf("pid %d child %d cpus %d nodes %d slice_pages %zu\n", getpid(), (int)child, nr_cpus, nr_nodes,
 	       slice_len / PAGE);
 	fflush(stdout);
+	const char *reason = "deadline";
+	unsigned long hint_faults, first_hint_faults = 0;
 	for (double t = 0; t < secs; t = now() - started) {
-		sample(t, pages, status, count);
+		double share = sample(t, pages, status, count, &hint_faults);
+		if (t == 0)
+			first_hint_faults = hint_faults;
+		if (until_share >= 0 && share >= until_share) {
+			reason = "share";
+			break;
+		}
+		if (until_faults >= 0 && hint_faults - first_hint_faults >= until_faults * count) {
+			reason = "hint-faults";
+			break;
+		}
 		usleep(250000);
 	}
-	sample(now() - started, pages, status, count);
+	if (!strcmp(reason, "deadline"))
+		sample(now() - started, pages, status, count, &hint_faults);
 	*stop = 1;
 	if (child > 0)
 		waitpid(child, NULL, 0);
 	uint64_t total = 0;
 	for (int c = 0; c < nr_cpus; c++)
 		total += writes[c];
-	printf("done writes %llu seconds %.2f\n", (unsigned long long)total, now() - started);
+	printf("done writes %llu seconds %.2f stopped %s\n", (unsigned long long)total, now() - started, reason);
 	return 0;
 }

@@ -22,6 +22,17 @@ def test_bench_output_is_parsed_into_samples() -> None:
     assert run.writes == 193447936 and run.seconds == 1.31
 
 
+def test_bench_output_says_why_it_stopped() -> None:
+    """Golden files from real runs: numa02 with the FAST_SCAN scan delay, stopped at its first
+    sample at 90 % local (`share=0.9`); and a bind run with the default 1 s scan delay and a 1 s
+    limit, which hinted nothing and so ran to its deadline (`hint-faults=2`)."""
+    free = parse_bench_output("numa02", "free", 16, (DATA / "numa02-free-until-share.txt").read_text())
+    assert free.stopped == "share" and free.final_share >= 0.9 and free.time_to(0.9) == free.samples[-1].t
+    bind = parse_bench_output("numa02", "bind", 16, (DATA / "numa02-bind-deadline.txt").read_text())
+    assert bind.stopped == "deadline" and bind.samples[-1].vmstat[0] - bind.samples[0].vmstat[0] < 2 * 4096
+    assert parse_bench_output("numa02", "free", 16, (DATA / "numa02-free-default-knobs.txt").read_text()).stopped == ""
+
+
 def test_bench_output_without_samples_is_an_error_naming_the_output() -> None:
     with pytest.raises(WorkloadError, match=r"(?s)printed no samples.*usage"):
         parse_bench_output("numa01", "bind", 16, "usage: nhbench numa01|numa02 MIB SECS free|bind|inverse\n")

@@ -290,6 +290,9 @@ class BenchRun:
     samples: tuple[BenchSample, ...]
     writes: int
     seconds: float
+    # Why nhbench stopped: "deadline" (it ran its SECS), "share" or "hint-faults" (its stop
+    # condition held at the last sample); "" for output from before it said.
+    stopped: str = ""
 
     @property
     def final_share(self) -> float:
@@ -308,6 +311,7 @@ def parse_bench_output(workload: str, variant: str, mib: int, text: str) -> Benc
     """Parse guest-tests/nhbench output (its header comment documents the lines)."""
     pid = child = writes = 0
     seconds = 0.0
+    stopped = ""
     samples = []
     for line in text.splitlines():
         words = line.split()
@@ -321,17 +325,20 @@ def parse_bench_output(workload: str, variant: str, mib: int, text: str) -> Benc
                 tuple(float(x) for x in words[7].split(",")),
                 tuple(int(n) for n in words[9].split(",")),  # type: ignore[arg-type]
             ))
-        elif words[0] == "done" and len(words) == 5:
+        elif words[0] == "done" and len(words) in (5, 7):
             writes, seconds = int(words[2]), float(words[4])
+            stopped = words[6] if len(words) == 7 else ""
     if not samples or not pid:
         raise WorkloadError(f"nhbench {workload} {variant} printed no samples; its output was:\n{text[-2000:]}")
-    return BenchRun(workload, variant, mib, pid, child, tuple(samples), writes, seconds)
+    return BenchRun(workload, variant, mib, pid, child, tuple(samples), writes, seconds, stopped)
 
 
-def run_bench(guest: GuestView, workload: str, variant: str, mib: int, seconds: float) -> BenchRun:
-    """Run one nhbench workload to completion (it stops itself after `seconds`)."""
-    result = guest.ssh.run(f"nhbench {workload} {mib} {seconds} {variant}", timeout=seconds + STEP_TIMEOUT)
+def run_bench(guest: GuestView, workload: str, variant: str, mib: int, seconds: float, until: str = "") -> BenchRun:
+    """Run one nhbench workload to completion: `seconds`, or until its stop condition `until`
+    (`share=S`: the local share reached S; `hint-faults=K`: K times the buffer's pages in hint
+    faults) held at a sample."""
+    command = f"nhbench {workload} {mib} {seconds} {variant}" + (f" {until}" if until else "")
+    result = guest.ssh.run(command, timeout=seconds + STEP_TIMEOUT)
     if result.exit_status != 0:
-        raise WorkloadError(f"nhbench {workload} {mib} {seconds} {variant} failed with status {result.exit_status}: "
-                            f"{result.stderr.strip()[-500:]}")
+        raise WorkloadError(f"{command} failed with status {result.exit_status}: {result.stderr.strip()[-500:]}")
     return parse_bench_output(workload, variant, mib, result.stdout)

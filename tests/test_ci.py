@@ -9,6 +9,7 @@ import copy
 import json
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -250,3 +251,46 @@ def test_sharded_ci_merges_into_the_unsharded_report(built_kernel: KernelArtifac
               for d in ("whole", "merged")]
     assert counts[0] == counts[1]
     assert {"console-2x2.log", "console-4x1.log", "report.html"} <= {p.name for p in (tmp_path / "merged").iterdir()}
+
+
+def test_several_sources_take_only_what_each_run_can(tmp_path: Path) -> None:
+    """`ci --source A --source B`: options that name one run's files or shares are refused with
+    the way to do it, before anything is built or written."""
+    out = tmp_path / "night"
+    for extra, says in ((["--shard", "1/2"], "--shard cannot be used with several --source"),
+                        (["--mutants-dir", str(tmp_path)], "--mutants-dir cannot be used with several --source"),
+                        (["--kcidb", str(tmp_path / "k.json")], "--kcidb cannot be used with several --source")):
+        result = subprocess.run([sys.executable, "-m", "harness.cli", "ci", "--source", "6.12", "--source", "6.1",
+                                 *extra, "--out", str(out)], capture_output=True, text=True)
+        assert result.returncode == 2 and says in result.stderr, result.stderr
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "ci", "--source", "6.12", "--source",
+                             "/usr/src/linux-source-6.12.tar.xz", "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 2 and "are the same source" in result.stderr, result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".night*"))
+
+
+def test_each_source_is_compared_with_its_own_earlier_run(tmp_path: Path) -> None:
+    """--baseline-from over nights of several-source runs: the newest overview, and in it the run
+    of the same source (tarball or tree path), whatever its build or label became."""
+    from harness.kernel.source import SourceSpec
+    from harness.report.overview import OVERVIEW_SCHEMA_ID, newest_overview, run_of_source
+    from harness.report.summary import SCHEMA_ID
+
+    nightly = tmp_path / "nightly"
+    sources = {"6.12": "/usr/src/linux-source-6.12.tar.xz", "6.1": "/usr/src/linux-source-6.1.tar.xz"}
+    for night in ("2026-11-26", "2026-11-27"):
+        for label, path in sources.items():
+            run = nightly / night / "runs" / f"{label}.0-{night}"
+            run.mkdir(parents=True)
+            (run / "summary.json").write_text(json.dumps({"schema": SCHEMA_ID, "started": f"{night}T01:00:00+00:00",
+                                                          "kernel": {"source": {"kind": "tarball", "path": path}}}))
+        (nightly / night / "overview.json").write_text(json.dumps({"schema": OVERVIEW_SCHEMA_ID,
+                                                                   "started": f"{night}T01:00:00+00:00"}))
+    (nightly / "2026-11-27.log").write_text("numa-harness: pass\n")
+    (nightly / "2026-11-28").mkdir()  # tonight's --out
+    earlier = newest_overview(nightly, exclude=nightly / "2026-11-28")
+    assert earlier == nightly / "2026-11-27"
+    assert run_of_source(earlier, SourceSpec("tarball", Path(sources["6.1"]))) == \
+        earlier / "runs" / "6.1.0-2026-11-27"
+    assert run_of_source(earlier, SourceSpec("git", Path("/src/linux"))) is None  # a source new tonight
+    assert newest_overview(tmp_path / "absent") is None

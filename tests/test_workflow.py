@@ -90,7 +90,7 @@ def test_the_workflow_commands_parse_with_the_harness_grammar() -> None:
     merge_argv = _numa_harness_argv(next(s for s in _run_scripts(jobs["merge"]) if "numa-harness" in s),
                                     {"source": "linux-source-6.12"})
     shard = parser.parse_args(shard_argv)
-    assert shard.shard == "1/2" and str(shard.source) == "/usr/src/linux-source-6.12.tar.xz" and shard.merge is None
+    assert shard.shard == "1/2" and shard.source == ["/usr/src/linux-source-6.12.tar.xz"] and shard.merge is None
     merge = parser.parse_args(merge_argv)
     assert merge.merge == "merge" and [str(p) for p in merge.parts] == ["parts/part-*"] and str(merge.kcidb) == "kcidb.json"
     overview = parser.parse_args(_numa_harness_argv(_run_scripts(jobs["overview"])[-1], {}))

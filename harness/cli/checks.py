@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +17,7 @@ from harness.checks.bisect import BisectStep, BisectVerdict, bisect, candidate_p
 from harness.checks.catalog import CHECKS
 from harness.checks.checkrun import check_kernel, kernel_identity
 from harness.checks.gitbisect import GitStep, bisect_commits, commit_range, git_tree
-from harness.checks.mutants import MUTANTS_DIR, MutantOutcome, discover, mutants_dir_for, run_mutants, select
+from harness.checks.mutants import MutantOutcome, discover, mutants_dir_for, run_mutants, select
 from harness.checks.registry import CheckResult, Verdict, validate_names
 from harness.cli.options import say
 from harness.cli.requests import launch_request
@@ -23,9 +25,10 @@ from harness.errors import BadInput, ExitCode
 from harness.guest.launch import LaunchRequest, resolve_kernel, validate
 from harness.kernel.patches import extra_patch, load_series
 from harness.kernel.pipeline import request_release
+from harness.kernel.source import resolve_source
 from harness.report.ci import CiRequest, load_baseline, newest_run, run_ci
 from harness.report.junit import write_junit
-from harness.report.overview import write_overview
+from harness.report.overview import newest_overview, run_of_source, write_overview
 from harness.report.shards import Shard, merge
 from harness.report.terminal import print_mutant_table, print_table, write_json, write_mutants_json
 
@@ -201,25 +204,83 @@ def cmd_ci(args: argparse.Namespace) -> int:
     if args.parts:
         raise BadInput(f"ci: unexpected {' '.join(map(str, args.parts))}; only `ci merge` and `ci overview` take "
                        f"directories.")
-    checks = validate_names(args.checks, "--checks")
-    mutant_checks = validate_names(args.mutant_checks, "--mutant-checks")
-    mutants = []
-    if not args.no_mutants:
-        mutants = discover(args.mutants_dir or MUTANTS_DIR)
-        if args.mutant:
-            mutants = select(mutants, args.mutant)
-    topologies = tuple(args.topology or ("2x2", "4x1"))
-    for spec in topologies:
-        validate(launch_request(args, topology=spec))
-    baseline = _baseline(args, args.out)
-    # The mutants boot on the first topology.
-    request = CiRequest(launch=launch_request(args, topology=topologies[0]), out=args.out, topologies=topologies,
-                        checks=checks or None, mutants=tuple(mutants), mutant_checks=mutant_checks or None, baseline=baseline,
-                        mutants_full_matrix=args.mutants_full_matrix, kcidb=args.kcidb,
-                        prune_mutants=args.prune_mutants, shard=Shard.parse(args.shard) if args.shard else None)
+    if len(args.source) > 1:
+        return _ci_sources(args)
+    one = argparse.Namespace(**{**vars(args), "source": args.source[0] if args.source else None})
+    request = _ci_request(one, args.out, _baseline(args, args.out))
     outcome = run_ci(request, say)
     summary = outcome.summary
     say(f"{summary['status']} (exit {outcome.exit_code}); report: {outcome.out / 'report.html'}")
     for regression in summary["regressions"]:
         say(f"regression: {regression['message']}")
     return outcome.exit_code
+
+
+def _ci_request(args: argparse.Namespace, out: Path, baseline: Path | None) -> CiRequest:
+    """One source's `ci` (args.source is one source or None), its input checked."""
+    checks = validate_names(args.checks, "--checks")
+    mutant_checks = validate_names(args.mutant_checks, "--mutant-checks")
+    topologies = tuple(args.topology or ("2x2", "4x1"))
+    for spec in topologies:
+        validate(launch_request(args, topology=spec))
+    mutants = []
+    if not args.no_mutants:
+        launch = launch_request(args, topology=topologies[0])
+        mutants = discover(args.mutants_dir or mutants_dir_for(request_release(launch.build)))
+        if args.mutant:
+            mutants = select(mutants, args.mutant)
+    # The mutants boot on the first topology.
+    return CiRequest(launch=launch_request(args, topology=topologies[0]), out=out, topologies=topologies,
+                     checks=checks or None, mutants=tuple(mutants), mutant_checks=mutant_checks or None,
+                     baseline=baseline, mutants_full_matrix=args.mutants_full_matrix, kcidb=args.kcidb,
+                     prune_mutants=args.prune_mutants, shard=Shard.parse(args.shard) if args.shard else None)
+
+
+def _ci_sources(args: argparse.Namespace) -> int:
+    """`ci --source A --source B ...`: one `ci` per source (a matrix row each), then `ci overview`
+    of them into --out: index.html with the kernels side by side, overview.json, and each run in
+    runs/LABEL/. With --baseline (an earlier such --out) or --baseline-from, each source is
+    compared with the earlier run of the same source."""
+    for option, why in (("shard", "shard each source's `ci` on its own, `ci merge` each, then `ci overview` them"),
+                        ("mutants_dir", "each source takes its own release's mutants; run one `ci` per source to "
+                                        "give a directory"),
+                        ("kcidb", "run one `ci` per source, each with its own --kcidb FILE")):
+        if getattr(args, option):
+            raise BadInput(f"ci: --{option.replace('_', '-')} cannot be used with several --source: {why}.")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise BadInput(f"--out {args.out}: exists and is not an empty directory. Pass a fresh directory (a nightly "
+                       f"job uses one per night) so that no earlier report is overwritten.")
+    if args.baseline is not None and args.baseline_from is not None:
+        raise BadInput("--baseline and --baseline-from name a baseline each; pass one of them.")
+    earlier = args.baseline if args.baseline is not None else (
+        newest_overview(args.baseline_from, exclude=args.out) if args.baseline_from is not None else None)
+    if args.baseline_from is not None:
+        say(f"baseline: {earlier}" if earlier else f"no earlier run under {args.baseline_from}: no baseline this time")
+    parts = args.out.parent / f".{args.out.name}.sources-{os.getpid()}"
+    requests = []
+    seen: dict[tuple[str, Path], str] = {}
+    for index, source in enumerate(args.source):  # every source's input checked before anything is built
+        spec = resolve_source(source)
+        if (spec.kind, spec.path) in seen:
+            raise BadInput(f"ci: --source {seen[spec.kind, spec.path]} and --source {source} are the same source "
+                           f"({spec.path}), given twice; give each once.")
+        seen[spec.kind, spec.path] = source
+        one = argparse.Namespace(**{**vars(args), "source": source})
+        baseline = run_of_source(earlier, spec) if earlier else None
+        if earlier is not None and baseline is None:
+            say(f"--source {source}: no run of it in {earlier}: no baseline for it this time")
+        requests.append((source, _ci_request(one, parts / str(index), baseline)))
+    shutil.rmtree(parts, ignore_errors=True)
+    parts.mkdir()
+    try:
+        for source, request in requests:
+            say(f"--source {source}: ci into its own run")
+            outcome = run_ci(request, say)
+            say(f"--source {source}: {outcome.summary['status']} (exit {outcome.exit_code})")
+            for regression in outcome.summary["regressions"]:
+                say(f"--source {source}: regression: {regression['message']}")
+        data, exit_code = write_overview([request.out for _, request in requests], args.out)
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
+    say(f"{data['status']} (exit {int(exit_code)}) over {len(data['runs'])} kernels; overview: {args.out / 'index.html'}")
+    return exit_code

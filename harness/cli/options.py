@@ -20,11 +20,17 @@ def cache_options() -> argparse.ArgumentParser:
     return parent
 
 
-def build_options() -> argparse.ArgumentParser:
+def build_options(*, several_sources: bool = False) -> argparse.ArgumentParser:
+    """The build's options; with `several_sources` (`ci`), --source is repeatable: a list."""
     parent = argparse.ArgumentParser(add_help=False, parents=[cache_options()])
     group = parent.add_argument_group("kernel build options")
-    group.add_argument("--source", metavar="PATH", help="kernel git tree, unpacked tree or tarball "
-                       "(default: Debian's linux-source-6.12 tarball, installed when missing)")
+    source_help = ("kernel git tree, unpacked tree or tarball, or a built-in source's short name (6.12, 6.1) "
+                   "(default: Debian's linux-source-6.12 tarball, installed when missing)")
+    if several_sources:
+        group.add_argument("--source", metavar="PATH", action="append", default=[],
+                           help=source_help + "; repeatable: one matrix row per source, side by side")
+    else:
+        group.add_argument("--source", metavar="PATH", help=source_help)
     group.add_argument("--series", metavar="DIR", type=Path, help="patch series directory with a quilt "
                        "`series` file (replaces kernel-config/patches)")
     group.add_argument("--patch", metavar="FILE", type=Path, action="append", default=[],

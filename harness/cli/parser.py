@@ -117,7 +117,7 @@ def _checks(sub: Subparsers) -> None:
     p.add_argument("--json", type=Path, metavar="FILE", help="write the steps and the culprit as JSON")
     p.set_defaults(command="harness.cli.checks:cmd_bisect")
 
-    p = sub.add_parser("ci", parents=[build_options(), machine_options()],
+    p = sub.add_parser("ci", parents=[build_options(several_sources=True), machine_options()],
                        help="unattended: build, check on each topology, mutation self-check; write junit.xml, "
                             "summary.json, report.html into --out")
     p.add_argument("merge", nargs="?", choices=["merge", "overview"], metavar="merge|overview",

@@ -25,6 +25,7 @@ from typing import Any
 
 from harness.cache import atomic_write_text
 from harness.errors import BadInput, ExitCode
+from harness.kernel.source import SourceSpec
 from harness.report.html import STYLE, escape, source_text
 from harness.report.summary import SCHEMA_ID, STATUS, read_summary_json
 
@@ -88,6 +89,8 @@ def overview_json(runs: Sequence[Run]) -> dict[str, Any]:
     exit_code = ExitCode.most_telling(run.exit_code for run in runs)
     return {
         "schema": OVERVIEW_SCHEMA_ID,
+        # When the first of its runs started: what --baseline-from orders overviews by.
+        "started": min(run.summary["started"] for run in runs),
         "status": STATUS[exit_code],
         "exit_code": int(exit_code),
         "runs": [{"label": run.label, "status": run.summary["status"], "exit_code": run.summary["exit_code"],
@@ -165,3 +168,38 @@ def write_overview(directories: Sequence[Path], out: Path) -> tuple[dict[str, An
         out.rmdir()
     staging.rename(out)
     return data, ExitCode(data["exit_code"])
+
+
+def newest_overview(directory: Path, exclude: Path | None = None) -> Path | None:
+    """The newest earlier overview (a several-source `ci` --out) under `directory`, by the time
+    its first run started; None on a nightly job's first night."""
+    found: list[tuple[str, Path]] = []
+    for candidate in sorted(directory.iterdir()) if directory.is_dir() else []:
+        if exclude is not None and candidate.resolve() == exclude.resolve():
+            continue
+        try:
+            data = json.loads((candidate / "overview.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("schema") == OVERVIEW_SCHEMA_ID and isinstance(data.get("started"), str):
+            found.append((data["started"], candidate))
+    return max(found)[1] if found else None
+
+
+def run_of_source(overview: Path, source: SourceSpec) -> Path | None:
+    """In an earlier overview (or a single `ci` run's --out), the run of the same kernel source:
+    the same tarball or tree path. Its build may differ (the tree moved on): that is what a
+    baseline is compared with."""
+    if (overview / "summary.json").is_file():
+        candidates = [overview]
+    else:
+        candidates = sorted(p.parent for p in (overview / "runs").glob("*/summary.json"))
+    for candidate in candidates:
+        try:
+            summary = json.loads((candidate / "summary.json").read_text())
+        except (OSError, ValueError):
+            continue
+        kernel_source = (summary.get("kernel") or {}).get("source") or {}
+        if kernel_source.get("kind") == source.kind and kernel_source.get("path") == str(source.path):
+            return candidate
+    return None

@@ -177,21 +177,26 @@ def test_a_range_that_is_not_one_is_bad_input(tmp_path: Path) -> None:
         commit_range(tree, "v9.9", shas[2])
 
 
-def test_the_step_command_skips_a_commit_that_is_no_kernel_tree(tmp_path: Path) -> None:
-    """The real step (`python -m harness.checks.gitbisect STATE`): a commit the pipeline cannot
-    take is git's 125, with the reason in the steps file, never 1 (bad)."""
+def test_the_step_command_tests_the_copys_commit_and_skips_one_that_is_no_kernel_tree(tmp_path: Path) -> None:
+    """The real step (`python -m harness.checks.gitbisect STATE`) tests the commit checked out in
+    the harness's copy, not the user's tree the request names; a commit the pipeline cannot take
+    is git's 125, with the reason in the steps file, never 1 (bad)."""
     tree = tmp_path / "linux"
-    shas = _tree(tree, 2)
+    shas = _tree(tree, 3)
+    copy = tmp_path / "copy"
+    git(tmp_path, "clone", "--quiet", "--shared", str(tree), str(copy))
+    git(copy, "checkout", "--quiet", "--detach", shas[1])
     steps = tmp_path / "steps.jsonl"
     state = tmp_path / "state.json"
     request = _request(tmp_path)
-    StepState(replace(request, build=replace(request.build, source=str(tree))), ("cow-sharing",), steps).write(state)
+    StepState(replace(request, build=replace(request.build, source=str(tree))), copy, ("cow-sharing",),
+              steps).write(state)
     result = subprocess.run([sys.executable, "-m", "harness.checks.gitbisect", str(state)], capture_output=True,
-                            text=True, cwd=tree)
+                            text=True, cwd=copy)
     assert result.returncode == STEP_EXIT[StepOutcome.SKIP] == 125, result.stderr
     step = GitStep.from_json(json.loads(steps.read_text()))
-    assert step.commit == Commit(shas[-1], "c2") and step.outcome is StepOutcome.SKIP
-    assert "cannot be tested" in step.detail and "kernel" in step.detail, step.detail
+    assert step.commit == Commit(shas[1], "c2") and step.outcome is StepOutcome.SKIP
+    assert "cannot be tested" in step.detail and str(copy) in step.detail, step.detail
 
 
 def test_the_command_line_rejects_a_tarball_and_a_patch(tmp_path: Path) -> None:

@@ -166,23 +166,25 @@ def harness_copy(tree: Path, directory: Path) -> Path:
 
 @dataclass(frozen=True)
 class StepState:
-    """What the step command needs, written by the parent: the launch request (its build's source
-    is the copy), the checks, and where steps go."""
+    """What the step command needs, written by the parent: the launch request (as the user gave
+    it: its build's source is the user's tree), the harness's copy whose checked-out commit the
+    step builds instead, the checks, and where steps go."""
 
     request: LaunchRequest
+    repo: Path
     checks: tuple[str, ...] | None
     steps: Path
 
     def write(self, path: Path) -> None:
-        atomic_write_text(path, json.dumps({"request": self.request.to_json(), "checks": self.checks,
-                                            "steps": str(self.steps)}) + "\n")
+        atomic_write_text(path, json.dumps({"request": self.request.to_json(), "repo": str(self.repo),
+                                            "checks": self.checks, "steps": str(self.steps)}) + "\n")
 
     @classmethod
     def read(cls, path: Path) -> StepState:
         data = json.loads(path.read_text())
         checks = data["checks"]
-        return cls(LaunchRequest.from_json(data["request"]), tuple(checks) if checks is not None else None,
-                   Path(data["steps"]))
+        return cls(LaunchRequest.from_json(data["request"]), Path(data["repo"]),
+                   tuple(checks) if checks is not None else None, Path(data["steps"]))
 
 
 def test_head(request: LaunchRequest, repo: Path, checks: Sequence[str] | None, *, fail_fast: bool,
@@ -246,7 +248,7 @@ def bisect_commits(request: LaunchRequest, tree: Path, good: str, bad: str, chec
         steps_file = directory / "steps.jsonl"
         steps_file.write_text("")
         state = directory / "state.json"
-        StepState(request, failing or None, steps_file).write(state)
+        StepState(request, repo, failing or None, steps_file).write(state)
         command = [*(step_command or (sys.executable, "-m", "harness.checks.gitbisect")), str(state)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO_ROOT),
                                                                           os.environ.get("PYTHONPATH"))))}
@@ -279,7 +281,7 @@ def _culprits(repo: Path) -> tuple[bool, tuple[Commit, ...]]:
 def step_main(state_path: Path) -> int:
     """The command `git bisect run` runs for each commit it checks out."""
     state = StepState.read(state_path)
-    repo = Path(state.request.build.source or ".")
+    repo = state.repo
     try:
         step = test_head(state.request, repo, state.checks, fail_fast=True, skip_bad_input=True)
     except Exception as err:  # a harness bug must not read as "bad": git would blame this commit

@@ -2,7 +2,9 @@
 boot, ready marker, first SSH command output, teardown), over N boots; and virtme-ng's `vng --run
 BZIMAGE --disable-kvm -- true` on the same kernel beside it when vng is installed.
 
-Target: ours <= 0.5x virtme-ng's time in the same run (virtme-ng 1.42, TCG, 2x2, 2G: 8.0 s here).
+Target (issue 14): ours <= 0.2x virtme-ng's time on the same kernel in the same run. virtme-ng
+needs a kernel with the options its virtme-configkernel adds (9p, virtio-pci, overlayfs...);
+without vng on PATH the bench prints ours alone and says so.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def main() -> int:
         return 1
     median = statistics.median(ours)
     print(f"numa-harness run -- true   median {median:.2f} s over {len(ours)} boots "
-          f"(min {min(ours):.2f}, max {max(ours):.2f}), TCG, {args.topology}")
+          f"(min {min(ours):.2f}, max {max(ours):.2f}, stdev {statistics.pstdev(ours):.2f}), {args.topology}")
     vng = shutil.which("vng")
     if vng is None:
         print("virtme-ng: not installed (pip install virtme-ng) - no ratio")
@@ -55,7 +57,7 @@ def main() -> int:
         return 0
     ratio = median / statistics.median(theirs)
     print(f"vng --run ... -- true      median {statistics.median(theirs):.2f} s over {len(theirs)} boots")
-    print(f"ratio ours/virtme-ng = {ratio:.2f} (target <= 0.5)")
+    print(f"ratio ours/virtme-ng = {ratio:.2f} (target <= 0.2)")
     return 0
 
 

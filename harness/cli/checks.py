@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from harness.cache import atomic_write_text
 from harness.checks.bisect import BisectStep, BisectVerdict, bisect, candidate_paths, check_prefix
@@ -101,11 +102,17 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         print(f"  fails    {', '.join(bad.failed)}: {bad.detail}")
     for step in result.steps:
         print(f"  step     {step.applied} of {len(paths)} applied: {step.outcome.value} ({step.seconds:.0f} s)")
-    if args.json:
-        atomic_write_text(args.json, json.dumps(result.as_json(), indent=2) + "\n")
-    if result.verdict is BisectVerdict.UNTESTABLE:
+    return _bisect_end(args.json, result.verdict, result.as_json())
+
+
+def _bisect_end(json_path: Path | None, verdict: BisectVerdict, log: dict[str, Any]) -> ExitCode:
+    """Both forms: write the --json log; exit 0 with a culprit, 125 when BAD could not be tested,
+    else 1 (nothing fails at BAD, the base already fails, or skips hide the culprit)."""
+    if json_path:
+        atomic_write_text(json_path, json.dumps(log, indent=2) + "\n")
+    if verdict is BisectVerdict.UNTESTABLE:
         return ExitCode.HARNESS_FAILED
-    return ExitCode.OK if result.verdict is BisectVerdict.FOUND else ExitCode.CHECK_FAILED
+    return ExitCode.OK if verdict is BisectVerdict.FOUND else ExitCode.CHECK_FAILED
 
 
 def _bisect_commits(args: argparse.Namespace, request: LaunchRequest, checks: Sequence[str]) -> int:
@@ -134,11 +141,7 @@ def _bisect_commits(args: argparse.Namespace, request: LaunchRequest, checks: Se
             print(f"  fails    {', '.join(step.failed)}: {step.detail}")
     for step in result.steps:
         print(f"  step     {step.commit.describe()}: {step.outcome.value} ({step.seconds:.0f} s)")
-    if args.json:
-        atomic_write_text(args.json, json.dumps(result.as_json(), indent=2) + "\n")
-    if result.verdict is BisectVerdict.UNTESTABLE:
-        return ExitCode.HARNESS_FAILED
-    return ExitCode.OK if result.verdict is BisectVerdict.FOUND else ExitCode.CHECK_FAILED
+    return _bisect_end(args.json, result.verdict, result.as_json())
 
 
 def cmd_mutants(args: argparse.Namespace) -> int:

@@ -58,3 +58,24 @@ def test_an_unknown_source_names_the_builtin_ones() -> None:
 
     with pytest.raises(SourceError, match=r"built-in source \(6\.12, 6\.1\)"):
         resolve_source("6.7", install_default=False)
+
+
+def test_a_git_tree_that_ignores_its_own_top_level_is_named_with_the_fix(tmp_path: Path) -> None:
+    """Debian's linux-source .gitignore ends with '/*' (and '!/debian/'): `git init && git add -A`
+    on such a tree tracks nothing at the top, and the harness, which takes a git tree's tracked
+    and untracked-not-ignored files, would build an empty tree. Said at once, with the lines to drop."""
+    import subprocess
+
+    from harness.errors import SourceError
+    from harness.kernel.source import resolve_source
+
+    tree = tmp_path / "linux"
+    tree.mkdir()
+    (tree / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 12\n")
+    (tree / "Kconfig").write_text("")
+    (tree / ".gitignore").write_text("*.o\n/*\n!/debian/\n")
+    subprocess.run(["git", "init", "-q", str(tree)], check=True)
+    with pytest.raises(SourceError, match=r"Drop the '/\*' and '!/debian/' lines"):
+        resolve_source(str(tree))
+    (tree / ".gitignore").write_text("*.o\n")
+    assert resolve_source(str(tree)).kind == "git"  # untracked, not ignored: taken

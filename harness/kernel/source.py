@@ -98,6 +98,16 @@ def resolve_source(arg: str | None, *, install_default: bool = True) -> SourceSp
         # the harness's working tree (list_tree_files), and the kernel's .gitignore covers every
         # build product (.config, include/config, include/generated, *.o, .*.cmd, vmlinux, ...),
         # so kbuild there sees a clean source tree and the developer's objects stay where they are.
+        seen = _git_bytes(path, "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--",
+                          "Makefile", "Kconfig").split(b"\0")
+        if b"Makefile" not in seen or b"Kconfig" not in seen:
+            raise SourceError(
+                f"--source {arg} is a git tree whose top-level Makefile or Kconfig is neither tracked nor "
+                f"an untracked file git would add: its .gitignore ignores it (Debian's linux-source adds "
+                f"'/*', which ignores the whole top level). The harness takes a git tree's tracked and "
+                f"untracked-not-ignored files only. Drop the '/*' and '!/debian/' lines from its "
+                f".gitignore (and commit, or leave the files untracked)."
+            )
         return SourceSpec("git", path)
     if (path / ".config").exists() or (path / "include" / "config").exists():
         raise SourceError(
@@ -106,7 +116,8 @@ def resolve_source(arg: str | None, *, install_default: bool = True) -> SourceSp
             f"its sources: its own .gitignore is no guide (Debian's linux-source adds '/*', which "
             f"ignores the whole top level), and kbuild refuses to build out of tree from a "
             f"configured source. Run `make mrproper` in it, or pass it as a git checkout (`git "
-            f"init && git add -A` works: build products are then ignored by the kernel's rules)."
+            f"init && git add -A` works once the top-level .gitignore has no '/*' line, which "
+            f"Debian's linux-source adds: build products are then ignored by the kernel's rules)."
         )
     return SourceSpec("tree", path)
 

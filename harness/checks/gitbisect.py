@@ -76,6 +76,11 @@ class GitStep:
         return {**self.commit.as_json(), "outcome": self.outcome.value, "failed": list(self.failed),
                 "detail": self.detail, "seconds": round(self.seconds, 1)}
 
+    def describe(self) -> str:
+        """The progress line: commit, outcome, time, and the failing checks' first diff."""
+        return (f"{self.commit.describe()}: {self.outcome.value} ({self.seconds:.0f} s)"
+                + (f" {', '.join(self.failed)}: {self.detail[:200]}" if self.detail else ""))
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GitStep:
         return cls(Commit(data["commit"], data["subject"]), StepOutcome(data["outcome"]), tuple(data["failed"]),
@@ -290,8 +295,7 @@ def step_main(state_path: Path) -> int:
                        (), f"could not test: {type(err).__name__}: {err}", 0.0)
     with state.steps.open("a") as steps:
         steps.write(json.dumps(step.as_json()) + "\n")
-    print(f"numa-harness: {step.commit.describe()}: {step.outcome.value} ({step.seconds:.0f} s)"
-          + (f" {', '.join(step.failed)}: {step.detail[:200]}" if step.detail else ""), file=sys.stderr)
+    print(f"numa-harness: {step.describe()}", file=sys.stderr)
     return STEP_EXIT[step.outcome]
 
 

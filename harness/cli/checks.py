@@ -17,7 +17,7 @@ from harness.cache import atomic_write_text
 from harness.checks.bisect import BisectStep, BisectVerdict, bisect, candidate_paths, check_prefix
 from harness.checks.catalog import CHECKS
 from harness.checks.checkrun import check_kernel, kernel_identity
-from harness.checks.gitbisect import GitStep, bisect_commits, commit_range, git_tree
+from harness.checks.gitbisect import bisect_commits, commit_range, git_tree
 from harness.checks.mutants import MutantOutcome, discover, mutants_dir_for, run_mutants, select
 from harness.checks.registry import CheckResult, Verdict, validate_names
 from harness.cli.options import say
@@ -128,10 +128,8 @@ def _bisect_commits(args: argparse.Namespace, request: LaunchRequest, checks: Se
     validate(request)
     say(f"bisecting {tree}: {good.describe()} (good) .. {bad.describe()} (bad), in the harness's own copy")
 
-    def tell(step: GitStep) -> None:
-        say(f"{step.commit.describe()}: {step.outcome.value} ({step.seconds:.0f} s)"
-            + (f" {', '.join(step.failed)}: {step.detail[:200]}" if step.detail else ""))
-    result = bisect_commits(request, tree, good.sha, bad.sha, checks or None, progress=tell)
+    result = bisect_commits(request, tree, good.sha, bad.sha, checks or None,
+                            progress=lambda step: say(step.describe()))
     print(f"numa-harness bisect: {result.verdict.value}")
     if result.verdict is BisectVerdict.FOUND or result.verdict is BisectVerdict.AMBIGUOUS:
         which = " or ".join(c.describe() for c in result.culprits)

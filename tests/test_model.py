@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from harness.model import (
     HPAGE_SIZE,
     PAGE_SIZE,
+    RULES,
     Counters,
     CpuOccupant,
     Decision,
@@ -62,6 +63,33 @@ def test_pass_windows_advance_by_the_budget_in_2mib_chunks() -> None:
     assert result.counters == Counters(numa_pte_updates=4096)
     again = scan_pass(result.mm, result.vmas, result.pages, tun, scanning_node=1, jiffies=1001, pid=100)
     assert again.windows == ((BASE + 16 * MiB, BASE + 32 * MiB),)
+
+
+def test_6_1_scans_every_vma_without_per_vma_state() -> None:
+    """6.1's fair.c:task_numa_work has no numab_state: a VMA the skip rules let through is
+    scanned on the pass that meets it, and stays without state. 6.12 allocates the state on that
+    pass and waits out the scan delay (next_scan = now + delay) before the VMA is scanned;
+    in a later sequence the 6.1 pass scans a VMA whatever pid faulted in it, where 6.12's
+    vma_is_accessed may skip it."""
+    tun = Tunables(scan_size_mb=256, scan_delay_ms=100)
+    vmas = [Vma(BASE, BASE + 4 * MiB), Vma(BASE + 8 * MiB, BASE + 12 * MiB)]
+    pages = {**region(4), **region(4, start=BASE + 8 * MiB)}
+    old = scan_pass(Mm(numa_scan_seq=3), vmas, pages, tun, scanning_node=1, jiffies=1000, pid=1, rules=RULES["6.1"])
+    assert all(v.numab is None for v in old.vmas) and not old.skipped
+    assert sum(p.hint for p in old.pages.values()) == len(pages)
+    assert old.mm == Mm(numa_scan_offset=0, numa_scan_seq=4)
+    new = scan_pass(Mm(numa_scan_seq=3), vmas, pages, tun, scanning_node=1, jiffies=1000, pid=1, rules=RULES["6.12"])
+    assert all(v.numab is not None for v in new.vmas)
+    assert {reason for _, reason in new.skipped} == {"scan_delay"}
+    assert not any(p.hint for p in new.pages.values())
+    # Past the delay, in the VMAs' third sequence, scanned in the last one and with no pid of
+    # the task in pids_active: 6.12 skips them (pid_inactive), then forces one.
+    recent = [replace(v, numab=replace(v.numab, prev_scan_seq=4)) for v in new.vmas if v.numab is not None]
+    later = scan_pass(Mm(numa_scan_seq=5), recent, pages, tun, scanning_node=1, jiffies=2000, pid=1)
+    assert "pid_inactive" in {reason for _, reason in later.skipped}
+    old_later = scan_pass(Mm(numa_scan_seq=5), old.vmas, old.pages, tun, scanning_node=1, jiffies=2000, pid=1,
+                          rules=RULES["6.1"])
+    assert not old_later.skipped and old_later.mm.numa_scan_seq == 6
 
 
 def test_offset_wraps_and_seq_increments_when_the_vmas_run_out() -> None:

@@ -11,7 +11,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from .state import HPAGE_SIZE, NUMA_BALANCING_NORMAL, PAGE_SIZE, Counters, Mm, NumabState, Page, Tunables, Vma
+from .state import (
+    DEFAULT_RULES,
+    HPAGE_SIZE,
+    NUMA_BALANCING_NORMAL,
+    PAGE_SIZE,
+    Counters,
+    KernelRules,
+    Mm,
+    NumabState,
+    Page,
+    Tunables,
+    Vma,
+)
 
 
 @dataclass(frozen=True)
@@ -153,8 +165,11 @@ def scan_pass(
     jiffies: int,
     pid: int,
     nr_threads: int = 1,
+    rules: KernelRules = DEFAULT_RULES,
 ) -> PassResult:
-    """One call of task_numa_work that got past its timing checks (fair.c:task_numa_work)."""
+    """One call of task_numa_work that got past its timing checks (fair.c:task_numa_work).
+    Under 6.1's rules (KernelRules.vma_scan_gate) a VMA is skipped only by skip_reason and
+    keeps no numab_state: 6.1's loop has no other test."""
     vma_list = sorted(vmas, key=lambda v: v.start)
     new_pages = dict(pages)
     offset, seq = mm.numa_scan_offset, mm.numa_scan_seq
@@ -173,20 +188,23 @@ def scan_pass(
             index = 0 if vma_list else None
         for i in range(index if index is not None else len(vma_list), len(vma_list)):
             vma = vma_list[i]
-            numab, reason = _vma_gate(vma, Mm(offset, seq, mm.mm_users), jiffies, delay, pid, nr_threads, forced)
+            if rules.vma_scan_gate:
+                numab, reason = _vma_gate(vma, Mm(offset, seq, mm.mm_users), jiffies, delay, pid, nr_threads, forced)
+            else:
+                numab, reason = vma.numab, skip_reason(vma)
             vma = vma_list[i] = replace(vma, numab=numab)
             if reason:
                 skipped.append((vma.start, reason))
                 offset = vma.end if reason == "seq_completed" else offset
                 pids_skipped |= reason == "pid_inactive"
                 continue
-            assert numab is not None
             start = _scan_vma(vma, start, new_pages, budget, scanning_node=scanning_node, mm_users=mm.mm_users,
                               tunables=tunables)
             if budget.spent:
                 stopped_in = i
                 break
-            vma_list[i] = replace(vma, numab=replace(numab, prev_scan_seq=seq))
+            if numab is not None:
+                vma_list[i] = replace(vma, numab=replace(numab, prev_scan_seq=seq))
             if forced:
                 stopped_in = i  # `break` with vma still set: the offset becomes `start`
                 break

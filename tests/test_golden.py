@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 from harness.checks.observe import Observation
-from harness.checks.placement import _Rounds, judge_placement_round, replay_exact_rounds
+from harness.checks.placement import _Rounds, judge_placement_round, replay_exact
 from harness.checks.runner import Recording, load_recording
 from harness.checks.scantiming import ClockSample
 from harness.inspect import TaskNumaState
+from harness.inspect.pagetable import PRESENT, PROTNONE
 
 GOLDEN = Path(__file__).parent / "data" / "observations"
 
@@ -47,18 +48,42 @@ def test_recorded_placements_are_predicted_from_their_pre_placement_books() -> N
 
 def test_recorded_exact_rounds_replay_free_running() -> None:
     recording = _load("placement-exact")
-    rounds = replay_exact_rounds(recording.facts, recording.observations, recording.notes)
-    assert not rounds.diffs, rounds.diffs
-    assert sum(r["carried"] for r in rounds.judged) >= 2, "the recording must hold rounds the model carried itself"
+    run = replay_exact(recording.facts, recording.observations, recording.notes)
+    assert not run.rounds.diffs and not run.broken, run.rounds.diffs
+    assert run.carried_rounds >= 2, "the recording must hold rounds the model carried itself"
+    kinds = [recording.notes[k]["kind"] for k in sorted(recording.observations)]
+    assert kinds[0] == "start" and kinds.count("start") == 1, "one observation starts the free run"
+    assert run.free is not None and run.free.replay.inputs.get("passes whose numa_pte_updates were compared")
+
+
+def test_recorded_exact_rounds_on_6_1_replay_under_its_rules() -> None:
+    """The same check on Debian's 6.1: the free run holds under 6.1's rules (no per-VMA scan
+    state, KernelRules.vma_scan_gate), and not under 6.12's, whose passes would have kept
+    numab_state the 6.1 kernel does not have."""
+    recording = _load("placement-exact-6.1")
+    assert recording.facts.rules.release == "6.1"
+    run = replay_exact(recording.facts, recording.observations, recording.notes)
+    assert not run.rounds.diffs and not run.broken, run.rounds.diffs
+    assert run.carried_rounds >= 2
+    as_6_12 = replace(recording.facts, release="6.12.117")
+    wrong = replay_exact(as_6_12, recording.observations, recording.notes)
+    assert wrong.broken and any("numab" in d for d in wrong.rounds.diffs), wrong.rounds.diffs
 
 
 def _with_task(obs: Observation, **changes: object) -> Observation:
     return replace(obs, task=replace(obs.task, **changes))  # type: ignore[arg-type]
 
 
-def _first_carried_a(recording: Recording) -> str:
-    """The label of the first -a observation whose books the model carries into (the second round)."""
-    return sorted(k for k in recording.observations if k.endswith("-a"))[1]
+def _with_mm(obs: Observation, **changes: object) -> Observation:
+    return replace(obs, mm=replace(obs.mm, **changes))  # type: ignore[arg-type]
+
+
+def _first_spin_after_a_read(recording: Recording) -> str:
+    """The label of the first spin observation after the first read: the model carries the
+    books it replayed there."""
+    labels = sorted(recording.observations)
+    kinds = [recording.notes[k]["kind"] for k in labels]
+    return labels[kinds.index("read") + 1]
 
 
 def _membuf_plus_one(t: TaskNumaState) -> dict[str, object]:
@@ -66,21 +91,66 @@ def _membuf_plus_one(t: TaskNumaState) -> dict[str, object]:
     return {"faults": {**t.faults, "membuf": membuf}}
 
 
+def _region_hint_flipped(recording: Recording, obs: Observation) -> Observation:
+    """`obs` with the region's first entry turned into a hint or back (x86: PAGE_NONE is
+    _PAGE_PROTNONE without _PAGE_PRESENT)."""
+    low = int(recording.notes[sorted(recording.observations)[0]]["region"][0])
+    index = int(np.flatnonzero(obs.table.vaddr == np.uint64(low))[0])
+    raw = obs.table.raw.copy()
+    raw[index] ^= np.uint64(PRESENT | PROTNONE)
+    return replace(obs, table=replace(obs.table, raw=raw))
+
+
 @pytest.mark.parametrize(("bug", "change"), [
     ("a remote fault counted as local", lambda t: {"locality": (t.locality[0] - 1, t.locality[1] + 1, t.locality[2])}),
     ("a shared fault on node 0 that never happened", _membuf_plus_one),
     ("the decayed history lost", lambda t: {"faults": {**t.faults, "mem": [(0, 0) for _ in t.faults["mem"]]}}),
     ("the scan period off by one slot", lambda t: {"numa_scan_period": t.numa_scan_period + 10}),
+    ("numa_migrate_retry pushed a jiffy later", lambda t: {"numa_migrate_retry": t.numa_migrate_retry + 1}),
 ])
 def test_a_kernel_keeping_other_books_is_caught(bug: str, change: Callable[[TaskNumaState], dict[str, object]]) -> None:
     """The same recording with one bookkeeping value changed where the model carries it: the
     free run must report the field, so a kernel that did this would fail placement-exact."""
     recording = _load("placement-exact")
-    label = _first_carried_a(recording)
-    a = recording.observations[label]
-    perturbed = {**recording.observations, label: _with_task(a, **change(a.task))}
-    rounds = replay_exact_rounds(recording.facts, perturbed, recording.notes)
-    assert rounds.diffs, f"{bug}: not noticed"
+    label = _first_spin_after_a_read(recording)
+    obs = recording.observations[label]
+    perturbed = {**recording.observations, label: _with_task(obs, **change(obs.task))}
+    run = replay_exact(recording.facts, perturbed, recording.notes)
+    assert run.rounds.diffs, f"{bug}: not noticed"
+
+
+def _without_pass(recording: Recording, label: str) -> bool:
+    """Whether no pass ran in the step that ends at `label` (the mm's offset and sequence stayed)."""
+    labels = sorted(recording.observations)
+    before = recording.observations[labels[labels.index(label) - 1]].mm
+    after = recording.observations[label].mm
+    return (before.numa_scan_offset, before.numa_scan_seq) == (after.numa_scan_offset, after.numa_scan_seq)
+
+
+@pytest.mark.parametrize("bug", ["a region hint the model's passes did not set (or one they set, gone)",
+                                 "the scan clock a jiffy late", "the mm's sequence a step ahead"])
+def test_a_kernel_whose_scanner_went_elsewhere_is_caught(bug: str) -> None:
+    """placement-exact predicts the hint set, the clock and the sequence itself from the start
+    (it used to take them from each round's observation): a kernel that changed them between
+    two observations fails it, at every kind of step. The clock is perturbed only in spin steps
+    without a pass: a pass's jiffies, and a read's placing fault's, are inputs (numa_next_scan
+    = that jiffy + period), so a jiffy later there is another run, not a bug."""
+    recording = _load("placement-exact")
+    tried = 0
+    for label in sorted(recording.observations)[1:]:
+        obs = recording.observations[label]
+        if bug.startswith("a region hint"):
+            changed = _region_hint_flipped(recording, obs)
+        elif bug.startswith("the scan clock"):
+            if recording.notes[label]["kind"] != "spin" or not _without_pass(recording, label):
+                continue
+            changed = _with_mm(obs, numa_next_scan=obs.mm.numa_next_scan + 1)
+        else:
+            changed = _with_mm(obs, numa_scan_seq=obs.mm.numa_scan_seq + 1)
+        tried += 1
+        run = replay_exact(recording.facts, {**recording.observations, label: changed}, recording.notes)
+        assert run.broken and run.rounds.diffs, f"{bug} at {label} ({recording.notes[label]['kind']}): not noticed"
+    assert tried >= 3
 
 
 # -- scanner-window: the scanner's state carried free from one observation ----------------------

@@ -16,11 +16,10 @@ which the mm's sequence moved is not judged, and is counted.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from harness.checks.accounting import compare_last_cpupid
-from harness.checks.adapters import model_pages, model_task, model_tunables
+from harness.checks.adapters import model_task, model_tunables
 from harness.checks.observe import (
     Context,
     GuestFacts,
@@ -32,6 +31,7 @@ from harness.checks.observe import (
     spin_until,
 )
 from harness.checks.registry import EVERY_MODELLED_RELEASE, Finding, check
+from harness.checks.scanreplay import ScanReplay
 from harness.checks.scenario import drain_lru_batches, scenario
 from harness.checks.workload import HeldRegion, Region
 from harness.model import (
@@ -39,8 +39,8 @@ from harness.model import (
     MEMBUF,
     Page,
     Task,
-    Tunables,
     hint_fault,
+    numa_migrate_interval,
     placement_restarts_scan_clock,
     task_numa_placement,
     task_scan_max,
@@ -184,20 +184,30 @@ def check_placement(ctx: Context) -> Finding:
 
 
 # placement-exact scans every 400-800 ms (not FAST_SCAN's 100-400): a round's read must not
-# contain a scanner pass, and the round waits for a moment whose numa_next_scan is at least
-# READ_MARGIN_MS away (task_numa_work does nothing before it). The read is one SSH command,
-# 30-70 ms measured; 200 ms is three times that. A pass that still comes restarts the free run.
+# contain a scanner pass, and the round waits for a moment whose numa_next_scan (the model's)
+# is at least READ_MARGIN_MS away (task_numa_work does nothing before it). The read is one SSH
+# command, 30-70 ms measured; 200 ms is three times that. A read that reaches the model's
+# numa_next_scan anyway restarts the free run (ExactRun.read).
 EXACT_KNOBS = {"scan_delay_ms": 100, "scan_period_min_ms": 400, "scan_period_max_ms": 800}
 READ_MARGIN_MS = 200
+# The task spins this long between observations: less than the shortest period (400 ms), so a
+# step holds at most one trigger of task_tick_numa (node_stamp) and one pass (ScanReplay).
+SPIN_STEP_S = 0.3
+# Spinning this long without a placement falling due means the scanner stopped (the model says
+# when it should have run; a kernel that never gets there fails the check).
+SPIN_LIMIT_S = 60.0
 
 
 @dataclass
 class _FreeRun:
-    """The model's own copy of the task's books and of the region's pages, carried from the
-    scenario's first observation through every placement and fault the model replays."""
+    """The model's own state, carried from the free run's one observation through every pass,
+    placement and fault it predicts: the task's fault books, its numa_migrate_retry, and the
+    scanner's state with every page of the process (ScanReplay: hint bit, node, last_cpupid)."""
 
     task: Task
-    pages: dict[int, Page]
+    replay: ScanReplay
+    migrate_retry: int
+    reads: int = 0  # rounds judged on this free run
 
 
 def _moved_to(ctx: Context, region: HeldRegion, far: int) -> None:
@@ -217,37 +227,42 @@ def _moved_to(ctx: Context, region: HeldRegion, far: int) -> None:
 
 @check("placement-exact", seconds=14, releases=EVERY_MODELLED_RELEASE)
 def check_placement_exact(ctx: Context) -> Finding:
-    """Placement, scan period and the fault books, free-running. The scenario makes the period
-    take the "speed up" branch: a 4 MiB read-only region (no numa_group: TNF_NO_GROUP) is moved
-    to the far node by a short-lived thread, so the main thread's faults on it are remote and
-    shared (another tid in last_cpupid) and are refused by the two-stage filter. Then, round by
-    round, the task spins on the near node (its own pages are local there and mm_users is 1, so
-    change_pte_range never hints them: it has no faults but the ones its reads make) until a
-    placement is pending, and reads the region's first pages one more each round.
+    """Placement, scan period, scanner and fault books, free-running from one observation. The
+    scenario makes the period take the "speed up" branch: a 4 MiB read-only region (no
+    numa_group: TNF_NO_GROUP) is moved to the far node by a short-lived thread, so the main
+    thread's faults on it are remote and shared (another tid in last_cpupid) and are refused by
+    the two-stage filter. Then the task spins on the near node (its own pages are bound, so
+    never hinted: it has no faults but the ones its reads make), and round by round, once the
+    model says a placement is pending, reads the region's first pages, one more each round.
 
-    The model takes the task's books and the region's pages (node, last_cpupid) from the first
-    round's observation only. From then on it carries them: it runs the placement (fold, decay,
-    preferred node, update_task_scan_period with task_scan_min/max from the RSS), then replays
-    each fault of the read on the pages the scanner had hinted (hint_fault: the two-stage filter,
-    the early-scan rule, the exchanged last_cpupid; task_numa_fault: NUMA_MEMBUF, NUMA_CPUBUF and
-    numa_faults_locality, counted by the model, never read back). Compared right after each
-    placement: preferred node, NUMA_MEM, total_numa_faults, numa_scan_period and its max; and at
-    the next round's start, before its placement: the carried NUMA_MEMBUF and locality as well.
-    Inputs from the kernel after the start: which pages the scanner hinted (the scanner's own
-    prediction is scanner-window's), the mm's sequence and the RSS. A round during which a
-    scanner pass ran (numa_next_scan moved: it may have hinted a page between a fault and its
-    retry, a second fault the model cannot see) or the mm started another sequence (a second
-    placement) ends the free run; the next round starts a new one from its observation, and the
-    restart is counted and reported. Too few judged rounds is a failure."""
+    The model takes everything from ONE observation, after the setup: the task's books and the
+    scanner's state (checks/scanreplay.py). From then on it predicts every step: each spin's
+    pass (which pages it hints, the VMA's numab_state, offset, sequence, numa_next_scan,
+    node_stamp), and each read: the placement (fold, decay, preferred node,
+    update_task_scan_period with task_scan_min/max from the RSS the model counts, the scan clock
+    restart of its first branch), then each fault on the pages the model's passes hinted
+    (hint_fault: the two-stage filter, the early-scan rule, the exchanged last_cpupid;
+    task_numa_fault: NUMA_MEMBUF and numa_faults_locality, counted by the model), and
+    numa_migrate_retry (numa_migrate_preferred). After every step the whole observable state is
+    compared: the scanner's (ScanReplay), the books (preferred node, NUMA_MEM, NUMA_MEMBUF,
+    total_numa_faults, locality, period and its max) and numa_migrate_retry. The first step that
+    does not match ends the check with its diffs.
+
+    Inputs after the start, each held to the predicted state: what ScanReplay takes (a pass's
+    jiffies, the node it ran on), the jiffies of the placing fault (through the clock restart
+    and numa_migrate_retry, each within the read's jiffies), and the CPU inside the near node
+    the read ran on. A read that reaches the model's numa_next_scan (a pass could then come
+    between a fault and its retry: a second fault the model cannot see) cannot be judged: the
+    free run restarts from the observation after it, and the restart is counted and reported.
+    Too few judged rounds is a failure."""
     nodes = ctx.nodes_with_cpus()
     near, far = nodes[0], nodes[-1]
     near_cpu = min(c for c, n in ctx.node_of_cpu.items() if n == near)
-    rounds = _Rounds()
     # quiet: the main thread's own memory (stack, data) is never hinted. Otherwise the helper
     # threads below, which read their command from the main thread's stack and scan with
     # mm_users 2, can leave a stack page with a helper's last_cpupid, and the main thread's next
     # fault there gives it a numa_group (task_numa_group), whose placement the model does not
-    # follow (placement_pending then never holds: seen once in 30+ full runs).
+    # follow (seen once in 30+ full runs).
     request = Region(4, node=near, readonly=True, exec_on=near, quiet=True)
     with scenario(ctx, request, knobs=EXACT_KNOBS) as region:
         all_hinted = region_hinted(region)
@@ -264,128 +279,205 @@ def check_placement_exact(ctx: Context) -> Finding:
         _moved_to(ctx, region, far)
         spin_until(region, ctx, near, all_hinted, step=0.5)
         region.read(node=near)
-        free: _FreeRun | None = None
+        run = ExactRun(ctx.facts, (region.addr, region.end), region.pid, near_cpu)
+        previous = observe(ctx, region.pid)
+        run.keep(ctx, "start", previous)
+        run.begin(previous)
         for page in range(1, 16):
-            if len([r for r in rounds.judged if r["carried"]]) >= 2:
+            if run.broken or run.carried_rounds >= 2:
                 break
-            free = _exact_round(ctx, region, page, near, near_cpu, free, rounds)
-    diffs = rounds.diffs + rounds.inconclusive(3, "placements")
-    carried = [r for r in rounds.judged if r["carried"]]
-    if len(carried) < 2:
-        diffs.append(f"only {len(carried)} rounds compared books the model carried itself (restarts: "
-                     f"{'; '.join(rounds.unjudged) or 'none'}): the free run never got going")
-    if not any(r["mem_history"] for r in rounds.judged):
-        diffs.append("no judged round had fault history to decay: the check lost its subject")
-    if not any(r["branch"] == "speed up" for r in rounds.judged):
-        diffs.append("no round took update_task_scan_period's speed-up branch: the check lost its subject")
-    summary = (f"{len(rounds.judged)} placements predicted, {len(carried)} on books the model carried "
-               f"({len(rounds.unjudged)} restarts); " + ", ".join(
-                   f"period {r['period_before']}->{r['period_kernel']} ms (model {r['period_model']})"
-                   for r in rounds.judged))
-    return Finding(summary, {"rounds": rounds.judged, "restarts": rounds.unjudged}, tuple(diffs))
+            previous = _spin_to_placement(ctx, region, near, run, previous, page)
+            if run.broken:
+                break
+            region.read(node=near, pages=page + 1)
+            current = observe(ctx, region.pid)
+            run.keep(ctx, "read", current, page=page)
+            run.read(page, previous, current)
+            previous = current
+    return run.finding()
 
 
-@dataclass(frozen=True)
-class ExactRound:
-    """What one round of check_placement_exact saw: the region's span, the page the round reads
-    up to, the node and CPU it reads from, the task's pid, and its two observations."""
+def _spin_to_placement(ctx: Context, region: HeldRegion, near: int, run: ExactRun, previous: Observation,
+                       page: int) -> Observation:
+    """Spin on the near node, every step predicted, until the model has a placement pending and
+    page `page` hinted (ExactRun.pending); the last observation."""
+    spent = 0.0
+    while not run.pending(previous, page):
+        if spent >= SPIN_LIMIT_S:
+            raise KernelNeverReached(f"after {spent:.0f} s of spinning no placement fell due with page {page} of the "
+                                     f"region hinted: {run.waiting_for(previous, page)}")
+        region.spin(SPIN_STEP_S, node=near)
+        spent += SPIN_STEP_S
+        current = observe(ctx, region.pid)
+        run.keep(ctx, "spin", current)
+        run.spin(previous, current)
+        previous = current
+        if run.broken:
+            break
+    return previous
 
+
+@dataclass
+class ExactRun:
+    """check_placement_exact's model side (no guest: golden observations replay through it too):
+    the free run and the rounds it judged. `cpu` is the near node's CPU the model's faults run
+    on (the node decides; the CPU inside it is an input, ScanReplay.step_faulted)."""
+
+    facts: GuestFacts
     region: tuple[int, int]
-    page: int
-    node: int
-    cpu: int
     pid: int
-    a: Observation  # a placement pending, before the read
-    b: Observation  # right after the read
+    cpu: int
+    rounds: _Rounds = field(default_factory=_Rounds)
+    free: _FreeRun | None = None
+    steps: int = 0
+    broken: bool = False  # the kernel left the prediction: the diffs say where
 
+    @property
+    def carried_rounds(self) -> int:
+        return sum(1 for r in self.rounds.judged if r["carried"])
 
-def _exact_round(ctx: Context, region: HeldRegion, page: int, near: int, near_cpu: int, free: _FreeRun | None,
-                 rounds: _Rounds) -> _FreeRun | None:
-    """One round of check_placement_exact on the guest; returns the free run to carry on with."""
-    va = region.addr + page * 4096
+    def keep(self, ctx: Context, kind: str, obs: Observation, **notes: Any) -> None:
+        """With --record: every observation, with what a replay needs (replay_exact)."""
+        ctx.keep(f"step-{len(ctx.kept or ()):03d}", obs, kind=kind, region=list(self.region), pid=self.pid,
+                 cpu=self.cpu, **notes)
 
-    margin = Tunables(hz=ctx.hz).ms_to_jiffies(READ_MARGIN_MS)
+    def begin(self, obs: Observation) -> None:
+        """The free run's one observation."""
+        nr_nodes = len(set(self.facts.node_of_cpu.values()))
+        self.free = _FreeRun(model_task(obs, nr_nodes),
+                             ScanReplay.start(obs, self.facts, self.pid, self.region, caller_places=True),
+                             obs.task.numa_migrate_retry)
 
-    def pending(o: Observation) -> bool:
-        entry = o.table.within(va, va + 4096)
-        return (placement_pending(o) and bool(len(entry)) and bool(entry.hint.all())
-                and o.mm.numa_next_scan - o.balancing.jiffies >= margin)
+    def _fail(self, label: str, diffs: list[str]) -> None:
+        if diffs:
+            self.rounds.diffs.extend(f"{label}: {d}" for d in diffs[:12])
+            self.broken = True
 
-    a = spin_until(region, ctx, near, pending, step=0.3)
-    region.read(node=near, pages=page + 1)
-    b = observe(ctx, region.pid)
-    number = len(rounds.judged) + len(rounds.unjudged) + 1
-    ctx.keep(f"round-{number:02}-a", a, region=[region.addr, region.end], page=page, node=near, cpu=near_cpu,
-             pid=region.pid)
-    ctx.keep(f"round-{number:02}-b", b)
-    return judge_exact_round(ctx.facts, ExactRound((region.addr, region.end), page, near, near_cpu, region.pid, a, b),
-                             free, rounds)
+    def pending(self, obs: Observation, page: int) -> bool:
+        """The model's state at `obs` says the next read's first fault runs task_numa_placement
+        (the module docstring: the task's sequence behind the mm's, numa_migrate_retry past),
+        page `page` is hinted, and numa_next_scan is at least READ_MARGIN_MS away."""
+        free = self.free
+        assert free is not None
+        replay, va = free.replay, self.region[0] + page * 4096
+        entry = replay.pages.get(va)
+        margin = replay.tunables.ms_to_jiffies(READ_MARGIN_MS)
+        return (free.task.numa_scan_seq != replay.mm.numa_scan_seq
+                and time_after(obs.balancing.jiffies, free.migrate_retry)
+                and entry is not None and entry.hint and replay.next_scan - obs.balancing.jiffies >= margin)
 
+    def waiting_for(self, obs: Observation, page: int) -> str:
+        free = self.free
+        assert free is not None
+        replay = free.replay
+        entry = replay.pages.get(self.region[0] + page * 4096)
+        return (f"model task sequence {free.task.numa_scan_seq}, mm {replay.mm.numa_scan_seq} (kernel "
+                f"{obs.task.numa_scan_seq}, {obs.mm.numa_scan_seq}); numa_migrate_retry in "
+                f"{free.migrate_retry - obs.balancing.jiffies} jiffies; numa_next_scan in "
+                f"{replay.next_scan - obs.balancing.jiffies} jiffies; the page "
+                f"{'hinted' if entry and entry.hint else 'not hinted'}")
 
-def judge_exact_round(facts: GuestFacts, r: ExactRound, free: _FreeRun | None, rounds: _Rounds) -> _FreeRun | None:
-    """The model's side of one round (no guest: golden observations replay through it too).
-    Returns the free run to carry into the next round, None when the next must restart it."""
-    a, b = r.a, r.b
-    start, end = r.region
-    va = start + r.page * 4096
-    number = len(rounds.judged) + 1
-    carried = free is not None
-    if free is None:  # the free run's one observation
-        free = _FreeRun(model_task(a, len(set(facts.node_of_cpu.values()))),
-                        {v: p for v, p in model_pages(facts, a).items() if start <= v < end})
-    else:
-        rounds.diffs.extend(compare_books(f"round {number} before its placement", free.task, a))
-    part = a.table.within(start, end)
-    hinted = {int(v) for v in part.vaddr[part.hint]}
-    placed = predict_placement(facts, a, free.task)
-    task, pages = placed, {v: replace(p, hint=v in hinted) for v, p in free.pages.items()}
-    read = [v for v in sorted(pages) if v < va + 4096 and pages[v].hint]
-    for v in read:  # the read's faults, in address order (nhmem's loop)
-        result = hint_fault(task, pages[v], cpu=r.cpu, node_of_cpu=facts.node_of_cpu, jiffies_after_retry=False,
-                            rules=facts.rules)
-        task, pages[v] = result.task, result.page
-    label = f"round {number} placement (jiffies {a.balancing.jiffies})"
-    clock = _scan_clock(facts, free.task, placed, a, b)
-    if clock is None or b.mm.numa_scan_seq != a.mm.numa_scan_seq:
-        rounds.unjudged.append(f"round {number}: a scanner pass may have run during the read (numa_next_scan "
-                               f"{a.mm.numa_next_scan} -> {b.mm.numa_next_scan}, sequence {a.mm.numa_scan_seq} -> "
-                               f"{b.mm.numa_scan_seq}); the next round restarts the free run")
-        return None
-    rounds.diffs.extend(f"{label}: {d}" for d in clock)
-    if b.task.numa_group_id is not None:
-        rounds.diffs.append(f"{label}: the task joined numa_group {b.task.numa_group_id}, but every fault on a "
-                            f"read-only VMA carries TNF_NO_GROUP (mm/memory.c:numa_migrate_check)")
-    if b.task.numa_scan_seq != a.mm.numa_scan_seq:
-        rounds.diffs.append(f"{label}: the read faulted on {len(read)} hinted pages but task_numa_placement did not "
-                            f"run (task sequence {b.task.numa_scan_seq}, mm {a.mm.numa_scan_seq})")
-    rounds.diffs.extend(compare_placed(label, placed, b, period=True))
-    kernel_after = {e.vaddr: e for e in b.table.within(start, va + 4096)}
-    for v in read:
-        kernel = kernel_after.get(v)
-        if kernel is not None:
-            rounds.diffs.extend(f"round {number}: {d}" for d in compare_last_cpupid(
-                facts, v, pages[v].last_cpupid, kernel.last_cpupid, r.node, r.pid))
-    rounds.judged.append(_round_figures(free.task, placed, b, carried, len(read)))
-    return _FreeRun(task, pages)
+    def spin(self, before: Observation, after: Observation) -> None:
+        """A step in which the task only spun: ScanReplay predicts the scanner; the books and
+        numa_migrate_retry cannot move (no fault of the task, so no task_numa_fault)."""
+        self.steps += 1
+        free = self.free
+        assert free is not None
+        label = f"step {self.steps} (spin, jiffies {before.balancing.jiffies}..{after.balancing.jiffies})"
+        diffs = free.replay.step(before, after)
+        if not diffs:
+            diffs = compare_books("the books", free.task, after)
+            if after.task.numa_migrate_retry != free.migrate_retry:
+                diffs.append(f"numa_migrate_retry {after.task.numa_migrate_retry}, model {free.migrate_retry} "
+                             f"(set only by numa_migrate_preferred, after a fault)")
+        self._fail(label, diffs)
 
+    def read(self, page: int, a: Observation, b: Observation) -> None:
+        """A round: the read of the region's first page + 1 pages from `a` (a placement pending)
+        to `b`. The placement the first fault runs, then every fault on a page the model's
+        passes hinted, in address order (nhmem's loop)."""
+        self.steps += 1
+        free = self.free
+        assert free is not None
+        replay = free.replay
+        number = len(self.rounds.judged) + 1
+        label = f"step {self.steps} (round {number}: read up to page {page}, jiffies {a.balancing.jiffies}.." \
+                f"{b.balancing.jiffies})"
+        mm_seq, tun = replay.mm.numa_scan_seq, replay.tunables
+        # task_scan_min/max from the RSS (task_nr_scan_windows): one value unless the percpu lag
+        # straddles a scan-size boundary, which a 4 MiB workload never does.
+        bounds = {(task_scan_min(r, tun), task_scan_max(r, tun)) for r in replay.rss_pages}
+        if len(bounds) != 1:
+            self._restart(b, f"round {number}: the RSS the model counts ({replay.rss_pages}) straddles a scan window, "
+                             f"so task_scan_min/max are not one value")
+            return
+        ((scan_min, scan_max),) = bounds
+        placed = task_numa_placement(free.task, mm_seq, scan_min=scan_min, scan_max=scan_max, rules=self.facts.rules)
+        restarts = placement_restarts_scan_clock(free.task, mm_seq)
+        period = tun.ms_to_jiffies(placed.numa_scan_period)
+        if b.balancing.jiffies >= replay.next_scan or (restarts and b.balancing.jiffies >= a.balancing.jiffies + period):
+            self._restart(b, f"round {number}: the read reached jiffies {b.balancing.jiffies}, at or past the model's "
+                             f"numa_next_scan ({replay.next_scan}, or the restarted clock): a pass may have run "
+                             f"between a fault and its retry")
+            return
+        task, end = placed, self.region[0] + (page + 1) * 4096
+        faulted: dict[int, Page] = {}
+        for va in sorted(v for v, p in replay.pages.items() if self.region[0] <= v < end and p.hint):
+            result = hint_fault(task, replay.pages[va], cpu=self.cpu, node_of_cpu=self.facts.node_of_cpu,
+                                jiffies_after_retry=False, rules=self.facts.rules)
+            task, faulted[va] = result.task, result.page
+        diffs = []
+        if b.task.numa_group_id is not None:
+            diffs.append(f"the task joined numa_group {b.task.numa_group_id}, but every fault on a read-only VMA "
+                         f"carries TNF_NO_GROUP (mm/memory.c:numa_migrate_check)")
+        if b.task.numa_scan_seq != mm_seq:
+            diffs.append(f"the read faulted on {len(faulted)} hinted pages but task_numa_placement did not run (task "
+                         f"sequence {b.task.numa_scan_seq}, model mm {mm_seq})")
+        diffs += compare_books("after the placement and the faults", task, b)
+        diffs += replay.step_faulted(a, b, faulted, period_ms=placed.numa_scan_period, clock_restarted=restarts)
+        retry, retry_diffs = self._migrate_retry(free, placed, a, b)
+        self._fail(label, diffs + retry_diffs)
+        self.rounds.judged.append(_round_figures(free.task, placed, b, free.reads > 0, len(faulted)))
+        self.free = _FreeRun(task, replay, retry, free.reads + 1)
 
-def _scan_clock(facts: GuestFacts, books: Task, placed: Task, a: Observation, b: Observation) -> list[str] | None:
-    """mm->numa_next_scan across a round: the diffs, or None when a scanner pass may have run.
+    def _migrate_retry(self, free: _FreeRun, placed: Task, a: Observation, b: Observation) -> tuple[int, list[str]]:
+        """fair.c:numa_migrate_preferred, called after the placement by each fault whose jiffies
+        are past numa_migrate_retry, sets it to jiffies + interval once the task has a preferred
+        node; the last such fault's jiffies is an input inside the read's."""
+        if placed.numa_preferred_nid == -1:
+            return free.migrate_retry, ([] if b.task.numa_migrate_retry == free.migrate_retry else [
+                f"numa_migrate_retry {b.task.numa_migrate_retry}, model {free.migrate_retry} (no preferred node: "
+                f"numa_migrate_preferred returns first)"])
+        interval = numa_migrate_interval(placed.numa_scan_period, self.facts.hz)
+        low, high = a.balancing.jiffies + interval, b.balancing.jiffies + interval
+        if low <= b.task.numa_migrate_retry <= high:
+            return b.task.numa_migrate_retry, []
+        return free.migrate_retry, [f"numa_migrate_retry {b.task.numa_migrate_retry}, model {low}..{high} (the "
+                                    f"placing fault's jiffies + min(HZ, period / 16): numa_migrate_preferred)"]
 
-    When the placement takes update_task_scan_period's first branch it sets numa_next_scan to
-    jiffies + the new period, at the moment of the first fault: between a's and b's jiffies.
-    No pass can follow it within the round unless b's jiffies reach that. Otherwise only a pass
-    moves numa_next_scan (to at least its old value plus a period)."""
-    if placement_restarts_scan_clock(books, a.mm.numa_scan_seq):
-        period = Tunables(hz=facts.hz).ms_to_jiffies(placed.numa_scan_period)
-        low, high = a.balancing.jiffies + period, b.balancing.jiffies + period
-        if b.balancing.jiffies >= low:
-            return None
-        if not low <= b.mm.numa_next_scan <= high:
-            return [f"numa_next_scan {b.mm.numa_next_scan}, model {low}..{high} (update_task_scan_period slows the "
-                    f"scan to {placed.numa_scan_period} ms and restarts its clock: jiffies + period)"]
-        return []
-    return [] if b.mm.numa_next_scan == a.mm.numa_next_scan else None
+    def _restart(self, after: Observation, why: str) -> None:
+        self.rounds.unjudged.append(f"{why}; the free run restarts from the observation after it")
+        self.begin(after)
+
+    def finding(self) -> Finding:
+        rounds = self.rounds
+        diffs = rounds.diffs + ([] if self.broken else rounds.inconclusive(3, "placements"))
+        carried = [r for r in rounds.judged if r["carried"]]
+        if not self.broken:
+            if len(carried) < 2:
+                diffs.append(f"only {len(carried)} rounds compared books the model carried itself (restarts: "
+                             f"{'; '.join(rounds.unjudged) or 'none'}): the free run never got going")
+            if not any(r["mem_history"] for r in rounds.judged):
+                diffs.append("no judged round had fault history to decay: the check lost its subject")
+            if not any(r["branch"] == "speed up" for r in rounds.judged):
+                diffs.append("no round took update_task_scan_period's speed-up branch: the check lost its subject")
+        inputs = dict(self.free.replay.inputs) if self.free is not None else {}
+        summary = (f"{len(rounds.judged)} placements predicted over {self.steps} steps, {len(carried)} on books the "
+                   f"model carried ({len(rounds.unjudged)} restarts); " + ", ".join(
+                       f"period {r['period_before']}->{r['period_kernel']} ms (model {r['period_model']})"
+                       for r in rounds.judged))
+        return Finding(summary, {"rounds": rounds.judged, "restarts": rounds.unjudged, "steps": self.steps,
+                                 "inputs": inputs}, tuple(diffs))
 
 
 def _round_figures(before: Task, placed: Task, b: Observation, carried: bool, faults: int) -> dict[str, Any]:
@@ -403,14 +495,24 @@ def _round_figures(before: Task, placed: Task, b: Observation, carried: bool, fa
             "mem_history": any(sum(p) for p in before.faults[MEM])}
 
 
-def replay_exact_rounds(facts: GuestFacts, observations: dict[str, Observation], notes: dict[str, Any]) -> _Rounds:
-    """check_placement_exact's judgement over recorded rounds (labels round-NN-a/-b, with the
-    scenario facts noted on each -a): golden observations from real guests through the model."""
-    rounds = _Rounds()
-    free: _FreeRun | None = None
-    for label in sorted(k for k in observations if k.endswith("-a")):
-        n = notes[label]
-        r = ExactRound((int(n["region"][0]), int(n["region"][1])), int(n["page"]), int(n["node"]), int(n["cpu"]),
-                       int(n["pid"]), observations[label], observations[label[:-2] + "-b"])
-        free = judge_exact_round(facts, r, free, rounds)
-    return rounds
+def replay_exact(facts: GuestFacts, observations: dict[str, Observation], notes: dict[str, Any]) -> ExactRun:
+    """check_placement_exact's judgement over a recording (labels step-NNN, each noted with its
+    kind: start, spin or read): golden observations from real guests through the model."""
+    labels = sorted(k for k in observations if k.startswith("step-"))
+    first = notes[labels[0]]
+    run = ExactRun(facts, (int(first["region"][0]), int(first["region"][1])), int(first["pid"]), int(first["cpu"]))
+    previous: Observation | None = None
+    for label in labels:
+        note, obs = notes[label], observations[label]
+        if note["kind"] == "start":
+            run.begin(obs)
+        else:
+            assert previous is not None
+            if note["kind"] == "spin":
+                run.spin(previous, obs)
+            else:
+                run.read(int(note["page"]), previous, obs)
+        previous = obs
+        if run.broken:
+            break
+    return run

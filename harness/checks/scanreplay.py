@@ -30,12 +30,12 @@ node, `last_cpupid` and write bit are predicted and compared exactly.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from harness.checks.adapters import model_pages, model_tunables, model_vmas
 from harness.checks.observe import GuestFacts, Observation
-from harness.model import Mm, Page, Tunables, Vma, scan_pass, task_scan_max
+from harness.model import Mm, Page, Tunables, Vma, cpupid_cpu, cpupid_pid, scan_pass, task_scan_max
 from harness.model.timing import (
     NSEC_PER_MSEC,
     next_scan_after_pass,
@@ -88,18 +88,35 @@ class ScanReplay:
     faulted_vmas: set[int] = field(default_factory=set)
     # The step's `after`: the addresses of its entries that are not hints.
     hints_off: set[int] = field(default_factory=set)
+    # The caller predicts the task's placements (their period and clock restart) with its own
+    # model of the fault books (placement-exact): a placement may then only come in a step the
+    # caller replays (step_faulted), never in a step() of the spinning task.
+    caller_places: bool = False
 
     @classmethod
-    def start(cls, obs: Observation, facts: GuestFacts, pid: int, region: tuple[int, int]) -> ScanReplay:
+    def start(cls, obs: Observation, facts: GuestFacts, pid: int, region: tuple[int, int], *,
+              caller_places: bool = False) -> ScanReplay:
         """The replay from a scenario's first observation. The period after a placement is
-        predicted (ScanReplay._placement) only with scan_period_min_ms == scan_period_max_ms."""
+        predicted here (ScanReplay._placement) only with scan_period_min_ms ==
+        scan_period_max_ms; with other knobs the caller predicts placements itself
+        (`caller_places`, step_faulted)."""
         tunables = obs.balancing.tunables
-        if tunables["scan_period_min_ms"] != tunables["scan_period_max_ms"]:
-            raise ValueError("ScanReplay needs scan_period_min_ms == scan_period_max_ms (scanner-window's knobs)")
+        if not caller_places and tunables["scan_period_min_ms"] != tunables["scan_period_max_ms"]:
+            raise ValueError("ScanReplay needs scan_period_min_ms == scan_period_max_ms (scanner-window's knobs) "
+                             "unless the caller predicts the placements (caller_places)")
         return cls(pid, facts, model_tunables(obs, facts.hz), region, Mm(obs.mm.numa_scan_offset, obs.mm.numa_scan_seq,
                    obs.mm.mm_users), tuple(model_vmas(obs)), model_pages(facts, obs), obs.mm.numa_next_scan,
                    obs.task.numa_scan_period, obs.task.numa_scan_seq, node_stamp=obs.task.node_stamp,
-                   nr_threads=obs.task.nr_threads)
+                   nr_threads=obs.task.nr_threads, caller_places=caller_places)
+
+    @property
+    def rss_pages(self) -> tuple[int, int]:
+        """get_mm_rss as the model carries it: the lowest and highest value the kernel may read.
+        Every mapped entry but the zero page counts (MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES);
+        get_mm_rss reads the percpu counters' central count (percpu_counter_read_positive),
+        which lags the mapped pages by less than percpu_counter_batch (32) per CPU."""
+        rss = sum(p.nr_pages for p in self.pages.values() if not p.zero_page)
+        return max(0, rss - 32 * len(self.facts.node_of_cpu) + 1), rss
 
     def _count(self, kind: str, n: int = 1) -> None:
         self.inputs[kind] = self.inputs.get(kind, 0) + n
@@ -139,7 +156,7 @@ class ScanReplay:
                 self.pages[va] = replace(page, hint=self.pages[va].hint)
         return diffs
 
-    def _vma_of(self, va: int, vmas: tuple[Vma, ...]) -> int | None:
+    def _vma_of(self, va: int, vmas: Sequence[Vma]) -> int | None:
         return next((i for i, v in enumerate(vmas) if v.start <= va < v.end), None)
 
     # -- the step --------------------------------------------------------------------------------
@@ -172,6 +189,63 @@ class ScanReplay:
         if self.last_pass is not None and not after.other_passes_since(before):
             diffs += self._pte_updates(before, after, faults)
         return diffs
+
+    def step_faulted(self, before: Observation, after: Observation, faulted: dict[int, Page], *, period_ms: int,
+                     clock_restarted: bool) -> list[str]:
+        """A step in which the task faulted on hinted pages of the region and no pass ran (the
+        caller makes sure), the faults replayed by the caller's model: `faulted` holds the pages
+        as hint_fault left them (hint restored, node, last_cpupid), `period_ms` is the period
+        the placement the first fault ran set (update_task_scan_period), `clock_restarted`
+        whether that placement took its first branch, which sets mm->numa_next_scan = jiffies +
+        period at the placing fault: that jiffies is an input, held to the step. Each fault
+        sets the task's pid bit in its VMA (mm/memory.c:numa_migrate_check ->
+        vma_set_access_pid_bit), and the placement gives the task the mm's sequence
+        (fair.c:task_numa_placement). Which CPU of its node the task faulted on is an input too
+        (the node decides, the CPU is the scheduler's): where the kernel's last_cpupid of a
+        faulted page has the model's pid and a CPU of the model's node, its CPU is taken. Then
+        the whole state is compared as after step()."""
+        self.last_pass, self.new_region_hints, self.faulted_vmas = None, 0, set()
+        self.nr_threads = before.task.nr_threads
+        self.hints_off = _kernel_hints_off(after)
+        diffs = self._follow_layout(after)
+        faults = after.vmstat["numa_hint_faults"] - before.vmstat["numa_hint_faults"]
+        if len(faulted) > faults:
+            diffs.append(f"the model's task faulted on {len(faulted)} hinted pages, the kernel counted {faults} hint "
+                         f"faults (numa_hint_faults)")
+        self._count("hint faults replayed by the caller's model", len(faulted))
+        vmas = list(self.vmas)
+        kernel = {e.vaddr: e.last_cpupid for e in after.table}
+        for va, page in faulted.items():
+            self.pages[va] = self._faulting_cpu(page, kernel.get(va))
+            index = self._vma_of(va, vmas)
+            if index is not None:
+                vmas[index] = vma_set_access_pid_bit(vmas[index], self.pid)
+                self.faulted_vmas.add(vmas[index].start)
+        self.vmas = tuple(vmas)
+        old_period, self.period_ms = self.period_ms, period_ms
+        self.task_seq = self.mm.numa_scan_seq
+        diffs += self._node_stamp(before, after, False, old_period)
+        if clock_restarted:
+            restarted = self._placement_restart(before, after)
+            if restarted is None:
+                diffs.append(f"numa_next_scan {after.mm.numa_next_scan}, model: a jiffy of the step "
+                             f"({before.balancing.jiffies + 1}..{after.balancing.jiffies}) + {period_ms} ms "
+                             f"(update_task_scan_period's first branch restarts the scan clock)")
+            else:
+                self.next_scan = restarted
+        return diffs + self._compare(after)
+
+    def _faulting_cpu(self, page: Page, kernel: int | None) -> Page:
+        """`page` with the CPU of the kernel's last_cpupid when only the CPU differs, inside the
+        node the model's CPU belongs to (step_faulted)."""
+        model = page.last_cpupid
+        if model is None or kernel is None or kernel == model or kernel == self.facts.cpupid_unset:
+            return page
+        node_of = self.facts.node_of_cpu
+        if cpupid_pid(kernel) == cpupid_pid(model) and node_of.get(cpupid_cpu(kernel)) == node_of.get(cpupid_cpu(model)):
+            self._count("CPUs taken from last_cpupid")
+            return replace(page, last_cpupid=kernel)
+        return page
 
     def _node_stamp(self, before: Observation, after: Observation, passed: bool, old_period: int) -> list[str]:
         """task->node_stamp, and whether the step's pass had a trigger. fair.c:task_tick_numa, at
@@ -240,15 +314,15 @@ class ScanReplay:
         if faults == 0:
             diffs.append(f"the task's numa_scan_seq moved to {after.task.numa_scan_seq} without a hint fault "
                          f"(numa_hint_faults unchanged): task_numa_placement runs only from task_numa_fault")
-        # get_mm_rss reads percpu counters' central count (percpu_counter_read_positive), which
-        # lags the mapped pages by less than percpu_counter_batch (32) per CPU.
-        rss = sum(p.nr_pages for p in self.pages.values() if not p.zero_page)
-        lag = 32 * len(self.facts.node_of_cpu)
-        targets = {task_scan_max(max(0, r), self.tunables) for r in (rss - lag + 1, rss)}
+        if self.caller_places:
+            return [f"the task's numa_scan_seq moved to {after.task.numa_scan_seq} in a step in which the model's task "
+                    f"made no hint fault (task_numa_placement runs only from task_numa_fault)"]
+        low, rss = self.rss_pages
+        targets = {task_scan_max(r, self.tunables) for r in (low, rss)}
         allowed = {t for t in targets if 2 * self.period_ms >= t} | {min(2 * self.period_ms, t) for t in targets}
         if after.task.numa_scan_period not in allowed:
             diffs.append(f"after a placement the task's numa_scan_period is {after.task.numa_scan_period} ms, model "
-                         f"{' or '.join(map(str, sorted(allowed)))} (task_scan_max for {rss - lag + 1}..{rss} pages of "
+                         f"{' or '.join(map(str, sorted(allowed)))} (task_scan_max for {low}..{rss} pages of "
                          f"RSS)")
         self.period_ms = after.task.numa_scan_period if after.task.numa_scan_period in allowed else max(targets)
         return diffs
@@ -328,7 +402,7 @@ class ScanReplay:
             if index is not None:
                 vmas[index] = vma_set_access_pid_bit(vmas[index], self.pid)
         result = scan_pass(mm, vmas, pages, self.tunables, scanning_node=self.scanning_node if node is None else node,
-                           jiffies=ran_at, pid=self.pid, nr_threads=self.nr_threads)
+                           jiffies=ran_at, pid=self.pid, nr_threads=self.nr_threads, rules=self.facts.rules)
         before = (start.pte_updates, start.windows, start.skipped) if start else (0, (), ())
         return Prediction(ran_at, early, result.mm, result.vmas, dict(result.pages),
                           before[0] + result.counters.numa_pte_updates, before[1] + result.windows,
@@ -562,14 +636,23 @@ class ScanReplay:
                              f"kernel hint={e.hint} node {e.node} last_cpupid {last}")
             if len(diffs) >= 5:
                 break
-        # The region is written at first touch and its restoring faults are local reads of
-        # exclusive anonymous pages, which get the bit back (numa_rebuild_single_mapping:
-        # can_change_pte_writable); a hint has none: change_pte_range's pte_modify(PAGE_NONE)
-        # keeps only _PAGE_CHG_MASK (arch/x86/include/asm/pgtable.h:pte_modify).
-        wrong = [e for e in kernel_region if e.writable == e.hint]
+        # A hint has no write bit: change_pte_range's pte_modify(PAGE_NONE) keeps only
+        # _PAGE_CHG_MASK (arch/x86/include/asm/pgtable.h:pte_modify). In a writable VMA the region
+        # is written at first touch and its restoring faults are on exclusive anonymous pages,
+        # which get the bit back (numa_rebuild_single_mapping: can_change_pte_writable, for a
+        # page left in place); in a read-only VMA vm_page_prot has no write bit to give back.
+        # Under 6.1's rules (KernelRules.savedwrite) a hint keeps the write bit the entry had and
+        # a restore puts it back: in a writable VMA the bit follows history the replay does not
+        # carry, so only a read-only VMA's entries (never writable) are compared there.
+        index = self._vma_of(self.region[0], self.vmas)
+        vma_writable = index is None or self.vmas[index].writable
+        if vma_writable and self.facts.rules.savedwrite:
+            return diffs
+        wrong = [e for e in kernel_region if e.writable != (vma_writable and not e.hint)]
         if wrong:
             diffs.append(f"{len(wrong)} of the region's {len(kernel_region)} entries have a write bit that does not "
-                         f"match their hint (first {wrong[0].vaddr:#x}: hint={wrong[0].hint} writable={wrong[0].writable})")
+                         f"match their hint (first {wrong[0].vaddr:#x}: hint={wrong[0].hint} writable={wrong[0].writable}; "
+                         f"the VMA is {'writable' if vma_writable else 'read-only'})")
         return diffs
 
 

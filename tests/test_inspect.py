@@ -211,6 +211,29 @@ def test_per_vma_summary(guest: GuestView, prog: Any, region: HeldRegion) -> Non
     assert any(row["file_backed"] for row in rows)  # the nhmem binary's own mappings
 
 
+def test_shared_policy_of_a_quiet_holder_stays_with_its_copy(guest: GuestView, prog: Any) -> None:
+    """vma_policy_mof as task_numa_work sees it: a quiet holder's mbind of its program's
+    file-backed mappings lands in the shmem inode's shared policy (the guest's root is tmpfs),
+    which read_vmas finds (MPOL_BIND without MPOL_F_MOF: not scannable). The holder runs its own
+    copy of nhmem, so a holder started after it finds its program's mappings without a policy."""
+    quiet = HeldRegion.start(guest, Region(2, node=0, quiet=True))
+    try:
+        with snapshot(guest):
+            quiet_vmas = read_vmas(prog, quiet.pid)
+        plain = HeldRegion.start(guest, Region(2, node=0))
+        try:
+            with snapshot(guest):
+                plain_vmas = read_vmas(prog, plain.pid)
+        finally:
+            plain.close()
+    finally:
+        quiet.close()
+    quiet_files = [v for v in quiet_vmas if v.file_backed]
+    assert quiet_files and all(v.policy_mof is False for v in quiet_files), quiet_files
+    plain_files = [v for v in plain_vmas if v.file_backed]
+    assert plain_files and all(v.policy_mof is None for v in plain_files), plain_files
+
+
 def test_page_flags_layout_patch_decodes_nodes_live(guest: GuestView, prog: Any, region: HeldRegion) -> None:
     """The default patch's vmcoreinfo numbers decode page->flags into the same node as the node
     pfn ranges (and last_cpupid is readable)."""

@@ -68,9 +68,9 @@ class Region:
                    "shared" if self.shared else "", "procs" if self.procs else ""]
         return " ".join(o for o in options if o)
 
-    def command(self) -> str:
+    def command(self, binary: str = "nhmem") -> str:
         prefix = f"numactl --cpunodebind={self.exec_on} " if self.exec_on is not None else ""
-        return f"{prefix}nhmem hold {self.nhmem_args()}"
+        return f"{prefix}{binary} hold {self.nhmem_args()}"
 
 
 @dataclass
@@ -88,10 +88,17 @@ class HeldRegion:
     def start(cls, guest: GuestView, request: Region, timeout: float = 120.0) -> HeldRegion:
         directory = f"/tmp/nhmem-{time.monotonic_ns()}"
         args = request.nhmem_args()
+        # A quiet holder mbinds its file-backed mappings too. The guest's root is tmpfs, and
+        # mbind on any mapping of a shmem file, a private one included, sets the inode's shared
+        # policy (shmem_set_policy), which outlives the process: every later nhmem would find
+        # its program's mappings bound and unscannable (vma_policy_mof). A quiet holder runs its
+        # own copy of the program, whose policy goes with it.
+        copy = f"cp \"$(command -v nhmem)\" {directory}/nhmem && " if request.quiet else ""
+        binary = f"{directory}/nhmem" if request.quiet else "nhmem"
         guest.ssh.run(
-            f"mkdir {directory} && mkfifo {directory}/in && "
+            f"mkdir {directory} && mkfifo {directory}/in && {copy}"
             f"{{ (exec 3>{directory}/in; exec sleep 1000000) & echo $! > {directory}/keeper; }} && "
-            f"{{ {request.command()} < {directory}/in > {directory}/out 2>&1 & echo $! > {directory}/pid; }}"
+            f"{{ {request.command(binary)} < {directory}/in > {directory}/out 2>&1 & echo $! > {directory}/pid; }}"
         ).check()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from drgn import Object, Program, TypeKind, offsetof
+from drgn import Object, Program, TypeKind, container_of, offsetof
 from drgn.helpers.linux.cpumask import for_each_possible_cpu
+from drgn.helpers.linux.rbtree import rbtree_inorder_for_each_entry
 from drgn.helpers.linux.sched import cpu_curr
 
 from .attach import InspectError, NoSuchTask, find_task
@@ -318,13 +319,44 @@ def read_vmas(prog: Program, pid: int) -> list[VmaNumaState]:
                 "start_scan_seq": int(state.start_scan_seq.value_()),
                 "prev_scan_seq": int(state.prev_scan_seq.value_()),
             }
-        policy = vma.vm_policy
-        mof = bool(policy.flags.value_() & MPOL_F_MOF) if policy else None
         result.append(VmaNumaState(
             int(vma.vm_start.value_()), int(vma.vm_end.value_()), int(vma.vm_flags.value_()),
-            bool(vma.vm_file), numab, mof,
+            bool(vma.vm_file), numab, vma_policy_mof(prog, vma),
         ))
     return result
+
+
+def vma_policy_mof(prog: Program, vma: Object) -> bool | None:
+    """
+    Whether a VMA's own memory policy lets task_numa_work scan it (mm/mempolicy.c:vma_policy_mof:
+    the policy has MPOL_F_MOF), or None when the task's policy decides.
+
+    A VMA whose ``vm_ops`` has ``get_policy`` takes the policy it returns: shmem's
+    (``shmem_get_policy``) looks the VMA's first page up in the inode's shared policy
+    (``mpol_shared_policy_lookup``), which ``mbind`` on any mapping of the file sets, a private
+    one included, and which outlives the process. When none is found, 6.1 answers false, 6.7+
+    falls back to the task's policy (``__get_vma_policy``; the same rework gave ``get_policy``
+    its third parameter, ``pgoff_t *ilx``, which tells the two apart). Any other VMA takes its
+    ``vm_policy``.
+
+    :param vma: ``struct vm_area_struct *``
+    :raises InspectError: for a ``get_policy`` other than shmem's, whose answer this does not know.
+    """
+    ops = vma.vm_ops
+    if not ops or not ops.get_policy:
+        policy = vma.vm_policy
+        return bool(policy.flags.value_() & MPOL_F_MOF) if policy else None
+    if ops.get_policy.value_() != prog.function("shmem_get_policy").address_:
+        raise InspectError(f"VMA {vma.vm_start.value_():#x}: vm_ops->get_policy is not shmem_get_policy; "
+                           f"the harness cannot tell whether vma_policy_mof lets it be scanned")
+    inode = vma.vm_file.f_inode
+    index = int(vma.vm_pgoff.value_())
+    info = container_of(inode, "struct shmem_inode_info", "vfs_inode")
+    for node in rbtree_inorder_for_each_entry("struct sp_node", info.policy.root.address_of_(), "nd"):
+        if int(node.start.value_()) <= index < int(node.end.value_()):
+            return bool(node.policy.flags.value_() & MPOL_F_MOF)
+    task_fallback = len(prog.type("struct vm_operations_struct").member("get_policy").type.type.parameters) >= 3
+    return None if task_fallback else False
 
 
 def read_balancing(prog: Program) -> BalancingState:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from harness.checks.observe import Observation
-from harness.checks.placement import _Rounds, judge_placement_round, replay_exact
+from harness.checks.placement import replay_placement_run
 from harness.checks.runner import Recording, load_recording
 from harness.checks.scantiming import ClockSample
 from harness.inspect import TaskNumaState
@@ -31,28 +31,44 @@ def _load(check: str) -> Recording:
     return load_recording(GOLDEN / f"{check}.json.gz")
 
 
-def _placement_rounds(recording: Recording) -> _Rounds:
-    rounds = _Rounds()
-    for label in sorted(k for k in recording.observations if k.endswith("-a")):
-        a, b = recording.observations[label], recording.observations[label[:-2] + "-b"]
-        judge_placement_round(recording.facts, str(recording.notes[label]["phase"]), a, b, rounds)
-    return rounds
-
-
-def test_recorded_placements_are_predicted_from_their_pre_placement_books() -> None:
+def test_recorded_placements_follow_the_memory_free_running() -> None:
+    """placement's recording: one observation starts the free run, and the model predicts every
+    write's placement and migrations, the preferred node moving to the node the task writes from."""
     recording = _load("placement")
-    rounds = _placement_rounds(recording)
-    assert len(rounds.judged) >= 4 and not rounds.diffs, rounds.diffs
-    assert rounds.judged[-1]["preferred_model"] == max(recording.facts.node_of_cpu.values())
+    run = replay_placement_run(recording.facts, recording.observations, recording.notes)
+    assert not run.rounds.diffs and not run.broken, run.rounds.diffs
+    assert len(run.rounds.judged) >= 4 and run.carried_rounds >= 3
+    remote = max(recording.facts.node_of_cpu.values())
+    assert run.rounds.judged[0]["preferred_model"] != remote
+    assert run.rounds.judged[-1]["preferred_model"] == remote
+    assert sum(r["faults_replayed"] for r in run.rounds.judged) >= 4 * 128
+
+
+def test_a_migration_placement_did_not_make_is_caught() -> None:
+    """The placement recording with one written page left on node 0 in the kernel's view at the
+    end of the first write, with nothing else changed: the model moved it, so the free run must
+    report the page (a kernel whose migrations silently went missing)."""
+    recording = _load("placement")
+    labels = sorted(recording.observations)
+    label = next(k for k in labels if recording.notes[k]["kind"] == "access")
+    obs = recording.observations[label]
+    low = int(recording.notes[label]["region"][0])
+    index = int(np.flatnonzero(obs.table.vaddr == np.uint64(low))[0])
+    node = obs.table.node.copy()
+    node[index] = 0
+    perturbed = {**recording.observations, label: replace(obs, table=replace(obs.table, node=node))}
+    run = replay_placement_run(recording.facts, perturbed, recording.notes)
+    assert run.broken and any(f"{low:#x}" in d for d in run.rounds.diffs), run.rounds.diffs
 
 
 def test_recorded_exact_rounds_replay_free_running() -> None:
     recording = _load("placement-exact")
-    run = replay_exact(recording.facts, recording.observations, recording.notes)
+    run = replay_placement_run(recording.facts, recording.observations, recording.notes)
     assert not run.rounds.diffs and not run.broken, run.rounds.diffs
     assert run.carried_rounds >= 2, "the recording must hold rounds the model carried itself"
     kinds = [recording.notes[k]["kind"] for k in sorted(recording.observations)]
     assert kinds[0] == "start" and kinds.count("start") == 1, "one observation starts the free run"
+    assert "access" in kinds and "spin" in kinds
     assert run.free is not None and run.free.replay.inputs.get("passes whose numa_pte_updates were compared")
 
 
@@ -62,11 +78,11 @@ def test_recorded_exact_rounds_on_6_1_replay_under_its_rules() -> None:
     numab_state the 6.1 kernel does not have."""
     recording = _load("placement-exact-6.1")
     assert recording.facts.rules.release == "6.1"
-    run = replay_exact(recording.facts, recording.observations, recording.notes)
+    run = replay_placement_run(recording.facts, recording.observations, recording.notes)
     assert not run.rounds.diffs and not run.broken, run.rounds.diffs
     assert run.carried_rounds >= 2
     as_6_12 = replace(recording.facts, release="6.12.117")
-    wrong = replay_exact(as_6_12, recording.observations, recording.notes)
+    wrong = replay_placement_run(as_6_12, recording.observations, recording.notes)
     assert wrong.broken and any("numab" in d for d in wrong.rounds.diffs), wrong.rounds.diffs
 
 
@@ -83,7 +99,7 @@ def _first_spin_after_a_read(recording: Recording) -> str:
     books it replayed there."""
     labels = sorted(recording.observations)
     kinds = [recording.notes[k]["kind"] for k in labels]
-    return labels[kinds.index("read") + 1]
+    return labels[kinds.index("access") + 1]
 
 
 def _membuf_plus_one(t: TaskNumaState) -> dict[str, object]:
@@ -115,7 +131,7 @@ def test_a_kernel_keeping_other_books_is_caught(bug: str, change: Callable[[Task
     label = _first_spin_after_a_read(recording)
     obs = recording.observations[label]
     perturbed = {**recording.observations, label: _with_task(obs, **change(obs.task))}
-    run = replay_exact(recording.facts, perturbed, recording.notes)
+    run = replay_placement_run(recording.facts, perturbed, recording.notes)
     assert run.rounds.diffs, f"{bug}: not noticed"
 
 
@@ -148,7 +164,7 @@ def test_a_kernel_whose_scanner_went_elsewhere_is_caught(bug: str) -> None:
         else:
             changed = _with_mm(obs, numa_scan_seq=obs.mm.numa_scan_seq + 1)
         tried += 1
-        run = replay_exact(recording.facts, {**recording.observations, label: changed}, recording.notes)
+        run = replay_placement_run(recording.facts, {**recording.observations, label: changed}, recording.notes)
         assert run.broken and run.rounds.diffs, f"{bug} at {label} ({recording.notes[label]['kind']}): not noticed"
     assert tried >= 3
 

@@ -1,16 +1,15 @@
-"""Placement checks: task_numa_placement (fold and decay of the fault books, the preferred node) and
-update_task_scan_period, predicted by the model from the books the kernel will use.
+"""Placement checks: task_numa_placement (fold and decay of the fault books, the preferred node),
+update_task_scan_period and numa_migrate_preferred, predicted by a model that runs free from
+one observation with the scanner it carries (checks/scanreplay.py).
 
-Why a pending placement can be predicted from one observation: fair.c:task_numa_fault calls
-task_numa_placement before it adds its own fault to the books, and only when
-time_after(jiffies, p->numa_migrate_retry); task_numa_placement acts only when
-p->numa_scan_seq != mm->numa_scan_seq. A task observed with both true has its placement pending,
-and the first hint fault after the observation runs it; no fault can come between the
-observation and that first fault, so the placement folds exactly the books observed. Which fault
-comes first does not matter. What the later faults add goes to NUMA_MEMBUF, NUMA_CPUBUF and
-numa_faults_locality, which the post-placement comparison leaves out (placement-exact predicts
-those too). A second placement can run only after the mm starts another sequence: a round in
-which the mm's sequence moved is not judged, and is counted.
+Why a pending placement can be predicted: fair.c:task_numa_fault calls task_numa_placement
+before it adds its own fault to the books, and only when time_after(jiffies,
+p->numa_migrate_retry); task_numa_placement acts only when p->numa_scan_seq !=
+mm->numa_scan_seq. With both true in the model's state, the next access's first hint fault runs
+the placement on the books the model carries; the faults after it add to NUMA_MEMBUF,
+NUMA_CPUBUF and numa_faults_locality, which the model counts too. A second placement can run
+only after the mm starts another sequence, which needs a pass: an access the model cannot keep
+free of passes restarts the free run, counted and reported (PlacementRun.access).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.checks.adapters import model_task, model_tunables
+from harness.checks.adapters import model_task
 from harness.checks.observe import (
     Context,
     GuestFacts,
@@ -48,25 +47,17 @@ from harness.model import (
     time_after,
 )
 
-# A round that cannot be judged (the mm started another sequence, a pass ran during the read) is
-# retried; after this many such rounds without enough judged ones the check is inconclusive and
-# fails, saying why (a kernel whose sequences run away from its faults is itself suspect).
-MAX_UNJUDGED_ROUNDS = 8
+# After this many restarts of the free run without enough judged rounds the check is
+# inconclusive and fails, saying why (a kernel whose sequences run away from its faults is
+# itself suspect).
+MAX_RESTARTS = 8
 
 
 def placement_pending(o: Observation) -> bool:
-    """The next hint fault runs task_numa_placement (see the module docstring)."""
+    """The kernel's state says the next hint fault runs task_numa_placement (see the module
+    docstring): a trigger for checks that do not carry the task's books themselves."""
     return (o.task.numa_scan_seq != o.mm.numa_scan_seq and time_after(o.balancing.jiffies, o.task.numa_migrate_retry)
             and o.task.numa_group_id is None)
-
-
-def predict_placement(facts: GuestFacts, a: Observation, books: Task) -> Task:
-    """The model's task_numa_placement + update_task_scan_period on `books` at observation `a`
-    (task_scan_min/max from a's RSS and tunables: fair.c:task_scan_min/task_scan_max)."""
-    tun = model_tunables(a, facts.hz)
-    rss = a.mm.rss_pages
-    return task_numa_placement(books, a.mm.numa_scan_seq, scan_min=task_scan_min(rss, tun),
-                               scan_max=task_scan_max(rss, tun), rules=facts.rules)
 
 
 def compare_placed(label: str, model: Task, kernel: Observation, *, period: bool) -> list[str]:
@@ -94,6 +85,9 @@ def compare_books(label: str, model: Task, kernel: Observation) -> list[str]:
             want, got = model.faults[MEMBUF][nid][priv], kernel.task.faults["membuf"][nid][priv]
             if want != got:
                 diffs.append(f"{label}: NUMA_MEMBUF node {nid} {kind} kernel {got}, model {want} (task_numa_fault)")
+    if model.numa_pages_migrated != kernel.task.numa_pages_migrated:
+        diffs.append(f"{label}: numa_pages_migrated kernel {kernel.task.numa_pages_migrated}, model "
+                     f"{model.numa_pages_migrated} (task_numa_fault: TNF_MIGRATED)")
     if tuple(model.locality) != tuple(kernel.task.locality):
         diffs.append(f"{label}: numa_faults_locality (remote, local, migrate-failed) kernel {kernel.task.locality}, "
                      f"model {model.locality} (task_numa_fault: TNF_FAULT_LOCAL, TNF_MIGRATE_FAIL)")
@@ -102,7 +96,7 @@ def compare_books(label: str, model: Task, kernel: Observation) -> list[str]:
 
 @dataclass
 class _Rounds:
-    """Judged and unjudged rounds of a placement scenario, and the diffs of the judged ones."""
+    """Judged rounds of a placement scenario, the restarts of its free run, and the diffs."""
 
     judged: list[dict[str, Any]] = field(default_factory=list)
     unjudged: list[str] = field(default_factory=list)
@@ -111,76 +105,88 @@ class _Rounds:
     def inconclusive(self, needed: int, what: str) -> list[str]:
         if len(self.judged) >= needed:
             return []
-        return [f"inconclusive: {len(self.judged)} of the {needed} {what} needed could be judged; unjudged rounds: "
+        return [f"inconclusive: {len(self.judged)} of the {needed} {what} needed could be judged; restarts: "
                 f"{'; '.join(self.unjudged) or 'none'}"]
 
 
-def judge_placement_round(facts: GuestFacts, label: str, a: Observation, b: Observation, rounds: _Rounds) -> None:
-    """The model's side of one check_placement round (no guest: golden observations replay too)."""
-    model = predict_placement(facts, a, model_task(a, len(set(facts.node_of_cpu.values()))))
-    number = len(rounds.judged) + 1
-    rounds.diffs.extend(compare_placed(f"{label} placement {number} (jiffies {a.balancing.jiffies})", model, b,
-                                       period=False))
-    rounds.judged.append({"phase": label, "mem_before": a.task.faults["mem"], "membuf": a.task.faults["membuf"],
-                          "mem_kernel": b.task.faults["mem"], "preferred_model": model.numa_preferred_nid,
-                          "preferred_kernel": b.task.numa_preferred_nid})
-
-
-# Each round writes this many more pages of the region from the last node (2 MiB); four rounds:
-# the first placement has no fault history, the next three fold and decay the moved pages'.
-PLACEMENT_STEP_PAGES = 512
+# `placement` writes this many more pages of the region from the far node each round (512
+# KiB); four rounds: the first placement has no fault history, the next three fold and decay
+# the moved pages'.
+PLACEMENT_STEP_PAGES = 128
 PLACEMENT_ROUNDS = 4
+# The period is fixed at 800 ms (placement-exact is the check of update_task_scan_period), so
+# that a write, which migrates every page it faults on, fits between two passes: a write of 256
+# migrating pages took 78-128 jiffies (312-512 ms at HZ 250; four measured on 2-core TCG: one
+# SSH command, each migration's TLB-flush IPIs), half that is at most 64 jiffies plus the SSH
+# command's share, so a round waits for numa_next_scan to be WRITE_MARGIN_MS (100 jiffies)
+# away, which leaves half of every period to start in. A write that still reaches
+# numa_next_scan restarts the free run (PlacementRun.access), counted and reported.
+PLACEMENT_KNOBS = {"scan_delay_ms": 100, "scan_period_min_ms": 800, "scan_period_max_ms": 800}
+WRITE_MARGIN_MS = 400
 
 
-@check("placement", seconds=11, releases=EVERY_MODELLED_RELEASE)
+@check("placement", seconds=16, releases=EVERY_MODELLED_RELEASE)
 def check_placement(ctx: Context) -> Finding:
-    """The preferred node follows the memory, predicted from the books placement folds. A 16 MiB
+    """The preferred node follows the memory, free-running from one observation. A 16 MiB
     region is first touched on node 0 by a task exec'd on the last node; the task spins there
-    (its own pages are local, mm_users is 1: change_pte_range never hints them, so it has no
-    hint faults but the ones its writes make). Round by round it waits for a pending placement
-    (module docstring) with the first page it has not written yet hinted, then writes 2 MiB more
-    of the region from the last node: the first fault runs the placement on the observed books,
-    and the pages migrate (first faults: last_cpupid unset, so the early-scan rule moves them).
-    The model folds the observed pre-placement books (task_numa_placement: mem - mem/2 + membuf
-    per node and kind, the node with most memory faults, ties to the lower id as the kernel's
-    strict '>') and must give the kernel's preferred node, NUMA_MEM and total_numa_faults right
-    after. As the memory moves, the model, and the kernel, must come to prefer the last node."""
+    (mm_users 1: change_pte_range never hints the pages already on its node, and its other
+    memory is bound without MPOL_F_NUMA_BALANCING, so it has no hint faults but the ones its
+    writes make). Once the scanner has met the mm, the model takes ONE
+    observation and carries everything from there (PlacementRun, as placement-exact). Round by
+    round, once the model says a placement is pending with the first page not written yet
+    hinted, the task writes 512 KiB more of the region from the last node: the first fault runs
+    the placement on the books the model carries (task_numa_placement: mem - mem/2 + membuf per
+    node and kind, the node with most memory faults, ties to the lower id as the kernel's strict
+    '>'); every later fault on a page the model's passes hinted migrates it (first faults:
+    last_cpupid unset, the early-scan rule, or the two-stage filter's private fault), and
+    task_numa_fault books it. After every step the kernel's whole state must be the model's:
+    preferred node, NUMA_MEM, NUMA_MEMBUF, total_numa_faults, locality, numa_pages_migrated, the
+    period (fixed: PLACEMENT_KNOBS), numa_migrate_retry, and the scanner's state with every
+    page's hint, node, last_cpupid and write bit. As the memory moves the model, and the kernel, must come to
+    prefer the last node.
+
+    A migration the rules allow can still be refused for reasons outside them
+    (migrate_misplaced_folio_prepare cannot isolate a folio held by compaction or sitting in a
+    per-CPU LRU batch): a write whose only difference is such pages, counted by the kernel as
+    migrate-failed (numa_faults_locality[2]), makes the scenario inconclusive, and it is retried."""
     remote = ctx.nodes_with_cpus()[-1]
-    rounds = _Rounds()
-    with scenario(ctx, Region(16, node=0, exec_on=remote)) as region:
+    remote_cpu = min(c for c, n in ctx.node_of_cpu.items() if n == remote)
+    # quiet: the task's other memory is never hinted, so the writes make its only hint faults
+    # (its program's data, first read wherever the page cache put it, could be on node 0).
+    with scenario(ctx, Region(16, node=0, exec_on=remote, quiet=True), knobs=PLACEMENT_KNOBS) as region:
         drain_lru_batches(ctx.guest)
+        # Past the first trigger, which only arms numa_next_scan (a fresh mm burns it), and one
+        # whole sequence: the scanner's state is then what ScanReplay carries.
+        spin_until(region, ctx, remote, lambda o: o.mm.numa_scan_seq >= 1, step=SPIN_STEP_S)
+        run = PlacementRun(ctx.facts, (region.addr, region.end), region.pid, remote_cpu, write=True,
+                           margin_ms=WRITE_MARGIN_MS)
+        previous = observe(ctx, region.pid)
+        run.keep(ctx, "start", previous)
+        run.begin(previous)
         written = 0
-        while (written < region.length // 4096 and len(rounds.judged) < PLACEMENT_ROUNDS
-               and len(rounds.unjudged) <= MAX_UNJUDGED_ROUNDS):
-            first_new = region.addr + written * 4096
-
-            def pending(o: Observation, va: int = first_new) -> bool:
-                entry = o.table.within(va, va + 4096)
-                return placement_pending(o) and bool(len(entry)) and bool(entry.hint.all())
-
-            a = spin_until(region, ctx, remote, pending, step=0.3)
+        while (not run.broken and written < region.length // 4096 and len(run.rounds.judged) < PLACEMENT_ROUNDS
+               and len(run.rounds.unjudged) <= MAX_RESTARTS):
+            previous = _spin_to_placement(ctx, region, remote, run, previous, written)
+            if run.broken:
+                break
             written += PLACEMENT_STEP_PAGES
             region.touch(node=remote, pages=written)
-            b = observe(ctx, region.pid)
-            label = f"{written // 256} MiB written from node {remote}"
-            if b.mm.numa_scan_seq != a.mm.numa_scan_seq:  # a second placement may have run
-                rounds.unjudged.append(f"{label}: the mm started sequence {b.mm.numa_scan_seq} during the write")
-                continue
-            number = len(rounds.judged) + 1
-            ctx.keep(f"placement-{number:02}-a", a, phase=label)
-            ctx.keep(f"placement-{number:02}-b", b)
-            judge_placement_round(ctx.facts, label, a, b, rounds)
-            if b.task.numa_scan_seq != a.mm.numa_scan_seq:
-                rounds.diffs.append(f"{label}: the write faulted on hinted pages but task_numa_placement did not run "
-                                    f"(task sequence {b.task.numa_scan_seq}, mm {a.mm.numa_scan_seq})")
-    diffs = rounds.diffs + rounds.inconclusive(PLACEMENT_ROUNDS, "placements")
-    last = rounds.judged[-1] if rounds.judged else None
-    if last is not None and last["preferred_model"] != remote:
-        diffs.append(f"with its memory moved to node {remote} the model itself prefers node {last['preferred_model']} "
-                     f"(from mem {last['mem_before']}, membuf {last['membuf']}): the scenario lost its subject")
-    summary = (f"{len(rounds.judged)} placements predicted from their pre-placement books ({len(rounds.unjudged)} not "
-               f"judged); preferred " + " -> ".join(str(r["preferred_kernel"]) for r in rounds.judged))
-    return Finding(summary, {"rounds": rounds.judged, "unjudged": rounds.unjudged}, tuple(diffs))
+            current = observe(ctx, region.pid)
+            run.keep(ctx, "access", current, pages=written)
+            run.access(written, previous, current)
+            previous = current
+    return run.finding(PLACEMENT_ROUNDS, carried_needed=PLACEMENT_ROUNDS - 1, subject=_prefers(remote))
+
+
+def _prefers(node: int) -> Callable[[list[dict[str, Any]]], list[str]]:
+    """check_placement's subject: the last placement, the model's and the kernel's, prefers `node`."""
+    def lost(judged: list[dict[str, Any]]) -> list[str]:
+        last = judged[-1] if judged else None
+        if last is None or last["preferred_model"] == node:
+            return []
+        return [f"with its memory moved to node {node} the model itself prefers node {last['preferred_model']} "
+                f"(from mem {last['mem_before']}, membuf {last['membuf']}): the scenario lost its subject"]
+    return lost
 
 
 # placement-exact scans every 400-800 ms (not FAST_SCAN's 100-400): a round's read must not
@@ -279,34 +285,45 @@ def check_placement_exact(ctx: Context) -> Finding:
         _moved_to(ctx, region, far)
         spin_until(region, ctx, near, all_hinted, step=0.5)
         region.read(node=near)
-        run = ExactRun(ctx.facts, (region.addr, region.end), region.pid, near_cpu)
+        run = PlacementRun(ctx.facts, (region.addr, region.end), region.pid, near_cpu, write=False,
+                           margin_ms=READ_MARGIN_MS)
         previous = observe(ctx, region.pid)
         run.keep(ctx, "start", previous)
         run.begin(previous)
         for page in range(1, 16):
-            if run.broken or run.carried_rounds >= 2:
+            if run.broken or run.carried_rounds >= 2 or len(run.rounds.unjudged) > MAX_RESTARTS:
                 break
             previous = _spin_to_placement(ctx, region, near, run, previous, page)
             if run.broken:
                 break
             region.read(node=near, pages=page + 1)
             current = observe(ctx, region.pid)
-            run.keep(ctx, "read", current, page=page)
-            run.read(page, previous, current)
+            run.keep(ctx, "access", current, pages=page + 1)
+            run.access(page + 1, previous, current)
             previous = current
-    return run.finding()
+    return run.finding(3, carried_needed=2, subject=_speeds_up)
 
 
-def _spin_to_placement(ctx: Context, region: HeldRegion, near: int, run: ExactRun, previous: Observation,
+def _speeds_up(judged: list[dict[str, Any]]) -> list[str]:
+    """check_placement_exact's subject: fault history to decay, and the speed-up branch."""
+    diffs = []
+    if not any(r["mem_history"] for r in judged):
+        diffs.append("no judged round had fault history to decay: the check lost its subject")
+    if not any(r["branch"] == "speed up" for r in judged):
+        diffs.append("no round took update_task_scan_period's speed-up branch: the check lost its subject")
+    return diffs
+
+
+def _spin_to_placement(ctx: Context, region: HeldRegion, node: int, run: PlacementRun, previous: Observation,
                        page: int) -> Observation:
-    """Spin on the near node, every step predicted, until the model has a placement pending and
-    page `page` hinted (ExactRun.pending); the last observation."""
+    """Spin on `node`, every step predicted, until the model has a placement pending and the
+    region's page `page` hinted (PlacementRun.pending); the last observation."""
     spent = 0.0
     while not run.pending(previous, page):
         if spent >= SPIN_LIMIT_S:
             raise KernelNeverReached(f"after {spent:.0f} s of spinning no placement fell due with page {page} of the "
                                      f"region hinted: {run.waiting_for(previous, page)}")
-        region.spin(SPIN_STEP_S, node=near)
+        region.spin(SPIN_STEP_S, node=node)
         spent += SPIN_STEP_S
         current = observe(ctx, region.pid)
         run.keep(ctx, "spin", current)
@@ -318,15 +335,19 @@ def _spin_to_placement(ctx: Context, region: HeldRegion, near: int, run: ExactRu
 
 
 @dataclass
-class ExactRun:
-    """check_placement_exact's model side (no guest: golden observations replay through it too):
-    the free run and the rounds it judged. `cpu` is the near node's CPU the model's faults run
-    on (the node decides; the CPU inside it is an input, ScanReplay.step_faulted)."""
+class PlacementRun:
+    """The model side of check_placement and check_placement_exact (no guest: golden
+    observations replay through it too): the free run and the rounds it judged. `cpu` is the CPU
+    the model's faults run on (its node decides; the CPU inside the node is an input,
+    ScanReplay.step_faulted); `write`: the accesses write (else read) the region; `margin_ms`:
+    how far numa_next_scan must be for an access to start (READ_MARGIN_MS, WRITE_MARGIN_MS)."""
 
     facts: GuestFacts
     region: tuple[int, int]
     pid: int
     cpu: int
+    write: bool
+    margin_ms: int
     rounds: _Rounds = field(default_factory=_Rounds)
     free: _FreeRun | None = None
     steps: int = 0
@@ -337,9 +358,9 @@ class ExactRun:
         return sum(1 for r in self.rounds.judged if r["carried"])
 
     def keep(self, ctx: Context, kind: str, obs: Observation, **notes: Any) -> None:
-        """With --record: every observation, with what a replay needs (replay_exact)."""
+        """With --record: every observation, with what a replay needs (replay_placement_run)."""
         ctx.keep(f"step-{len(ctx.kept or ()):03d}", obs, kind=kind, region=list(self.region), pid=self.pid,
-                 cpu=self.cpu, **notes)
+                 cpu=self.cpu, write=self.write, margin_ms=self.margin_ms, **notes)
 
     def begin(self, obs: Observation) -> None:
         """The free run's one observation."""
@@ -356,12 +377,12 @@ class ExactRun:
     def pending(self, obs: Observation, page: int) -> bool:
         """The model's state at `obs` says the next read's first fault runs task_numa_placement
         (the module docstring: the task's sequence behind the mm's, numa_migrate_retry past),
-        page `page` is hinted, and numa_next_scan is at least READ_MARGIN_MS away."""
+        page `page` is hinted, and numa_next_scan is at least margin_ms away."""
         free = self.free
         assert free is not None
         replay, va = free.replay, self.region[0] + page * 4096
         entry = replay.pages.get(va)
-        margin = replay.tunables.ms_to_jiffies(READ_MARGIN_MS)
+        margin = replay.tunables.ms_to_jiffies(self.margin_ms)
         return (free.task.numa_scan_seq != replay.mm.numa_scan_seq
                 and time_after(obs.balancing.jiffies, free.migrate_retry)
                 and entry is not None and entry.hint and replay.next_scan - obs.balancing.jiffies >= margin)
@@ -392,20 +413,21 @@ class ExactRun:
                              f"(set only by numa_migrate_preferred, after a fault)")
         self._fail(label, diffs)
 
-    def read(self, page: int, a: Observation, b: Observation) -> None:
-        """A round: the read of the region's first page + 1 pages from `a` (a placement pending)
-        to `b`. The placement the first fault runs, then every fault on a page the model's
-        passes hinted, in address order (nhmem's loop)."""
+    def access(self, pages: int, a: Observation, b: Observation) -> None:
+        """A round: the task reads (writes) the region's first `pages` pages from `a` (a
+        placement pending) to `b`. The placement the first fault runs, then every fault on a
+        page the model's passes hinted, in address order (nhmem's loop)."""
         self.steps += 1
         free = self.free
         assert free is not None
         replay = free.replay
         number = len(self.rounds.judged) + 1
-        label = f"step {self.steps} (round {number}: read up to page {page}, jiffies {a.balancing.jiffies}.." \
-                f"{b.balancing.jiffies})"
+        verb = "write" if self.write else "read"
+        label = (f"step {self.steps} (round {number}: {verb} of {pages} pages, jiffies {a.balancing.jiffies}.."
+                 f"{b.balancing.jiffies})")
         mm_seq, tun = replay.mm.numa_scan_seq, replay.tunables
         # task_scan_min/max from the RSS (task_nr_scan_windows): one value unless the percpu lag
-        # straddles a scan-size boundary, which a 4 MiB workload never does.
+        # straddles a scan-size boundary, which a workload of a few MiB never does.
         bounds = {(task_scan_min(r, tun), task_scan_max(r, tun)) for r in replay.rss_pages}
         if len(bounds) != 1:
             self._restart(b, f"round {number}: the RSS the model counts ({replay.rss_pages}) straddles a scan window, "
@@ -416,29 +438,51 @@ class ExactRun:
         restarts = placement_restarts_scan_clock(free.task, mm_seq)
         period = tun.ms_to_jiffies(placed.numa_scan_period)
         if b.balancing.jiffies >= replay.next_scan or (restarts and b.balancing.jiffies >= a.balancing.jiffies + period):
-            self._restart(b, f"round {number}: the read reached jiffies {b.balancing.jiffies}, at or past the model's "
+            self._restart(b, f"round {number}: the {verb} reached jiffies {b.balancing.jiffies}, at or past the model's "
                              f"numa_next_scan ({replay.next_scan}, or the restarted clock): a pass may have run "
                              f"between a fault and its retry")
             return
-        task, end = placed, self.region[0] + (page + 1) * 4096
+        task, end = placed, self.region[0] + pages * 4096
+        vma = next(v for v in replay.vmas if v.start <= self.region[0] < v.end)
         faulted: dict[int, Page] = {}
         for va in sorted(v for v, p in replay.pages.items() if self.region[0] <= v < end and p.hint):
             result = hint_fault(task, replay.pages[va], cpu=self.cpu, node_of_cpu=self.facts.node_of_cpu,
-                                jiffies_after_retry=False, rules=self.facts.rules)
+                                jiffies_after_retry=False, write=self.write, vma_writable=vma.writable,
+                                rules=self.facts.rules)
             task, faulted[va] = result.task, result.page
+        self._refused_elsewhere(faulted, replay.pages, task, b)
         diffs = []
         if b.task.numa_group_id is not None:
-            diffs.append(f"the task joined numa_group {b.task.numa_group_id}, but every fault on a read-only VMA "
-                         f"carries TNF_NO_GROUP (mm/memory.c:numa_migrate_check)")
+            diffs.append(f"the task joined numa_group {b.task.numa_group_id}, but its faults were private or on a "
+                         f"read-only VMA (TNF_NO_GROUP): task_numa_group never runs for them")
         if b.task.numa_scan_seq != mm_seq:
-            diffs.append(f"the read faulted on {len(faulted)} hinted pages but task_numa_placement did not run (task "
+            diffs.append(f"the {verb} faulted on {len(faulted)} hinted pages but task_numa_placement did not run (task "
                          f"sequence {b.task.numa_scan_seq}, model mm {mm_seq})")
-        diffs += compare_books("after the placement and the faults", task, b)
+        diffs += compare_books(f"after the placement and the {verb}'s faults", task, b)
         diffs += replay.step_faulted(a, b, faulted, period_ms=placed.numa_scan_period, clock_restarted=restarts)
         retry, retry_diffs = self._migrate_retry(free, placed, a, b)
         self._fail(label, diffs + retry_diffs)
         self.rounds.judged.append(_round_figures(free.task, placed, b, free.reads > 0, len(faulted)))
         self.free = _FreeRun(task, replay, retry, free.reads + 1)
+
+    def _refused_elsewhere(self, faulted: dict[int, Page], before: dict[int, Page], task: Task,
+                           b: Observation) -> None:
+        """Inconclusive when the kernel refused migrations the rules allow and nothing else
+        differs in the books: pages the model moved stayed where they were, and the kernel
+        counted exactly that many migrate failures (task_numa_fault: TNF_MIGRATE_FAIL, set when
+        migrate_misplaced_folio_prepare cannot isolate the folio, e.g. one compaction holds or
+        a per-CPU LRU batch keeps off the LRU: nothing the model can know). A kernel that
+        refuses every migration stays inconclusive try after try, which fails the check."""
+        kernel_node = {e.vaddr: e.node for e in b.table.within(*self.region)}
+        stayed = [va for va, page in faulted.items()
+                  if page.node != before[va].node and kernel_node.get(va) == before[va].node]
+        if not stayed or b.task.locality[2] != len(stayed) or task.locality[2] != 0:
+            return
+        if (b.task.locality[0], b.task.locality[1]) != (task.locality[0], task.locality[1]):
+            return
+        raise Inconclusive(f"{len(stayed)} of the {len(faulted)} pages the rules migrate were refused (numa_faults_"
+                           f"locality[2] = {b.task.locality[2]}; first {stayed[0]:#x}): a folio that could not be "
+                           f"isolated, which the model cannot know")
 
     def _migrate_retry(self, free: _FreeRun, placed: Task, a: Observation, b: Observation) -> tuple[int, list[str]]:
         """fair.c:numa_migrate_preferred, called after the placement by each fault whose jiffies
@@ -459,21 +503,23 @@ class ExactRun:
         self.rounds.unjudged.append(f"{why}; the free run restarts from the observation after it")
         self.begin(after)
 
-    def finding(self) -> Finding:
+    def finding(self, needed: int, *, carried_needed: int,
+                subject: Callable[[list[dict[str, Any]]], list[str]]) -> Finding:
+        """The verdict: the diffs of the step that broke the free run; else too few judged
+        rounds (or rounds on books the model carried), or the scenario's `subject` lost."""
         rounds = self.rounds
-        diffs = rounds.diffs + ([] if self.broken else rounds.inconclusive(3, "placements"))
+        diffs = list(rounds.diffs)
         carried = [r for r in rounds.judged if r["carried"]]
         if not self.broken:
-            if len(carried) < 2:
+            diffs += rounds.inconclusive(needed, "placements")
+            if len(carried) < carried_needed:
                 diffs.append(f"only {len(carried)} rounds compared books the model carried itself (restarts: "
                              f"{'; '.join(rounds.unjudged) or 'none'}): the free run never got going")
-            if not any(r["mem_history"] for r in rounds.judged):
-                diffs.append("no judged round had fault history to decay: the check lost its subject")
-            if not any(r["branch"] == "speed up" for r in rounds.judged):
-                diffs.append("no round took update_task_scan_period's speed-up branch: the check lost its subject")
+            diffs += subject(rounds.judged)
         inputs = dict(self.free.replay.inputs) if self.free is not None else {}
         summary = (f"{len(rounds.judged)} placements predicted over {self.steps} steps, {len(carried)} on books the "
-                   f"model carried ({len(rounds.unjudged)} restarts); " + ", ".join(
+                   f"model carried ({len(rounds.unjudged)} restarts); preferred "
+                   + " -> ".join(str(r["preferred_kernel"]) for r in rounds.judged) + "; " + ", ".join(
                        f"period {r['period_before']}->{r['period_kernel']} ms (model {r['period_model']})"
                        for r in rounds.judged))
         return Finding(summary, {"rounds": rounds.judged, "restarts": rounds.unjudged, "steps": self.steps,
@@ -489,18 +535,21 @@ def _round_figures(before: Task, placed: Task, b: Observation, carried: bool, fa
     branch = ("slow down (no local or shared faults, or failed migrations)" if local + shared == 0 or failed
               else "slow down" if (ratio_ps or 0) >= 7 or (ratio_lr or 0) >= 7 else "speed up")
     return {"carried": carried, "faults_replayed": faults, "period_before": before.numa_scan_period,
+            "preferred_model": placed.numa_preferred_nid, "preferred_kernel": b.task.numa_preferred_nid,
             "period_model": placed.numa_scan_period, "period_kernel": b.task.numa_scan_period, "branch": branch,
             "locality": list(before.locality), "membuf": [list(p) for p in before.faults[MEMBUF]],
             "mem_before": [list(p) for p in before.faults[MEM]], "mem_kernel": b.task.faults["mem"],
             "mem_history": any(sum(p) for p in before.faults[MEM])}
 
 
-def replay_exact(facts: GuestFacts, observations: dict[str, Observation], notes: dict[str, Any]) -> ExactRun:
-    """check_placement_exact's judgement over a recording (labels step-NNN, each noted with its
-    kind: start, spin or read): golden observations from real guests through the model."""
+def replay_placement_run(facts: GuestFacts, observations: dict[str, Observation], notes: dict[str, Any]) -> PlacementRun:
+    """The judgement of check_placement or check_placement_exact over a recording (labels
+    step-NNN, each noted with its kind: start, spin or access): golden observations from real
+    guests through the model. An Inconclusive the live check would have raised propagates."""
     labels = sorted(k for k in observations if k.startswith("step-"))
     first = notes[labels[0]]
-    run = ExactRun(facts, (int(first["region"][0]), int(first["region"][1])), int(first["pid"]), int(first["cpu"]))
+    run = PlacementRun(facts, (int(first["region"][0]), int(first["region"][1])), int(first["pid"]), int(first["cpu"]),
+                       write=bool(first["write"]), margin_ms=int(first["margin_ms"]))
     previous: Observation | None = None
     for label in labels:
         note, obs = notes[label], observations[label]
@@ -511,7 +560,7 @@ def replay_exact(facts: GuestFacts, observations: dict[str, Observation], notes:
             if note["kind"] == "spin":
                 run.spin(previous, obs)
             else:
-                run.read(int(note["page"]), previous, obs)
+                run.access(int(note["pages"]), previous, obs)
         previous = obs
         if run.broken:
             break

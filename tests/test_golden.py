@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.checks.observe import Observation
+from harness.checks.observe import Inconclusive, Observation
 from harness.checks.placement import replay_placement_run
 from harness.checks.runner import Recording, load_recording
 from harness.checks.scantiming import ClockSample
@@ -59,6 +59,24 @@ def test_a_migration_placement_did_not_make_is_caught() -> None:
     perturbed = {**recording.observations, label: replace(obs, table=replace(obs.table, node=node))}
     run = replay_placement_run(recording.facts, perturbed, recording.notes)
     assert run.broken and any(f"{low:#x}" in d for d in run.rounds.diffs), run.rounds.diffs
+
+
+def test_a_migration_refused_outside_the_rules_is_inconclusive() -> None:
+    """The same page left on node 0, but counted by the kernel as a failed migration
+    (numa_faults_locality[2]): an isolation failure the model cannot know, so the scenario is
+    inconclusive (retried by the runner) rather than failed."""
+    recording = _load("placement")
+    labels = sorted(recording.observations)
+    label = next(k for k in labels if recording.notes[k]["kind"] == "access")
+    obs = recording.observations[label]
+    low = int(recording.notes[label]["region"][0])
+    index = int(np.flatnonzero(obs.table.vaddr == np.uint64(low))[0])
+    node = obs.table.node.copy()
+    node[index] = 0
+    remote, local, _ = obs.task.locality
+    changed = _with_task(replace(obs, table=replace(obs.table, node=node)), locality=(remote, local, 1))
+    with pytest.raises(Inconclusive, match="refused"):
+        replay_placement_run(recording.facts, {**recording.observations, label: changed}, recording.notes)
 
 
 def test_recorded_exact_rounds_replay_free_running() -> None:

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 from harness.checks.adapters import model_vmas
 from harness.checks.observe import Context, Observation, observe, spin_until
-from harness.checks.registry import Finding, Mechanism, check
+from harness.checks.registry import EVERY_MODELLED_RELEASE, Finding, Mechanism, check
 from harness.checks.scanreplay import ScanReplay
-from harness.checks.scenario import drain_lru_batches, scenario
+from harness.checks.scenario import drain_lru_adds, drain_lru_batches, scenario
 from harness.checks.workload import Region
 from harness.model import HPAGE_SIZE, skip_reason
 
@@ -68,7 +68,7 @@ def check_skip_rules(ctx: Context) -> Finding:
 WINDOW_KNOBS = {"scan_delay_ms": 100, "scan_size_mb": 16, "scan_period_min_ms": 1000, "scan_period_max_ms": 1000}
 
 
-@check("scanner-window", seconds=19, needs=[Mechanism.VMA_NUMAB])
+@check("scanner-window", seconds=19, releases=EVERY_MODELLED_RELEASE)
 def check_scanner_window(ctx: Context) -> Finding:
     """Scanner window, free-running. A 64 MiB region first touched on node 0 (its second half on
     the node the task spins on: change_pte_range must skip those pages, mm_users being 1); its
@@ -90,7 +90,13 @@ def check_scanner_window(ctx: Context) -> Finding:
     (nhmem `map`, written on node 0): the model must allocate its numab_state when a pass first
     meets it (start_scan_seq, next_scan = now + scan delay, pids_active_reset, prev_scan_seq =
     seq - 1: fair.c:task_numa_work), skip it until the delay is over, then scan it; the check
-    needs that VMA hinted before it ends."""
+    needs that VMA hinted before it ends.
+
+    On 6.1 the model follows 6.1's task_numa_work (KernelRules.vma_scan_gate): no VMA keeps
+    numab_state, every VMA the skip rules let through is scanned from the offset on, and the
+    late VMA on the first pass that reaches it. Its new pages are drained from the LRU add
+    batches first (KernelRules.cow_page_count), and the region's write bits are not predicted
+    (KernelRules.savedwrite: a hint keeps the bit it had)."""
     return _replay_window(ctx, Region(64, node=0, split=ctx.nodes_with_cpus()[-1]))
 
 
@@ -128,6 +134,8 @@ def _replay_window(ctx: Context, request: Region) -> Finding:
                 # A VMA the scanner has never met, mapped in the middle of the replay: the model
                 # must allocate its numab_state when a pass meets it and wait out its scan delay.
                 tally.late_vma = region.map_late(node=0)
+                if ctx.facts.rules.cow_page_count:
+                    drain_lru_adds(ctx.guest, region.pid)
             else:
                 region.spin(0.15, node=remote)
             current = observe(ctx, region.pid)

@@ -40,6 +40,15 @@ def drain_lru_batches(guest: GuestView) -> None:
 
 
 
+def drain_lru_adds(guest: GuestView, pid: int) -> None:
+    """Drain every CPU's LRU add batch without compaction: migrate_pages(2) from node 0 to node
+    0 (numactl's migratepages) runs mm/mempolicy.c:do_migrate_pages, which starts with
+    lru_cache_disable() (lru_add_drain_all) and then has nothing to move (node_remap(s) == s).
+    Unlike drain_lru_batches it migrates nothing, so no hint is dropped. Under 6.1's rules a
+    page a batch holds is not hinted (KernelRules.cow_page_count)."""
+    guest.ssh.run(f"migratepages {pid} 0 0").check()
+
+
 @contextlib.contextmanager
 def scenario(ctx: Context, region: Region, knobs: Mapping[str, int] = FAST_SCAN, *,
              knobs_at_exec: bool = False) -> Iterator[HeldRegion]:

@@ -36,13 +36,7 @@ class KernelRules:
     mm/memory.c do_numa_page (6.1's numa_migrate_prep is 6.12's numa_migrate_check) and
     wp_page_reuse; mm/huge_memory.c do_huge_pmd_numa_page; mm/mempolicy.c mpol_misplaced; and
     mm/migrate.c's refusal on a nearly full node (migrate_balanced_pgdat, ALLOC_CMA aside).
-    One more difference changes which pages are hinted: 6.1's change_pte_range skips a
-    COW-mapping page whose page_count is not 1 (so also one sitting in a per-CPU LRU add batch),
-    6.12's one that is likely mapped shared or DMA-pinned; the model has 6.12's test. The one
-    check that predicts hints on 6.1 (placement-exact) meets only pages the scanner hinted
-    before (their count was 1 then, and a fault that leaves a page in place keeps it) and pages
-    migrated onto the scanning task's node, which change_pte_range's target_node test skips in
-    both releases first."""
+    One more difference changes which pages are hinted: KernelRules.cow_page_count."""
 
     release: str
     # 6.1: mm/mprotect.c:change_pte_range keeps a writable PTE's write bit in the NUMA hint entry
@@ -62,11 +56,19 @@ class KernelRules:
     # delay, pids_active and its reset, prev_scan_seq, vma_is_accessed). 6.1: no per-VMA state,
     # every VMA that passes the skip rules is scanned from the mm's offset on.
     vma_scan_gate: bool = True
+    # 6.1: mm/mprotect.c:change_pte_range skips a page of a COW mapping whose page_count is not
+    # 1, so also one a per-CPU LRU add batch holds a reference to (a page faulted in moments
+    # ago); 6.12 skips a folio that is likely mapped shared or DMA-pinned, whatever its count.
+    # The model has 6.12's test (Page.likely_shared); a check that predicts hints under 6.1's
+    # rules drains the LRU batches after mapping new pages (checks/scenario.py:drain_lru_adds),
+    # and a fault that leaves a page in place keeps its count.
+    cow_page_count: bool = False
 
 
 RULES: dict[str, KernelRules] = {
     "6.12": KernelRules("6.12", savedwrite=False, slow_down_keeps_locality=False),
-    "6.1": KernelRules("6.1", savedwrite=True, slow_down_keeps_locality=True, vma_scan_gate=False),
+    "6.1": KernelRules("6.1", savedwrite=True, slow_down_keeps_locality=True, vma_scan_gate=False,
+                       cow_page_count=True),
 }
 DEFAULT_RULES = RULES[MODELLED_RELEASE]
 

@@ -218,6 +218,20 @@ def test_recorded_scanner_steps_are_predicted_from_the_first_observation() -> No
     assert passes >= 4
 
 
+def test_recorded_6_1_scanner_steps_follow_6_1s_rules() -> None:
+    """scanner-window on Debian's 6.1: predicted under 6.1's rules (no per-VMA state, the late
+    VMA scanned on the first pass that reaches it), and not under 6.12's, whose first pass
+    would have given every VMA a numab_state and waited out the late VMA's scan delay."""
+    recording = _load("scanner-window-6.1")
+    assert recording.facts.rules.release == "6.1"
+    passes, diffs = _replay_window(recording)
+    assert not diffs, diffs
+    assert passes >= 4
+    as_6_12 = replace(recording, facts=replace(recording.facts, release="6.12.117"))
+    _, wrong = _replay_window(as_6_12)
+    assert any("numab" in d for d in wrong), wrong
+
+
 def _label_of_nth_pass(recording: Recording, n: int) -> str:
     labels = sorted(recording.observations)
     seen = 0

@@ -123,9 +123,13 @@ def _replay_window(ctx: Context, request: Region) -> Finding:
         # Settle: past the first trigger, which only arms numa_next_scan (a fresh mm burns it),
         # and one whole sequence.
         spin_until(region, ctx, remote, lambda o: o.mm.numa_scan_seq >= 1, step=0.3)
-        # Settling hinted the region; touching it from node 0 restores every entry without moving
-        # a page (local faults), so the passes compared below are the ones that hint it again.
-        region.touch(node=0)
+        # Settling hinted the region; touching each half from its own node restores every entry
+        # without moving a page (local faults), so the passes compared below are the ones that
+        # hint it again, and no hint the kernel set before the start (the second half is on the
+        # spinning node: with mm_users 1 change_pte_range must never hint it) hides in the start.
+        half = region.length // 2 // 4096
+        region.touch(node=0, pages=half)
+        region.touch(node=remote, first=half)
         previous = observe(ctx, region.pid)
         replay = ScanReplay.start(previous, ctx.facts, region.pid, (region.addr, region.end))
         tally.keep(ctx, previous, region.pid, replay.region, touched=False)

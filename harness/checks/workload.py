@@ -147,8 +147,10 @@ class HeldRegion:
         raise WorkloadStuck(f"nhmem (pid {self.pid}) did not finish {line!r} within {timeout:.0f} s: the task "
                             f"livelocks or the guest hangs")
 
-    def touch(self, node: int | None = None, pages: int | None = None, thread: bool = False) -> None:
-        self.command(_op("touch", node, pages, thread))
+    def touch(self, node: int | None = None, pages: int | None = None, thread: bool = False,
+              first: int | None = None) -> None:
+        """Write every page (the first `pages`; with `first`, from page `first` on), from a CPU of `node`."""
+        self.command(_op("touch", node, pages, thread) + (f" from {first}" if first is not None else ""))
 
     def read(self, node: int | None = None, pages: int | None = None, thread: bool = False) -> None:
         """Read every page (the first `pages`), from a CPU of `node`; with thread=True from a fresh

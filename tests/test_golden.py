@@ -44,19 +44,25 @@ def test_recorded_placements_follow_the_memory_free_running() -> None:
     assert sum(r["faults_replayed"] for r in run.rounds.judged) >= 4 * 128
 
 
-def test_a_migration_placement_did_not_make_is_caught() -> None:
-    """The placement recording with one written page left on node 0 in the kernel's view at the
-    end of the first write, with nothing else changed: the model moved it, so the free run must
-    report the page (a kernel whose migrations silently went missing)."""
-    recording = _load("placement")
-    labels = sorted(recording.observations)
-    label = next(k for k in labels if recording.notes[k]["kind"] == "access")
+def _first_write_with_first_page_left_on_node_0(recording: Recording) -> tuple[str, int, Observation]:
+    """The first access of the placement recording, with the region's first page shown on node 0
+    (where it was before the write): its label, the page's address and the changed observation."""
+    label = next(k for k in sorted(recording.observations) if recording.notes[k]["kind"] == "access")
     obs = recording.observations[label]
     low = int(recording.notes[label]["region"][0])
     index = int(np.flatnonzero(obs.table.vaddr == np.uint64(low))[0])
     node = obs.table.node.copy()
     node[index] = 0
-    perturbed = {**recording.observations, label: replace(obs, table=replace(obs.table, node=node))}
+    return label, low, replace(obs, table=replace(obs.table, node=node))
+
+
+def test_a_migration_placement_did_not_make_is_caught() -> None:
+    """The placement recording with one written page left on node 0 in the kernel's view at the
+    end of the first write, with nothing else changed: the model moved it, so the free run must
+    report the page (a kernel whose migrations silently went missing)."""
+    recording = _load("placement")
+    label, low, changed = _first_write_with_first_page_left_on_node_0(recording)
+    perturbed = {**recording.observations, label: changed}
     run = replay_placement_run(recording.facts, perturbed, recording.notes)
     assert run.broken and any(f"{low:#x}" in d for d in run.rounds.diffs), run.rounds.diffs
 
@@ -66,15 +72,9 @@ def test_a_migration_refused_outside_the_rules_is_inconclusive() -> None:
     (numa_faults_locality[2]): an isolation failure the model cannot know, so the scenario is
     inconclusive (retried by the runner) rather than failed."""
     recording = _load("placement")
-    labels = sorted(recording.observations)
-    label = next(k for k in labels if recording.notes[k]["kind"] == "access")
-    obs = recording.observations[label]
-    low = int(recording.notes[label]["region"][0])
-    index = int(np.flatnonzero(obs.table.vaddr == np.uint64(low))[0])
-    node = obs.table.node.copy()
-    node[index] = 0
-    remote, local, _ = obs.task.locality
-    changed = _with_task(replace(obs, table=replace(obs.table, node=node)), locality=(remote, local, 1))
+    label, _, left = _first_write_with_first_page_left_on_node_0(recording)
+    remote, local, _ = left.task.locality
+    changed = _with_task(left, locality=(remote, local, 1))
     with pytest.raises(Inconclusive, match="refused"):
         replay_placement_run(recording.facts, {**recording.observations, label: changed}, recording.notes)
 

@@ -325,7 +325,8 @@ def test_a_page_only_moves_towards_the_faulting_node(faults: list[int]) -> None:
 
 def test_write_bit_after_a_fault() -> None:
     """Restored in place: writable again (numa_rebuild_single_mapping); migrated by a read:
-    read-only (the migration entry came from the protnone PTE); by a write: writable."""
+    read-only (the migration entry came from the protnone PTE); by a write: writable. A THP's
+    PMD the same (do_huge_pmd_numa_page: can_change_pmd_writable; set_pmd_migration_entry)."""
     task = Task(pid=5, nr_nodes=2, numa_scan_seq=1)
     page = Page(BASE, node=0, hint=True)
     assert hint_fault(task, page, cpu=0, node_of_cpu=NODE_OF_CPU).writable is True  # local
@@ -333,7 +334,9 @@ def test_write_bit_after_a_fault() -> None:
     assert hint_fault(task, page, cpu=2, node_of_cpu=NODE_OF_CPU, write=True).writable is True
     assert hint_fault(task, page, cpu=0, node_of_cpu=NODE_OF_CPU, vma_writable=False).writable is False
     huge = Page(BASE, node=0, size=HPAGE_SIZE, hint=True)
-    assert hint_fault(task, huge, cpu=2, node_of_cpu=NODE_OF_CPU).writable is None
+    assert hint_fault(task, huge, cpu=2, node_of_cpu=NODE_OF_CPU).writable is False
+    assert hint_fault(task, huge, cpu=0, node_of_cpu=NODE_OF_CPU).writable is True
+    assert hint_fault(task, huge, cpu=2, node_of_cpu=NODE_OF_CPU, write=True).writable is True
 
 
 def test_a_slow_down_placement_restarts_the_scan_clock() -> None:

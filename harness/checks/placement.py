@@ -15,7 +15,7 @@ free of passes restarts the free run, counted and reported (PlacementRun.access)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harness.checks.adapters import model_task
@@ -36,11 +36,14 @@ from harness.checks.workload import HeldRegion, Region
 from harness.model import (
     MEM,
     MEMBUF,
+    Decision,
     Page,
     Task,
+    Vma,
     hint_fault,
     numa_migrate_interval,
     placement_restarts_scan_clock,
+    task_numa_fault,
     task_numa_placement,
     task_scan_max,
     task_scan_min,
@@ -166,7 +169,7 @@ def check_placement(ctx: Context) -> Finding:
         written = 0
         while (not run.broken and written < region.length // 4096 and len(run.rounds.judged) < PLACEMENT_ROUNDS
                and len(run.rounds.unjudged) <= MAX_RESTARTS):
-            previous = _spin_to_placement(ctx, region, remote, run, previous, written)
+            previous = spin_to_placement(ctx, region, remote, run, previous, range(written, written + 1))
             if run.broken:
                 break
             written += PLACEMENT_STEP_PAGES
@@ -293,7 +296,7 @@ def check_placement_exact(ctx: Context) -> Finding:
         for page in range(1, 16):
             if run.broken or run.carried_rounds >= 2 or len(run.rounds.unjudged) > MAX_RESTARTS:
                 break
-            previous = _spin_to_placement(ctx, region, near, run, previous, page)
+            previous = spin_to_placement(ctx, region, near, run, previous, range(page, page + 1))
             if run.broken:
                 break
             region.read(node=near, pages=page + 1)
@@ -314,15 +317,22 @@ def _speeds_up(judged: list[dict[str, Any]]) -> list[str]:
     return diffs
 
 
-def _spin_to_placement(ctx: Context, region: HeldRegion, node: int, run: PlacementRun, previous: Observation,
-                       page: int) -> Observation:
+def spin_to_placement(ctx: Context, region: HeldRegion, node: int, run: PlacementRun, previous: Observation,
+                      pages: range, *, also: Callable[[PlacementRun], bool] | None = None,
+                      lost: Callable[[PlacementRun], str | None] | None = None) -> Observation:
     """Spin on `node`, every step predicted, until the model has a placement pending and the
-    region's page `page` hinted (PlacementRun.pending); the last observation."""
+    region's pages `pages` hinted (PlacementRun.pending), and `also` holds for the model's
+    state; the last observation. `lost` names a model state from which the scenario cannot
+    reach what it waits for in this run (inconclusive: the scenario is retried)."""
     spent = 0.0
-    while not run.pending(previous, page):
+    while not (run.pending(previous, pages) and (also is None or also(run))):
+        reason = lost(run) if lost is not None else None
+        if reason:
+            raise Inconclusive(f"waiting to access pages {pages.start}..{pages.stop - 1} from node {node}: {reason}")
         if spent >= SPIN_LIMIT_S:
-            raise KernelNeverReached(f"after {spent:.0f} s of spinning no placement fell due with page {page} of the "
-                                     f"region hinted: {run.waiting_for(previous, page)}")
+            raise KernelNeverReached(f"after {spent:.0f} s of spinning no placement fell due with pages "
+                                     f"{pages.start}..{pages.stop - 1} of the region hinted: "
+                                     f"{run.waiting_for(previous, pages)}")
         region.spin(SPIN_STEP_S, node=node)
         spent += SPIN_STEP_S
         current = observe(ctx, region.pid)
@@ -374,29 +384,38 @@ class PlacementRun:
             self.rounds.diffs.extend(f"{label}: {d}" for d in diffs[:12])
             self.broken = True
 
-    def pending(self, obs: Observation, page: int) -> bool:
-        """The model's state at `obs` says the next read's first fault runs task_numa_placement
-        (the module docstring: the task's sequence behind the mm's, numa_migrate_retry past),
-        page `page` is hinted, and numa_next_scan is at least margin_ms away."""
-        free = self.free
-        assert free is not None
-        replay, va = free.replay, self.region[0] + page * 4096
-        entry = replay.pages.get(va)
-        margin = replay.tunables.ms_to_jiffies(self.margin_ms)
-        return (free.task.numa_scan_seq != replay.mm.numa_scan_seq
-                and time_after(obs.balancing.jiffies, free.migrate_retry)
-                and entry is not None and entry.hint and replay.next_scan - obs.balancing.jiffies >= margin)
+    def _hinted(self, pages: range) -> tuple[int, int]:
+        """Of the model's entries mapping the region's pages `pages` (indices; a PMD entry maps
+        512), how many are hints, and how many there are."""
+        assert self.free is not None
+        start, end = self.region[0] + pages.start * 4096, self.region[0] + pages.stop * 4096
+        entries = [e for va, e in self.free.replay.pages.items() if start <= va < end]
+        return sum(e.hint for e in entries), len(entries)
 
-    def waiting_for(self, obs: Observation, page: int) -> str:
+    def pending(self, obs: Observation, pages: range) -> bool:
+        """The model's state at `obs` says the next access's first fault runs task_numa_placement
+        (the module docstring: the task's sequence behind the mm's, numa_migrate_retry past),
+        every entry mapping `pages` (indices into the region) is hinted, and numa_next_scan is at
+        least margin_ms away."""
         free = self.free
         assert free is not None
         replay = free.replay
-        entry = replay.pages.get(self.region[0] + page * 4096)
+        margin = replay.tunables.ms_to_jiffies(self.margin_ms)
+        hinted, entries = self._hinted(pages)
+        return (free.task.numa_scan_seq != replay.mm.numa_scan_seq
+                and time_after(obs.balancing.jiffies, free.migrate_retry)
+                and 0 < hinted == entries and replay.next_scan - obs.balancing.jiffies >= margin)
+
+    def waiting_for(self, obs: Observation, pages: range) -> str:
+        free = self.free
+        assert free is not None
+        replay = free.replay
+        hinted, entries = self._hinted(pages)
         return (f"model task sequence {free.task.numa_scan_seq}, mm {replay.mm.numa_scan_seq} (kernel "
                 f"{obs.task.numa_scan_seq}, {obs.mm.numa_scan_seq}); numa_migrate_retry in "
                 f"{free.migrate_retry - obs.balancing.jiffies} jiffies; numa_next_scan in "
-                f"{replay.next_scan - obs.balancing.jiffies} jiffies; the page "
-                f"{'hinted' if entry and entry.hint else 'not hinted'}")
+                f"{replay.next_scan - obs.balancing.jiffies} jiffies; {hinted} of the {entries} entries mapping "
+                f"pages {pages.start}..{pages.stop - 1} hinted")
 
     def spin(self, before: Observation, after: Observation) -> None:
         """A step in which the task only spun: ScanReplay predicts the scanner; the books and
@@ -413,18 +432,21 @@ class PlacementRun:
                              f"(set only by numa_migrate_preferred, after a fault)")
         self._fail(label, diffs)
 
-    def access(self, pages: int, a: Observation, b: Observation) -> None:
-        """A round: the task reads (writes) the region's first `pages` pages from `a` (a
-        placement pending) to `b`. The placement the first fault runs, then every fault on a
-        page the model's passes hinted, in address order (nhmem's loop)."""
+    def access(self, pages: int, a: Observation, b: Observation, *, first: int = 0, cpu: int | None = None) -> None:
+        """A round: the task reads (writes) the region's pages `first`..`pages` - 1 from `a` (a
+        placement pending) to `b`, on `cpu` (its node decides; default the run's). The
+        placement the first fault runs, then every fault on a page the model's passes hinted,
+        in address order (nhmem's loop)."""
         self.steps += 1
         free = self.free
         assert free is not None
         replay = free.replay
+        cpu = self.cpu if cpu is None else cpu
         number = len(self.rounds.judged) + 1
         verb = "write" if self.write else "read"
-        label = (f"step {self.steps} (round {number}: {verb} of {pages} pages, jiffies {a.balancing.jiffies}.."
-                 f"{b.balancing.jiffies})")
+        span = f"{pages} pages" if first == 0 else f"pages {first}..{pages - 1}"
+        label = (f"step {self.steps} (round {number}: {verb} of {span} on node {self.facts.node_of_cpu[cpu]}, "
+                 f"jiffies {a.balancing.jiffies}..{b.balancing.jiffies})")
         mm_seq, tun = replay.mm.numa_scan_seq, replay.tunables
         # task_scan_min/max from the RSS (task_nr_scan_windows): one value unless the percpu lag
         # straddles a scan-size boundary, which a workload of a few MiB never does.
@@ -442,14 +464,33 @@ class PlacementRun:
                              f"numa_next_scan ({replay.next_scan}, or the restarted clock): a pass may have run "
                              f"between a fault and its retry")
             return
-        task, end = placed, self.region[0] + pages * 4096
+        # The first fault is decided on the task as it was (should_numa_migrate_memory runs in
+        # do_numa_page before task_numa_fault places), every later one on the placed task.
+        task, start, end = free.task, self.region[0] + first * 4096, self.region[0] + pages * 4096
         vma = next(v for v in replay.vmas if v.start <= self.region[0] < v.end)
         faulted: dict[int, Page] = {}
-        for va in sorted(v for v, p in replay.pages.items() if self.region[0] <= v < end and p.hint):
-            result = hint_fault(task, replay.pages[va], cpu=self.cpu, node_of_cpu=self.facts.node_of_cpu,
+        decisions: dict[int, Decision] = {}
+        faults = 0
+        for va in sorted(v for v, p in replay.pages.items() if start <= v < end and p.hint):
+            if va in faulted:
+                continue  # restored with its large folio by an earlier fault of the access
+            result = hint_fault(task, replay.pages[va], cpu=cpu, node_of_cpu=self.facts.node_of_cpu,
                                 jiffies_after_retry=False, write=self.write, vma_writable=vma.writable,
                                 rules=self.facts.rules)
-            task, faulted[va] = result.task, result.page
+            if not faults:
+                # fair.c:task_numa_fault places before it books the fault: the first fault's
+                # books go onto the placed task.
+                task, _ = task_numa_fault(placed, replay.pages[va].last_cpupid, result.page.node,
+                                          replay.pages[va].folio_nr_pages, local=result.local,
+                                          migrated=result.migrated,
+                                          migrate_failed=result.decision == Decision.MIGRATION_FAILED,
+                                          cpu_node=self.facts.node_of_cpu[cpu], run_placement=False, mm_seq=None,
+                                          rules=self.facts.rules)
+            else:
+                task = result.task
+            faults += 1
+            for pte, page in _folio_after_fault(replay.pages, va, result.page, vma).items():
+                faulted[pte], decisions[pte] = page, result.decision
         self._refused_elsewhere(faulted, replay.pages, task, b)
         diffs = []
         if b.task.numa_group_id is not None:
@@ -458,11 +499,24 @@ class PlacementRun:
         if b.task.numa_scan_seq != mm_seq:
             diffs.append(f"the {verb} faulted on {len(faulted)} hinted pages but task_numa_placement did not run (task "
                          f"sequence {b.task.numa_scan_seq}, model mm {mm_seq})")
+        before_pages = dict(replay.pages)
+        # First what the rules decided for the pages the kernel put elsewhere: the rule a diff is about.
+        diffs += _decided_elsewhere(faulted, decisions, before_pages, b)
         diffs += compare_books(f"after the placement and the {verb}'s faults", task, b)
-        diffs += replay.step_faulted(a, b, faulted, period_ms=placed.numa_scan_period, clock_restarted=restarts)
+        diffs += _thp_migrations(faulted, before_pages, a, b)
+        diffs += replay.step_faulted(a, b, faulted, period_ms=placed.numa_scan_period, clock_restarted=restarts,
+                                     faults=faults)
         retry, retry_diffs = self._migrate_retry(free, placed, a, b)
         self._fail(label, diffs + retry_diffs)
-        self.rounds.judged.append(_round_figures(free.task, placed, b, free.reads > 0, len(faulted)))
+        figures = _round_figures(free.task, placed, b, free.reads > 0, faults)
+        figures.update(node=self.facts.node_of_cpu[cpu], first=first, pages=pages,
+                       moved_model=sum(1 for va, p in faulted.items() if p.node != before_pages[va].node),
+                       moved_kernel=sum(1 for e in b.table.within(start, end)
+                                        if e.vaddr in before_pages and e.node != before_pages[e.vaddr].node),
+                       decisions={d.value: sum(1 for x in decisions.values() if x == d) for d in set(decisions.values())},
+                       seq_at_first_fault=free.task.numa_scan_seq, preferred_at_first_fault=free.task.numa_preferred_nid,
+                       seq_placed=placed.numa_scan_seq)
+        self.rounds.judged.append(figures)
         self.free = _FreeRun(task, replay, retry, free.reads + 1)
 
     def _refused_elsewhere(self, faulted: dict[int, Page], before: dict[int, Page], task: Task,
@@ -526,6 +580,53 @@ class PlacementRun:
                                  "inputs": inputs}, tuple(diffs))
 
 
+def _folio_after_fault(pages: dict[int, Page], va: int, restored: Page, vma: Vma) -> dict[int, Page]:
+    """Every entry one hint fault at `va` changed, as it left them (`restored`: the faulting
+    entry, from hint_fault). A base page is its own folio. A PTE-mapped large folio (an mTHP)
+    is decided as a whole (mm/memory.c:do_numa_page: one numa_migrate_check, folio_nr_pages
+    booked): migrate_misplaced_folio moves it whole and remove_migration_ptes maps each of its
+    PTEs again (a hint's migration entry read-only, as the faulting one; a present PTE's with
+    the write bit it had); left in place, numa_rebuild_large_mapping restores each of its
+    PROT_NONE PTEs within the VMA (writable as the faulting one: can_change_pte_writable) and
+    leaves the others alone. The folio is naturally aligned where alloc_anon_folio maps it
+    (ALIGN_DOWN(address, folio size))."""
+    size = pages[va].folio_pages * 4096
+    if not size:
+        return {va: restored}
+    changed = {}
+    for pte in range(max(va - va % size, vma.start), min(va - va % size + size, vma.end), 4096):
+        page = pages.get(pte)
+        if page is None:
+            continue
+        changed[pte] = replace(page, node=restored.node, last_cpupid=restored.last_cpupid, hint=False,
+                               writable=restored.writable if page.hint else page.writable)
+    return changed
+
+
+def _thp_migrations(faulted: dict[int, Page], before: dict[int, Page], a: Observation, b: Observation) -> list[str]:
+    """thp_migration_success (global) grew by the PMD-mapped THPs the model migrated, when the
+    access faulted on any (migrate_misplaced_folio -> migrate_pages counts each THP moved)."""
+    huge = [va for va, page in faulted.items() if page.huge]
+    if not huge:
+        return []
+    moved = sum(1 for va in huge if faulted[va].node != before[va].node)
+    delta = b.vmstat["thp_migration_success"] - a.vmstat["thp_migration_success"]
+    if delta != moved:
+        return [f"thp_migration_success grew by {delta}, the model migrated {moved} of the {len(huge)} THPs it faulted on"]
+    return []
+
+
+def _decided_elsewhere(faulted: dict[int, Page], decisions: dict[int, Decision], before: dict[int, Page],
+                       b: Observation) -> list[str]:
+    """For the first faulted pages the kernel left on another node than the model: what the
+    model's rules decided for them (the branch of should_numa_migrate_memory), so that a diff
+    names the rule the kernel did not follow."""
+    kernel_node = {e.vaddr: e.node for e in b.table}
+    wrong = [va for va, page in faulted.items() if va in kernel_node and kernel_node[va] != page.node]
+    return [f"{va:#x}: kernel node {kernel_node[va]}, model node {faulted[va].node} from node {before[va].node} "
+            f"({decisions[va].value})" for va in wrong[:3]]
+
+
 def _round_figures(before: Task, placed: Task, b: Observation, carried: bool, faults: int) -> dict[str, Any]:
     remote, local, failed = before.locality
     shared = sum(p[0] for p in before.faults[MEMBUF])
@@ -560,7 +661,9 @@ def replay_placement_run(facts: GuestFacts, observations: dict[str, Observation]
             if note["kind"] == "spin":
                 run.spin(previous, obs)
             else:
-                run.access(int(note["pages"]), previous, obs)
+                cpu = note.get("access_cpu")
+                run.access(int(note["pages"]), previous, obs, first=int(note.get("first", 0)),
+                           cpu=None if cpu is None else int(cpu))
         previous = obs
         if run.broken:
             break

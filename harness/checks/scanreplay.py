@@ -59,6 +59,7 @@ class Prediction:
     pte_updates: int
     windows: tuple[tuple[int, int], ...]
     skipped: tuple[tuple[int, str], ...]
+    huge_updates: int = 0  # PMD entries hinted (numa_huge_pte_updates)
 
 
 @dataclass
@@ -191,7 +192,7 @@ class ScanReplay:
         return diffs
 
     def step_faulted(self, before: Observation, after: Observation, faulted: dict[int, Page], *, period_ms: int,
-                     clock_restarted: bool) -> list[str]:
+                     clock_restarted: bool, faults: int | None = None) -> list[str]:
         """A step in which the task faulted on hinted pages of the region and no pass ran (the
         caller makes sure), the faults replayed by the caller's model: `faulted` holds the pages
         as hint_fault left them (hint restored, node, last_cpupid), `period_ms` is the period
@@ -203,16 +204,18 @@ class ScanReplay:
         (fair.c:task_numa_placement). Which CPU of its node the task faulted on is an input too
         (the node decides, the CPU is the scheduler's): where the kernel's last_cpupid of a
         faulted page has the model's pid and a CPU of the model's node, its CPU is taken. Then
-        the whole state is compared as after step()."""
+        the whole state is compared as after step(). `faults`: how many hint faults made
+        `faulted` (default one per entry; one per large folio restores all its PTEs)."""
         self.last_pass, self.new_region_hints, self.faulted_vmas = None, 0, set()
         self.nr_threads = before.task.nr_threads
         self.hints_off = _kernel_hints_off(after)
         diffs = self._follow_layout(after)
-        faults = after.vmstat["numa_hint_faults"] - before.vmstat["numa_hint_faults"]
-        if len(faulted) > faults:
-            diffs.append(f"the model's task faulted on {len(faulted)} hinted pages, the kernel counted {faults} hint "
-                         f"faults (numa_hint_faults)")
-        self._count("hint faults replayed by the caller's model", len(faulted))
+        counted = after.vmstat["numa_hint_faults"] - before.vmstat["numa_hint_faults"]
+        faults = len(faulted) if faults is None else faults
+        if faults > counted:
+            diffs.append(f"the model's task took {faults} hint faults, the kernel counted {counted} "
+                         f"(numa_hint_faults)")
+        self._count("hint faults replayed by the caller's model", faults)
         vmas = list(self.vmas)
         kernel = {e.vaddr: e.last_cpupid for e in after.table}
         for va, page in faulted.items():
@@ -298,10 +301,16 @@ class ScanReplay:
         kernel = after.vmstat["numa_pte_updates"] - before.vmstat["numa_pte_updates"]
         model = self.last_pass.pte_updates
         self._count("passes whose numa_pte_updates were compared")
+        diffs = []
         if not model <= kernel <= model + faults:
-            return [f"pass at jiffies {self.last_pass.ran_at}: numa_pte_updates grew by {kernel}, model {model} "
-                    f"(+ up to {faults}: one re-hint per hint fault counted in the step)"]
-        return []
+            diffs.append(f"pass at jiffies {self.last_pass.ran_at}: numa_pte_updates grew by {kernel}, model {model} "
+                         f"(+ up to {faults} re-hints: one per hint fault counted in the step)")
+        # change_huge_pmd counts each PMD it hints once more here (mm/mprotect.c:change_pmd_range).
+        huge = after.vmstat["numa_huge_pte_updates"] - before.vmstat["numa_huge_pte_updates"]
+        if not self.last_pass.huge_updates <= huge <= self.last_pass.huge_updates + faults:
+            diffs.append(f"pass at jiffies {self.last_pass.ran_at}: numa_huge_pte_updates grew by {huge}, model "
+                         f"{self.last_pass.huge_updates} PMDs hinted (+ up to {faults} re-hints)")
+        return diffs
 
     def _placement(self, after: Observation, faults: int) -> list[str]:
         """fair.c:task_numa_placement, run by the first hint fault after the mm's sequence moved:
@@ -397,8 +406,8 @@ class ScanReplay:
         pages = dict(pages_now)
         vmas = list(vmas_now)
         for va in restored:
-            pages[va] = replace(pages[va], hint=False)
             index = self._vma_of(va, vmas_now)
+            pages[va] = _restored_by_input(pages[va], vmas_now[index] if index is not None else None)
             if index is not None:
                 vmas[index] = vma_set_access_pid_bit(vmas[index], self.pid)
         result = scan_pass(mm, vmas, pages, self.tunables, scanning_node=self.scanning_node if node is None else node,
@@ -406,7 +415,8 @@ class ScanReplay:
         before = (start.pte_updates, start.windows, start.skipped) if start else (0, (), ())
         return Prediction(ran_at, early, result.mm, result.vmas, dict(result.pages),
                           before[0] + result.counters.numa_pte_updates, before[1] + result.windows,
-                          before[2] + result.skipped)
+                          before[2] + result.skipped,
+                          (start.huge_updates if start else 0) + result.counters.numa_huge_pte_updates)
 
     def _two_passes(self, before: Observation, after: Observation, times: list[int],
                     region_touched: bool, nodes: list[int]) -> Prediction | None:
@@ -551,8 +561,8 @@ class ScanReplay:
                     (region_touched or not self.in_region(va))]
         vmas = list(self.vmas)
         for va in restored:
-            self.pages[va] = replace(self.pages[va], hint=False)
             index = self._vma_of(va, self.vmas)
+            self.pages[va] = _restored_by_input(self.pages[va], self.vmas[index] if index is not None else None)
             if index is not None:
                 vmas[index] = vma_set_access_pid_bit(vmas[index], self.pid)
                 self.faulted_vmas.add(vmas[index].start)
@@ -637,10 +647,13 @@ class ScanReplay:
             if len(diffs) >= 5:
                 break
         # A hint has no write bit: change_pte_range's pte_modify(PAGE_NONE) keeps only
-        # _PAGE_CHG_MASK (arch/x86/include/asm/pgtable.h:pte_modify). In a writable VMA the region
-        # is written at first touch and its restoring faults are on exclusive anonymous pages,
-        # which get the bit back (numa_rebuild_single_mapping: can_change_pte_writable, for a
-        # page left in place); in a read-only VMA vm_page_prot has no write bit to give back.
+        # _PAGE_CHG_MASK (arch/x86/include/asm/pgtable.h:pte_modify). Any other entry has the
+        # bit the model carries: as observed at the start, or as the last fault left it
+        # (hint_fault). In a writable VMA the region is written at first touch and its restoring
+        # faults are on exclusive anonymous pages, which get the bit back in place
+        # (numa_rebuild_single_mapping: can_change_pte_writable); a page a read migrated comes
+        # back read-only (its migration entry was made from the PROT_NONE one); in a read-only
+        # VMA vm_page_prot has no write bit to give back.
         # Under 6.1's rules (KernelRules.savedwrite) a hint keeps the write bit the entry had and
         # a restore puts it back: in a writable VMA the bit follows history the replay does not
         # carry, so only a read-only VMA's entries (never writable) are compared there.
@@ -648,12 +661,24 @@ class ScanReplay:
         vma_writable = index is None or self.vmas[index].writable
         if vma_writable and self.facts.rules.savedwrite:
             return diffs
-        wrong = [e for e in kernel_region if e.writable != (vma_writable and not e.hint)]
+        def expected(va: int, hint: bool) -> bool:
+            page = self.pages.get(va)
+            return not hint and (page.writable if page is not None else vma_writable)
+        wrong = [e for e in kernel_region if e.writable != expected(e.vaddr, e.hint)]
         if wrong:
             diffs.append(f"{len(wrong)} of the region's {len(kernel_region)} entries have a write bit that does not "
                          f"match their hint (first {wrong[0].vaddr:#x}: hint={wrong[0].hint} writable={wrong[0].writable}; "
                          f"the VMA is {'writable' if vma_writable else 'read-only'})")
         return diffs
+
+
+def _restored_by_input(page: Page, vma: Vma | None) -> Page:
+    """`page` restored by a fault the replay takes as input (a touch, or a fault it only sees
+    happened): the entry is present again, with the write bit of its VMA. In a writable VMA
+    these faults are writes, or reads of pages restored in place (numa_rebuild_single_mapping:
+    can_change_pte_writable holds for an exclusive anonymous page); only a read that migrated
+    leaves a page read-only, and reads are replayed by the caller's model (step_faulted)."""
+    return replace(page, hint=False, writable=page.writable if vma is None else vma.writable)
 
 
 def _kernel_hints_off(obs: Observation) -> set[int]:

@@ -152,10 +152,12 @@ class HeldRegion:
         """Write every page (the first `pages`; with `first`, from page `first` on), from a CPU of `node`."""
         self.command(_op("touch", node, pages, thread) + (f" from {first}" if first is not None else ""))
 
-    def read(self, node: int | None = None, pages: int | None = None, thread: bool = False) -> None:
-        """Read every page (the first `pages`), from a CPU of `node`; with thread=True from a fresh
-        thread, whose faults record its own tid in last_cpupid."""
-        self.command(_op("read", node, pages, thread))
+    def read(self, node: int | None = None, pages: int | None = None, thread: bool = False,
+             first: int | None = None) -> None:
+        """Read every page (the first `pages`; with `first`, `pages` pages from page `first` on),
+        from a CPU of `node`; with thread=True from a fresh thread, whose faults record its own
+        tid in last_cpupid."""
+        self.command(_op("read", node, pages, thread) + (f" from {first}" if first is not None else ""))
 
     def spin(self, seconds: float, node: int | None = None, thread: bool = False) -> None:
         self.command(_op(f"spin {seconds}", node, None, thread), timeout=seconds + STEP_TIMEOUT)

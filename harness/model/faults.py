@@ -58,7 +58,7 @@ class FaultResult:
     local: bool
     # Why the page did (not) move, in the kernel's words.
     decision: Decision
-    # The base-page entry's write bit once the access completed (None for a THP: not modelled).
+    # The entry's write bit once the access completed (None: not known).
     writable: bool | None = None
     # The task's group's books after the fault (a placement it ran changes them); None: no group.
     group: GroupBooks | None = None
@@ -171,9 +171,10 @@ def hint_fault(
                                   migrate_failed=not migrated and decision == Decision.MIGRATION_FAILED,
                                   cpu_node=cpu_node, run_placement=jiffies_after_retry, mm_seq=mm_seq, priv=priv,
                                   group=group, clock=clock, pinned=pinned, rules=rules)
-    if restored.huge:
-        writable = None
-    elif rules.savedwrite:
+    # A THP's PMD takes the same write bit as a base page's PTE: mm/huge_memory.c:
+    # do_huge_pmd_numa_page restores it in place writable when can_change_pmd_writable says so,
+    # and a migrated one comes back read-only (set_pmd_migration_entry from a PROT_NONE PMD).
+    if rules.savedwrite:
         # 6.1: the saved write bit, in place or through a writable migration entry; a write to a
         # read-only result takes a wp fault that makes it writable (and, in place, resets
         # last_cpupid there too: wp_page_reuse).

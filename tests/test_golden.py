@@ -13,16 +13,18 @@ import itertools
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from harness.checks.migratefilter import Access, replay_accesses
 from harness.checks.observe import Inconclusive, Observation
 from harness.checks.placement import replay_placement_run
 from harness.checks.runner import Recording, load_recording
 from harness.checks.scantiming import ClockSample
 from harness.inspect import TaskNumaState
-from harness.inspect.pagetable import PRESENT, PROTNONE
+from harness.inspect.pagetable import PRESENT, PROTNONE, RW
 
 GOLDEN = Path(__file__).parent / "data" / "observations"
 
@@ -319,80 +321,172 @@ def test_a_kernel_that_hints_or_moves_shared_pages_is_caught(
     assert any(d.startswith(where) for d in diffs), (bug, diffs)
 
 
-# -- early-scan: the task's own pages before and after its fourth sequence ----------------------
+# -- run_accesses: fault-migration, thp, early-scan, two-stage-filter, mthp ----------------------
 
 
-def _early(perturb: Callable[[str, Observation], Observation] | None = None) -> list[str]:
-    from harness.checks.earlyscan import replay_early_reads
+def _reads_of(check: str) -> tuple[Access, ...]:
+    from harness.checks.faults import FAULT_WRITES, THP_READS
+    from harness.checks.largefolio import MTHP_READS
+    from harness.checks.migratefilter import EARLY_READS, TWO_STAGE_READS
 
-    recording = _load("early-scan")
-    observations = {label: perturb(label, obs) if perturb else obs for label, obs in recording.observations.items()}
-    return replay_early_reads(recording.facts, observations, recording.notes).diffs
+    return {"fault-migration": FAULT_WRITES, "thp": THP_READS, "mthp": MTHP_READS, "early-scan": EARLY_READS,
+            "two-stage-filter": TWO_STAGE_READS}[check]
 
 
-def test_recorded_early_and_late_reads_are_predicted() -> None:
-    diffs = _early()
+def _accesses(check: str, perturb: Callable[[str, Observation, dict[str, Any]], Observation] | None = None,
+              release: str = "") -> tuple[list[str], list[dict[str, Any]]]:
+    """The judgement of a run_accesses check over its recording (`release`: "-6.1" for 6.1's),
+    each observation through `perturb` (with the label's notes): the diffs and the judged rounds."""
+    recording = _load(check + release)
+    observations = {label: perturb(label, obs, recording.notes[label]) if perturb else obs
+                    for label, obs in recording.observations.items()}
+    finding = replay_accesses(recording.facts, observations, recording.notes, _reads_of(check))
+    return list(finding.diffs), list(finding.figures["rounds"])
+
+
+def _label(check: str, phase: str) -> str:
+    recording = _load(check)
+    return next(k for k in sorted(recording.notes) if recording.notes[k].get("phase") == phase)
+
+
+def _span(notes: dict[str, Any]) -> tuple[int, int]:
+    low = int(notes["region"][0])
+    return low + int(notes["first"]) * 4096, low + int(notes["pages"]) * 4096
+
+
+def _entries(obs: Observation, span: tuple[int, int], column: str,
+             value: Callable[[int, int], int]) -> Observation:
+    """`obs` with `column` of each entry in `span` set to value(vaddr, old value)."""
+    table = obs.table
+    inside = (table.vaddr >= np.uint64(span[0])) & (table.vaddr < np.uint64(span[1]))
+    values = getattr(table, column).copy()
+    values[inside] = [value(int(v), int(x)) for v, x in zip(table.vaddr[inside], values[inside], strict=True)]
+    return replace(obs, table=replace(table, **{column: values}))
+
+
+@pytest.mark.parametrize(("check", "release"), [
+    ("fault-migration", ""), ("fault-migration", "-6.1"), ("thp", ""), ("thp", "-6.1"), ("mthp", ""),
+    ("early-scan", ""), ("early-scan", "-6.1"), ("two-stage-filter", ""), ("two-stage-filter", "-6.1"),
+])
+def test_recorded_accesses_are_predicted_free_running(check: str, release: str) -> None:
+    """Every step of the recording (6.12's; 6.1's where the check applies there: no per-VMA scan
+    state, savedwrite) predicted from its one observation, each access's subject decided by
+    the model."""
+    diffs, rounds = _accesses(check, release=release)
     assert not diffs, diffs
-
-
-def _all_back_on(obs: Observation, before: Observation, region: tuple[int, int]) -> Observation:
-    """`obs` with every region entry on the node it had in `before`: a kernel that moved nothing."""
-    inside = (obs.table.vaddr >= np.uint64(region[0])) & (obs.table.vaddr < np.uint64(region[1]))
-    node = obs.table.node.copy()
-    lookup = dict(zip(before.table.vaddr.tolist(), before.table.node.tolist(), strict=True))
-    node[inside] = [lookup[int(v)] for v in obs.table.vaddr[inside]]
-    return replace(obs, table=replace(obs.table, node=node))
+    assert len(rounds) == len(_reads_of(check))
+    decisions = [r["decisions"] for r in rounds]
+    if check in ("early-scan", "two-stage-filter"):
+        assert {"two-stage filter: the previous fault came from another node": 128} in decisions
+    if check == "early-scan":
+        assert {"early scan: first fault or same task": 128} in decisions
 
 
 def test_a_kernel_that_ends_the_early_exception_early_is_caught() -> None:
-    """Read 2 (task sequence <= 4, a preferred node) with nothing moved, as a kernel without the
-    "numa_scan_seq <= 4" clause would leave it: the replay must name the pages."""
-    recording = _load("early-scan")
-    region = tuple(int(x) for x in recording.notes["read-1-before"]["region"])
-    before = recording.observations["read-2-before"]
-    diffs = _early(lambda label, o: _all_back_on(o, before, region) if label == "read-2-after" else o)  # type: ignore[arg-type]
-    assert any(d.startswith("read 2 (early exception") and "node" in d for d in diffs), diffs
+    """The early-exception read (task sequence <= 4, a preferred node) with nothing moved, as a
+    kernel without the "numa_scan_seq <= 4" clause would leave it: the replay must name a page
+    and the rule the model followed for it."""
+    label = _label("early-scan", "early exception")
+    diffs, _ = _accesses("early-scan", lambda k, o, n: _entries(o, _span(n), "node", lambda va, x: 0) if k == label else o)
+    assert any("early scan: first fault or same task" in d and "kernel node 0" in d for d in diffs), diffs
 
 
-# -- mthp: one hint fault per 64 KiB folio -------------------------------------------------------
+@pytest.mark.parametrize(("phase", "node_of", "rule"), [
+    ("first fault from the far node", lambda va, node: 1, "two-stage filter"),
+    ("second fault from the far node", lambda va, node: 0, "same task faulted from this node twice"),
+    ("second fault from the far node", lambda va, node: 0 if va % (8 * 4096) == 0 else node,
+     "same task faulted from this node twice"),
+])
+def test_a_kernel_that_moves_against_the_filter_is_caught(
+        phase: str, node_of: Callable[[int, int], int], rule: str) -> None:
+    """two-stage-filter's refused read with its pages moved anyway (a filter that never refuses),
+    or its second read with all or every eighth page left behind (a filter that always refuses):
+    the step must fail naming the rule."""
+    label = _label("two-stage-filter", phase)
+    diffs, _ = _accesses("two-stage-filter", lambda k, o, n: _entries(o, _span(n), "node", node_of) if k == label else o)
+    assert any(rule in d for d in diffs), diffs
 
 
-def _mthp(perturb: Callable[[str, Observation], Observation] | None = None) -> list[str]:
-    from harness.checks.largefolio import replay_mthp
+def test_a_kernel_that_moves_a_page_nobody_read_is_caught() -> None:
+    """The refused read covers pages 1..128; a kernel that moved page 0 (hinted, not read) in
+    that step must not pass."""
+    label = _label("two-stage-filter", "first fault from the far node")
+    diffs, _ = _accesses("two-stage-filter", lambda k, o, n: _entries(
+        o, _span({**n, "first": 0, "pages": 1}), "node", lambda va, x: 1 - x) if k == label else o)
+    assert any("node" in d for d in diffs), diffs
 
-    recording = _load("mthp")
-    observations = {label: perturb(label, obs) if perturb else obs for label, obs in recording.observations.items()}
-    return replay_mthp(recording.facts, observations, recording.notes).diffs
+
+@pytest.mark.parametrize(("bug", "column", "value", "where"), [
+    ("the write's wp fault did not reset last_cpupid", "last_cpupid", lambda va, x: 0x401, "last_cpupid"),
+    ("a page written after migrating left read-only", "raw", lambda va, x: x & ~RW, "write bit"),
+    ("a page the rules migrate left on node 0", "node", lambda va, x: 0, "first fault"),
+])
+def test_a_kernel_that_migrates_a_written_page_otherwise_is_caught(
+        bug: str, column: str, value: Callable[[int, int], int], where: str) -> None:
+    """fault-migration's write with one entry (its first page) changed the way `bug` says."""
+    label = _label("fault-migration", "write from the far node")
+
+    def first_page(k: str, o: Observation, n: dict[str, Any]) -> Observation:
+        if k != label:
+            return o
+        start = _span(n)[0]
+        return _entries(o, (start, start + 4096), column, value)
+    diffs, _ = _accesses("fault-migration", first_page)
+    assert any(where in d for d in diffs), (bug, diffs)
 
 
-def test_recorded_folio_faults_are_predicted() -> None:
-    diffs = _mthp()
-    assert not diffs, diffs
+@pytest.mark.parametrize(("bug", "perturb", "where"), [
+    ("a THP left on node 0", lambda o, n: _entries(o, _span(n), "node", lambda va, x: 0), "kernel node 0"),
+    ("a migrated THP mapped writable", lambda o, n: _entries(o, _span(n), "raw", lambda va, x: x | RW), "write bit"),
+    ("thp_migration_success not counted", lambda o, n: replace(
+        o, vmstat={**o.vmstat, "thp_migration_success": o.vmstat["thp_migration_success"] - 1}),
+     "thp_migration_success"),
+])
+def test_a_kernel_that_migrates_thps_otherwise_is_caught(
+        bug: str, perturb: Callable[[Observation, dict[str, Any]], Observation], where: str) -> None:
+    label = _label("thp", "read from the far node")
+    diffs, _ = _accesses("thp", lambda k, o, n: perturb(o, n) if k == label else o)
+    assert any(where in d for d in diffs), (bug, diffs)
+
+
+def test_a_pass_that_hints_a_pmd_uncounted_is_caught() -> None:
+    """A spin step whose pass hinted the PMDs with numa_huge_pte_updates not counting them."""
+    recording = _load("thp")
+    steps = sorted(recording.notes)
+    label = next(k for k, prev in zip(steps[1:], steps, strict=False) if recording.notes[k]["kind"] == "spin"
+                 and recording.observations[k].vmstat["numa_huge_pte_updates"]
+                 > recording.observations[prev].vmstat["numa_huge_pte_updates"])
+    diffs, _ = _accesses("thp", lambda k, o, n: replace(o, vmstat={
+        **o.vmstat, "numa_huge_pte_updates": o.vmstat["numa_huge_pte_updates"] - 1}) if k >= label else o)
+    assert any("numa_huge_pte_updates" in d for d in diffs), diffs
 
 
 def test_a_kernel_that_faults_per_pte_is_caught() -> None:
-    """The local read as a kernel that restored only the faulting PTE would book it: sixteen
-    faults of sixteen pages per folio."""
-    def per_pte(label: str, o: Observation) -> Observation:
-        if label != "read-1-after":
+    """The remote read as a kernel that restored only the faulting PTE of each folio would book
+    it: sixteen faults of sixteen pages per folio."""
+    label = _label("mthp", "remote")
+
+    def per_pte(k: str, o: Observation, n: dict[str, Any]) -> Observation:
+        if k != label:
             return o
-        before = _load("mthp").observations["read-1-before"].task.locality
-        local = o.task.locality[1] + 15 * (o.task.locality[1] - before[1])
-        return _with_task(o, locality=(o.task.locality[0], local, o.task.locality[2]))
-    diffs = _mthp(per_pte)
+        loc = o.task.locality
+        return _with_task(o, locality=(loc[0] + 15 * 1024, loc[1], loc[2]))
+    diffs, _ = _accesses("mthp", per_pte)
     assert any("numa_faults_locality" in d for d in diffs), diffs
 
 
 def test_a_folio_left_partly_hinted_is_caught() -> None:
-    """One PTE of a migrated folio still PROT_NONE after the read: the replay names it."""
-    def one_left(label: str, o: Observation) -> Observation:
-        if label != "read-2-after":
+    """One PTE of a folio the local read restored still PROT_NONE after it: the replay names it."""
+    label = _label("mthp", "local")
+
+    def one_left(k: str, o: Observation, n: dict[str, Any]) -> Observation:
+        if k != label:
             return o
-        notes = _load("mthp").notes["read-1-before"]
-        index = int(np.searchsorted(o.table.vaddr, np.uint64(int(notes["region"][0]) + 4096)))
-        hinted = _load("mthp").observations["read-2-before"].table.raw[index]
-        return _column(o, "raw", index, int(hinted))
-    diffs = _mthp(one_left)
+        index = int(np.searchsorted(o.table.vaddr, np.uint64(_span(n)[0] + 4096)))
+        before = _load("mthp").observations[sorted(_load("mthp").observations)[
+            sorted(_load("mthp").observations).index(k) - 1]]
+        return _column(o, "raw", index, int(before.table.raw[index]))
+    diffs, _ = _accesses("mthp", one_left)
     assert any("hint=True" in d for d in diffs), diffs
 
 

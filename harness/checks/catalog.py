@@ -10,7 +10,7 @@ import importlib
 
 from harness.checks.registry import CHECKS, Check
 
-FAMILIES = ("scanner", "scantiming", "faults", "earlyscan", "largefolio", "sharing", "refusal", "placement",
+FAMILIES = ("scanner", "scantiming", "faults", "migratefilter", "largefolio", "sharing", "refusal", "placement",
             "taskplacement", "numagroup", "numagroupshared", "convergence")
 
 for _family in FAMILIES:

@@ -882,3 +882,25 @@ def test_a_migration_that_left_the_other_mapping_behind_is_caught() -> None:
         return _column(o, "node", index, int(recording.observations["step0-hinted-w2"].table.node[index]))
     diffs = _shared(stale)
     assert any(d.startswith("first faults: entries: worker 2") for d in diffs), diffs
+
+
+def test_free_run_spin_steps_end_past_the_next_trigger_within_a_period() -> None:
+    """PlacementRun.spin_length over every observation of a recording: never shorter than the
+    CPU time the model says is left to the next task_tick_numa trigger (plus the tick and the
+    pass), never a whole period (so a step holds one trigger), never below SPIN_MIN_S."""
+    from harness.checks.placement import SPIN_MIN_S, SPIN_PAST_TRIGGER_S, PlacementRun
+
+    recording = _load("two-stage-filter")
+    labels = sorted(recording.observations)
+    first = recording.notes[labels[0]]
+    run = PlacementRun(recording.facts, (int(first["region"][0]), int(first["region"][1])), int(first["pid"]),
+                       int(first["cpu"]), write=False, margin_ms=int(first["margin_ms"]))
+    run.begin(recording.observations[labels[0]])
+    assert run.free is not None
+    replay = run.free.replay
+    for label in labels:
+        obs = recording.observations[label]
+        length = run.spin_length(obs)
+        due = (replay.node_stamp + replay.period_ms * 1_000_000 - obs.task.sum_exec_runtime) / 1e9
+        assert SPIN_MIN_S <= length <= (replay.period_ms - 100) / 1000
+        assert length >= min(due + SPIN_PAST_TRIGGER_S, (replay.period_ms - 100) / 1000) - 0.001

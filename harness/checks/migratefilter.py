@@ -33,7 +33,7 @@ every fault is judged in the same state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,10 +131,12 @@ TWO_STAGE_READS = (
 
 
 def run_accesses(ctx: Context, request: Region, reads: tuple[Access, ...], *, write: bool = False,
-                 intact: Callable[[Observation, tuple[int, int]], list[str]] | None = None) -> PlacementRun:
-    """The scenario of the filter checks (module docstring), and of fault-migration's and
-    mthp's: `request` held quietly with the period fixed (PLACEMENT_KNOBS), then `reads` (writes
-    with `write`), each from its node once the model says it can start. `intact` names what
+                 intact: Callable[[Observation, tuple[int, int]], list[str]] | None = None,
+                 knobs: Mapping[str, int] = PLACEMENT_KNOBS, margin_ms: int = WRITE_MARGIN_MS) -> PlacementRun:
+    """The scenario of the filter checks (module docstring), and of fault-migration's, thp's
+    and mthp's: `request` held quietly with the period fixed (`knobs`), then `reads` (writes
+    with `write`), each from its node once the model says it can start, numa_next_scan at
+    least `margin_ms` away. `intact` names what
     the region must still be, before the start and after every read (e.g. mapped by large
     folios; compaction may split one: inconclusive).
     A restart of the free run (a read that reached the model's numa_next_scan) leaves the
@@ -148,14 +150,14 @@ def run_accesses(ctx: Context, request: Region, reads: tuple[Access, ...], *, wr
         if problems:
             raise Inconclusive(f"{what}: {'; '.join(problems)}")
 
-    with scenario(ctx, request, knobs=PLACEMENT_KNOBS) as region:
+    with scenario(ctx, request, knobs=knobs) as region:
         # Per-CPU LRU add batches hold the first touch's folios (and later each read's migrated
         # ones) off the LRU: migrate_misplaced_folio_prepare cannot isolate them, and 6.1's
         # change_pte_range does not hint them (page_count). Drained after every read.
         drain_lru_adds(ctx.guest, region.pid)
         spin_until(region, ctx, near, lambda o: o.mm.numa_scan_seq >= 1, step=SPIN_STEP_S)
         run = PlacementRun(ctx.facts, (region.addr, region.end), region.pid, cpu_of[near], write=write,
-                           margin_ms=WRITE_MARGIN_MS)
+                           margin_ms=margin_ms)
         previous = observe(ctx, region.pid)
         check_intact("at the start", previous)
         run.keep(ctx, "start", previous)

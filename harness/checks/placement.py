@@ -49,6 +49,7 @@ from harness.model import (
     task_scan_min,
     time_after,
 )
+from harness.model.timing import NSEC_PER_MSEC
 
 # After this many restarts of the free run without enough judged rounds the check is
 # inconclusive and fails, saying why (a kernel whose sequences run away from its faults is
@@ -167,8 +168,10 @@ def check_placement(ctx: Context) -> Finding:
         run.keep(ctx, "start", previous)
         run.begin(previous)
         written = 0
-        while (not run.broken and written < region.length // 4096 and len(run.rounds.judged) < PLACEMENT_ROUNDS
-               and len(run.rounds.unjudged) <= MAX_RESTARTS):
+        # Until enough rounds are judged, enough of them on books the model carried: a restart
+        # (a write that reached numa_next_scan) begins a new free run whose first round is not.
+        while (not run.broken and written < region.length // 4096 and len(run.rounds.unjudged) <= MAX_RESTARTS
+               and (len(run.rounds.judged) < PLACEMENT_ROUNDS or run.carried_rounds < PLACEMENT_ROUNDS - 1)):
             previous = spin_to_placement(ctx, region, remote, run, previous, range(written, written + 1))
             if run.broken:
                 break
@@ -199,9 +202,15 @@ def _prefers(node: int) -> Callable[[list[dict[str, Any]]], list[str]]:
 # numa_next_scan anyway restarts the free run (ExactRun.read).
 EXACT_KNOBS = {"scan_delay_ms": 100, "scan_period_min_ms": 400, "scan_period_max_ms": 800}
 READ_MARGIN_MS = 200
-# The task spins this long between observations: less than the shortest period (400 ms), so a
-# step holds at most one trigger of task_tick_numa (node_stamp) and one pass (ScanReplay).
+# The task spins this long between observations before the free run starts: less than the
+# shortest period (400 ms), so a step holds at most one trigger of task_tick_numa (node_stamp).
 SPIN_STEP_S = 0.3
+# In the free run a spin step ends just past the task's next trigger as the model counts it
+# (PlacementRun.spin_length), so that the observation after it comes right after the pass,
+# inside the margin an access needs, instead of wherever a fixed step happens to end.
+SPIN_MIN_S = 0.05
+# Past the trigger: the tick that sees the threshold crossed (4 ms at HZ 250) and the pass.
+SPIN_PAST_TRIGGER_S = 0.03
 # Spinning this long without a placement falling due means the scanner stopped (the model says
 # when it should have run; a kernel that never gets there fails the check).
 SPIN_LIMIT_S = 60.0
@@ -333,8 +342,9 @@ def spin_to_placement(ctx: Context, region: HeldRegion, node: int, run: Placemen
             raise KernelNeverReached(f"after {spent:.0f} s of spinning no placement fell due with pages "
                                      f"{pages.start}..{pages.stop - 1} of the region hinted: "
                                      f"{run.waiting_for(previous, pages)}")
-        region.spin(SPIN_STEP_S, node=node)
-        spent += SPIN_STEP_S
+        step = run.spin_length(previous)
+        region.spin(step, node=node)
+        spent += step
         current = observe(ctx, region.pid)
         run.keep(ctx, "spin", current)
         run.spin(previous, current)
@@ -416,6 +426,18 @@ class PlacementRun:
                 f"{free.migrate_retry - obs.balancing.jiffies} jiffies; numa_next_scan in "
                 f"{replay.next_scan - obs.balancing.jiffies} jiffies; {hinted} of the {entries} entries mapping "
                 f"pages {pages.start}..{pages.stop - 1} hinted")
+
+    def spin_length(self, obs: Observation) -> float:
+        """Seconds to spin from `obs` so that the step ends just past the next trigger of
+        fair.c:task_tick_numa (sum_exec_runtime > node_stamp + period, both as the model carries
+        them; the runtime so far is the observed one), but never a whole period: a step then
+        holds at most one trigger, and ScanReplay one pass. Only the harness's pacing depends
+        on it, never a prediction."""
+        assert self.free is not None
+        replay = self.free.replay
+        due_s = (replay.node_stamp + replay.period_ms * NSEC_PER_MSEC - obs.task.sum_exec_runtime) / 1e9
+        cap = max(SPIN_MIN_S, (replay.period_ms - 100) / 1000)
+        return round(min(cap, max(SPIN_MIN_S, due_s + SPIN_PAST_TRIGGER_S)), 3)
 
     def spin(self, before: Observation, after: Observation) -> None:
         """A step in which the task only spun: ScanReplay predicts the scanner; the books and

@@ -328,9 +328,10 @@ def _reads_of(check: str) -> tuple[Access, ...]:
     from harness.checks.faults import FAULT_WRITES, THP_READS
     from harness.checks.largefolio import MTHP_READS
     from harness.checks.migratefilter import EARLY_READS, TWO_STAGE_READS
+    from harness.checks.refusal import REFUSED_READS
 
     return {"fault-migration": FAULT_WRITES, "thp": THP_READS, "mthp": MTHP_READS, "early-scan": EARLY_READS,
-            "two-stage-filter": TWO_STAGE_READS}[check]
+            "two-stage-filter": TWO_STAGE_READS, "migration-refused": REFUSED_READS}[check]
 
 
 def _accesses(check: str, perturb: Callable[[str, Observation, dict[str, Any]], Observation] | None = None,
@@ -367,6 +368,7 @@ def _entries(obs: Observation, span: tuple[int, int], column: str,
 @pytest.mark.parametrize(("check", "release"), [
     ("fault-migration", ""), ("fault-migration", "-6.1"), ("thp", ""), ("thp", "-6.1"), ("mthp", ""),
     ("early-scan", ""), ("early-scan", "-6.1"), ("two-stage-filter", ""), ("two-stage-filter", "-6.1"),
+    ("migration-refused", ""), ("migration-refused", "-6.1"),
 ])
 def test_recorded_accesses_are_predicted_free_running(check: str, release: str) -> None:
     """Every step of the recording (6.12's; 6.1's where the check applies there: no per-VMA scan
@@ -490,52 +492,39 @@ def test_a_folio_left_partly_hinted_is_caught() -> None:
     assert any("hint=True" in d for d in diffs), diffs
 
 
-# -- migration-refused: the target node nearly full ----------------------------------------------
+# -- migration-refused: the target node nearly full (a run_accesses check) ---------------------
 
 
-def _refused(perturb: Callable[[str, Observation], Observation] | None = None) -> list[str]:
-    from harness.checks.refusal import replay_refused
+def test_recorded_refusals_are_predicted_on_both_releases() -> None:
+    for release in ("", "-6.1"):
+        diffs, rounds = _accesses("migration-refused", release=release)
+        assert not diffs, (release, diffs)
+        assert rounds[0]["decisions"] == {"migration failed": 1024}
+        assert rounds[1]["period_model"] == 2 * rounds[1]["period_before"]
 
-    recording = _load("migration-refused")
-    observations = {label: perturb(label, obs) if perturb else obs for label, obs in recording.observations.items()}
-    return replay_refused(recording.facts, observations, recording.notes).diffs
 
-
-def test_recorded_refusals_are_predicted() -> None:
-    diffs = _refused()
-    assert not diffs, diffs
+def _step(phase: str, change: Callable[[Observation, dict[str, Any]], Observation]) -> list[str]:
+    label = _label("migration-refused", phase)
+    diffs, _ = _accesses("migration-refused", lambda k, o, n: change(o, n) if k == label else o)
+    return diffs
 
 
 def test_a_page_migrated_into_the_full_node_is_caught() -> None:
-    recording = _load("migration-refused")
-    start = int(recording.notes["before"]["region"][0])
-    far = int(recording.notes["before"]["node"])
-
-    def moved(label: str, o: Observation) -> Observation:
-        if label != "after":
-            return o
-        return _column(o, "node", int(np.searchsorted(o.table.vaddr, np.uint64(start))), far)
-    diffs = _refused(moved)
-    assert any("model node" in d for d in diffs), diffs
+    diffs = _step("every migration refused", lambda o, n: _entries(o, (_span(n)[0], _span(n)[0] + 4096), "node",
+                                                                   lambda va, x: 1))
+    assert any("migration failed" in d and "kernel node 1" in d for d in diffs), diffs
 
 
 def test_a_refusal_not_booked_as_failed_is_caught() -> None:
-    def unbooked(label: str, o: Observation) -> Observation:
-        if label != "after":
-            return o
-        remote, local, failed = o.task.locality
-        return _with_task(o, locality=(remote, local, failed - 1))
-    diffs = _refused(unbooked)
+    diffs = _step("every migration refused", lambda o, n: _with_task(
+        o, locality=(o.task.locality[0], o.task.locality[1], o.task.locality[2] - 1)))
     assert any("numa_faults_locality" in d for d in diffs), diffs
 
 
 def test_a_period_not_doubled_after_refusals_is_caught() -> None:
-    def kept(label: str, o: Observation) -> Observation:
-        if label != "placed":
-            return o
-        return _with_task(o, numa_scan_period=_load("migration-refused").observations["after"].task.numa_scan_period)
-    diffs = _refused(kept)
-    assert any("scan period" in d for d in diffs), diffs
+    diffs = _step("the placement after the refusals", lambda o, n: _with_task(
+        o, numa_scan_period=o.task.numa_scan_period // 2))
+    assert any("numa_scan_period" in d for d in diffs), diffs
 
 
 # -- scanner-threads: a pass in the middle of a touch --------------------------------------------

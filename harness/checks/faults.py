@@ -49,8 +49,8 @@ def check_fault_migration(ctx: Context) -> Finding:
 
 
 THP_REGION_MIB = 8  # four PMD-mapped THPs
-# A read that migrates the four THPs took 31-44 jiffies in most runs and 126-194 jiffies (up to
-# 776 ms at HZ 250) in about a third of them (80 reads, 2-core TCG): too long for the 400 ms
+# A read that migrates the four THPs took either 36-44 jiffies or 126-194 jiffies (up to 776 ms
+# at HZ 250), slow in more than half of the tries (8 runs, 2-core TCG): too long for the 400 ms
 # that PLACEMENT_KNOBS leave. The period is fixed at 2 s and a read starts with numa_next_scan
 # at least 1.2 s away: 1.5 times the slowest read seen.
 LARGE_FOLIO_KNOBS = {"scan_delay_ms": 100, "scan_period_min_ms": 2000, "scan_period_max_ms": 2000}

@@ -33,6 +33,7 @@ every fault is judged in the same state.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,8 +54,9 @@ from harness.model import Decision
 
 EARLY_SEQ_LIMIT = 4  # fair.c:should_numa_migrate_memory's "p->numa_scan_seq <= 4"
 FILTER_REGION_MIB = 1  # 256 pages
-# Each read covers pages 1..128: 128 migrating pages fit WRITE_MARGIN_MS (measured for
-# `placement`'s 128-page writes: 39-77 jiffies at HZ 250).
+# Each read covers pages 1..128: 128 migrating pages fit WRITE_MARGIN_MS (100 jiffies at HZ
+# 250): such reads took 29-76 jiffies (32 reads in 8 runs, 2-core TCG), `placement`'s 128-page writes
+# 39-77.
 READ_PAGES = range(1, 129)
 WARM_UP = range(0, 1)
 
@@ -77,10 +79,10 @@ def _early_over(run: PlacementRun) -> str | None:
 
 @dataclass(frozen=True)
 class Access:
-    """One read of a filter scenario: its phase, whether it reads from the far node (else the
-    near), which pages, and what the model's state must be before it starts (`also`) or must
-    not have become (`lost`: inconclusive); `subject` names what its judged round must show for
-    the scenario to have tested its rule (None: a preparation)."""
+    """One access of a run_accesses scenario: its phase, whether it runs on the far node (else
+    the near), which pages, and what the model's state must be before it starts (`also`) or
+    must not have become (`lost`: inconclusive); `subject` names what its judged round must
+    show for the scenario to have tested its rule (None: a preparation)."""
 
     phase: str
     far: bool
@@ -92,6 +94,9 @@ class Access:
     # mm_users 1 a pass skips the pages on the spinning task's node (change_pte_range:
     # target_node), so a local read needs the task to spin on the other node first.
     spin_far: bool | None = None
+    # The scenario holds the node it runs on too full to take a page: every migration is
+    # refused (run_accesses' `refusing` confirms it before and after the access).
+    refused: bool = False
 
 
 def _only(decision: Decision, *, late: bool) -> Callable[[dict[str, Any]], str | None]:
@@ -116,8 +121,7 @@ def _all_moved(r: dict[str, Any]) -> str | None:
 EARLY_READS = (
     Access("warm-up", False, WARM_UP),
     Access("first fault", False, READ_PAGES, lost=_early_over),
-    Access("early exception", True, READ_PAGES, lost=_early_over,
-               subject=_only(Decision.EARLY_SCAN, late=False)),
+    Access("early exception", True, READ_PAGES, lost=_early_over, subject=_only(Decision.EARLY_SCAN, late=False)),
     Access("warm-up past the early sequences", True, WARM_UP, also=_past_early),
     Access("two-stage filter", False, READ_PAGES, subject=_only(Decision.TWO_STAGE_REFUSED, late=True)),
 )
@@ -132,13 +136,18 @@ TWO_STAGE_READS = (
 
 def run_accesses(ctx: Context, request: Region, reads: tuple[Access, ...], *, write: bool = False,
                  intact: Callable[[Observation, tuple[int, int]], list[str]] | None = None,
-                 knobs: Mapping[str, int] = PLACEMENT_KNOBS, margin_ms: int = WRITE_MARGIN_MS) -> PlacementRun:
+                 knobs: Mapping[str, int] = PLACEMENT_KNOBS, margin_ms: int = WRITE_MARGIN_MS,
+                 refusing: Callable[[int], list[str]] | None = None,
+                 held: contextlib.AbstractContextManager[Any] | None = None) -> PlacementRun:
     """The scenario of the filter checks (module docstring), and of fault-migration's, thp's
     and mthp's: `request` held quietly with the period fixed (`knobs`), then `reads` (writes
     with `write`), each from its node once the model says it can start, numa_next_scan at
-    least `margin_ms` away. `intact` names what
-    the region must still be, before the start and after every read (e.g. mapped by large
-    folios; compaction may split one: inconclusive).
+    least `margin_ms` away. `intact` names what the region must still be, before the start and
+    after every read (e.g. mapped by large folios; compaction may split one: inconclusive).
+    `held` is entered once the region is held, before the free run starts, and left after the
+    last access (e.g. a node kept full); `refusing(node)` names why the node would still take a
+    page, checked before and after every `refused` access (a fill that did not hold:
+    inconclusive).
     A restart of the free run (a read that reached the model's numa_next_scan) leaves the
     rounds after it unjudgeable: inconclusive, retried with a fresh scenario."""
     nodes = ctx.nodes_with_cpus()
@@ -150,7 +159,13 @@ def run_accesses(ctx: Context, request: Region, reads: tuple[Access, ...], *, wr
         if problems:
             raise Inconclusive(f"{what}: {'; '.join(problems)}")
 
-    with scenario(ctx, request, knobs=knobs) as region:
+    def check_refusing(what: str, node: int) -> None:
+        assert refusing is not None, "a refused access needs run_accesses(refusing=...)"
+        problems = refusing(node)
+        if problems:
+            raise Inconclusive(f"{what}: {'; '.join(problems)}")
+
+    with scenario(ctx, request, knobs=knobs) as region, held or contextlib.nullcontext():
         # Per-CPU LRU add batches hold the first touch's folios (and later each read's migrated
         # ones) off the LRU: migrate_misplaced_folio_prepare cannot isolate them, and 6.1's
         # change_pte_range does not hint them (page_count). Drained after every read.
@@ -169,14 +184,19 @@ def run_accesses(ctx: Context, request: Region, reads: tuple[Access, ...], *, wr
                                          lost=read.lost)
             if run.broken:
                 break
+            if read.refused:
+                check_refusing(f"before the {read.phase} read", node)
             access = region.touch if write else region.read
             access(node=node, pages=len(read.pages), first=read.pages.start)
             current = observe(ctx, region.pid)
             check_intact(f"after the {read.phase} read", current)
+            if read.refused:
+                check_refusing(f"after the {read.phase} read", node)
             run.keep(ctx, "access", current, pages=read.pages.stop, first=read.pages.start, access_cpu=cpu_of[node],
-                     phase=read.phase)
+                     phase=read.phase, refused=read.refused)
             restarts = len(run.rounds.unjudged)
-            run.access(read.pages.stop, previous, current, first=read.pages.start, cpu=cpu_of[node])
+            run.access(read.pages.stop, previous, current, first=read.pages.start, cpu=cpu_of[node],
+                       refused=read.refused)
             if len(run.rounds.unjudged) > restarts:
                 raise Inconclusive(f"{read.phase}: {run.rounds.unjudged[-1]}")
             if run.broken:

@@ -57,13 +57,6 @@ from harness.model.timing import NSEC_PER_MSEC
 MAX_RESTARTS = 8
 
 
-def placement_pending(o: Observation) -> bool:
-    """The kernel's state says the next hint fault runs task_numa_placement (see the module
-    docstring): a trigger for checks that do not carry the task's books themselves."""
-    return (o.task.numa_scan_seq != o.mm.numa_scan_seq and time_after(o.balancing.jiffies, o.task.numa_migrate_retry)
-            and o.task.numa_group_id is None)
-
-
 def compare_placed(label: str, model: Task, kernel: Observation, *, period: bool) -> list[str]:
     """What task_numa_placement (and, with `period`, update_task_scan_period) decided, model vs the
     kernel right after it: preferred node, NUMA_MEM per node and kind, total_numa_faults."""
@@ -454,11 +447,14 @@ class PlacementRun:
                              f"(set only by numa_migrate_preferred, after a fault)")
         self._fail(label, diffs)
 
-    def access(self, pages: int, a: Observation, b: Observation, *, first: int = 0, cpu: int | None = None) -> None:
+    def access(self, pages: int, a: Observation, b: Observation, *, first: int = 0, cpu: int | None = None,
+               refused: bool = False) -> None:
         """A round: the task reads (writes) the region's pages `first`..`pages` - 1 from `a` (a
         placement pending) to `b`, on `cpu` (its node decides; default the run's). The
         placement the first fault runs, then every fault on a page the model's passes hinted,
-        in address order (nhmem's loop)."""
+        in address order (nhmem's loop). `refused`: the target node is held too full to take a
+        page (mm/migrate.c:migrate_balanced_pgdat, as the caller confirmed from its zones
+        before and after the access), so every migration the rules want fails."""
         self.steps += 1
         free = self.free
         assert free is not None
@@ -498,6 +494,7 @@ class PlacementRun:
                 continue  # restored with its large folio by an earlier fault of the access
             result = hint_fault(task, replay.pages[va], cpu=cpu, node_of_cpu=self.facts.node_of_cpu,
                                 jiffies_after_retry=False, write=self.write, vma_writable=vma.writable,
+                                migration_succeeds=not refused,
                                 rules=self.facts.rules)
             if not faults:
                 # fair.c:task_numa_fault places before it books the fault: the first fault's
@@ -685,7 +682,7 @@ def replay_placement_run(facts: GuestFacts, observations: dict[str, Observation]
             else:
                 cpu = note.get("access_cpu")
                 run.access(int(note["pages"]), previous, obs, first=int(note.get("first", 0)),
-                           cpu=None if cpu is None else int(cpu))
+                           cpu=None if cpu is None else int(cpu), refused=bool(note.get("refused", False)))
         previous = obs
         if run.broken:
             break

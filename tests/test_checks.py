@@ -36,9 +36,12 @@ MUTANTS = KCONFIG_DIR / "patches" / "mutants"
 @pytest.mark.kernel
 @pytest.mark.guest
 @pytest.mark.parametrize("name", list(CHECKS))
-def test_default_kernel_passes(guest: GuestView, name: str) -> None:
-    [result] = run_checks(guest, [name])
-    assert result.passed, f"{result.summary}\n" + "\n".join(result.diffs)
+def test_default_kernel_passes(guest: GuestView, name: str, tmp_path: Path) -> None:
+    """Every check passes on the unmodified kernel. Its observations are recorded, so that a
+    failure here can be replayed through the model (tests/test_golden.py shows how)."""
+    [result] = run_checks(guest, [name], record=tmp_path)
+    assert result.passed, (f"{result.summary}\n" + "\n".join(result.diffs)
+                           + f"\nrecorded observations: {sorted(str(p) for p in tmp_path.iterdir())}")
 
 
 @pytest.mark.kernel

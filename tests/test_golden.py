@@ -893,3 +893,21 @@ def test_free_run_spin_steps_end_past_the_next_trigger_within_a_period() -> None
         due = (replay.node_stamp + replay.period_ms * 1_000_000 - obs.task.sum_exec_runtime) / 1e9
         assert SPIN_MIN_S <= length <= (replay.period_ms - 100) / 1000
         assert length >= min(due + SPIN_PAST_TRIGGER_S, (replay.period_ms - 100) / 1000) - 0.001
+
+
+def test_a_setup_read_that_moved_the_region_back_is_inconclusive() -> None:
+    """placement-exact's premise: the main thread's setup read left the region on the far node.
+    A recording's start with the first page on the near node (as a helper whose tid read as
+    "unset" in last_cpupid leaves it) is inconclusive, never a wait that ends in a failure."""
+    from harness.checks.placement import _still_on
+
+    recording = _load("placement-exact")
+    label = sorted(recording.observations)[0]
+    start = recording.observations[label]
+    low, high = (int(x) for x in recording.notes[label]["region"])
+    region = (low, high)
+    far = int(start.table.within(low, high).node[0])
+    _still_on(start, region, far)  # the recording's own start holds
+    moved = _entries(start, (low, low + 4096), "node", lambda va, x: 1 - far)
+    with pytest.raises(Inconclusive, match="moved off node"):
+        _still_on(moved, region, far)

@@ -911,3 +911,18 @@ def test_a_setup_read_that_moved_the_region_back_is_inconclusive() -> None:
     moved = _entries(start, (low, low + 4096), "node", lambda va, x: 1 - far)
     with pytest.raises(Inconclusive, match="moved off node"):
         _still_on(moved, region, far)
+
+
+def test_6_1_a_page_left_in_place_that_lost_its_write_bit_is_caught() -> None:
+    """Under 6.1's savedwrite a refused page comes back with the write bit it had (writable
+    here): two-stage-filter's 6.1 refused read with one such page read-only must fail."""
+    label = next(k for k in sorted(_load("two-stage-filter-6.1").notes)
+                 if _load("two-stage-filter-6.1").notes[k].get("phase") == "first fault from the far node")
+
+    def lost(k: str, o: Observation, n: dict[str, Any]) -> Observation:
+        if k != label:
+            return o
+        start = _span(n)[0]
+        return _entries(o, (start, start + 4096), "raw", lambda va, x: x & ~RW)
+    diffs, _ = _accesses("two-stage-filter", lost, release="-6.1")
+    assert any("write bit" in d for d in diffs), diffs

@@ -654,16 +654,17 @@ class ScanReplay:
         # (numa_rebuild_single_mapping: can_change_pte_writable); a page a read migrated comes
         # back read-only (its migration entry was made from the PROT_NONE one); in a read-only
         # VMA vm_page_prot has no write bit to give back.
-        # Under 6.1's rules (KernelRules.savedwrite) a hint keeps the write bit the entry had and
-        # a restore puts it back: in a writable VMA the bit follows history the replay does not
-        # carry, so only a read-only VMA's entries (never writable) are compared there.
+        # Under 6.1's rules (KernelRules.savedwrite) a hint keeps the write bit the entry had
+        # (change_pte_range: pte_mk_savedwrite) and a restore puts it back (do_numa_page), so
+        # every entry, hint or not, has the bit the model carries.
         index = self._vma_of(self.region[0], self.vmas)
         vma_writable = index is None or self.vmas[index].writable
-        if vma_writable and self.facts.rules.savedwrite:
-            return diffs
+        savedwrite = self.facts.rules.savedwrite
+
         def expected(va: int, hint: bool) -> bool:
             page = self.pages.get(va)
-            return not hint and (page.writable if page is not None else vma_writable)
+            carried = page.writable if page is not None else vma_writable
+            return carried if savedwrite else not hint and carried
         wrong = [e for e in kernel_region if e.writable != expected(e.vaddr, e.hint)]
         if wrong:
             diffs.append(f"{len(wrong)} of the region's {len(kernel_region)} entries have a write bit that does not "

@@ -3,10 +3,7 @@ free-running from one observation (migratefilter.run_accesses)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from harness.checks.migratefilter import Access, judge_filter, run_accesses
+from harness.checks.migratefilter import Access, judge_filter, run_accesses, takes
 from harness.checks.observe import Context, Observation
 from harness.checks.registry import EVERY_MODELLED_RELEASE, Finding, check
 from harness.checks.workload import Region
@@ -16,14 +13,7 @@ from harness.checks.workload import Region
 FAULT_PAGES = range(0, 128)
 
 
-def _every_page_moved(r: dict[str, Any]) -> str | None:
-    if (r["faults_replayed"], r["moved_model"]) != (len(FAULT_PAGES), len(FAULT_PAGES)):
-        return (f"the model took {r['faults_replayed']} faults moving {r['moved_model']} pages, not a migrating fault "
-                f"on each of the {len(FAULT_PAGES)} pages")
-    return None
-
-
-FAULT_WRITES = (Access("write from the far node", True, FAULT_PAGES, subject=_every_page_moved),)
+FAULT_WRITES = (Access("write from the far node", True, FAULT_PAGES, subject=takes(len(FAULT_PAGES), len(FAULT_PAGES))),)
 
 
 @check("fault-migration", seconds=6, releases=EVERY_MODELLED_RELEASE)
@@ -58,21 +48,12 @@ LARGE_FOLIO_MARGIN_MS = 1200
 _THP_PAGES = range(THP_REGION_MIB * 256)
 
 
-def _thp_subject(moved: int) -> Callable[[dict[str, Any]], str | None]:
-    def lost(r: dict[str, Any]) -> str | None:
-        if (r["faults_replayed"], r["moved_model"]) != (4, moved):
-            return (f"the model took {r['faults_replayed']} faults moving {r['moved_model']} THPs, not one fault on "
-                    f"each of the four moving {moved}")
-        return None
-    return lost
-
-
 THP_READS = (
     # Read from the last node while the THPs are on node 0: each migrates whole.
-    Access("read from the far node", True, _THP_PAGES, subject=_thp_subject(4)),
+    Access("read from the far node", True, _THP_PAGES, subject=takes(4, 4)),
     # Hinted again while the task spins on the last node, where they now are (change_huge_pmd
     # has no target-node skip), and read from there: each restored in place.
-    Access("local read", True, _THP_PAGES, subject=_thp_subject(0)),
+    Access("local read", True, _THP_PAGES, subject=takes(4, 0)),
 )
 
 

@@ -10,12 +10,10 @@ is PlacementRun's (checks/placement.py: _folio_after_fault), run free from one o
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from harness.checks.faults import LARGE_FOLIO_KNOBS, LARGE_FOLIO_MARGIN_MS
-from harness.checks.migratefilter import Access, judge_filter, run_accesses
+from harness.checks.migratefilter import Access, judge_filter, run_accesses, takes
 from harness.checks.observe import Context, Observation
 from harness.checks.registry import Finding, Mechanism, check
 from harness.checks.scenario import sysfs
@@ -50,27 +48,13 @@ def folio_layout(obs: Observation, region: tuple[int, int]) -> list[str]:
     return []
 
 
-def _whole(r: dict[str, Any]) -> str | None:
-    if (r["faults_replayed"], r["moved_model"]) != (_FOLIOS, _REGION_PAGES):
-        return (f"the model took {r['faults_replayed']} faults moving {r['moved_model']} pages, not {_FOLIOS} faults "
-                f"moving every folio whole")
-    return None
-
-
-def _in_place(r: dict[str, Any]) -> str | None:
-    if (r["faults_replayed"], r["moved_model"], r["decisions"]) != (_FOLIOS, 0, {Decision.LOCAL.value: _REGION_PAGES}):
-        return (f"the model took {r['faults_replayed']} faults moving {r['moved_model']} pages ({r['decisions']}), not "
-                f"{_FOLIOS} local faults restoring every folio in place")
-    return None
-
-
 MTHP_READS = (
     # The folios, first touched on the far node, hinted while the task spins on the near one
     # and read from there: remote first faults, every folio migrates whole.
-    Access("remote", False, range(_REGION_PAGES), subject=_whole),
+    Access("remote", False, range(_REGION_PAGES), subject=takes(_FOLIOS, _REGION_PAGES)),
     # Hinted while it spins on the far node (a pass skips pages on the spinning node only),
     # read from the near node where they now are: local, every PTE restored in place.
-    Access("local", False, range(_REGION_PAGES), subject=_in_place, spin_far=True),
+    Access("local", False, range(_REGION_PAGES), subject=takes(_FOLIOS, 0, Decision.LOCAL), spin_far=True),
 )
 
 

@@ -112,6 +112,18 @@ def _only(decision: Decision, *, late: bool) -> Callable[[dict[str, Any]], str |
     return lost
 
 
+def takes(faults: int, moved: int, decision: Decision | None = None) -> Callable[[dict[str, Any]], str | None]:
+    """An access's subject: the model took `faults` hint faults moving `moved` entries (and,
+    with `decision`, every page's fault decided by it)."""
+    def lost(r: dict[str, Any]) -> str | None:
+        decided = decision is None or set(r["decisions"]) == {decision.value}
+        if (r["faults_replayed"], r["moved_model"]) != (faults, moved) or not decided:
+            return (f"the model took {r['faults_replayed']} faults moving {r['moved_model']} entries ({r['decisions']}), "
+                    f"not {faults} moving {moved}" + (f", all {decision.value!r}" if decision else ""))
+        return None
+    return lost
+
+
 def _all_moved(r: dict[str, Any]) -> str | None:
     if r["moved_model"] != len(READ_PAGES):
         return f"the model moved {r['moved_model']} of the {len(READ_PAGES)} pages, not all"

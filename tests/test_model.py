@@ -23,6 +23,7 @@ from harness.model import (
     NumaGroup,
     Page,
     PlacementClock,
+    ScanLimits,
     Task,
     Tunables,
     Vma,
@@ -39,6 +40,7 @@ from harness.model import (
     task_numa_placement,
     task_scan_max,
     task_scan_min,
+    update_scan_period,
     update_task_scan_period,
 )
 
@@ -527,3 +529,75 @@ def test_a_group_members_placement_weighs_cpu_faults_by_runtime_and_shares_its_d
     # A pinned group member away from the group's node takes its own node (task_numa_migrate).
     assert numa_migrate_preferred_pinned(placed, 0, in_group=True).numa_preferred_nid == 0
     assert numa_migrate_preferred_pinned(placed, 0, in_group=False).numa_preferred_nid == 1
+
+
+# -- a group member's scan period: task_scan_max, task_scan_start, update_scan_period ------------
+
+
+def _mem_books(mem: tuple[tuple[int, int], ...], nr_tasks: int) -> GroupBooks:
+    return GroupBooks(mem=mem, cpu=((0, 0),) * len(mem), total_faults=sum(a + b for a, b in mem), active_nodes=1,
+                      max_faults_cpu=0, nr_tasks=nr_tasks)
+
+
+def test_a_groups_shared_faults_stretch_the_scan_period_bounds() -> None:
+    """fair.c:task_scan_max and task_scan_start: smax (or smin) * refcount * (shared + 1) /
+    (private + shared + 1), never below the lone task's value. Figures from a real numa-group
+    run (knobs 3000/3000 ms, one scan window)."""
+    limits = ScanLimits(smin=3000, smax=3000)
+    assert limits.task_scan_max() == limits.task_scan_start() == 3000
+    two = _mem_books(((256, 128), (512, 128)), nr_tasks=2)  # shared 768, private 256
+    assert limits.task_scan_max(two) == 3000 * 2 * 769 // 1025 == 4501
+    assert limits.task_scan_start(two) == 4501
+    assert limits.task_scan_max(_mem_books(((512, 64), (384, 128)), 2)) == 3000 * 2 * 897 // 1089 == 4942
+    # Mostly private: the product falls below smax, which stays the floor.
+    assert limits.task_scan_max(_mem_books(((0, 128), (256, 256)), 2)) == 3000  # 3000 * 2 * 257 / 641 = 2405
+    # smax below smin (floor calculations): task_scan_max is at least smin; the group scales smax.
+    assert ScanLimits(smin=1000, smax=600).task_scan_max(_mem_books(((100, 0),), 2)) == 1200
+
+
+def test_a_groups_placement_bounds_its_period_before_and_after_its_fold() -> None:
+    """fair.c:task_numa_placement sets numa_scan_period_max = task_scan_max(p) from the group's
+    books before the fold; update_task_scan_period then clamps with task_scan_max(p) anew, after
+    the fold changed the group's books: the period may pass numa_scan_period_max."""
+    task = Task(pid=105, nr_nodes=2, numa_scan_seq=3, numa_scan_period=4501, numa_scan_period_max=3000,
+                numa_preferred_nid=0, locality=(0, 256, 0),
+                faults=(((0, 128), (256, 0)), ((0, 0), (0, 0)), ((256, 0), (0, 0)), ((0, 0), (0, 0))))
+    group = _mem_books(((256, 128), (512, 128)), nr_tasks=2)
+    placed, books = group_task_numa_placement(task, group, 4, PlacementClock(0, 1), limits=ScanLimits(3000, 3000))
+    assert books.mem == ((512, 64), (384, 128))
+    assert placed.numa_scan_period_max == 4501
+    # All local: lr_ratio 10, diff = 3 * ceil(4501 / 10) = 1353; 5854 clamped to 4942.
+    assert placed.numa_scan_period == 4942
+
+
+def test_a_move_to_another_node_restarts_the_scan_period() -> None:
+    """fair.c:update_scan_period: off the preferred node to another, the period restarts at
+    task_scan_start; not onto the preferred node, not from a node that was not the preferred
+    one (once a sequence is done), not within a node."""
+    limits = ScanLimits(3000, 3000)
+    group = _mem_books(((256, 128), (512, 128)), nr_tasks=2)
+    task = Task(pid=1, nr_nodes=2, numa_scan_seq=3, numa_scan_period=3000, numa_preferred_nid=0)
+    assert update_scan_period(task, 0, 1, limits, group).numa_scan_period == 4501
+    assert update_scan_period(task, 0, 1, limits, None).numa_scan_period == 3000
+    assert update_scan_period(replace(task, numa_scan_period=1000), 0, 0, limits, group).numa_scan_period == 1000
+    assert update_scan_period(replace(task, numa_preferred_nid=1), 0, 1, limits, group).numa_scan_period == 3000
+    assert update_scan_period(replace(task, numa_preferred_nid=1), 1, 0, limits, group).numa_scan_period == 4501
+    elsewhere = replace(task, numa_preferred_nid=2, nr_nodes=3)
+    assert update_scan_period(elsewhere, 0, 1, limits, group).numa_scan_period == 3000
+    # Before its first completed sequence a task restarts whatever its preference.
+    assert update_scan_period(replace(task, numa_scan_seq=0, numa_preferred_nid=1), 0, 1, limits,
+                              group).numa_scan_period == 4501
+
+
+def test_a_new_group_copies_and_a_join_moves_the_books_but_not_the_buffers() -> None:
+    """fair.c:task_numa_group: a new group takes the task's NUMA_MEM and NUMA_CPU books and
+    total_numa_faults (active_nodes 1, max_faults_cpu 0); a join moves them from one to the other."""
+    mem, cpu = ((0, 256), (0, 0)), ((0, 51178), (0, 0))
+    created = GroupBooks.created_by(mem, cpu, 256)
+    assert created == GroupBooks(mem, cpu, 256, 1, 0, 1)
+    other = GroupBooks(((10, 0), (0, 20)), ((5, 0), (0, 7)), 30, 2, 7, 1)
+    joined = other.moved(mem, cpu, 256, sign=+1)
+    assert joined.mem == ((10, 256), (0, 20)) and joined.cpu == ((5, 51178), (0, 7))
+    assert (joined.total_faults, joined.nr_tasks, joined.active_nodes, joined.max_faults_cpu) == (286, 2, 2, 7)
+    left = created.moved(mem, cpu, 256, sign=-1)
+    assert left.mem == ((0, 0), (0, 0)) and left.total_faults == 0 and left.nr_tasks == 0

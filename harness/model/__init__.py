@@ -22,16 +22,19 @@ from .group import (
 )
 from .placement import (
     PlacementClock,
+    ScanLimits,
     group_task_numa_placement,
     numa_migrate_interval,
     numa_migrate_preferred_pinned,
     placement_restarts_scan_clock,
     task_numa_placement,
+    update_scan_period,
     update_task_scan_period,
 )
 from .scanner import (
     PassResult,
     change_prot_numa,
+    scan_limits,
     scan_pass,
     skip_reason,
     task_nr_scan_windows,
@@ -39,6 +42,8 @@ from .scanner import (
     task_scan_min,
 )
 from .state import (
+    CPU,
+    CPUBUF,
     DEFAULT_RULES,
     HPAGE_PMD_NR,
     HPAGE_SIZE,
@@ -64,6 +69,8 @@ from .state import (
 )
 
 __all__ = [
+    "CPU",
+    "CPUBUF",
     "DEFAULT_RULES",
     "HPAGE_PMD_NR",
     "HPAGE_SIZE",
@@ -87,6 +94,7 @@ __all__ = [
     "Page",
     "PassResult",
     "PlacementClock",
+    "ScanLimits",
     "Task",
     "Tunables",
     "Vma",
@@ -104,6 +112,7 @@ __all__ = [
     "numa_migrate_preferred_pinned",
     "placement_restarts_scan_clock",
     "release_series",
+    "scan_limits",
     "scan_pass",
     "should_numa_migrate_memory",
     "skip_reason",
@@ -114,5 +123,6 @@ __all__ = [
     "task_scan_max",
     "task_scan_min",
     "time_after",
+    "update_scan_period",
     "update_task_scan_period",
 ]

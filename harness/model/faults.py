@@ -13,6 +13,7 @@ from enum import StrEnum
 from .group import ACTIVE_NODE_FRACTION, GroupBooks, counts_local_in_group
 from .placement import (
     PlacementClock,
+    ScanLimits,
     group_task_numa_placement,
     numa_migrate_preferred_pinned,
     task_numa_placement,
@@ -117,6 +118,7 @@ def hint_fault(
     group: GroupBooks | None = None,
     clock: PlacementClock | None = None,
     pinned: bool = False,
+    limits: ScanLimits | None = None,
     rules: KernelRules = DEFAULT_RULES,
 ) -> FaultResult:
     """A task on `cpu` reads (or with write=True writes) a hinted page (or THP).
@@ -132,7 +134,8 @@ def hint_fault(
     `group` is the task's group's books before the fault (after any join it made): they take
     part in the migration decision and the locality count, and a placement the fault runs
     (with `clock`, needed then) updates them (FaultResult.group). `pinned`: the task may run on
-    `cpu` only, so the numa_migrate_preferred after a placement cannot move it. `rules`: the
+    `cpu` only, so the numa_migrate_preferred after a placement cannot move it. `limits`: the
+    scan period's bounds for a placement (task_numa_fault). `rules`: the
     release's (KernelRules); under 6.1's a hint entry keeps the write bit (`page.writable`).
     In a writable VM_SHARED mapping (`vma_shared`) both ways give a writable entry: its
     vm_page_prot has the write bit (shmem wants no write notification), which
@@ -170,7 +173,7 @@ def hint_fault(
     task, group = task_numa_fault(task, last_before, restored.node, nr, local=local, migrated=migrated,
                                   migrate_failed=not migrated and decision == Decision.MIGRATION_FAILED,
                                   cpu_node=cpu_node, run_placement=jiffies_after_retry, mm_seq=mm_seq, priv=priv,
-                                  group=group, clock=clock, pinned=pinned, rules=rules)
+                                  group=group, clock=clock, pinned=pinned, limits=limits, rules=rules)
     # A THP's PMD takes the same write bit as a base page's PTE: mm/huge_memory.c:
     # do_huge_pmd_numa_page restores it in place writable when can_change_pmd_writable says so,
     # and a migrated one comes back read-only (set_pmd_migration_entry from a PROT_NONE PMD).
@@ -206,6 +209,7 @@ def task_numa_fault(
     group: GroupBooks | None = None,
     clock: PlacementClock | None = None,
     pinned: bool = False,
+    limits: ScanLimits | None = None,
     rules: KernelRules = DEFAULT_RULES,
 ) -> tuple[Task, GroupBooks | None]:
     """kernel/sched/fair.c:task_numa_fault (balancing enabled). The fault is private when
@@ -214,7 +218,9 @@ def task_numa_fault(
     numa_group (`group`, its books before the fault) a shared remote fault wholly inside the group's active nodes counts local,
     judged on the books before this fault's placement; the placement (with `clock`) updates the
     group's books with the task's, and for a `pinned` task the numa_migrate_preferred after it is
-    modelled (numa_migrate_preferred_pinned). Returns the task and its group's books afterwards."""
+    modelled (numa_migrate_preferred_pinned). `limits` bound the scan period the placement sets
+    (task_scan_min/max; without them it keeps numa_scan_period_max and has no floor). Returns the
+    task and its group's books afterwards."""
     if priv is None:
         priv = 1 if last_cpupid is None or cpupid_pid(last_cpupid) == task.pid & PID_MASK else 0
     # "A shared fault that occurs wholly within the set of nodes that the workload is actively
@@ -223,12 +229,14 @@ def task_numa_fault(
         local = True
     if run_placement and mm_seq is not None:
         if group is None:
-            task = task_numa_placement(task, mm_seq, clock=clock, rules=rules)
+            task = task_numa_placement(task, mm_seq, clock=clock, rules=rules,
+                                       scan_min=None if limits is None else limits.smin,
+                                       scan_max=None if limits is None else limits.task_scan_max())
         elif task.numa_scan_seq != mm_seq:
             if clock is None:
                 raise ValueError(f"task {task.pid}: a group member's placement weighs its NUMA_CPU books by its "
                                  f"runtime, and no PlacementClock was given")
-            task, group = group_task_numa_placement(task, group, mm_seq, clock, rules=rules)
+            task, group = group_task_numa_placement(task, group, mm_seq, clock, limits=limits, rules=rules)
         if pinned:
             task = numa_migrate_preferred_pinned(task, cpu_node, in_group=group is not None)
     faults = [list(map(list, stat)) for stat in task.faults]

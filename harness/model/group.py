@@ -128,6 +128,23 @@ class GroupBooks:
     total_faults: int
     active_nodes: int
     max_faults_cpu: int
+    nr_tasks: int = 1
+
+    @classmethod
+    def created_by(cls, mem: Sequence[tuple[int, int]], cpu: Sequence[tuple[int, int]], total_faults: int) -> GroupBooks:
+        """fair.c:task_numa_group's new group: the creating task's NUMA_MEM and NUMA_CPU books
+        (the first NR_NUMA_HINT_FAULT_STATS * nr_node_ids entries of p->numa_faults: not the
+        buffers) and total_numa_faults copied, active_nodes 1, max_faults_cpu 0, one task."""
+        return cls(tuple((s, p) for s, p in mem), tuple((s, p) for s, p in cpu), total_faults, 1, 0, 1)
+
+    def moved(self, mem: Sequence[tuple[int, int]], cpu: Sequence[tuple[int, int]], total_faults: int,
+              sign: int) -> GroupBooks:
+        """fair.c:task_numa_group's join: the joining task's NUMA_MEM and NUMA_CPU books and
+        total_numa_faults subtracted from the group it leaves (`sign` -1, one task fewer) and
+        added to the one it joins (+1, one task more). active_nodes is not recounted."""
+        return replace(self, mem=tuple((a + sign * s, b + sign * p) for (a, b), (s, p) in zip(self.mem, mem, strict=True)),
+                       cpu=tuple((a + sign * s, b + sign * p) for (a, b), (s, p) in zip(self.cpu, cpu, strict=True)),
+                       total_faults=self.total_faults + sign * total_faults, nr_tasks=self.nr_tasks + sign)
 
     def faults_mem(self, nid: int) -> int:
         """fair.c:group_faults: NUMA_MEM shared plus private on `nid`."""

@@ -33,6 +33,39 @@ class PlacementClock:
 
 
 @dataclass(frozen=True)
+class ScanLimits:
+    """The bounds of a task's scan period, from its mm's RSS and the knobs: `smin`, what
+    fair.c:task_scan_min returns, and `smax`, task_scan_max's starting point
+    (sysctl_numa_balancing_scan_period_max / task_nr_scan_windows), which a numa_group scales."""
+
+    smin: int
+    smax: int
+
+    def task_scan_max(self, group: GroupBooks | None = None) -> int:
+        """fair.c:task_scan_max. For a member of a numa_group the maximum grows with the group's
+        references and its share of shared memory faults: smax * refcount * (shared + 1) /
+        (private + shared + 1), never below smax. Each member holds one reference
+        (task_numa_group: refcount 1 at creation, get_numa_group on a join, put_numa_group of
+        the group left), so refcount is nr_tasks between faults."""
+        return max(self.smin, self.smax, _group_scaled(self.smax, group))
+
+    def task_scan_start(self, group: GroupBooks | None = None) -> int:
+        """fair.c:task_scan_start: task_scan_min, scaled for a group member as task_scan_max
+        scales its maximum."""
+        return max(self.smin, _group_scaled(self.smin, group))
+
+
+def _group_scaled(period: int, group: GroupBooks | None) -> int:
+    """period * refcount * (shared + 1) / (private + shared + 1) over the group's NUMA_MEM books
+    (fair.c:task_scan_start and task_scan_max); 0 without a group."""
+    if group is None:
+        return 0
+    shared = sum(pair[0] for pair in group.mem)
+    private = sum(pair[1] for pair in group.mem)
+    return period * group.nr_tasks * (shared + 1) // (private + shared + 1)
+
+
+@dataclass(frozen=True)
 class _Fold:
     """One placement's arithmetic over the task's books: the new books, the NUMA_MEM diff and
     NUMA_CPU f_diff per (node, priv), the total_numa_faults diff and the faults per type."""
@@ -90,31 +123,36 @@ def task_numa_placement(task: Task, mm_seq: int, *, scan_min: int | None = None,
         return task
     fold = _fold(task, clock)
     preferred = _argmax_node([sum(fold.faults[MEM][nid]) for nid in range(task.nr_nodes)], task.numa_preferred_nid)
-    return _placed(task, fold, mm_seq, preferred, scan_min, scan_max, rules)
+    return _placed(task, fold, mm_seq, preferred, scan_min, scan_max, scan_max, rules)
 
 
 def group_task_numa_placement(task: Task, group: GroupBooks, mm_seq: int, clock: PlacementClock, *,
-                              scan_min: int | None = None, scan_max: int | None = None,
+                              limits: ScanLimits | None = None,
                               rules: KernelRules = DEFAULT_RULES) -> tuple[Task, GroupBooks]:
     """fair.c:task_numa_placement for a member of a numa_group: the group gets the same diff and
     f_diff as the task (and the diff in total_faults), the preferred node is the one with the
     most GROUP memory faults, and numa_group_count_active_nodes recounts the group's
     pseudo-interleaving set. preferred_group_nid returns that node unchanged on a NUMA_DIRECT
     machine (every node pair at one distance), the only kind modelled: callers check the guest's
-    sched_numa_topology_type."""
+    sched_numa_topology_type. With `limits` the scan period's bounds follow the group
+    (ScanLimits.task_scan_max): numa_scan_period_max is refreshed from the group's books before
+    the fold, and update_task_scan_period clamps with task_scan_max(p) again, after it."""
     if task.numa_scan_seq == mm_seq:
         return task, group
     fold = _fold(task, clock)
     mem = tuple((m[0] + d[0], m[1] + d[1]) for m, d in zip(group.mem, fold.mem_diff, strict=True))
     cpu = tuple((c[0] + d[0], c[1] + d[1]) for c, d in zip(group.cpu, fold.cpu_diff, strict=True))
     active, most = numa_group_count_active_nodes([a + b for a, b in cpu])
-    placed_group = GroupBooks(mem, cpu, group.total_faults + fold.total_diff, active, most)
+    placed_group = GroupBooks(mem, cpu, group.total_faults + fold.total_diff, active, most, group.nr_tasks)
     preferred = _argmax_node([a + b for a, b in mem], task.numa_preferred_nid)
-    return _placed(task, fold, mm_seq, preferred, scan_min, scan_max, rules), placed_group
+    if limits is None:
+        return _placed(task, fold, mm_seq, preferred, None, None, None, rules), placed_group
+    return _placed(task, fold, mm_seq, preferred, limits.smin, limits.task_scan_max(group),
+                   limits.task_scan_max(placed_group), rules), placed_group
 
 
 def _placed(task: Task, fold: _Fold, mm_seq: int, preferred: int, scan_min: int | None,
-            scan_max: int | None, rules: KernelRules) -> Task:
+            scan_max: int | None, clamp_max: int | None, rules: KernelRules) -> Task:
     task = replace(
         task,
         numa_scan_seq=mm_seq,
@@ -125,7 +163,7 @@ def _placed(task: Task, fold: _Fold, mm_seq: int, preferred: int, scan_min: int 
         numa_preferred_nid=preferred,
     )
     return update_task_scan_period(task, shared=fold.fault_types[0], private=fold.fault_types[1], scan_min=scan_min,
-                                   scan_max=scan_max, rules=rules)
+                                   scan_max=scan_max, clamp_max=clamp_max, rules=rules)
 
 
 def placement_restarts_scan_clock(task: Task, mm_seq: int) -> bool:
@@ -143,10 +181,14 @@ def placement_restarts_scan_clock(task: Task, mm_seq: int) -> bool:
 
 
 def update_task_scan_period(task: Task, *, shared: int, private: int, scan_min: int | None = None,
-                            scan_max: int | None = None, rules: KernelRules = DEFAULT_RULES) -> Task:
+                            scan_max: int | None = None, clamp_max: int | None = None,
+                            rules: KernelRules = DEFAULT_RULES) -> Task:
     """fair.c:update_task_scan_period: slow down when faults are private or local, speed up otherwise.
     The first branch also restarts mm->numa_next_scan (placement_restarts_scan_clock): the model
-    has no mm, so the caller that carries one applies it."""
+    has no mm, so the caller that carries one applies it. The first branch caps the doubled
+    period at p->numa_scan_period_max (`scan_max`), the second clamps into [task_scan_min,
+    task_scan_max(p)] computed anew (`clamp_max`; it differs from `scan_max` only for a group
+    member, whose placement changed the group's books in between)."""
     remote, local, failed = task.locality
     period_max = scan_max if scan_max is not None else task.numa_scan_period_max
     if local + shared == 0 or failed:
@@ -169,8 +211,22 @@ def update_task_scan_period(task: Task, *, shared: int, private: int, scan_min: 
     else:
         diff = -(NUMA_PERIOD_THRESHOLD - max(lr_ratio, ps_ratio)) * period_slot
     low = scan_min if scan_min is not None else 0
-    period = min(max(task.numa_scan_period + diff, low), period_max)
+    high = clamp_max if clamp_max is not None else period_max
+    period = min(max(task.numa_scan_period + diff, low), high)
     return replace(task, numa_scan_period=period, locality=(0, 0, 0))
+
+
+def update_scan_period(task: Task, src_nid: int, dst_nid: int, limits: ScanLimits, group: GroupBooks | None) -> Task:
+    """fair.c:update_scan_period, which migrate_task_rq_fair runs whenever the task changes CPU,
+    for a task that has taken a hint fault (p->numa_faults allocated): a move to another node
+    restarts the scan period at task_scan_start, unless the task has completed a scan
+    sequence and either moves to its preferred node or did not run on it before."""
+    if src_nid == dst_nid:
+        return task
+    if task.numa_scan_seq and (dst_nid == task.numa_preferred_nid or
+                               (task.numa_preferred_nid != -1 and src_nid != task.numa_preferred_nid)):
+        return task
+    return replace(task, numa_scan_period=limits.task_scan_start(group))
 
 
 def numa_migrate_preferred_pinned(task: Task, task_node: int, *, in_group: bool) -> Task:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from .placement import ScanLimits
 from .state import (
     DEFAULT_RULES,
     HPAGE_SIZE,
@@ -247,6 +248,12 @@ def task_scan_min(rss_pages: int, tunables: Tunables) -> int:
     return max(floor, tunables.scan_period_min_ms // task_nr_scan_windows(rss_pages, tunables))
 
 
+def scan_limits(rss_pages: int, tunables: Tunables) -> ScanLimits:
+    """fair.c:task_scan_min and task_scan_max's starting point for an mm of `rss_pages`."""
+    return ScanLimits(task_scan_min(rss_pages, tunables),
+                      tunables.scan_period_max_ms // task_nr_scan_windows(rss_pages, tunables))
+
+
 def task_scan_max(rss_pages: int, tunables: Tunables) -> int:
     """fair.c:task_scan_max, for a task without a numa_group."""
-    return max(task_scan_min(rss_pages, tunables), tunables.scan_period_max_ms // task_nr_scan_windows(rss_pages, tunables))
+    return scan_limits(rss_pages, tunables).task_scan_max()

@@ -45,6 +45,11 @@ from harness.model.timing import (
     vma_set_access_pid_bit,
 )
 
+# The most task_tick_numa triggers one step is judged with (each adds a period to node_stamp):
+# a step is a short spin, or a long one the host stalled; more would need the task to be
+# charged over three periods of CPU time in one step.
+MAX_TRIGGERS_PER_STEP = 3
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -265,7 +270,8 @@ class ScanReplay:
         runtime, ran = after.task.sum_exec_runtime, after.task.sum_exec_runtime - before.task.sum_exec_runtime
         kernel, passes = after.task.node_stamp, int(passed)
         old_ns, new_ns = old_period * NSEC_PER_MSEC, self.period_ms * NSEC_PER_MSEC
-        mixes = [(a, b) for a in range(4) for b in range(4)] if old_ns != new_ns else [(0, b) for b in range(4)]
+        triggers = range(MAX_TRIGGERS_PER_STEP + 1)
+        mixes = [(a, b) for a in triggers for b in triggers] if old_ns != new_ns else [(0, b) for b in triggers]
         fits = []
         for a, b in mixes:
             residual = kernel - (self.node_stamp + a * old_ns + b * new_ns + passes * 2 * tick)
@@ -368,11 +374,7 @@ class ScanReplay:
                     f"{self.next_scan}: task_numa_work may not run then"]
 
     def _gate_changes(self, lo: int, hi: int) -> list[int]:
-        edges = {lo}
-        for vma in self.vmas:
-            if vma.numab is not None:
-                edges |= {vma.numab.next_scan, vma.numab.next_scan + 1, vma.numab.pids_active_reset + 1}
-        return sorted(t for t in edges if lo <= t <= hi)
+        return _gate_times(self.vmas, lo, hi)
 
     def _early_variants(self, after: Observation, faults: int, region_touched: bool) -> Iterator[tuple[str, set[int]]]:
         """Which pages were restored by a fault before the pass: outside the region (and inside it
@@ -418,23 +420,51 @@ class ScanReplay:
                           before[2] + result.skipped,
                           (start.huge_updates if start else 0) + result.counters.numa_huge_pte_updates)
 
-    def _two_passes(self, before: Observation, after: Observation, times: list[int],
-                    region_touched: bool, nodes: list[int]) -> Prediction | None:
-        """A long step (the guest slow to answer) can hold two passes: the first at a jiffy the
-        model's numa_next_scan allows, the second (whose time numa_next_scan shows) at least a
-        period later, each needing its own trigger. Tried only when no single pass explains the
-        step; the first pass's time is an input, taken at the jiffies where the VMA gates change,
-        and so is the node each ran on (one of `nodes`, _scanning_nodes)."""
+    def _several_passes(self, before: Observation, after: Observation, times: list[int],
+                        region_touched: bool, nodes: list[int]) -> Prediction | None:
+        """A long step can hold several passes: the guest slow to answer, or its host stalled
+        (QEMU's vCPU not scheduled while the guest's clock runs on: the clock jumps at resume and
+        the task that was running is charged the whole jump as CPU time, so its triggers come one
+        after another). Each pass comes at least a period after the one before it (it set
+        numa_next_scan so) and needs its own trigger: at most MAX_TRIGGERS_PER_STEP (the bound
+        _node_stamp holds the step to) plus one already queued at the step's start, and no more
+        than the step's span allows. Tried only when no single pass explains the step, with 2,
+        3, ... passes: the last at a time numa_next_scan shows (`times`), the earlier ones' times
+        inputs, each taken at the first jiffy it may run at or where a VMA gate changes (a pass's
+        outcome depends only on which side of each gate its time falls). The node each ran on
+        is an input (_scanning_nodes): every pass on one of `nodes`, or the first on the node the
+        task left and the rest on the one it ended the step on."""
         period = self.tunables.ms_to_jiffies(self.period_ms)
         lo = max(before.balancing.jiffies, self.next_scan)
-        for second_at in times:
-            firsts = sorted({lo, *self._gate_changes(lo, second_at - period)})
-            for first_at in (t for t in firsts if t + period <= second_at and pass_allowed(t, self.next_scan)):
-                for first_node, second_node in itertools.product(nodes, nodes):
-                    first = self._predict(first_at, "none", set(), node=first_node)
-                    both = self._predict(second_at, "none", set(), start=first, node=second_node)
-                    if not self._mismatch(both, after, region_touched):
-                        return both
+        most = min(MAX_TRIGGERS_PER_STEP + int(before.task.numa_work_pending),
+                   max(after.balancing.jiffies - lo, 0) // max(period, 1) + 1)
+        patterns = [(n, n) for n in nodes] + ([(nodes[1], nodes[0])] if len(nodes) > 1 else [])
+        for count in range(2, most + 1):
+            for last_at in times:
+                for first_node, later_node in patterns:
+                    found = self._chain(None, lo, last_at, count - 1, period, (first_node, later_node), after,
+                                        region_touched)
+                    if found is not None:
+                        self._count(f"long steps that held {count} passes")
+                        return found
+        return None
+
+    def _chain(self, start: Prediction | None, earliest: int, last_at: int, left: int, period: int,
+               nodes: tuple[int, int], after: Observation, region_touched: bool) -> Prediction | None:
+        """`left` passes from `start` (None: the model's state), the next no earlier than
+        `earliest`, then the step's last pass at `last_at`; the prediction that matches `after`."""
+        node = nodes[0] if start is None else nodes[1]
+        if left == 0:
+            final = self._predict(last_at, "none", set(), start=start, node=node)
+            return None if self._mismatch(final, after, region_touched) else final
+        vmas = self.vmas if start is None else start.vmas
+        for at in _gate_times(vmas, earliest, last_at - left * period):
+            if start is None and not pass_allowed(at, self.next_scan):
+                continue
+            found = self._chain(self._predict(at, "none", set(), start=start, node=node), at + period, last_at,
+                                left - 1, period, nodes, after, region_touched)
+            if found is not None:
+                return found
         return None
 
     def _scanning_nodes(self, before: Observation, after: Observation) -> list[int]:
@@ -482,10 +512,9 @@ class ScanReplay:
             return []
         self.scanning_node = nodes[0]
         assert best is not None
-        both = self._two_passes(before, after, times, region_touched, nodes)
-        if both is not None:
-            self._adopt(both, before, after, faults, set())
-            self._count("long steps that held two passes")
+        several = self._several_passes(before, after, times, region_touched, nodes)
+        if several is not None:
+            self._adopt(several, before, after, faults, set())
             return []
         return [f"pass at jiffies {best[0].ran_at} (faults before it: {best[0].early}; {len(times)} possible times): "
                 f"{d}" for d in best[1]]
@@ -671,6 +700,17 @@ class ScanReplay:
                          f"match their hint (first {wrong[0].vaddr:#x}: hint={wrong[0].hint} writable={wrong[0].writable}; "
                          f"the VMA is {'writable' if vma_writable else 'read-only'})")
         return diffs
+
+
+def _gate_times(vmas: Sequence[Vma], lo: int, hi: int) -> list[int]:
+    """`lo` and the jiffies in [lo, hi] where a VMA's gate changes (task_numa_work: a VMA is
+    scanned once jiffies pass numab next_scan; its PID window resets once they pass
+    pids_active_reset): between two of them a pass's outcome does not depend on its time."""
+    edges = {lo}
+    for vma in vmas:
+        if vma.numab is not None:
+            edges |= {vma.numab.next_scan, vma.numab.next_scan + 1, vma.numab.pids_active_reset + 1}
+    return sorted(t for t in edges if lo <= t <= hi)
 
 
 def _restored_by_input(page: Page, vma: Vma | None) -> Page:

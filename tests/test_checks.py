@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from harness.checks.accounting import model_accounting, recover_accounting
 from harness.checks.catalog import CHECKS
 from harness.checks.mutants import MutantOutcome, discover, outcome_of, select
 from harness.checks.registry import Check, CheckResult, Finding, Verdict
@@ -21,12 +17,7 @@ from harness.cli.main import main
 from harness.errors import ExitCode
 from harness.guest.launch import LaunchRequest, make_guest
 from harness.guest.view import GuestView
-from harness.inspect import TaskNumaState
 from harness.kernel.pipeline import KCONFIG_DIR, BuildRequest, KernelArtifact, build
-from harness.model import Task
-from harness.model.faults import task_numa_fault
-from harness.model.placement import task_numa_placement
-from harness.model.state import cpupid
 from harness.report.junit import write_junit
 from harness.report.terminal import write_json
 
@@ -184,44 +175,3 @@ def test_check_command_writes_reports(built_kernel: KernelArtifact, tmp_path: Pa
     assert bad.returncode == 2 and "no such check" in bad.stderr  # a user error, like other commands
 
 
-def _as_kernel_state(task: Task) -> TaskNumaState:
-    names = ("mem", "cpu", "membuf", "cpubuf")
-    return TaskNumaState(pid=task.pid, comm="t", cpu=0, numa_scan_seq=task.numa_scan_seq,
-                         numa_scan_period=task.numa_scan_period, numa_scan_period_max=task.numa_scan_period_max,
-                         numa_preferred_nid=task.numa_preferred_nid, numa_migrate_retry=0, node_stamp=0,
-                         sum_exec_runtime=0, total_numa_faults=task.total_numa_faults,
-                         faults={n: [tuple(p) for p in task.faults[i]] for i, n in enumerate(names)},  # type: ignore[misc]
-                         locality=task.locality, numa_pages_migrated=task.numa_pages_migrated, numa_group_id=None)
-
-
-@settings(max_examples=200, deadline=None)
-@given(history=st.lists(st.tuples(st.integers(0, 1), st.integers(0, 1), st.integers(1, 512)), max_size=6),
-       faults=st.lists(st.tuples(st.integers(0, 1), st.booleans(), st.integers(1, 512)), min_size=1, max_size=30),
-       placement_at=st.integers(0, 40))
-def test_accounting_is_recovered_across_one_placement(history: list[tuple[int, int, int]],
-                                                      faults: list[tuple[int, bool, int]], placement_at: int) -> None:
-    """What a run of faults added to the books, recovered from before/after snapshots by
-    recover_accounting, equals what the model added, whether or not one placement ran in between."""
-    task = Task(pid=100, nr_nodes=2, numa_scan_seq=3)
-    for node, priv, pages in history:  # some decayed history in NUMA_MEM
-        task = task_numa_fault(task, None if priv else cpupid(0, 7), node, pages, local=True, migrated=False,
-                               migrate_failed=False, cpu_node=node, run_placement=False, mm_seq=None)[0]
-    task = task_numa_placement(task, 4)
-    before, books = task, task
-    for index, (node, shared, pages) in enumerate(faults):
-        last = cpupid(0, 7) if shared else None
-        task = task_numa_fault(task, last, node, pages, local=node == 0, migrated=False, migrate_failed=False,
-                               cpu_node=0, run_placement=index == placement_at, mm_seq=5)[0]
-        books = task_numa_fault(books, last, node, pages, local=node == 0, migrated=False, migrate_failed=False,
-                                cpu_node=0, run_placement=False, mm_seq=None)[0]
-    recovered = recover_accounting(_as_kernel_state(before), _as_kernel_state(task), 4, 5)
-    expected = model_accounting(before, books)
-    assert recovered is not None and recovered.mem == expected.mem
-    placed = placement_at < len(faults)
-    assert recovered.locality == (None if placed else expected.locality)
-
-
-def test_accounting_is_not_guessed_across_two_possible_placements() -> None:
-    task = _as_kernel_state(Task(pid=1, nr_nodes=2, numa_scan_seq=3))
-    later = replace(task, numa_scan_seq=5)
-    assert recover_accounting(task, later, 3, 5) is None

@@ -653,7 +653,7 @@ def test_joining_faults_counted_private_are_caught() -> None:
         moved = replace(t, faults={**t.faults, "membuf": membuf})
         return replace(o, threads=tuple(moved if i == reader else o.threads[i] for i in range(2)))
     diffs = _group(private)
-    assert any(d.startswith("joined: books") and "shared" in d for d in diffs), diffs
+    assert any(d.startswith("joined: books") and "membuf books (shared, private)" in d for d in diffs), diffs
 
 
 def test_a_group_whose_books_are_not_its_members_is_caught() -> None:
@@ -755,7 +755,7 @@ def test_cpu_books_not_weighted_by_runtime_are_caught() -> None:
                                                                                        g.faults["cpu"]]}))
         return replace(o, groups=tuple(groups))
     diffs = _in_decides(unweighted)
-    assert any("group decides: carried books: group" in d for d in diffs), diffs
+    assert any(d.startswith("group decides: group books: group") and "cpu" in d for d in diffs), diffs
 
 
 def test_a_pinned_member_that_keeps_the_group_node_is_caught() -> None:
@@ -779,7 +779,46 @@ def test_active_nodes_not_recounted_are_caught() -> None:
         return replace(o, groups=tuple(None if g is None else replace(g, active_nodes=g.active_nodes + 1)
                                        for g in o.groups))
     diffs = _group(stale)
-    assert any(": active nodes: " in d and "numa_group_count_active_nodes" in d for d in diffs), diffs
+    assert any(": group books: " in d and "active_nodes" in d for d in diffs), diffs
+
+
+def test_a_scan_period_bound_not_scaled_by_the_group_is_caught() -> None:
+    """task_scan_max grows with a group's references and shared faults; a kernel that bounded a
+    member's period as a lone task's is caught."""
+    _label, readers = _group_step("group decides")
+
+    def lone(o: Observation) -> Observation:
+        threads = list(o.threads)
+        for r in readers:
+            threads[r] = replace(threads[r], numa_scan_period_max=3000)
+        return replace(o, threads=tuple(threads))
+    diffs = _in_decides(lone)
+    assert any("numa_scan_period_max" in d for d in diffs), diffs
+
+
+def test_a_period_kept_across_a_move_to_another_node_is_caught() -> None:
+    """update_scan_period restarts the period at task_scan_start when a worker is moved away from
+    its preferred node: in group decides that decides worker 2's period."""
+    label, _readers = _group_step("group decides")
+    before = _load("numa-group").observations[label.replace("-done", "-hinted")]
+
+    def kept(o: Observation) -> Observation:
+        return replace(o, threads=tuple(replace(t, numa_scan_period=b.numa_scan_period)
+                                        for t, b in zip(o.threads, before.threads, strict=True)))
+    diffs = _in_decides(kept)
+    assert any("numa_scan_period " in d for d in diffs), diffs
+
+
+def test_a_migrate_retry_not_rearmed_is_caught() -> None:
+    """numa_migrate_preferred sets numa_migrate_retry at a member's fault; left as it was, caught."""
+    label, readers = _group_step("group decides")
+    before = _load("numa-group").observations[label.replace("-done", "-hinted")]
+
+    def stale(o: Observation) -> Observation:
+        return replace(o, threads=tuple(replace(t, numa_migrate_retry=b.numa_migrate_retry) if i in readers else t
+                                        for i, (t, b) in enumerate(zip(o.threads, before.threads, strict=True))))
+    diffs = _in_decides(stale)
+    assert any("numa_migrate_retry" in d for d in diffs), diffs
 
 
 # -- scan-timing: the scanner's clock sampled while two threads spin ------------------------------

@@ -15,16 +15,9 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from harness import inspect as nh
-from harness.checks.accounting import (
-    FaultBooks,
-    compare_accounting,
-    compare_local_counter,
-    compare_writable,
-    model_accounting,
-    recover_accounting,
-)
+from harness.checks.accounting import compare_local_counter, compare_writable
 from harness.checks.adapters import model_pages
+from harness.checks.groupcarry import GroupMembers, steady_limits
 from harness.checks.observe import Context, GuestFacts, Inconclusive, Observation, observe, spin_until
 from harness.checks.registry import EVERY_MODELLED_RELEASE, Finding, Judgement, check
 from harness.checks.scenario import drain_lru_batches, scenario
@@ -34,19 +27,12 @@ from harness.model import (
     CpuOccupant,
     Decision,
     FaultResult,
-    GroupBooks,
     GroupOutcome,
     NumaGroup,
     Page,
-    PlacementClock,
-    Task,
-    counts_local_in_group,
+    ScanLimits,
     cpupid_cpu,
     group_books,
-    hint_fault,
-    numa_group_count_active_nodes,
-    task_numa_group,
-    time_after,
 )
 
 # Two slices of 256 pages: slice A first touched on the near node, slice B on the far one. A
@@ -57,12 +43,14 @@ SLICE_PAGES = 256
 # Every scanner pass must be at least 3 s after the one before it, so that a step's reads (a
 # spinner started, two SSH commands: 0.4 to 0.7 s from the observation before them to the one
 # after, measured under TCG) fall between two passes: a pass during them that begins a new
-# sequence would give the reader a second placement, after which its books cannot be recovered
-# (recover_accounting), and any pass may hint again a page the reads restored. A pass sets
+# sequence would leave it to timing whether a reader's first fault sees the old sequence or the
+# new one (its placement), and any pass may hint again a page the reads restored. A pass sets
 # mm->numa_next_scan to now plus the scanning task's numa_scan_period (fair.c:task_numa_work);
 # the holder's threads start with the scan delay of their fork as their period
-# (init_numa_balancing: the knobs are set before the holder is exec'd), and
-# update_task_scan_period keeps it within [scan_period_min, scan_period_max]: 3000 ms throughout.
+# (init_numa_balancing: the knobs are set before the holder is exec'd), and the period never
+# falls below task_scan_min, 3000 ms (update_task_scan_period's clamp; update_scan_period's
+# task_scan_start). It may rise above scan_period_max for a group member: task_scan_max and
+# task_scan_start scale with the group's references and shared faults (4942 ms seen).
 GROUP_KNOBS = {"scan_delay_ms": 3000, "scan_period_min_ms": 3000, "scan_period_max_ms": 3000}
 # How long a thread spins on its CPU while the other reads (the reads take well under a second;
 # a spinner that stopped before the observation after them makes the step inconclusive).
@@ -106,16 +94,6 @@ class GroupRun:
     pid: int
     start: Observation  # after the holder wrote the region: no hint fault yet
     steps: tuple[GroupStep, ...]
-
-
-def model_thread_task(state: nh.TaskNumaState, nr_nodes: int) -> Task:
-    """A thread's observed books as the model's Task (the faults' additions are what is compared)."""
-    faults = tuple(tuple(tuple(pair) for pair in state.faults[name]) for name in ("mem", "cpu", "membuf", "cpubuf"))
-    return Task(pid=state.pid, nr_nodes=nr_nodes, numa_scan_seq=state.numa_scan_seq,
-                numa_scan_period=state.numa_scan_period, numa_scan_period_max=state.numa_scan_period_max,
-                numa_preferred_nid=state.numa_preferred_nid, faults=faults,  # type: ignore[arg-type]
-                locality=state.locality, total_numa_faults=state.total_numa_faults,
-                numa_pages_migrated=state.numa_pages_migrated)
 
 
 def _compare_groups(run: GroupRun, obs: Observation, model: dict[int, NumaGroup | None]) -> list[str]:
@@ -212,278 +190,122 @@ def _step_premises(run: GroupRun, step: GroupStep) -> list[str]:
 class _StepModel:
     """The model's side of one step's reads."""
 
-    books: dict[int, FaultBooks] = field(default_factory=dict)
-    migrated: dict[int, int] = field(default_factory=dict)
     results: dict[int, FaultResult] = field(default_factory=dict)
     outcomes: Counter[str] = field(default_factory=Counter)
     faults: int = 0
     local: int = 0
+    stopped: bool = False
 
 
 def _replay_reads(facts: GuestFacts, run: GroupRun, step: GroupStep, pages: dict[int, Page],
-                  groups: dict[int, NumaGroup | None], carry: _GroupCarry | None = None) -> _StepModel:
-    """Each read, page by page in address order (nhmem reads them so): task_numa_group's decision
-    on the fault (the occupant of the last_cpupid's CPU is the step's spinner if it is the one
-    recorded there), then the fault itself with that priv. `pages` and `groups` carried in place.
-    With `carry` (the group-decides step) the readers' group books take part in each fault and
-    each reader's pending placement runs at its first fault, weighted by its clock; the readers'
-    tasks and the group's books at the end are left in `carry`."""
-    nodes = len(set(facts.node_of_cpu.values()))
+                  members: GroupMembers, limits: ScanLimits) -> tuple[_StepModel, list[str]]:
+    """Each read, page by page in address order (nhmem reads them so), through `members`:
+    task_numa_group's decision on the fault (the occupant of the last_cpupid's CPU is the step's
+    spinner if it is the one recorded there), the placement the reader's first fault runs when
+    due, then the fault itself. `pages` carried in place. Returns the step's model and the
+    findings of the reads' premises (GroupMembers.begin_read)."""
     model = _StepModel()
+    found: list[str] = []
+    window = (step.hinted.balancing.jiffies, step.done.balancing.jiffies)
     for read in step.reads:
         worker, tid = read.worker, run.tids[read.worker]
-        cpu = read.cpu if read.cpu is not None else run.cpus[read.worker]
-        task = model_thread_task(step.hinted.threads[WORKERS.index(worker)], nodes)
-        model.books[worker] = FaultBooks.opening(task)
-        model.migrated[worker] = 0
+        index = WORKERS.index(worker)
+        cpu = read.cpu if read.cpu is not None else run.cpus[worker]
+        premise, premise_found = members.begin_read(worker, step.hinted.threads[index], step.done.threads[index],
+                                                    step.hinted.mm.numa_scan_seq, window, limits)
+        found.extend(premise_found)
+        if premise is None:
+            model.stopped = True
+            return model, found
         for va in range(*run.slices[read.slice], 4096):
             page = pages[va]
             occupant = None
             if page.last_cpupid is not None and step.spinner is not None and \
                     cpupid_cpu(page.last_cpupid) == run.cpus[step.spinner]:
-                occupant = CpuOccupant(run.tids[step.spinner], groups[step.spinner], same_mm=True)
-            decided = task_numa_group(tid, page.last_cpupid, groups[worker], occupant)
-            if decided.outcome is GroupOutcome.JOINED and decided.group is not None:
-                # Every member of the joined group sees its new size.
-                for other, group in groups.items():
-                    if group is not None and group.gid == decided.group.gid:
-                        groups[other] = decided.group
-            groups[worker] = decided.group
+                occupant = CpuOccupant(run.tids[step.spinner], members.groups[step.spinner], same_mm=True)
+            decided, result = members.fault(worker, tid, page, cpu, occupant, premise)
             model.outcomes[f"worker {worker}: {decided.outcome.value}"] += 1
-            if carry is None:
-                result = hint_fault(task, page, cpu=cpu, node_of_cpu=facts.node_of_cpu, jiffies_after_retry=False,
-                                    priv=decided.priv, rules=facts.rules)
-            else:
-                before = carry.books
-                result = hint_fault(task, page, cpu=cpu, node_of_cpu=facts.node_of_cpu, priv=decided.priv, rules=facts.rules,
-                                    jiffies_after_retry=carry.placement_due[worker], mm_seq=step.hinted.mm.numa_scan_seq,
-                                    group=carry.books, clock=carry.clocks.get(worker), pinned=True)
-                carry.books = result.group
-                carry.decisions[f"worker {worker}: {result.decision.value}"] += 1
-                if not decided.priv and not result.local and \
-                        counts_local_in_group(before, facts.node_of_cpu[cpu], result.page.node):
-                    carry.decisions[f"worker {worker}: remote shared fault counted local (group's active nodes)"] += 1
-            model.books[worker].add(page, result, facts.node_of_cpu[cpu], decided.priv)
-            task, pages[va] = result.task, result.page
+            pages[va] = result.page
             model.results[va] = result
-            model.migrated[worker] += result.migrated
             model.faults += 1
             model.local += result.local
-        if carry is not None:
-            carry.tasks[worker] = task
-    return model
-
-
-@dataclass
-class _GroupCarry:
-    """The group-decides step's model state: the group's books (as observed before the step, then
-    carried through each fault and placement), each reader's clock for its placement and whether
-    one is due at its first fault, and at the end each reader's task and the reasons the pages
-    moved or stayed."""
-
-    books: GroupBooks | None
-    clocks: dict[int, PlacementClock]
-    placement_due: dict[int, bool]
-    tasks: dict[int, Task] = field(default_factory=dict)
-    decisions: Counter[str] = field(default_factory=Counter)
-
-
-def observed_group_books(group: nh.NumaGroupState) -> GroupBooks:
-    """A numa_group as read from the kernel, as the model's GroupBooks."""
-    return GroupBooks(tuple((int(s), int(p)) for s, p in group.faults["mem"]),
-                      tuple((int(s), int(p)) for s, p in group.faults["cpu"]), group.total_faults,
-                      group.active_nodes, group.max_faults_cpu)
-
-
-def _group_carry(run: GroupRun, step: GroupStep) -> tuple[_GroupCarry, list[str]]:
-    """What the group-decides step takes from the kernel: the readers' group's books before it
-    (the steps before compare what faults add, not how placements weigh the NUMA_CPU books, so
-    the model starts from the observation here) and, for each reader whose placement is due (its
-    numa_scan_seq behind the mm's, and numa_migrate_retry passed before the reads, so the first
-    fault runs it: fair.c:task_numa_fault), the scheduler's clock at that placement: the change of
-    last_sum_exec_runtime and last_task_numa_placement across the step (numa_get_avg_runtime
-    stores both readings there). A reader whose placement is due but whose clock did not move
-    took none: that is a finding, and the step's books are not judged further; so are readers not
-    in one group (the step before joined them)."""
-    hinted, done = step.hinted, step.done
-    group = hinted.groups[WORKERS.index(step.reads[0].worker)]
-    if group is None or any(hinted.groups[WORKERS.index(r.worker)] is None or
-                            hinted.groups[WORKERS.index(r.worker)].address != group.address  # type: ignore[union-attr]
-                            for r in step.reads):
-        # The join step before made them one group (the model's groups say so, and that step's
-        # comparison has already named the difference): a kernel that did not join them fails.
-        apart = [None if g is None else g.gid for g in hinted.groups]
-        return _GroupCarry(None, {}, {}), [f"the readers are not in one numa_group before the reads (groups "
-                                           f"{apart}): the join before them did not happen"]
-    carry = _GroupCarry(observed_group_books(group), {}, {})
-    found = []
-    for read in step.reads:
-        index = WORKERS.index(read.worker)
-        t0, t1 = hinted.threads[index], done.threads[index]
-        due = t0.numa_scan_seq != hinted.mm.numa_scan_seq
-        if due and not time_after(hinted.balancing.jiffies, t0.numa_migrate_retry):
-            raise Inconclusive(f"{step.label}: worker {read.worker}'s numa_migrate_retry ({t0.numa_migrate_retry}) had "
-                               f"not passed before the reads (jiffies {hinted.balancing.jiffies}): whether its first "
-                               f"fault runs its placement depends on when it ran")
-        if due and t0.last_task_numa_placement == 0:
-            raise Inconclusive(f"{step.label}: worker {read.worker} has had no placement yet: its first weighs by "
-                               f"se.avg.load_sum, which the model cannot read")
-        carry.placement_due[read.worker] = due
-        moved = t1.last_task_numa_placement != t0.last_task_numa_placement
-        if due and not moved:
-            found.append(f"worker {read.worker} took no placement during its reads; model: one at its first fault "
-                         f"(mm sequence {hinted.mm.numa_scan_seq}, its own {t0.numa_scan_seq}, numa_migrate_retry "
-                         f"passed)")
-        elif not due and moved:
-            found.append(f"worker {read.worker} took a placement during its reads; model: none (its numa_scan_seq "
-                         f"{t0.numa_scan_seq} is the mm's)")
-        elif due:
-            carry.clocks[read.worker] = PlacementClock(t1.last_sum_exec_runtime - t0.last_sum_exec_runtime,
-                                                       t1.last_task_numa_placement - t0.last_task_numa_placement)
-    return carry, found
-
-
-def _compare_carried_group(facts: GuestFacts, run: GroupRun, step: GroupStep, carry: _GroupCarry) -> list[str]:
-    """After the group-decides step: each reader's whole book-keeping as the model carried it
-    through its placement and faults (all four fault stats, total_numa_faults,
-    numa_faults_locality, numa_scan_seq, numa_pages_migrated, and the preferred node: the one
-    with the most group memory faults on a NUMA_DIRECT machine, or the reader's own node when it
-    is pinned elsewhere), and the group's books."""
-    found = []
-    for read in step.reads:
-        index = WORKERS.index(read.worker)
-        kernel, model = step.done.threads[index], carry.tasks[read.worker]
-        for stat, name in enumerate(("mem", "cpu", "membuf", "cpubuf")):
-            got = [tuple(pair) for pair in kernel.faults[name]]
-            if got != [tuple(pair) for pair in model.faults[stat]]:
-                found.append(f"worker {read.worker}: {name} books {got}, model {list(model.faults[stat])}")
-        pairs = {"total_numa_faults": (kernel.total_numa_faults, model.total_numa_faults),
-                 "numa_faults_locality": (tuple(kernel.locality), model.locality),
-                 "numa_scan_seq": (kernel.numa_scan_seq, model.numa_scan_seq),
-                 "numa_pages_migrated": (kernel.numa_pages_migrated, model.numa_pages_migrated)}
-        if facts.numa_direct:
-            pairs["numa_preferred_nid"] = (kernel.numa_preferred_nid, model.numa_preferred_nid)
-        found.extend(f"worker {read.worker}: {name} {k}, model {m}" for name, (k, m) in pairs.items() if k != m)
-    group = step.done.groups[WORKERS.index(step.reads[0].worker)]
-    if group is not None and carry.books is not None:
-        kernel_books = observed_group_books(group)
-        if kernel_books != carry.books:
-            found.append(f"group {group.gid}: books {kernel_books}, model {carry.books}")
-    return found
-
-
-def _compare_books(step: GroupStep, model: _StepModel) -> list[str]:
-    """What each reader's faults added to its books (per node, private or shared; bound 0: the
-    region is the only memory of the process the scanner hints) and its numa_pages_migrated."""
-    found: list[str] = []
-    for read in step.reads:
-        worker = read.worker
-        index = WORKERS.index(worker)
-        t0, t1 = step.hinted.threads[index], step.done.threads[index]
-        kernel = recover_accounting(t0, t1, step.hinted.mm.numa_scan_seq, step.done.mm.numa_scan_seq)
-        diffs, _ = compare_accounting(model_accounting(model.books[worker].start, model.books[worker].books), kernel, 0)
-        found.extend(f"worker {worker}: {d}" for d in diffs)
-        if t1.numa_pages_migrated - t0.numa_pages_migrated != model.migrated[worker]:
-            found.append(f"worker {worker} migrated {t1.numa_pages_migrated - t0.numa_pages_migrated} pages "
-                         f"(numa_pages_migrated), model {model.migrated[worker]}")
-    return found
-
-
-def _compare_active_nodes(step: GroupStep, model: _StepModel) -> tuple[list[str], int]:
-    """A reader that took a placement in this step recounted its group's active nodes at its
-    end (task_numa_placement -> numa_group_count_active_nodes) from the group's NUMA_CPU books,
-    which nothing changes afterwards in a step without a join (no other thread faults, a
-    placement runs once per sequence). Returns the diffs and how many groups were judged; a join
-    changes the books without a recount, so a join step is not judged."""
-    if any(GroupOutcome.JOINED.value in key for key in model.outcomes):
-        return [], 0
-    found, judged = [], 0
-    for read in step.reads:
-        index = WORKERS.index(read.worker)
-        placed = step.done.threads[index].numa_scan_seq != step.hinted.threads[index].numa_scan_seq
-        group = step.done.groups[index]
-        if not placed or group is None:
-            continue
-        judged += 1
-        expected = numa_group_count_active_nodes([s + p for s, p in group.faults["cpu"]])
-        if (group.active_nodes, group.max_faults_cpu) != expected:
-            found.append(f"group {group.gid}: active_nodes {group.active_nodes}, max_faults_cpu "
-                         f"{group.max_faults_cpu}; from its NUMA_CPU books {group.faults['cpu']}: {expected[0]}, "
-                         f"{expected[1]} (numa_group_count_active_nodes after worker {read.worker}'s placement)")
-    return found, judged
+    return model, found
 
 
 def judge_group(facts: GuestFacts, run: GroupRun) -> Judgement:
     """The model's side of check_numa_group (no guest: golden observations replay through it).
 
-    Carried from the start: every page of the region (node, last_cpupid, write bit) and each
-    worker's group. The scanner is not replayed here (the scanner checks do that): before each
+    Carried from the start observation: every page of the region (node, last_cpupid, write bit),
+    each worker's group, and each worker's and group's books (GroupMembers: every fault, join
+    and placement). The scanner is not replayed here (the scanner checks do that): before each
     step the whole region must be hinted, and nothing else about the pages may have changed.
-    Taken from the kernel: a group's address once an observation shows the group (kzalloc chose
-    it; only the tie-break reads it), which task runs on each CPU (the scenario pins a spinner;
-    the observation after the reads confirms it), and each reader's books at the step's start,
-    against which the step's additions are compared."""
+    Taken from the kernel afterwards, as inputs the model cannot know: a group's address once an
+    observation shows the group (kzalloc chose it; only the tie-break reads it), which task runs
+    on each CPU (the scenario pins a spinner; the observation after the reads confirms it), the
+    mm's scan sequence before each step, and a placement's clock (groupcarry's docstring)."""
     verdict = Judgement()
     pages: dict[int, Page] = {va: p for va, p in model_pages(facts, run.start).items()
                               if run.region[0] <= va < run.region[1]}
     if len(pages) != (run.region[1] - run.region[0]) // 4096 or any(p.huge or p.folio_pages for p in pages.values()):
         verdict.diffs.append("the region is not mapped as base pages of its own: the check lost its subject")
         return verdict
-    groups: dict[int, NumaGroup | None] = dict.fromkeys(WORKERS)
-    verdict.add("at the start", _compare_groups(run, run.start, groups))
+    members = GroupMembers.opening(facts, {w: run.start.threads[i] for i, w in enumerate(WORKERS)})
+    limits = steady_limits(facts, [run.start, *(o for s in run.steps for o in (s.hinted, s.done))])
+    verdict.add("at the start", _compare_groups(run, run.start, members.groups))
     outcomes: dict[str, dict[str, int]] = {}
-    decisions: Counter[str] = Counter()
-    active_judged = hints_judged = 0
+    decided: dict[str, dict[str, int]] = {}
+    hints_judged = 0
     for step in run.steps:
         verdict.add(f"{step.label}: before the reads", _step_premises(run, step))
         pages.update((va, replace(p, hint=True)) for va, p in pages.items())
         verdict.add(f"{step.label}: before the reads", _compare_pages(facts, pages, step.hinted, run.region, {}))
-        verdict.add(f"{step.label}: before the reads", _compare_groups(run, step.hinted, groups))
+        verdict.add(f"{step.label}: before the reads", _compare_groups(run, step.hinted, members.groups))
+        for index, worker in enumerate(WORKERS):
+            members.move(worker, step.hinted.threads[index].cpu, limits)
+            verdict.add(f"{step.label}: before the reads", members.compare_task(worker, step.hinted.threads[index]))
         # Addresses of groups the model knows only by gid until now (an input it cannot know).
         for index, worker in enumerate(WORKERS):
-            group, seen = groups[worker], step.hinted.groups[index]
+            group, seen = members.groups[worker], step.hinted.groups[index]
             if group is not None and group.address is None and seen is not None and seen.gid == group.gid:
-                groups[worker] = replace(group, address=seen.address)
-        carry = None
-        if step.label == GROUP_DECIDES:
-            carry, found = _group_carry(run, step)
-            verdict.add(f"{step.label}: placements", found)
-            if found:
-                carry = None
-        model = _replay_reads(facts, run, step, pages, groups, carry)
+                members.groups[worker] = replace(group, address=seen.address)
+        so_far = Counter(members.decisions)
+        model, found = _replay_reads(facts, run, step, pages, members, limits)
+        verdict.add(f"{step.label}: placements", found)
+        if model.stopped:
+            break
         outcomes[step.label] = dict(model.outcomes)
-        if carry is not None:
-            decisions.update(carry.decisions)
-            verdict.add(f"{step.label}: carried books", _compare_carried_group(facts, run, step, carry))
+        decided[step.label] = dict(members.decisions - so_far)
         # A pass during the reads (it moves numa_next_scan; so does a placement that restarts the
         # scan clock) may hint restored pages again: then a restored page's hint is not judged.
         hints_exact = step.done.mm.numa_next_scan == step.hinted.mm.numa_next_scan
         hints_judged += hints_exact
         verdict.add(f"{step.label}: pages", _compare_pages(facts, pages, step.done, run.region, model.results,
                                                            hints_exact=hints_exact))
-        verdict.add(f"{step.label}: books", _compare_books(step, model))
+        for index, worker in enumerate(WORKERS):
+            verdict.add(f"{step.label}: books", members.compare_task(worker, step.done.threads[index]))
         verdict.add(f"{step.label}: counters", compare_local_counter(model.local, model.faults, step.hinted, step.done))
-        verdict.add(f"{step.label}: groups", _compare_groups(run, step.done, groups))
-        found, judged = _compare_active_nodes(step, model)
-        verdict.add(f"{step.label}: active nodes", found)
-        active_judged += judged
+        verdict.add(f"{step.label}: groups", _compare_groups(run, step.done, members.groups))
+        for index, worker in enumerate(WORKERS):
+            verdict.add(f"{step.label}: group books", members.compare_group(worker, step.done.groups[index]))
     final = run.steps[-1].done if run.steps else run.start
+    group_placements = members.placements["as a group member"]
     verdict.figures = {
         "outcomes": outcomes,
         "groups": [None if g is None else {"gid": g.gid, "nr_tasks": g.nr_tasks, "address": hex(g.address)}
                    for g in final.groups],
         "tids": {str(w): t for w, t in run.tids.items()}, "cpus": {str(w): c for w, c in run.cpus.items()},
-        "steps": [s.label for s in run.steps], "active_nodes_judged": active_judged,
-        "steps_with_restored_hints_judged": hints_judged, "group_decisions": dict(decisions),
+        "steps": [s.label for s in run.steps], "placements": dict(members.placements),
+        "steps_with_restored_hints_judged": hints_judged, "decisions": decided,
+        "group_decisions": decided.get(GROUP_DECIDES, {}),
     }
     if len(run.steps) < 4 or not any(GroupOutcome.JOINED.value in key for o in outcomes.values() for key in o):
         verdict.diffs.append("no step made a join: the check lost its subject")
-    if len(run.steps) == 5 and not any(d in key for key in decisions for d in _GROUP_BRANCHES):
+    if len(run.steps) == 5 and not any(d in key for key in decided.get(GROUP_DECIDES, {}) for d in _GROUP_BRANCHES):
         verdict.diffs.append(f"{GROUP_DECIDES}: no fault reached the group half of should_numa_migrate_memory: the "
                              f"step lost its subject")
-    if len(run.steps) >= 4 and not active_judged:
-        verdict.diffs.append("no reader took a placement in a step without a join: numa_group_count_active_nodes "
-                             "was never judged")
+    if len(run.steps) >= 4 and not group_placements:
+        verdict.diffs.append("no group member took a placement: numa_group_count_active_nodes and the group's "
+                             "share of the placement were never judged")
     return verdict
 
 
@@ -547,20 +369,26 @@ def check_numa_group(ctx: Context) -> Finding:
        group gets the same diffs and recounts its active nodes, and the reader prefers the node
        with the most group memory faults, unless that is not the node it runs on: pinned,
        task_numa_migrate finds no CPU for it there, and as a group member it takes its own
-       node instead (numa_migrate_preferred). The faults after it decide on the new books. The model
-       starts the step from the group's books as observed before it (the steps before judge
-       what faults add to books, not how placements weigh them) and must match, after it, every
-       page, each reader's whole book-keeping and preferred node, and the group's books.
+       node instead (numa_migrate_preferred). The faults after it decide on the new books.
+       Moving a reader off its preferred node restarts its scan period at task_scan_start,
+       scaled by the group (update_scan_period, from migrate_task_rq_fair).
 
-    After each step, from the model carried from the start: every page's node, hint, exact
-    last_cpupid (pinned CPUs) and write bit; what each reader's faults added to its books, per
-    node, private or shared (recover_accounting; nothing outside the region may add), and its
-    numa_pages_migrated; the hint-fault counters; each worker's group (gid, size, address once
-    observed); every group's books equal to its members' summed (group_books); the main thread
-    in no group. A step during which a pass began a new sequence, or whose spinner was not
-    running after it, is inconclusive and the scenario is retried; after a step during which
-    numa_next_scan moved (a pass, or a placement restarting the scan clock) a restored page
-    may be hinted again, and only its other fields are judged (counted in the figures)."""
+    Every placement of every step runs in the model (the first ones too: a thread's first
+    placement weighs by se.avg.load_sum, which is unreadable, but f_weight multiplies it by
+    empty CPU-fault buffers), and so does every join's move of books between groups.
+
+    After each step, from the model carried from the start (groupcarry.GroupMembers): every
+    page's node, hint, exact last_cpupid (pinned CPUs) and write bit; each worker's whole
+    book-keeping (the four fault books, total_numa_faults, numa_faults_locality, numa_scan_seq,
+    the scan period and its maximum, the preferred node, numa_pages_migrated, and
+    numa_migrate_retry within the bounds the fault times allow); each group's books (NUMA_MEM,
+    NUMA_CPU, total_faults, active_nodes, max_faults_cpu, nr_tasks); the hint-fault counters;
+    each worker's group (gid, size, address once observed); every group's books equal to its
+    members' summed (group_books); the main thread in no group. A step during which a pass
+    began a new sequence, or whose spinner was not running after it, is inconclusive and the
+    scenario is retried; after a step during which numa_next_scan moved (a pass, or a placement
+    restarting the scan clock) a restored page may be hinted again, and only its other fields
+    are judged (counted in the figures)."""
     nodes = ctx.nodes_with_cpus()
     near, far = nodes[0], nodes[-1]
     cpus = {1: max(c for c, n in ctx.node_of_cpu.items() if n == far),

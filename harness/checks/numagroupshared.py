@@ -13,15 +13,10 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from harness.checks.accounting import (
-    FaultBooks,
-    compare_accounting,
-    compare_local_counter,
-    model_accounting,
-    recover_accounting,
-)
+from harness.checks.accounting import compare_local_counter
 from harness.checks.adapters import model_pages
-from harness.checks.numagroup import SPIN_S, model_thread_task, until_next_pass
+from harness.checks.groupcarry import GroupMembers, steady_limits
+from harness.checks.numagroup import SPIN_S, until_next_pass
 from harness.checks.observe import Context, GuestFacts, Inconclusive, KernelNeverReached, Observation, observe_processes
 from harness.checks.registry import Finding, Judgement, Mechanism, check
 from harness.checks.scenario import drain_lru_batches, scenario
@@ -32,11 +27,9 @@ from harness.model import (
     GroupOutcome,
     NumaGroup,
     Page,
+    ScanLimits,
     cpupid_cpu,
     group_books,
-    hint_fault,
-    numa_group_count_active_nodes,
-    task_numa_group,
 )
 
 # As numa-group: two slices of 256 pages (A first touched on the near node, B on the far one),
@@ -77,13 +70,12 @@ class SharedRun:
 
 @dataclass
 class _Shared:
-    """The model's state: the folios (node, last_cpupid) and, per worker, which pages it maps
-    and which of its entries are hints."""
+    """The model's pages: the folios (node, last_cpupid) and, per worker, which pages it maps
+    and which of its entries are hints (the workers' books and groups: GroupMembers)."""
 
     pages: dict[int, Page]
     mapped: dict[int, set[int]]
     hinted: dict[int, set[int]]
-    groups: dict[int, NumaGroup | None]
 
     def mapcount(self, va: int) -> int:
         return sum(va in m for m in self.mapped.values())
@@ -158,24 +150,32 @@ class _Reads:
 
     outcomes: Counter[str] = field(default_factory=Counter)
     faulted: set[tuple[int, int]] = field(default_factory=set)  # (worker, vaddr)
-    books: dict[int, FaultBooks] = field(default_factory=dict)
-    migrated: dict[int, int] = field(default_factory=dict)
     faults: int = 0
     local: int = 0
+    stopped: bool = False
 
 
-def _replay_reads(facts: GuestFacts, run: SharedRun, step: SharedStep, state: _Shared) -> _Reads:
-    """Each read in address order: task_numa_group on the fault (TNF_SHARED when more than one
-    worker maps the page: folio_likely_mapped_shared and VM_SHARED; the occupant of the
-    last_cpupid's CPU is the spinner when it is the one recorded there), then the fault. A
+def _replay_reads(facts: GuestFacts, run: SharedRun, step: SharedStep, state: _Shared, members: GroupMembers,
+                  limits: dict[int, ScanLimits]) -> tuple[_Reads, list[str]]:
+    """Each read in address order, through `members`: task_numa_group on the fault (TNF_SHARED
+    when more than one worker maps the page: folio_likely_mapped_shared and VM_SHARED; the
+    occupant of the last_cpupid's CPU is the spinner when it is the one recorded there), the
+    placement the reader's first fault runs when due (its own mm's sequence), then the fault. A
     migration rebuilds every mapping of the folio from vm_page_prot (remove_migration_pte): no
-    worker's entry of it is a hint any more."""
-    nodes = len(set(facts.node_of_cpu.values()))
+    worker's entry of it is a hint any more. Returns the step's model and the findings of the
+    reads' premises (GroupMembers.begin_read)."""
     reads = _Reads()
+    found: list[str] = []
     for worker, sl in step.reads:
         pid, cpu = run.pids[worker], run.cpus[worker]
-        task = model_thread_task(step.hinted[WORKERS.index(worker)].task, nodes)
-        reads.books[worker], reads.migrated[worker] = FaultBooks.opening(task), 0
+        index = WORKERS.index(worker)
+        hinted, done = step.hinted[index], step.done[index]
+        premise, premise_found = members.begin_read(worker, hinted.task, done.task, hinted.mm.numa_scan_seq,
+                                                    (hinted.balancing.jiffies, done.balancing.jiffies), limits[worker])
+        found.extend(premise_found)
+        if premise is None:
+            reads.stopped = True
+            return reads, found
         for va in range(*run.slices[sl], 4096):
             if va not in state.hinted[worker]:
                 continue
@@ -183,65 +183,29 @@ def _replay_reads(facts: GuestFacts, run: SharedRun, step: SharedStep, state: _S
             occupant = None
             if page.last_cpupid is not None and step.spinner is not None and \
                     cpupid_cpu(page.last_cpupid) == run.cpus[step.spinner]:
-                occupant = CpuOccupant(run.pids[step.spinner], state.groups[step.spinner], same_mm=False)
-            decided = task_numa_group(pid, page.last_cpupid, state.groups[worker], occupant,
-                                      shared_mapping=state.mapcount(va) > 1)
-            if decided.outcome is GroupOutcome.JOINED and decided.group is not None:
-                for other, group in state.groups.items():
-                    if group is not None and group.gid == decided.group.gid:
-                        state.groups[other] = decided.group
-            state.groups[worker] = decided.group
+                occupant = CpuOccupant(run.pids[step.spinner], members.groups[step.spinner], same_mm=False)
+            decided, result = members.fault(worker, pid, page, cpu, occupant, premise,
+                                            shared_mapping=state.mapcount(va) > 1, vma_shared=True)
             reads.outcomes[f"worker {worker}: {decided.outcome.value}"] += 1
-            result = hint_fault(task, page, cpu=cpu, node_of_cpu=facts.node_of_cpu, jiffies_after_retry=False, rules=facts.rules,
-                                priv=decided.priv, vma_shared=True)
-            reads.books[worker].add(page, result, facts.node_of_cpu[cpu], decided.priv)
-            task = result.task
             state.pages[va] = replace(result.page, hint=False)
             state.hinted[worker].discard(va)
             if result.migrated:
                 for other in WORKERS:
                     state.hinted[other].discard(va)
             reads.faulted.add((worker, va))
-            reads.migrated[worker] += result.migrated
             reads.faults += 1
             reads.local += result.local
-    return reads
-
-
-def _compare_books(step: SharedStep, reads: _Reads) -> tuple[list[str], int]:
-    """Each reader's books (private/shared per node, bound 0: only the region is scanned) and
-    migrations; and its group's active nodes when it took a placement in a step without a join
-    (numa_group_count_active_nodes runs at the end of every placement; a join changes the books
-    without a recount). Returns the diffs and how many groups' active nodes were judged."""
-    found: list[str] = []
-    judged = 0
-    joined = any(GroupOutcome.JOINED.value in key for key in reads.outcomes)
-    for worker, _ in step.reads:
-        index = WORKERS.index(worker)
-        t0, t1 = step.hinted[index].task, step.done[index].task
-        kernel = recover_accounting(t0, t1, step.hinted[index].mm.numa_scan_seq, step.done[index].mm.numa_scan_seq)
-        diffs, _ = compare_accounting(model_accounting(reads.books[worker].start, reads.books[worker].books), kernel, 0)
-        found.extend(f"worker {worker}: {d}" for d in diffs)
-        if t1.numa_pages_migrated - t0.numa_pages_migrated != reads.migrated[worker]:
-            found.append(f"worker {worker} migrated {t1.numa_pages_migrated - t0.numa_pages_migrated} pages, model "
-                         f"{reads.migrated[worker]}")
-        shown = step.done[index].groups[0]
-        if t1.numa_scan_seq != t0.numa_scan_seq and shown is not None and not joined:
-            judged += 1
-            expected = numa_group_count_active_nodes([s + p for s, p in shown.faults["cpu"]])
-            if (shown.active_nodes, shown.max_faults_cpu) != expected:
-                found.append(f"group {shown.gid}: active_nodes {shown.active_nodes}, max_faults_cpu "
-                             f"{shown.max_faults_cpu}; from its NUMA_CPU books {expected}")
-    return found, judged
+    return reads, found
 
 
 def _step_premises(run: SharedRun, step: SharedStep) -> None:
-    """No scanner began a sequence during the reads (a reader could have taken two placements:
-    its books would be unrecoverable) and the spinner ran on its CPU after them; inconclusive if not."""
+    """No scanner began a sequence during the reads (whether a reader's first fault saw the old
+    sequence or the new one, its placement, would be timing's) and the spinner ran on its CPU
+    after them; inconclusive if not."""
     for index, worker in enumerate(WORKERS):
         if step.done[index].mm.numa_scan_seq != step.hinted[index].mm.numa_scan_seq:
             raise Inconclusive(f"{step.label}: worker {worker}'s scanner began a sequence during the reads: its "
-                               f"books may hold two placements")
+                               f"placement is timing's")
     if step.spinner is not None:
         cpu = run.cpus[step.spinner]
         if step.done[0].running.get(cpu) != run.pids[step.spinner]:
@@ -252,10 +216,11 @@ def judge_shared(facts: GuestFacts, run: SharedRun) -> Judgement:
     """The model's side of check_numa_group_shared (golden observations replay through it).
 
     Carried from the observation after both workers mapped the region: the folios, who maps
-    them, each worker's hints and group. Taken from the kernel afterwards: a group's address once
-    shown, the CPU's occupant (confirmed by the observation after the reads), each reader's books
-    at the step's start (the step's additions are compared) and the fact that a hint phase hinted
-    both workers' whole mapping (checked)."""
+    them, each worker's hints, and each worker's and group's books (GroupMembers: every fault,
+    join and placement). Taken from the kernel afterwards, as inputs the model cannot know: a
+    group's address once shown, the CPU's occupant (confirmed by the observation after the
+    reads), each mm's scan sequence before a step and a placement's clock (groupcarry's
+    docstring), and the fact that a hint phase hinted both workers' whole mapping (checked)."""
     verdict = Judgement()
     pages = {va: replace(p, hint=False) for va, p in model_pages(facts, run.mapped[0]).items()
              if run.region[0] <= va < run.region[1]}
@@ -263,11 +228,13 @@ def judge_shared(facts: GuestFacts, run: SharedRun) -> Judgement:
     if set(pages) != every or any(p.huge or p.folio_pages for p in pages.values()):
         verdict.diffs.append("the region is not mapped as base pages by the first worker: the check lost its subject")
         return verdict
-    state = _Shared(pages, {w: set(every) for w in WORKERS}, {w: set() for w in WORKERS}, dict.fromkeys(WORKERS))
+    state = _Shared(pages, {w: set(every) for w in WORKERS}, {w: set() for w in WORKERS})
+    members = GroupMembers.opening(facts, {w: run.mapped[i].task for i, w in enumerate(WORKERS)})
+    limits = {w: steady_limits(facts, [run.mapped[i], *(o for s in run.steps for o in (s.hinted[i], s.done[i]))])
+              for i, w in enumerate(WORKERS)}
     verdict.add("mapped", _compare_tables(facts, run, state, run.mapped, set(), hints_exact=True))
-    verdict.add("mapped", _compare_groups(run.mapped, state.groups))
+    verdict.add("mapped", _compare_groups(run.mapped, members.groups))
     outcomes: dict[str, dict[str, int]] = {}
-    active_judged = 0
     for step in run.steps:
         _step_premises(run, step)
         # The hint phase: every entry of both workers hinted (the wait condition), nothing else moved.
@@ -276,27 +243,33 @@ def judge_shared(facts: GuestFacts, run: SharedRun) -> Judgement:
         verdict.add(f"{step.label}: before the reads", _compare_tables(facts, run, state, step.hinted, set(),
                                                                       hints_exact=True))
         for index, worker in enumerate(WORKERS):
-            known, seen = state.groups[worker], step.hinted[index].groups[0]
+            members.move(worker, step.hinted[index].task.cpu, limits[worker])
+            verdict.add(f"{step.label}: before the reads", members.compare_task(worker, step.hinted[index].task))
+            known, seen = members.groups[worker], step.hinted[index].groups[0]
             if known is not None and known.address is None and seen is not None and seen.gid == known.gid:
-                state.groups[worker] = replace(known, address=seen.address)
+                members.groups[worker] = replace(known, address=seen.address)
         if step.unmap is not None:
             worker, sl, count = step.unmap
             gone = set(range(run.slices[sl][0], run.slices[sl][0] + count * 4096, 4096))
             state.mapped[worker] -= gone
             state.hinted[worker] -= gone
-        reads = _replay_reads(facts, run, step, state)
+        reads, found = _replay_reads(facts, run, step, state, members, limits)
+        verdict.add(f"{step.label}: placements", found)
+        if reads.stopped:
+            break
         outcomes[step.label] = dict(reads.outcomes)
         hints_exact = all(d.mm.numa_next_scan == h.mm.numa_next_scan for d, h in zip(step.done, step.hinted, strict=True))
         verdict.add(f"{step.label}: entries", _compare_tables(facts, run, state, step.done, reads.faulted,
                                                               hints_exact=hints_exact))
-        found, judged = _compare_books(step, reads)
-        verdict.add(f"{step.label}: books", found)
-        active_judged += judged
+        for index, worker in enumerate(WORKERS):
+            verdict.add(f"{step.label}: books", members.compare_task(worker, step.done[index].task))
         verdict.add(f"{step.label}: counters", compare_local_counter(reads.local, reads.faults, step.hinted[0],
                                                                      step.done[0]))
-        verdict.add(f"{step.label}: groups", _compare_groups(step.done, state.groups))
+        verdict.add(f"{step.label}: groups", _compare_groups(step.done, members.groups))
+        for index, worker in enumerate(WORKERS):
+            verdict.add(f"{step.label}: group books", members.compare_group(worker, step.done[index].groups[0]))
     final = run.steps[-1].done if run.steps else run.mapped
-    verdict.figures = {"outcomes": outcomes, "active_nodes_judged": active_judged,
+    verdict.figures = {"outcomes": outcomes, "placements": dict(members.placements),
                        "groups": [None if o.groups[0] is None else {"gid": o.groups[0].gid,
                                                                     "nr_tasks": o.groups[0].nr_tasks} for o in final],
                        "pids": {str(w): p for w, p in run.pids.items()}}
@@ -304,6 +277,9 @@ def judge_shared(facts: GuestFacts, run: SharedRun) -> Judgement:
     wanted = {GroupOutcome.JOINED.value, GroupOutcome.FALSE_SHARING.value, GroupOutcome.TIE_KEPT.value}
     if len(run.steps) < 4 or not wanted <= decided:
         verdict.diffs.append(f"the scenario never made {sorted(wanted - decided)} decide: the check lost its subject")
+    if len(run.steps) >= 4 and not members.placements["as a group member"]:
+        verdict.diffs.append("no group member took a placement: numa_group_count_active_nodes and the group's share "
+                             "of the placement were never judged")
     return verdict
 
 
@@ -330,10 +306,11 @@ def check_numa_group_shared(ctx: Context) -> Finding:
        the size tests the fault is false sharing (counted private, no join); on the first page
        mapped twice it joins the higher one's group.
 
-    Compared after every step: both workers' entries (mapped, node, hint, exact last_cpupid,
-    mapcount, write bit), the readers' private/shared books and migrations, the counters, each
-    worker's group and every group's books against its members' summed; active nodes after a
-    placement in a step without a join."""
+    Compared after every step, from the model carried from the first observation: both
+    workers' entries (mapped, node, hint, exact last_cpupid, mapcount, write bit); each worker's
+    whole book-keeping and each group's books as groupcarry.GroupMembers carries them through
+    every fault, join and placement (each process's placements follow its own mm's sequence);
+    the counters; each worker's group and every group's books against its members' summed."""
     nodes = ctx.nodes_with_cpus()
     near, far = nodes[0], nodes[-1]
     cpus = {1: max(c for c, n in ctx.node_of_cpu.items() if n == far),

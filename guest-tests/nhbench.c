@@ -17,9 +17,10 @@
  *            keeps every page where its single-node policy put it.
  *
  * Output, every 250 ms from the parent, one line:
- *   sample T local SHARE nodes N0,N1,.. threads S0,S1,.. vmstat HINT,LOCAL,MIGRATED,PTE_UPDATES
+ *   sample T local SHARE nodes N0,N1,.. threads S0,S1,.. vmstat HINT,LOCAL,MIGRATED,PTE_UPDATES writes W0,W1,..
  * (SHARE: fraction of all slice pages on their thread's node; Si the same per thread; Nk pages on
- * node k, from move_pages), then "done writes W seconds S stopped REASON". It runs SECS seconds
+ * node k, from move_pages; Wi the pages thread i has written so far, counted per pass over its
+ * slice), then "done writes W seconds S stopped REASON". It runs SECS seconds
  * ("deadline"), or stops at the first sample where the local share is at least S ("share"), or
  * where the hint faults since the first sample (vmstat numa_hint_faults) reach K times the
  * buffer's pages ("hint-faults").
@@ -172,7 +173,10 @@ static double sample(double t, void **pages, int *status, size_t count, unsigned
 	printf(" threads");
 	for (int c = 0; c < nr_cpus; c++)
 		printf("%c%.4f", c ? ',' : ' ', (double)local[c] / per_slice);
-	printf(" vmstat %lu,%lu,%lu,%lu\n", counters[0], counters[1], counters[2], counters[3]);
+	printf(" vmstat %lu,%lu,%lu,%lu writes", counters[0], counters[1], counters[2], counters[3]);
+	for (int c = 0; c < nr_cpus; c++)
+		printf("%c%llu", c ? ',' : ' ', (unsigned long long)writes[c]);
+	printf("\n");
 	fflush(stdout);
 	*hint_faults = counters[0];
 	return (double)total_local / count;

@@ -3,6 +3,7 @@ scan delay of 1 s, so nothing has moved yet: the node-1 threads' slices are all 
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,27 @@ def test_bench_output_without_samples_is_an_error_naming_the_output() -> None:
 def test_workload_commands() -> None:
     assert _op("read", 1, 3, True) == "thread read node 1 pages 3"
     assert _op("touch", None, None, False) == "touch"
+
+
+def test_each_threads_writes_are_parsed_and_a_stalled_thread_makes_the_free_run_inconclusive() -> None:
+    """A real numa02 free run with per-thread write counts (golden), and the same run with one
+    thread's count frozen from its first sample on: convergence's premise (every thread keeps
+    writing its slice, STALLED_S) does not hold, so a run that did not converge is inconclusive."""
+    from dataclasses import replace
+
+    from harness.checks.convergence import STALLED_S, _threads_kept_writing
+    from harness.checks.observe import Inconclusive
+
+    run = parse_bench_output("numa02", "free", 64, (DATA / "numa02-free-writes.txt").read_text())
+    assert all(len(s.thread_writes) == len(s.thread_local_share) == 4 for s in run.samples)
+    assert all(b >= a for s, t in itertools.pairwise(run.samples)
+               for a, b in zip(s.thread_writes, t.thread_writes, strict=True))
+    _threads_kept_writing("numa02", run)  # every thread wrote: no exception
+    remote = next(i for i, share in enumerate(run.samples[0].thread_local_share) if share < 1.0)
+    frozen = run.samples[0].thread_writes[remote]
+    stalled = replace(run, samples=tuple(
+        replace(s, thread_writes=tuple(frozen if i == remote else w for i, w in enumerate(s.thread_writes)))
+        for s in run.samples))
+    assert stalled.samples[-1].t - stalled.samples[0].t >= STALLED_S
+    with pytest.raises(Inconclusive, match=f"thread {remote} wrote nothing"):
+        _threads_kept_writing("numa02", stalled)

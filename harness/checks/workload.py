@@ -289,6 +289,8 @@ class BenchSample:
     thread_local_share: tuple[float, ...]
     # /proc/vmstat: numa_hint_faults, numa_hint_faults_local, numa_pages_migrated, numa_pte_updates
     vmstat: tuple[int, int, int, int]
+    # Pages each thread has written so far (whole passes over its slice); () from an older nhbench.
+    thread_writes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -330,11 +332,12 @@ def parse_bench_output(workload: str, variant: str, mib: int, text: str) -> Benc
             continue
         if words[0] == "pid" and len(words) >= 4:
             pid, child = int(words[1]), int(words[3])
-        elif words[0] == "sample" and len(words) == 10:
+        elif words[0] == "sample" and len(words) in (10, 12):
             samples.append(BenchSample(
                 float(words[1]), float(words[3]), tuple(int(n) for n in words[5].split(",")),
                 tuple(float(x) for x in words[7].split(",")),
                 tuple(int(n) for n in words[9].split(",")),  # type: ignore[arg-type]
+                tuple(int(n) for n in words[11].split(",")) if len(words) == 12 else (),
             ))
         elif words[0] == "done" and len(words) in (5, 7):
             writes, seconds = int(words[2]), float(words[4])

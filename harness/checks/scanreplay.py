@@ -355,7 +355,7 @@ class ScanReplay:
             if lo <= ran_at <= hi and pass_allowed(ran_at, self.next_scan):
                 times.append(ran_at)
         if placed:  # a restart after the pass hides its time: every jiffy where the gates change
-            times += [t for t in self._gate_changes(lo, hi) if pass_allowed(t, self.next_scan)]
+            times += [t for t in _gate_times(self.vmas, lo, hi) if pass_allowed(t, self.next_scan)]
             # A VMA the pass met first got next_scan = the pass's `now` + scan delay
             # (fair.c:task_numa_work): that `now` is a candidate too (still an input, held to the
             # step and to the model's numa_next_scan like every other).
@@ -372,9 +372,6 @@ class ScanReplay:
                     f"{after.mm.numa_scan_offset:#x}) at jiffies {ran_at} (numa_next_scan {after.mm.numa_next_scan} - "
                     f"{self.period_ms} ms), but the step spans jiffies {lo}..{hi} and the model's numa_next_scan is "
                     f"{self.next_scan}: task_numa_work may not run then"]
-
-    def _gate_changes(self, lo: int, hi: int) -> list[int]:
-        return _gate_times(self.vmas, lo, hi)
 
     def _early_variants(self, after: Observation, faults: int, region_touched: bool) -> Iterator[tuple[str, set[int]]]:
         """Which pages were restored by a fault before the pass: outside the region (and inside it

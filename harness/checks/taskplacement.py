@@ -10,14 +10,29 @@ other scenario pins its task to one node.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from harness.checks.observe import Context, KernelNeverReached, Observation, observe
+from harness import inspect as nh
+from harness.checks.observe import Context, Inconclusive, KernelNeverReached, Observation, observe, observe_processes
 from harness.checks.registry import EVERY_MODELLED_RELEASE, Finding, check
-from harness.checks.scenario import drain_lru_batches, scenario
+from harness.checks.scenario import FAST_SCAN, drain_lru_batches, scenario, tunables
 from harness.checks.workload import STEP_TIMEOUT, HeldRegion, Region
-from harness.model import numa_migrate_interval
+from harness.errors import InfrastructureError
+from harness.model import (
+    MEM,
+    Candidate,
+    Choice,
+    Migration,
+    NodeStats,
+    NodeView,
+    Task,
+    numa_imbalance_pct,
+    numa_migrate_interval,
+    task_numa_migrate,
+)
 
 # One loop step: long enough for a few scanner passes (FAST_SCAN: 100-400 ms) and their faults.
 LOOP_STEP_S = 0.5
@@ -120,3 +135,267 @@ def check_task_placement(ctx: Context) -> Finding:
     summary = (f"preferred node {near} after {sum(1 for t in trail if t['phase'] != 'free')} pinned steps; "
                f"moved to it {moved_after} s after it was let run anywhere")
     return Finding(summary, {"trail": trail}, tuple(diffs))
+
+
+# The swap scenario's regions: small, so that each scanner pass hints all of one quickly.
+SWAP_REGION_MIB = 8
+# How long the workloads read or spin: until closed, in practice (both waits, then some).
+SWAP_RUN_S = 150
+# Waiting for the swap once both tasks may run anywhere. Derivation: each task takes a hint fault
+# at least once per scan period (at most scan_period_max_ms, 400 ms at FAST_SCAN), and the first
+# one past numa_migrate_retry (at most min(HZ, period / 16) jiffies ahead) runs task_numa_migrate,
+# which swaps them (the model's prediction, taken from the loads just read). What can refuse one
+# attempt is transient: load_too_imbalanced when the two tasks' PELT loads differ the wrong way
+# for the nodes' loads (two always-running tasks' loads converge to the same ceiling), or a
+# concurrent search's claim on the runqueue (numa_migrate_on). 20 s is 50 scan periods, each
+# with an attempt by each task.
+SWAP_LIMIT_S = 20.0
+# The model must predict the swap from the loads read before the tasks are let go: the PELT
+# sums of the four always-running tasks reach their ceiling within a few hundred ms of running
+# (32 ms half-life), so a second of reading is enough; 10 s without it means a premise is wrong.
+PREMISE_LIMIT_S = 10.0
+POLL_S = 0.25
+
+
+def _one_node_task(pid: int, memory_node: int, nr_nodes: int) -> Task:
+    """The model's view of a task whose every memory fault was on `memory_node` (a quiet region
+    bound there: task_numa_fault books each fault at the page's node), and which therefore
+    prefers it (task_numa_placement): task_weight is 1000 there and 0 elsewhere, whatever the
+    count, so one fault stands for them all."""
+    books = [[(0, 0)] * nr_nodes for _ in range(4)]
+    books[MEM][memory_node] = (0, 1)
+    return Task(pid, nr_nodes, numa_preferred_nid=memory_node, faults=tuple(tuple(b) for b in books),
+                total_numa_faults=1)
+
+
+@dataclass(frozen=True)
+class _SwapCast:
+    """Who runs where in the swap scenario: the mover (memory on `near`, pinned to `far` until let
+    go), the partner (memory on `far`, pinned to `near` until let go) and one spinner pinned to
+    each node for good, so that both nodes are full."""
+
+    near: int
+    far: int
+    mover: HeldRegion
+    partner: HeldRegion
+    blockers: tuple[HeldRegion, HeldRegion]
+
+    def premise(self, ctx: Context) -> SwapPremise:
+        """The kernel's inputs to the mover's task_numa_migrate at this moment, read with the
+        guest paused: the runqueues, the mover's CPU and NUMA domain, both tasks' loads."""
+        prog = ctx.prog
+        with nh.snapshot(ctx.guest):
+            loads = nh.read_runqueues(prog)
+            mover_cpu = nh.read_task(prog, self.mover.pid).cpu
+            domain = nh.read_numa_domain(prog, mover_cpu)
+            h_loads = {pid: nh.task_h_load(prog, pid) for pid in (self.mover.pid, self.partner.pid)}
+        if domain is None:
+            raise InfrastructureError(f"cpu {mover_cpu} has no NUMA scheduling domain: the guest's topology is not "
+                                      f"the 2x2 NUMA machine the scenario needs")
+        return SwapPremise(dict(ctx.node_of_cpu), self.near, self.far, self.mover.pid, self.partner.pid,
+                           (self.blockers[0].pid, self.blockers[1].pid), loads, mover_cpu, domain, h_loads)
+
+
+@dataclass(frozen=True)
+class SwapPremise:
+    """What the swap scenario's prediction takes from the kernel at one moment (the scheduler's
+    load tracking, which the model does not model) and who is who in it."""
+
+    node_of_cpu: dict[int, int]
+    near: int
+    far: int
+    mover: int
+    partner: int
+    blockers: tuple[int, int]  # pinned to near, to far
+    loads: dict[int, nh.RunqueueLoad]
+    mover_cpu: int
+    domain: nh.NumaDomain
+    h_loads: dict[int, int]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"node_of_cpu": {str(c): n for c, n in self.node_of_cpu.items()}, "near": self.near, "far": self.far,
+                "mover": self.mover, "partner": self.partner, "blockers": list(self.blockers),
+                "runqueues": [self.loads[c].as_json() for c in sorted(self.loads)], "mover_cpu": self.mover_cpu,
+                "domain": {"imbalance_pct": self.domain.imbalance_pct, "imb_numa_nr": self.domain.imb_numa_nr},
+                "h_load": {str(pid): load for pid, load in self.h_loads.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SwapPremise:
+        return cls({int(c): int(n) for c, n in data["node_of_cpu"].items()}, data["near"], data["far"], data["mover"],
+                   data["partner"], (data["blockers"][0], data["blockers"][1]),
+                   {r["cpu"]: nh.RunqueueLoad(**r) for r in data["runqueues"]}, data["mover_cpu"],
+                   nh.NumaDomain(**data["domain"]), {int(p): int(v) for p, v in data["h_load"].items()})
+
+    @property
+    def cast_runs_every_cpu(self) -> bool:
+        """Each CPU's rq->curr is one of the four: otherwise the model's answer is about that
+        moment's bystander (a kworker, the harness's commands), not the scenario."""
+        return {load.curr_pid for load in self.loads.values()} == {self.mover, self.partner, *self.blockers}
+
+    def predict(self) -> Migration:
+        """What fair.c:task_numa_migrate does for the mover once both tasks may run anywhere."""
+        nr_nodes = len(set(self.node_of_cpu.values()))
+        candidates = {pid: Candidate(_one_node_task(pid, node, nr_nodes), h_load=self.h_loads[pid])
+                      for pid, node in ((self.mover, self.near), (self.partner, self.far))}
+        for pid, node in zip(self.blockers, (self.near, self.far), strict=True):
+            cpus = frozenset(c for c, n in self.node_of_cpu.items() if n == node)
+            candidates[pid] = Candidate(Task(pid, nr_nodes), allowed=cpus)
+        pct = numa_imbalance_pct(self.domain.imbalance_pct)
+        views = {nid: NodeView.gathered(self.node_stats(nid), {
+            cpu: candidates.get(self.loads[cpu].curr_pid) for cpu, node in self.node_of_cpu.items() if node == nid}, pct)
+            for nid in sorted(set(self.node_of_cpu.values()))}
+        return task_numa_migrate(candidates[self.mover], self.mover_cpu, self.node_of_cpu, views,
+                                 imb_numa_nr=self.domain.imb_numa_nr)
+
+    def node_types(self) -> dict[int, str]:
+        """Each node's numa_classify at the search's imbalance_pct."""
+        pct = numa_imbalance_pct(self.domain.imbalance_pct)
+        return {nid: self.node_stats(nid).classify(pct).value for nid in sorted(set(self.node_of_cpu.values()))}
+
+    def node_stats(self, nid: int) -> NodeStats:
+        """fair.c:update_numa_stats's sums over the node's CPUs."""
+        cpus = [cpu for cpu, node in self.node_of_cpu.items() if node == nid]
+        return NodeStats(sum(self.loads[c].load for c in cpus), sum(self.loads[c].runnable for c in cpus),
+                         sum(self.loads[c].util for c in cpus), sum(self.loads[c].nr_running for c in cpus),
+                         sum(self.loads[c].capacity for c in cpus), len(cpus))
+
+
+def _look_at_cast(ctx: Context, cast: _SwapCast, phase: str, pages: int, diffs: list[str],
+                  trail: list[dict[str, Any]]) -> tuple[Observation, Observation]:
+    """Observe mover and partner at one moment; their pages must stay on the node they are bound
+    to (MPOL_BIND | MPOL_F_NUMA_BALANCING: mpol_misplaced never names a node outside the policy)."""
+    mover, partner = observe_processes(ctx, (cast.mover.pid, cast.partner.pid))
+    trail.append({"phase": phase, "jiffies": mover.balancing.jiffies,
+                  "mover": {"cpu": mover.task.cpu, "preferred": mover.task.numa_preferred_nid},
+                  "partner": {"cpu": partner.task.cpu, "preferred": partner.task.numa_preferred_nid},
+                  "running": mover.running})
+    for name, obs, held, node in (("mover", mover, cast.mover, cast.near), ("partner", partner, cast.partner, cast.far)):
+        placed = _region_nodes(obs, held)
+        if placed.get(node, 0) != pages:
+            diffs.append(f"{phase} (jiffies {obs.balancing.jiffies}): the {name}'s region pages per node {placed}, all "
+                         f"{pages} must stay on node {node} (MPOL_BIND | MPOL_F_NUMA_BALANCING: mpol_misplaced)")
+        stray = [nid for nid, (shared, private) in enumerate(obs.task.faults["mem"]) if nid != node and shared + private]
+        if stray:
+            diffs.append(f"{phase}: the {name} has memory faults booked on node(s) {stray}, but it faults only on its "
+                         f"region, bound to node {node} (task_numa_fault books at the page's node)")
+    return mover, partner
+
+
+def _wait_placed(ctx: Context, cast: _SwapCast, pages: int, diffs: list[str], trail: list[dict[str, Any]]) -> float:
+    """Observe the pinned tasks until each prefers its memory's node (task_numa_placement: the node
+    with the most memory faults, the only one with any); returns the seconds it took, or at the
+    first diff."""
+    started = time.monotonic()
+    while True:
+        mover, partner = _look_at_cast(ctx, cast, "pinned", pages, diffs, trail)
+        if mover.task.numa_preferred_nid == cast.near and partner.task.numa_preferred_nid == cast.far:
+            return round(time.monotonic() - started, 1)
+        for name, obs, node in (("mover", mover, cast.near), ("partner", partner, cast.far)):
+            if obs.task.numa_preferred_nid not in (-1, node):
+                diffs.append(f"the {name} prefers node {obs.task.numa_preferred_nid}, but every memory fault it "
+                             f"took is on node {node} (task_numa_placement: the node with the most memory faults)")
+        if diffs:
+            return round(time.monotonic() - started, 1)
+        if time.monotonic() - started > PLACEMENT_LIMIT_S:
+            raise KernelNeverReached(f"after {PLACEMENT_LIMIT_S:.0f} s of reading, pinned, the mover prefers node "
+                                     f"{mover.task.numa_preferred_nid} (not {cast.near}) and the partner node "
+                                     f"{partner.task.numa_preferred_nid} (not {cast.far})")
+        time.sleep(POLL_S)
+
+
+def _wait_swap_predicted(ctx: Context, cast: _SwapCast) -> tuple[Migration, SwapPremise]:
+    """Read the loads until the model, given them, predicts the swap (the scenario's premise: two
+    full nodes, the four tasks on the four CPUs); Inconclusive if they never do within
+    PREMISE_LIMIT_S."""
+    started = time.monotonic()
+    while True:
+        premise = cast.premise(ctx)
+        predicted = premise.predict()
+        if premise.cast_runs_every_cpu and predicted.choice is Choice.SWAP:
+            return predicted, premise
+        if time.monotonic() - started > PREMISE_LIMIT_S:
+            raise Inconclusive(f"in {PREMISE_LIMIT_S:.0f} s the loads never made the model predict a swap for the "
+                               f"mover (last: {predicted.choice.value}, node types {premise.node_types()}, "
+                               f"runqueues {premise.as_json()['runqueues']}): the scenario's premise, two full "
+                               f"nodes, did not hold")
+        time.sleep(POLL_S)
+
+
+@check("task-swap", seconds=4, releases=EVERY_MODELLED_RELEASE)
+def check_task_swap(ctx: Context) -> Finding:
+    """Two tasks each on the other's memory node, both nodes full: they swap. The mover reads 8 MiB
+    bound to the near node from the far node, the partner 8 MiB bound to the far node from the
+    near node (MPOL_BIND | MPOL_F_NUMA_BALANCING, quiet: only the regions take hint faults, each
+    booked at its node), and a spinner pinned to each node keeps both nodes' CPUs busy. Pinned,
+    each task comes to prefer its memory's node (task_numa_placement) while every page stays
+    put. Then both are let run anywhere, without a wake-up (taskset on the running tasks): the
+    model (fair.c:task_numa_migrate -> task_numa_find_cpu -> task_numa_compare), given the
+    runqueue loads read at that moment, must predict what the mover does: both nodes fully busy
+    (numa_classify), so no plain move (load_too_imbalanced) and a swap with the partner, the one
+    task on the near node that may run on the mover's CPU, for a gain of 1000 + 1000 plus an
+    eighth (the partner moves to its preferred node). Within SWAP_LIMIT_S (derivation there)
+    each must run on its memory's node, on the CPU the other ran on (migrate_swap), preferences
+    unchanged, pages unmoved."""
+    nodes = ctx.nodes_with_cpus()
+    near, far = nodes[0], nodes[-1]
+    diffs: list[str] = []
+    trail: list[dict[str, Any]] = []
+    every_cpu = sum(1 << cpu for cpu in ctx.node_of_cpu)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(tunables(ctx.guest, **FAST_SCAN))
+
+        def hold(request: Region) -> HeldRegion:
+            held = HeldRegion.start(ctx.guest, request)
+            stack.callback(held.close)
+            return held
+
+        cast = _SwapCast(near, far, hold(Region(SWAP_REGION_MIB, bind=near, exec_on=far, quiet=True)),
+                         hold(Region(SWAP_REGION_MIB, bind=far, exec_on=near, quiet=True)),
+                         (hold(Region(1, exec_on=near, quiet=True)), hold(Region(1, exec_on=far, quiet=True))))
+        drain_lru_batches(ctx.guest)
+        pages = cast.mover.length // 4096
+        cast.mover.send(f"loop {SWAP_RUN_S} node {far}")
+        cast.partner.send(f"loop {SWAP_RUN_S} node {near}")
+        cast.blockers[0].send(f"spin {SWAP_RUN_S} node {near}")
+        cast.blockers[1].send(f"spin {SWAP_RUN_S} node {far}")
+
+        placed_after = _wait_placed(ctx, cast, pages, diffs, trail)
+        if diffs:
+            return Finding("the tasks' placement went wrong before the swap", {"trail": trail}, tuple(diffs))
+        predicted, premise = _wait_swap_predicted(ctx, cast)
+        if predicted.swap_with != cast.partner.pid:
+            diffs.append(f"the model has the mover swap with pid {predicted.swap_with}, not the partner "
+                         f"{cast.partner.pid}: the harness's cast is not what the scenario says")
+        ctx.guest.ssh.run(f"taskset -p {every_cpu:x} {cast.mover.pid} >/dev/null && "
+                          f"taskset -p {every_cpu:x} {cast.partner.pid} >/dev/null").check()
+        released = time.monotonic()
+        while True:
+            mover, partner = _look_at_cast(ctx, cast, "free", pages, diffs, trail)
+            if ctx.node_of_cpu[mover.task.cpu] == near and ctx.node_of_cpu[partner.task.cpu] == far:
+                break
+            if time.monotonic() - released > SWAP_LIMIT_S:
+                raise KernelNeverReached(
+                    f"{SWAP_LIMIT_S:.0f} s after both were let run anywhere, the mover (memory on node {near}) runs on "
+                    f"node {ctx.node_of_cpu[mover.task.cpu]} and the partner (memory on node {far}) on node "
+                    f"{ctx.node_of_cpu[partner.task.cpu]}; the model predicted a swap with it (gain "
+                    f"{predicted.imp}, node types {premise.node_types()}): task_numa_migrate never swapped them")
+            time.sleep(POLL_S)
+        swapped_after = round(time.monotonic() - released, 2)
+        # kernel/sched/core.c:migrate_swap -> migrate_swap_stop puts each task on the other's CPU.
+        # Between the swap and this observation nothing moves either again: each runs on its
+        # preferred node (numa_migrate_preferred stops there), and with one always-running task
+        # per CPU the load balancer finds no imbalance to correct.
+        exchanged = (mover.task.cpu, partner.task.cpu) == (predicted.cpu, premise.mover_cpu)
+        if not exchanged:
+            diffs.append(f"the mover went from cpu {premise.mover_cpu} to cpu {mover.task.cpu} and the partner to cpu "
+                         f"{partner.task.cpu}: a swap (migrate_swap) puts the mover on the partner's cpu "
+                         f"{predicted.cpu} and the partner on the mover's cpu {premise.mover_cpu}")
+        for name, obs, node in (("mover", mover, near), ("partner", partner, far)):
+            if obs.task.numa_preferred_nid != node:
+                diffs.append(f"after the swap the {name} prefers node {obs.task.numa_preferred_nid}, not {node}")
+    summary = (f"both tasks preferred their memory's node after {placed_after} s pinned; the model predicted a swap "
+               f"(gain {predicted.imp}), and {swapped_after} s after they were let go each ran on its memory's node")
+    return Finding(summary, {"placed_after_s": placed_after, "swapped_after_s": swapped_after, "premise": premise.as_json(),
+                             "prediction": {"choice": predicted.choice.value, "cpu": predicted.cpu,
+                                            "swap_with": predicted.swap_with, "imp": predicted.imp},
+                             "trail": trail}, tuple(diffs))

@@ -601,3 +601,25 @@ def test_a_new_group_copies_and_a_join_moves_the_books_but_not_the_buffers() -> 
     assert (joined.total_faults, joined.nr_tasks, joined.active_nodes, joined.max_faults_cpu) == (286, 2, 2, 7)
     left = created.moved(mem, cpu, 256, sign=-1)
     assert left.mem == ((0, 0), (0, 0)) and left.total_faults == 0 and left.nr_tasks == 0
+
+
+def test_vma_access_reason_follows_vma_is_accessed_tests_in_order() -> None:
+    """fair.c:vma_is_accessed: the first two sequences, then the scanning thread's bit, then a
+    scan in progress, then the idle-VMA test against get_nr_threads."""
+    from harness.model.scanner import vma_access_reason
+    from harness.model.timing import pid_bit
+
+    vma = Vma(0x10000, 0x20000)
+    worker, main = 105, 101
+    assert pid_bit(worker) != pid_bit(main)
+    numab = NumabState(start_scan_seq=4, prev_scan_seq=8, next_scan=0, pids_active_reset=0,
+                       pids_active=(0, pid_bit(worker)))
+    def reason(seq: int, offset: int, pid: int, threads: int = 2, state: NumabState = numab) -> str:
+        return vma_access_reason(Mm(offset, seq, 1), vma, state, pid, threads)
+    assert reason(5, 0, main) == "new"
+    assert reason(9, 0, worker) == "pid"
+    assert reason(9, 0x18000, main) == "in progress"
+    assert reason(9, 0x10000, main) == ""  # an offset at the VMA's start is no scan in progress
+    assert reason(11, 0, main) == "idle"  # 11 > 8 + 2 threads
+    assert reason(10, 0, main) == ""
+    assert reason(10, 0, main, threads=1) == "idle"

@@ -30,7 +30,7 @@ node, `last_cpupid` and write bit are predicted and compared exactly.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from harness.checks.adapters import model_pages, model_tunables, model_vmas
@@ -65,6 +65,7 @@ class Prediction:
     windows: tuple[tuple[int, int], ...]
     skipped: tuple[tuple[int, str], ...]
     huge_updates: int = 0  # PMD entries hinted (numa_huge_pte_updates)
+    admitted: tuple[tuple[int, str], ...] = ()  # PassResult.admitted, over the step's passes
 
 
 @dataclass
@@ -92,16 +93,24 @@ class ScanReplay:
     last_pass: Prediction | None = None
     new_region_hints: int = 0
     faulted_vmas: set[int] = field(default_factory=set)
+    # Per step: the VMAs with a fault the observations show (a hint restored), and whether more
+    # than one pass ran (each pass may rotate pids_active once).
+    seen_fault_vmas: set[int] = field(default_factory=set)
+    several_passes: bool = False
     # The step's `after`: the addresses of its entries that are not hints.
     hints_off: set[int] = field(default_factory=set)
     # The caller predicts the task's placements (their period and clock restart) with its own
     # model of the fault books (placement-exact): a placement may then only come in a step the
     # caller replays (step_faulted), never in a step() of the spinning task.
     caller_places: bool = False
+    # The thread whose faults restore the region's hints, when it is not the scanning task (a
+    # worker that touches the region while the task spins and runs every pass): its pid bit,
+    # not the task's, is what those faults set in the region's VMA (vma_set_access_pid_bit).
+    region_faulter: int | None = None
 
     @classmethod
     def start(cls, obs: Observation, facts: GuestFacts, pid: int, region: tuple[int, int], *,
-              caller_places: bool = False) -> ScanReplay:
+              caller_places: bool = False, region_faulter: int | None = None) -> ScanReplay:
         """The replay from a scenario's first observation. The period after a placement is
         predicted here (ScanReplay._placement) only with scan_period_min_ms ==
         scan_period_max_ms; with other knobs the caller predicts placements itself
@@ -113,7 +122,7 @@ class ScanReplay:
         return cls(pid, facts, model_tunables(obs, facts.hz), region, Mm(obs.mm.numa_scan_offset, obs.mm.numa_scan_seq,
                    obs.mm.mm_users), tuple(model_vmas(obs)), model_pages(facts, obs), obs.mm.numa_next_scan,
                    obs.task.numa_scan_period, obs.task.numa_scan_seq, node_stamp=obs.task.node_stamp,
-                   nr_threads=obs.task.nr_threads, caller_places=caller_places)
+                   nr_threads=obs.task.nr_threads, caller_places=caller_places, region_faulter=region_faulter)
 
     @property
     def rss_pages(self) -> tuple[int, int]:
@@ -165,12 +174,23 @@ class ScanReplay:
     def _vma_of(self, va: int, vmas: Sequence[Vma]) -> int | None:
         return next((i for i, v in enumerate(vmas) if v.start <= va < v.end), None)
 
+    def faulter(self, vma: Vma) -> int:
+        """The thread whose hint faults land in `vma`: the region's faulter in the region's VMA,
+        the task everywhere else."""
+        lo, hi = self.region
+        inside = self.region_faulter is not None and vma.start < hi and vma.end > lo
+        return self.region_faulter if inside and self.region_faulter is not None else self.pid
+
+    def _fault_bit(self, vma: Vma) -> int:
+        return pid_bit(self.faulter(vma))
+
     # -- the step --------------------------------------------------------------------------------
 
     def step(self, before: Observation, after: Observation, *, region_touched: bool = False) -> list[str]:
         """Predict the step from `before` to `after` (two kernel observations) and compare. Returns
         the diffs; the model's state is the prediction that matched (or the closest one)."""
         self.last_pass, self.new_region_hints, self.faulted_vmas = None, 0, set()
+        self.seen_fault_vmas, self.several_passes = set(), False
         if before.task.nr_threads != self.nr_threads:
             self._count("steps whose workload changed its thread count")
         self.nr_threads = before.task.nr_threads
@@ -212,6 +232,7 @@ class ScanReplay:
         the whole state is compared as after step(). `faults`: how many hint faults made
         `faulted` (default one per entry; one per large folio restores all its PTEs)."""
         self.last_pass, self.new_region_hints, self.faulted_vmas = None, 0, set()
+        self.seen_fault_vmas, self.several_passes = set(), False
         self.nr_threads = before.task.nr_threads
         self.hints_off = _kernel_hints_off(after)
         diffs = self._follow_layout(after)
@@ -227,8 +248,9 @@ class ScanReplay:
             self.pages[va] = self._faulting_cpu(page, kernel.get(va))
             index = self._vma_of(va, vmas)
             if index is not None:
-                vmas[index] = vma_set_access_pid_bit(vmas[index], self.pid)
+                vmas[index] = vma_set_access_pid_bit(vmas[index], self.faulter(vmas[index]))
                 self.faulted_vmas.add(vmas[index].start)
+                self.seen_fault_vmas.add(vmas[index].start)
         self.vmas = tuple(vmas)
         old_period, self.period_ms = self.period_ms, period_ms
         self.task_seq = self.mm.numa_scan_seq
@@ -408,14 +430,15 @@ class ScanReplay:
             index = self._vma_of(va, vmas_now)
             pages[va] = _restored_by_input(pages[va], vmas_now[index] if index is not None else None)
             if index is not None:
-                vmas[index] = vma_set_access_pid_bit(vmas[index], self.pid)
+                vmas[index] = vma_set_access_pid_bit(vmas[index], self.faulter(vmas[index]))
         result = scan_pass(mm, vmas, pages, self.tunables, scanning_node=self.scanning_node if node is None else node,
                            jiffies=ran_at, pid=self.pid, nr_threads=self.nr_threads, rules=self.facts.rules)
         before = (start.pte_updates, start.windows, start.skipped) if start else (0, (), ())
         return Prediction(ran_at, early, result.mm, result.vmas, dict(result.pages),
                           before[0] + result.counters.numa_pte_updates, before[1] + result.windows,
                           before[2] + result.skipped,
-                          (start.huge_updates if start else 0) + result.counters.numa_huge_pte_updates)
+                          (start.huge_updates if start else 0) + result.counters.numa_huge_pte_updates,
+                          (start.admitted if start else ()) + result.admitted)
 
     def _several_passes(self, before: Observation, after: Observation, times: list[int],
                         region_touched: bool, nodes: list[int]) -> Prediction | None:
@@ -512,6 +535,7 @@ class ScanReplay:
         several = self._several_passes(before, after, times, region_touched, nodes)
         if several is not None:
             self._adopt(several, before, after, faults, set())
+            self.several_passes = True
             return []
         return [f"pass at jiffies {best[0].ran_at} (faults before it: {best[0].early}; {len(times)} possible times): "
                 f"{d}" for d in best[1]]
@@ -523,7 +547,7 @@ class ScanReplay:
             diffs.append(f"scan offset/seq model {prediction.mm.numa_scan_offset:#x}/{prediction.mm.numa_scan_seq}, "
                          f"kernel {after.mm.numa_scan_offset:#x}/{after.mm.numa_scan_seq}")
         # The VMA bookkeeping first: it says why the hints below differ.
-        diffs += _numab_diffs(prediction.vmas, after, self.pid, tolerate_pids=True)
+        diffs += _numab_diffs(prediction.vmas, after, self._fault_bit, tolerate_pids=True)
         off = self.hints_off
         kernel_on = _kernel_hints_on(after)
         model_on = {va for va, p in prediction.pages.items() if p.hint}
@@ -555,6 +579,7 @@ class ScanReplay:
             index = self._vma_of(va, self.vmas)
             if index is not None:
                 self.faulted_vmas.add(self.vmas[index].start)
+                self.seen_fault_vmas.add(self.vmas[index].start)
         self.pages = prediction.pages
         assert prediction.ran_at is not None
         self.next_scan = next_scan_after_pass(prediction.ran_at, self.period_ms, self.tunables)
@@ -590,8 +615,9 @@ class ScanReplay:
             index = self._vma_of(va, self.vmas)
             self.pages[va] = _restored_by_input(self.pages[va], self.vmas[index] if index is not None else None)
             if index is not None:
-                vmas[index] = vma_set_access_pid_bit(vmas[index], self.pid)
+                vmas[index] = vma_set_access_pid_bit(vmas[index], self.faulter(vmas[index]))
                 self.faulted_vmas.add(vmas[index].start)
+                self.seen_fault_vmas.add(vmas[index].start)
         self.vmas = tuple(vmas)
         self._count("hint faults seen (restored hints)", len(restored))
         if len(restored) > faults:
@@ -605,18 +631,19 @@ class ScanReplay:
 
     def _attribute_unseen(self, after: Observation) -> None:
         """A fault the observations cannot see (its page hinted again by the step's pass) still
-        set its task's pid bit in some VMA: where the kernel shows the bit the model lacks,
-        that VMA had it (the only input taken from pids_active, and only this bit)."""
-        bit = pid_bit(self.pid)
+        set its thread's pid bit in some VMA: where the kernel shows the bit the model lacks,
+        that VMA had it (the only input taken from pids_active, and only the bit of the thread
+        that faults in that VMA: ScanReplay.faulter)."""
         kernel = {v.start: v.numab for v in after.vmas if v.numab}
         vmas = list(self.vmas)
         for i, vma in enumerate(vmas):
             numab = kernel.get(vma.start)
             if vma.numab is None or numab is None:
                 continue
+            bit = self._fault_bit(vma)
             self.faulted_vmas.add(vma.start)
             if numab["pids_active"][1] & bit and not vma.numab.pids_active[1] & bit:
-                vmas[i] = vma_set_access_pid_bit(vma, self.pid)
+                vmas[i] = vma_set_access_pid_bit(vma, self.faulter(vma))
                 self._count("pid bits of unseen faults")
         self.vmas = tuple(vmas)
 
@@ -636,22 +663,44 @@ class ScanReplay:
                              f"step (model mm seq {self.mm.numa_scan_seq})")
         if after.task.numa_scan_period != self.period_ms:
             diffs.append(f"task numa_scan_period model {self.period_ms} ms, kernel {after.task.numa_scan_period} ms")
-        diffs += _numab_diffs(self.vmas, after, self.pid, tolerate_pids=False, faulted=self.faulted_vmas)
+        diffs += _numab_diffs(self.vmas, after, self._fault_bit, tolerate_pids=False, faulted=self.faulted_vmas)
+        diffs += self._fault_bits_recorded(after)
         self._follow_fault_order(after)
         diffs += self._region_entries(after)
+        return diffs
+
+    def _fault_bits_recorded(self, after: Observation) -> list[str]:
+        """A hint fault records its thread in the VMA (mm/memory.c:numa_migrate_check ->
+        vma_set_access_pid_bit: the thread's bit in pids_active[1]), and only a pass's rotation
+        moves [1] to [0] (fair.c:task_numa_work, once per VMA_PID_RESET_PERIOD). So after a step
+        with at most one pass, the bit of the thread seen faulting in a VMA is in [0] or [1]:
+        the order the tolerance in _numab_diffs leaves open, never the bit's absence."""
+        if self.several_passes:
+            return []
+        kernel = {v.start: v.numab for v in after.vmas if v.numab}
+        diffs = []
+        for vma in self.vmas:
+            numab = kernel.get(vma.start)
+            if vma.start not in self.seen_fault_vmas or numab is None:
+                continue
+            bit = self._fault_bit(vma)
+            if not (int(numab["pids_active"][0]) | int(numab["pids_active"][1])) & bit:
+                diffs.append(f"VMA {vma.start:#x}: thread {self.faulter(vma)} took hint faults in it during the step, "
+                             f"but its bit {bit:#x} is in neither pids_active word {[hex(int(p)) for p in numab['pids_active']]} "
+                             f"(vma_set_access_pid_bit)")
         return diffs
 
     def _follow_fault_order(self, after: Observation) -> None:
         """In a VMA the task faulted in, a fault before the pass's pids_active rotation leaves its
         bit in pids_active[0], one after it in [1]: which one happened is an input, taken as the
-        kernel shows it (only the task's own bit, only in those VMAs)."""
-        bit = pid_bit(self.pid)
+        kernel shows it (only the bit of the thread that faults in the VMA, only in those VMAs)."""
         kernel = {v.start: v.numab for v in after.vmas if v.numab}
         vmas = list(self.vmas)
         for i, vma in enumerate(vmas):
             numab = kernel.get(vma.start)
             if vma.start not in self.faulted_vmas or vma.numab is None or numab is None:
                 continue
+            bit = self._fault_bit(vma)
             shown = tuple(int(p) for p in numab["pids_active"])
             model = vma.numab.pids_active
             if shown != model and all((a & ~bit) == (b & ~bit) for a, b in zip(shown, model, strict=True)):
@@ -734,15 +783,16 @@ def _kernel_hints_on(obs: Observation) -> set[int]:
 _NUMAB_FIELDS = ("start_scan_seq", "prev_scan_seq", "next_scan", "pids_active_reset")
 
 
-def _numab_diffs(vmas: tuple[Vma, ...], after: Observation, pid: int, *, tolerate_pids: bool,
+def _numab_diffs(vmas: tuple[Vma, ...], after: Observation, fault_bit: Callable[[Vma], int], *, tolerate_pids: bool,
                  faulted: set[int] | None = None) -> list[str]:
-    """Every VMA's numab_state, model vs kernel. pids_active may differ by the task's own bit
-    (a fault whose order against the pass's pids_active rotation the step cannot show) in every
-    VMA with `tolerate_pids`, else in the VMAs the task faulted in during the step."""
+    """Every VMA's numab_state, model vs kernel. pids_active may differ by the bit of the thread
+    that faults in the VMA (`fault_bit`; a fault whose order against the pass's pids_active
+    rotation the step cannot show) in every VMA with `tolerate_pids`, else in the VMAs faulted
+    in during the step."""
     diffs = []
     kernel = {v.start: v.numab for v in after.vmas}
-    bit = pid_bit(pid)
     for vma in vmas:
+        bit = fault_bit(vma)
         numab = kernel.get(vma.start)
         if (vma.numab is None) != (numab is None):
             diffs.append(f"VMA {vma.start:#x}: numab_state {'allocated' if numab else 'NULL'} in the kernel, "

@@ -35,6 +35,9 @@ class PassResult:
     counters: Counters  # the deltas this pass causes
     windows: tuple[tuple[int, int], ...]  # [start, end) ranges handed to change_prot_numa, in order
     skipped: tuple[tuple[int, str], ...]  # (vma start, reason) as trace_sched_skip_vma_numa names them
+    # (vma start, which test let it through: vma_access_reason's, or "forced") for every VMA the
+    # pass scanned past vma_is_accessed (6.4+: VMAs with numab_state).
+    admitted: tuple[tuple[int, str], ...] = ()
 
 
 def change_prot_numa(
@@ -84,14 +87,25 @@ def _align_up(value: int, alignment: int) -> int:
 
 def vma_is_accessed(mm: Mm, vma: Vma, numab: NumabState, pid: int, nr_threads: int) -> bool:
     """kernel/sched/fair.c:vma_is_accessed."""
+    return bool(vma_access_reason(mm, vma, numab, pid, nr_threads))
+
+
+def vma_access_reason(mm: Mm, vma: Vma, numab: NumabState, pid: int, nr_threads: int) -> str:
+    """Which of fair.c:vma_is_accessed's tests, in its order, lets the VMA be scanned by task
+    `pid`: "new" (the VMA's first two sequences), "pid" (the task's bit in pids_active: it
+    faulted there lately), "in progress" (the scan offset is past the VMA's start: a scan of it
+    already began), "idle" (more sequences since its last scan than the process has threads);
+    "" when none does (skipped as pid_inactive)."""
     if mm.numa_scan_seq - numab.start_scan_seq < 2:
-        return True
+        return "new"
     pids = numab.pids_active[0] | numab.pids_active[1]
     if pids >> _hash_32(pid, 6) & 1:
-        return True
+        return "pid"
     if mm.numa_scan_offset > vma.start:
-        return True
-    return mm.numa_scan_seq > numab.prev_scan_seq + nr_threads
+        return "in progress"
+    if mm.numa_scan_seq > numab.prev_scan_seq + nr_threads:
+        return "idle"
+    return ""
 
 
 def _hash_32(value: int, bits: int) -> int:
@@ -176,6 +190,7 @@ def scan_pass(
     offset, seq = mm.numa_scan_offset, mm.numa_scan_seq
     budget = _PassBudget(pages=tunables.scan_size_mb << (20 - 12), virtpages=(tunables.scan_size_mb << (20 - 12)) * 8)
     skipped: list[tuple[int, str]] = []
+    admitted: list[tuple[int, str]] = []
     delay = tunables.ms_to_jiffies(tunables.scan_delay_ms)
     forced = pids_skipped = False
     stopped_in: int | None = None  # index of the VMA the budget ran out in
@@ -199,6 +214,9 @@ def scan_pass(
                 offset = vma.end if reason == "seq_completed" else offset
                 pids_skipped |= reason == "pid_inactive"
                 continue
+            if rules.vma_scan_gate and numab is not None:
+                admitted.append((vma.start, vma_access_reason(Mm(offset, seq, mm.mm_users), vma, numab, pid,
+                                                              nr_threads) or "forced"))
             start = _scan_vma(vma, start, new_pages, budget, scanning_node=scanning_node, mm_users=mm.mm_users,
                               tunables=tunables)
             if budget.spent:
@@ -220,7 +238,7 @@ def scan_pass(
         seq, offset = seq + 1, 0
     counters = Counters(numa_pte_updates=budget.updated, numa_huge_pte_updates=budget.huge)
     return PassResult(Mm(offset, seq, mm.mm_users), tuple(vma_list), new_pages, counters, tuple(budget.windows),
-                      tuple(skipped))
+                      tuple(skipped), tuple(admitted))
 
 
 def skip_reason(vma: Vma) -> str:

@@ -25,6 +25,7 @@ from harness.checks.runner import Recording, load_recording
 from harness.checks.scantiming import ClockSample
 from harness.inspect import TaskNumaState
 from harness.inspect.pagetable import PRESENT, PROTNONE, RW
+from harness.model.timing import pid_bit
 
 GOLDEN = Path(__file__).parent / "data" / "observations"
 
@@ -192,10 +193,11 @@ def test_a_kernel_whose_scanner_went_elsewhere_is_caught(bug: str) -> None:
 # -- scanner-window: the scanner's state carried free from one observation ----------------------
 
 
-def _replay_window(recording: Recording, perturb: Callable[[str, Observation], Observation] | None = None) -> tuple[
-        int, list[str]]:
+def _replay_window(recording: Recording, perturb: Callable[[str, Observation], Observation] | None = None, *,
+                   faulter: bool = True) -> tuple[int, list[str]]:
     """Replay scanner-window's recorded steps from the first observation; the passes predicted
-    and the first diffs (perturb changes a kernel observation before the replay sees it)."""
+    and the first diffs (perturb changes a kernel observation before the replay sees it). With
+    `faulter` False the region's faults are taken as the scanning task's, whoever made them."""
     from harness.checks.scanreplay import ScanReplay
 
     labels = sorted(recording.observations)
@@ -204,7 +206,9 @@ def _replay_window(recording: Recording, perturb: Callable[[str, Observation], O
         observations = [perturb(label, obs) for label, obs in zip(labels, observations, strict=True)]
     notes = recording.notes[labels[0]]
     low, high = notes["region"]
-    replay = ScanReplay.start(observations[0], recording.facts, int(notes["pid"]), (int(low), int(high)))
+    region_faulter = int(notes["faulter"]) if faulter and "faulter" in notes else None
+    replay = ScanReplay.start(observations[0], recording.facts, int(notes["pid"]), (int(low), int(high)),
+                              region_faulter=region_faulter)
     passes = 0
     for label, before, after in zip(labels[1:], observations, observations[1:], strict=False):
         diffs = replay.step(before, after, region_touched=bool(recording.notes[label]["touched"]))
@@ -255,6 +259,57 @@ def test_a_long_step_that_scanned_a_window_too_far_is_caught() -> None:
         return replace(o, mm=replace(o.mm, numa_scan_offset=o.mm.numa_scan_offset + (16 << 20)))
     _, diffs = _replay_merged(_load("scanner-window"), {4, 5, 6}, further)
     assert any("scan offset" in d for d in diffs), diffs
+
+
+# -- scanner-pids: the region faulted in by a worker thread, scanned by the main thread ----------
+
+
+def _region_vma(obs: Observation, low: int) -> int:
+    return next(i for i, v in enumerate(obs.vmas) if v.start <= low < v.end)
+
+
+def test_recorded_scanner_pids_steps_are_predicted_with_the_workers_bit_in_the_region() -> None:
+    """A real scanner-pids run: the worker's local touch in step 5 records the worker, not the
+    scanning main thread, in the region's pids_active; every pass is predicted."""
+    recording = _load("scanner-pids")
+    passes, diffs = _replay_window(recording)
+    assert not diffs, diffs
+    assert passes >= 3
+    touched = [label for label in sorted(recording.notes) if recording.notes[label]["touched"]]
+    assert touched, "the recording must hold a step in which the worker touched the region"
+    low = int(recording.notes[touched[0]]["region"][0])
+    after = recording.observations[touched[0]]
+    worker_bit = pid_bit(int(recording.notes[touched[0]]["faulter"]))
+    numab = after.vmas[_region_vma(after, low)].numab
+    assert numab is not None and (numab["pids_active"][0] | numab["pids_active"][1]) & worker_bit
+
+
+def test_a_region_fault_that_left_no_bit_is_caught() -> None:
+    """The same run with the worker's bit erased from the region's pids_active after its touch:
+    a hint fault always records its thread (vma_set_access_pid_bit), and one pass rotates the
+    words at most once, so the bit cannot be gone."""
+    recording = _load("scanner-pids")
+    touched = next(label for label in sorted(recording.notes) if recording.notes[label]["touched"])
+    low = int(recording.notes[touched]["region"][0])
+
+    def erase(label: str, obs: Observation) -> Observation:
+        if label != touched:
+            return obs
+        vmas = list(obs.vmas)
+        i = _region_vma(obs, low)
+        numab = dict(vmas[i].numab or {})
+        numab["pids_active"] = [0, 0]
+        vmas[i] = replace(vmas[i], numab=numab)
+        return replace(obs, vmas=vmas)
+    _, diffs = _replay_window(recording, erase)
+    assert any("in neither pids_active word" in d for d in diffs), diffs
+
+
+def test_scanner_pids_with_the_faults_taken_as_the_scanning_threads_is_caught() -> None:
+    """Replayed as if the main thread had made the region's faults (its bit in the region), the
+    model's passes would find their own pid there: the kernel's state says otherwise."""
+    _, diffs = _replay_window(_load("scanner-pids"), faulter=False)
+    assert diffs
 
 
 def test_recorded_scanner_steps_are_predicted_from_the_first_observation() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness.checks.adapters import model_vmas
-from harness.checks.observe import Context, Observation, observe, spin_until
+from harness.checks.observe import Context, Inconclusive, Observation, observe, spin_until
 from harness.checks.registry import EVERY_MODELLED_RELEASE, Finding, Mechanism, check
 from harness.checks.scanreplay import ScanReplay
 from harness.checks.scenario import drain_lru_adds, drain_lru_batches, scenario
@@ -114,12 +114,62 @@ def check_scanner_threads(ctx: Context) -> Finding:
     return _replay_window(ctx, Region(64, node=0, split=ctx.nodes_with_cpus()[-1], helper=True))
 
 
-def _replay_window(ctx: Context, request: Region) -> Finding:
-    """The scenario of check_scanner_window with the workload `request` holds."""
+@check("scanner-pids", seconds=20, needs=[Mechanism.VMA_NUMAB])
+def check_scanner_pids(ctx: Context) -> Finding:
+    """scanner-window's free-running replay with the PID filter deciding between two threads on
+    different nodes. A worker thread makes every fault in the region (pinned to a CPU of node 0
+    for the first half, of the spinning node for the second: local faults), while the main
+    thread spins on the other node and runs every pass; so the region's pids_active holds only
+    the worker's bit (mm/memory.c:numa_migrate_check -> vma_set_access_pid_bit records the
+    faulting thread) and never the scanning thread's (fair.c:vma_is_accessed). Quiet: every
+    other mapping (program, stacks) is bound without MPOL_F_NUMA_BALANCING and never scanned,
+    so no thread faults anywhere else and the region's VMA is the PID filter's only subject
+    besides the VMA mapped mid-run. Past the VMA's
+    first two sequences the region is then scanned only while a scan of it is already in
+    progress (numa_scan_offset past its start), through the idle-VMA fallback (numa_scan_seq >
+    prev_scan_seq + get_nr_threads, 2), or by a pass that PID-skipped every VMA (the forced
+    retry); and each VMA_PID_RESET_PERIOD rotation moves the worker's bit from pids_active[1]
+    to [0] and then out. The model carries the worker's bit in the region and the main thread's
+    elsewhere; a fault's bit that is not the faulting thread's, or a region scanned as if the
+    scanning thread had faulted there, is a diff. The worker must never run a pass itself (its
+    CPU time stays below its first trigger: init_numa_balancing staggers it to node_stamp plus
+    its first period, the default 1 s scan delay when it was created): if its node_stamp ever
+    moves, the run is inconclusive. Compared as scanner-window."""
+    return _replay_window(ctx, Region(64, node=0, split=ctx.nodes_with_cpus()[-1], workers=1, quiet=True),
+                          worker_faults=True)
+
+
+def _replay_window(ctx: Context, request: Region, *, worker_faults: bool = False) -> Finding:
+    """The scenario of check_scanner_window with the workload `request` holds; with
+    `worker_faults`, its worker thread 1 makes the region's faults (check_scanner_pids)."""
     remote = ctx.nodes_with_cpus()[-1]
     tally = _WindowTally()
     with scenario(ctx, request, knobs=WINDOW_KNOBS) as region:
         drain_lru_batches(ctx.guest)
+        worker = tally.faulter = region.worker_tid(1) if worker_faults else None
+        threads = () if worker is None else (worker,)
+        cpu_of = {node: min(c for c, n in ctx.node_of_cpu.items() if n == node) for node in ctx.nodes_with_cpus()}
+
+        def touch(node: int, *, pages: int | None = None, first: int | None = None) -> None:
+            if worker is None:
+                region.touch(node=node, pages=pages, first=first)
+            else:
+                region.on(1, "touch", cpu=cpu_of[node], first=first, pages=pages)
+
+        # The worker's node_stamp as its creation set it (fair.c:init_numa_balancing staggers a
+        # new thread's first trigger); a trigger adds its period (task_tick_numa).
+        stamps: list[int] = []
+
+        def look() -> Observation:
+            obs = observe(ctx, region.pid, threads)
+            if worker is not None:
+                stamps.append(obs.threads[0].node_stamp)
+                if stamps[-1] != stamps[0]:
+                    raise Inconclusive(f"the worker thread (tid {worker}) queued scan work itself (node_stamp "
+                                       f"{stamps[0]} -> {stamps[-1]}, {obs.threads[0].sum_exec_runtime} ns of CPU "
+                                       f"time): the replay follows passes run by the spinning thread only")
+            return obs
+
         # Settle: past the first trigger, which only arms numa_next_scan (a fresh mm burns it),
         # and one whole sequence.
         spin_until(region, ctx, remote, lambda o: o.mm.numa_scan_seq >= 1, step=0.3)
@@ -128,10 +178,10 @@ def _replay_window(ctx: Context, request: Region) -> Finding:
         # hint it again, and no hint the kernel set before the start (the second half is on the
         # spinning node: with mm_users 1 change_pte_range must never hint it) hides in the start.
         half = region.length // 2 // 4096
-        region.touch(node=0, pages=half)
-        region.touch(node=remote, first=half)
-        previous = observe(ctx, region.pid)
-        replay = ScanReplay.start(previous, ctx.facts, region.pid, (region.addr, region.end))
+        touch(0, pages=half)
+        touch(remote, first=half)
+        previous = look()
+        replay = ScanReplay.start(previous, ctx.facts, region.pid, (region.addr, region.end), region_faulter=worker)
         tally.keep(ctx, previous, region.pid, replay.region, touched=False)
         for _ in range(160):
             if tally.hinting_passes and tally.late_vma is None:
@@ -142,20 +192,21 @@ def _replay_window(ctx: Context, request: Region) -> Finding:
                     drain_lru_adds(ctx.guest, region.pid)
             else:
                 region.spin(0.15, node=remote)
-            current = observe(ctx, region.pid)
+            current = look()
             if not tally.step(replay, previous, current):
                 tally.keep(ctx, current, region.pid, replay.region, touched=False, failed=True)
                 break
             tally.keep(ctx, current, region.pid, replay.region, touched=False)
             previous = current
-            if tally.hinting_passes >= 4 and tally.passes_in_region >= 5 and tally.late_vma_hinted(replay):
+            if (tally.hinting_passes >= 4 and tally.passes_in_region >= 5 and tally.late_vma_hinted(replay) and
+                    (worker is None or tally.pid_filter_decided())):
                 break
             first_half = current.table.within(region.addr, region.addr + region.length // 2)
             if len(first_half) and first_half.hint.all():
                 # Nothing left to hint (the second half is skipped): restore the first half with
                 # local faults so that the next passes hint it again.
-                region.touch(node=0, pages=region.length // 2 // 4096)
-                current = observe(ctx, region.pid)
+                touch(0, pages=half)
+                current = look()
                 if not tally.step(replay, previous, current, region_touched=True):
                     tally.keep(ctx, current, region.pid, replay.region, touched=True, failed=True)
                     break
@@ -182,6 +233,17 @@ class _WindowTally:
     windows: list[str] = field(default_factory=list)
     diffs: list[str] = field(default_factory=list)
     late_vma: int | None = None
+    # check_scanner_pids: the worker thread that makes the region's faults (ScanReplay.region_faulter).
+    faulter: int | None = None
+    # How the predicted passes decided the region's VMA: vma_access_reason's test that let it
+    # through, or the skip reason (pid_inactive, scan_delay, ...), by count.
+    region_gate: dict[str, int] = field(default_factory=dict)
+
+    def pid_filter_decided(self) -> bool:
+        """check_scanner_pids saw the PID filter skip the region (pid_inactive) and let it through
+        without the scanning thread's bit (a scan in progress, or the idle-VMA test)."""
+        gate = self.region_gate
+        return bool(gate.get("pid_inactive")) and bool(gate.get("in progress") or gate.get("idle"))
 
     def late_vma_hinted(self, replay: ScanReplay) -> bool:
         """The late VMA's pages were hinted (by a pass after its scan delay, as the model predicted)."""
@@ -195,7 +257,8 @@ class _WindowTally:
         trim_recording), golden data small enough for the repository."""
         del failed  # kept like any other step: the recording of a failure is complete
         if ctx.kept is not None:
-            ctx.keep(f"step-{self.steps:03d}", obs, pid=pid, region=list(region), touched=touched)
+            faulter = {} if self.faulter is None else {"faulter": self.faulter}
+            ctx.keep(f"step-{self.steps:03d}", obs, pid=pid, region=list(region), touched=touched, **faulter)
 
     def step(self, replay: ScanReplay, before: Observation, after: Observation, *, region_touched: bool = False) -> bool:
         """Predict one step; False once the kernel left the prediction (the diffs are kept)."""
@@ -211,6 +274,9 @@ class _WindowTally:
             in_region = [w for w in replay.last_pass_windows if w[0] < hi and w[1] > lo]
             self.passes_in_region += bool(in_region)
             self.hinting_passes += replay.new_region_hints > 0
+            for start, why in (*replay.last_pass.admitted, *replay.last_pass.skipped):
+                if start <= lo < next((v.end for v in replay.vmas if v.start == start), start):
+                    self.region_gate[why] = self.region_gate.get(why, 0) + 1
             self.windows.extend(f"{(a - lo) >> 20}-{(b - lo) >> 20} MiB" for a, b in in_region)
         return True
 
@@ -228,9 +294,13 @@ class _WindowTally:
                          f"too few to judge")
         if not diffs and not self.late_vma_hinted(replay):
             diffs.append("the VMA mapped during the replay was never hinted: its scan delay was never seen to end")
+        if not diffs and self.faulter is not None and not self.pid_filter_decided():
+            diffs.append(f"the PID filter never decided the region's VMA both ways without the scanning thread's bit "
+                         f"(its decisions: {self.region_gate}): too few passes to judge")
         if not diffs and not replay.inputs.get("passes whose numa_pte_updates were compared"):
             diffs.append("no pass was the only one in the guest: numa_pte_updates could not be compared once")
         figures = {"steps": self.steps, "passes": self.passes, "passes_in_region": self.passes_in_region,
-                   "hinting_passes": self.hinting_passes, "windows": self.windows, "inputs": dict(replay.inputs)}
+                   "hinting_passes": self.hinting_passes, "windows": self.windows, "region_gate": self.region_gate,
+                   "inputs": dict(replay.inputs)}
         return Finding(f"{self.passes} passes over {self.steps} steps predicted from one observation, "
                        f"{self.hinting_passes} of them hinting the region", figures, tuple(diffs))

@@ -114,7 +114,7 @@ def check_scanner_threads(ctx: Context) -> Finding:
     return _replay_window(ctx, Region(64, node=0, split=ctx.nodes_with_cpus()[-1], helper=True))
 
 
-@check("scanner-pids", seconds=20, needs=[Mechanism.VMA_NUMAB])
+@check("scanner-pids", seconds=13, needs=[Mechanism.VMA_NUMAB])
 def check_scanner_pids(ctx: Context) -> Finding:
     """scanner-window's free-running replay with the PID filter deciding between two threads on
     different nodes. A worker thread makes every fault in the region (pinned to a CPU of node 0

@@ -178,8 +178,9 @@ class ScanReplay:
         """The thread whose hint faults land in `vma`: the region's faulter in the region's VMA,
         the task everywhere else."""
         lo, hi = self.region
-        inside = self.region_faulter is not None and vma.start < hi and vma.end > lo
-        return self.region_faulter if inside and self.region_faulter is not None else self.pid
+        if self.region_faulter is not None and vma.start < hi and vma.end > lo:
+            return self.region_faulter
+        return self.pid
 
     def _fault_bit(self, vma: Vma) -> int:
         return pid_bit(self.faulter(vma))

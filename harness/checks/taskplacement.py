@@ -393,6 +393,5 @@ def check_task_swap(ctx: Context) -> Finding:
                f"(gain {predicted.imp}), and {swapped_after} s after they were let go each ran on its memory's node")
     return Finding(summary, {"placed_after_s": placed_after, "swapped_after_s": swapped_after,
                              "exchanged_cpus": exchanged, "premise": premise.as_json(),
-                             "prediction": {"choice": predicted.choice.value, "cpu": predicted.cpu,
-                                            "swap_with": predicted.swap_with, "imp": predicted.imp},
+                             "prediction": predicted.as_json(),
                              "trail": trail}, tuple(diffs))

@@ -149,6 +149,10 @@ class Migration:
     imp: int = 0
     preferred: int | None = None
 
+    def as_json(self) -> dict[str, int | str | None]:
+        return {"choice": self.choice.value, "cpu": self.cpu, "swap_with": self.swap_with, "imp": self.imp,
+                "preferred": self.preferred}
+
 
 @dataclass
 class _Search:

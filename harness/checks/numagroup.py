@@ -18,7 +18,7 @@ from typing import Any
 from harness.checks.accounting import compare_local_counter, compare_writable
 from harness.checks.adapters import model_pages
 from harness.checks.groupcarry import GroupMembers, steady_limits
-from harness.checks.observe import Context, GuestFacts, Inconclusive, Observation, observe, spin_until
+from harness.checks.observe import Context, GuestFacts, Inconclusive, Observation, next_pass_pace, observe, spin_until
 from harness.checks.registry import EVERY_MODELLED_RELEASE, Finding, Judgement, check
 from harness.checks.scenario import drain_lru_batches, scenario
 from harness.checks.workload import STEP_TIMEOUT, Region
@@ -57,6 +57,8 @@ GROUP_KNOBS = {"scan_delay_ms": 3000, "scan_period_min_ms": 3000, "scan_period_m
 SPIN_S = 2.0
 # Spun past the moment the next pass may come, so that the pass has run when the worker stops.
 PASS_SLACK_S = 0.3
+# No one wait between observations longer than this: a wait is re-derived from each observation.
+PACE_CAP_S = 10.0
 WORKERS = (1, 2)
 # The step after the join, where the group's books decide the migrations (see check_numa_group).
 GROUP_DECIDES = "group decides"
@@ -313,18 +315,6 @@ _GROUP_BRANCHES = tuple(d.value for d in (Decision.GROUP_DST_BUSIER, Decision.GR
                                          Decision.GROUP_RATIO_KEEP))
 
 
-def until_next_pass(obs: Observation, hz: int) -> float:
-    """How long the workers must spin (both at once) before the next scanner pass can run, plus
-    PASS_SLACK_S: fair.c:task_tick_numa queues task_numa_work once a task's own runtime passes
-    node_stamp + numa_scan_period (and task_numa_work adds 32 times a pass's runtime to
-    node_stamp), and task_numa_work only scans once jiffies reach mm->numa_next_scan. Each
-    worker's runtime grows 1:1 while it spins alone on its CPU: the sooner of the two runtime
-    waits, or the wall-clock wait if that is longer."""
-    runtime_s = min((t.node_stamp + t.numa_scan_period * 1_000_000 - t.sum_exec_runtime) / 1e9 for t in obs.threads)
-    wall_s = (obs.mm.numa_next_scan - obs.balancing.jiffies) / hz
-    return min(max(runtime_s, wall_s, 0.0) + PASS_SLACK_S, 10.0)
-
-
 def _slice_whose_last_is(worker: int) -> str:
     """After step 2 worker 2's read of slice A made it A's last_cpupid, worker 1's read of B B's."""
     return "A" if worker == 2 else "B"
@@ -336,6 +326,7 @@ def check_numa_group(ctx: Context) -> Finding:
     worker 2 on the near node. The region (2 MiB, mapped only by the holder; every other mapping
     bound without MPOL_F_NUMA_BALANCING, so nothing else takes a hint fault) is slice A, first
     touched on the near node, and slice B on the far node. Before each step both workers spin
+    (idle first while the scan clock is further away than their triggers: next_pass_pace)
     until a pass begun after the previous step has hinted the whole region (a worker that
     faulted in the region passes vma_is_accessed's PID test; the main thread never faults).
 
@@ -418,7 +409,8 @@ def check_numa_group(ctx: Context) -> Finding:
                 region.on(2, f"spin {seconds:.2f}", cpu=cpus[2])
                 region.wait_worker(1)
             return spin_until(region, ctx, far, the_whole_region_hinted, spinner=spin, threads=threads,
-                              pace=lambda o: until_next_pass(o, ctx.hz))
+                              pace=lambda o: next_pass_pace((o,), ctx.hz, slack_s=PASS_SLACK_S,
+                                                                          cap_s=PACE_CAP_S))
 
         def step(label: str, reads: tuple[Read, ...], spinner: int | None) -> GroupStep:
             before = hinted()

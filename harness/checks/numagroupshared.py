@@ -9,6 +9,7 @@ maps each and which of its entries are hints, and each process's group, from one
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,8 +17,16 @@ from typing import Any
 from harness.checks.accounting import compare_local_counter
 from harness.checks.adapters import model_pages
 from harness.checks.groupcarry import GroupMembers, steady_limits
-from harness.checks.numagroup import SPIN_S, until_next_pass
-from harness.checks.observe import Context, GuestFacts, Inconclusive, KernelNeverReached, Observation, observe_processes
+from harness.checks.numagroup import PACE_CAP_S, PASS_SLACK_S, SPIN_S
+from harness.checks.observe import (
+    Context,
+    GuestFacts,
+    Inconclusive,
+    KernelNeverReached,
+    Observation,
+    next_pass_pace,
+    observe_processes,
+)
 from harness.checks.registry import Finding, Judgement, Mechanism, check
 from harness.checks.scenario import drain_lru_batches, scenario
 from harness.checks.workload import STEP_TIMEOUT, Region
@@ -336,7 +345,8 @@ def check_numa_group_shared(ctx: Context) -> Finding:
 
         def hinted() -> tuple[Observation, ...]:
             """Both workers spin, each driving its own mm's scanner, until both have every entry
-            of the region hinted; each time as long as the later of their next passes needs."""
+            of the region hinted; each time idle, then spinning, as the later of their next
+            passes needs (next_pass_pace)."""
             spent = 0.0
             while True:
                 found = observe_processes(ctx, procs)
@@ -348,9 +358,10 @@ def check_numa_group_shared(ctx: Context) -> Finding:
                         f"after {spent:.0f} s of spinning the workers' entries of the region are not all hints: "
                         f"{[f'{int(p.hint.sum())} of {len(p)}' for p in parts]} (each mm's scanner hints its own "
                         f"entries of a VM_SHARED region, with no target-node skip)")
-                seconds = max(until_next_pass(o, ctx.hz) for o in found)
-                spin(seconds)
-                spent += seconds
+                pace = next_pass_pace(found, ctx.hz, slack_s=PASS_SLACK_S, cap_s=PACE_CAP_S)
+                time.sleep(pace.idle_s)
+                spin(pace.spin_s)
+                spent += pace.seconds
 
         def step(label: str, reads: tuple[tuple[int, str], ...], spinner: int | None,
                  unmap: tuple[int, str, int] | None = None) -> SharedStep:

@@ -10,7 +10,7 @@ reaches a state the model says it must reach, and turns "never" into a `KernelNe
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,12 +239,65 @@ def observation_from_json(data: dict[str, Any]) -> Observation:
                        {int(cpu): int(pid) for cpu, pid in data.get("running", {}).items()})
 
 
+# How far past mm->numa_next_scan next_pass_pace aims a thread's trigger (see there).
+DUE_MARGIN_S = 0.15
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How the harness drives scanners to their next pass from an observation: `idle_s` seconds
+    with every task of the workload asleep (the guest's clock runs, their CPU time does not),
+    then `spin_s` seconds of spinning. Pacing only: no prediction depends on it."""
+
+    idle_s: float
+    spin_s: float
+
+    @property
+    def seconds(self) -> float:
+        return self.idle_s + self.spin_s
+
+
+def next_pass_pace(observations: Sequence[Observation], hz: int, *, slack_s: float, cap_s: float) -> Pace:
+    """The shortest idle-then-spin that lets every observed mm run a scanner pass, each of its
+    `threads` spinning alone on its own CPU, plus `slack_s` of spinning; `cap_s` at most.
+
+    kernel/sched/fair.c:task_tick_numa, at a tick of a thread whose sum_exec_runtime passed
+    node_stamp + numa_scan_period, adds the period to node_stamp and queues task_numa_work only
+    if jiffies already reached mm->numa_next_scan (task_numa_work itself returns before that).
+    A trigger before the mm's clock is due is spent: that thread's next comes a whole period of
+    its CPU time later. A thread spinning alone on its CPU gains CPU time at the wall clock's
+    rate, so from a thread r seconds of CPU time from its trigger and an mm clock w > r seconds
+    away, spinning at once passes at r + period, and idling w - r first passes at w. So each
+    idle time a thread's w - r suggests (and none) is tried, and the one whose last mm passes
+    soonest is kept. A trigger aimed at the due jiffy itself was seen spent, within 10 ms of it
+    (the tick that tests jiffies on the spinning CPU may run before the tick that advances them
+    on another, and a vCPU's tick under TCG runs late), so each idle time aims `DUE_MARGIN_S`
+    past it: a wait that long costs a pass nothing, a spent trigger a whole period."""
+    def cpu_time_to_trigger_s(thread: nh.TaskNumaState) -> float:
+        return max((thread.node_stamp + thread.numa_scan_period * 1_000_000 - thread.sum_exec_runtime) / 1e9, 0.0)
+
+    def trigger_s(idle: float, thread: nh.TaskNumaState, due: float) -> float:
+        at = idle + cpu_time_to_trigger_s(thread)
+        return at if at >= due else at + thread.numa_scan_period / 1000
+
+    dues = [max((o.mm.numa_next_scan - o.balancing.jiffies) / hz, 0.0) for o in observations]
+
+    def last_pass_s(idle: float) -> float:
+        return max(min(trigger_s(idle, t, due) for t in o.threads) for o, due in zip(observations, dues, strict=True))
+
+    candidates = {0.0} | {max(due + DUE_MARGIN_S - cpu_time_to_trigger_s(t), 0.0)
+                          for o, due in zip(observations, dues, strict=True) for t in o.threads}
+    idle = min(sorted(candidates), key=last_pass_s)
+    spin = last_pass_s(idle) - idle + slack_s
+    return Pace(min(idle, cap_s), min(spin, cap_s))
+
+
 def spin_until(region: HeldRegion, ctx: Context, node: int, done: Callable[[Observation], bool], *,
                 step: float = 1.0, limit: float = 60.0, spinner: Callable[[float], None] | None = None,
-                threads: tuple[int, ...] = (), pace: Callable[[Observation], float] | None = None) -> Observation:
+                threads: tuple[int, ...] = (), pace: Callable[[Observation], Pace] | None = None) -> Observation:
     """Spin (the holder's main thread on `node`, or `spinner(seconds)`) `step` seconds at a time,
-    or as long as `pace` says from the last observation, until `done` holds for an observation
-    (of `threads` too); `limit` seconds of spinning at most."""
+    or as `pace` says from the last observation (idle, then spin), until `done` holds for an
+    observation (of `threads` too); `limit` seconds of idling and spinning at most."""
     spent = 0.0
     while True:
         obs = observe(ctx, region.pid, threads)
@@ -261,12 +314,14 @@ def spin_until(region: HeldRegion, ctx: Context, node: int, done: Callable[[Obse
                 f"{obs.task.numa_group_id}, numa_migrate_retry in {obs.task.numa_migrate_retry - obs.balancing.jiffies} "
                 f"jiffies, numa_next_scan in {obs.mm.numa_next_scan - obs.balancing.jiffies} jiffies, mm_users "
                 f"{obs.mm.mm_users}, hint faults {obs.vmstat.get('numa_hint_faults')}")
-        seconds = step if pace is None else pace(obs)
+        paced = Pace(0.0, step) if pace is None else pace(obs)
+        if paced.idle_s:
+            time.sleep(paced.idle_s)
         if spinner is None:
-            region.spin(seconds, node=node)
+            region.spin(paced.spin_s, node=node)
         else:
-            spinner(seconds)
-        spent += seconds
+            spinner(paced.spin_s)
+        spent += paced.seconds
 
 
 def region_hinted(region: HeldRegion) -> Callable[[Observation], bool]:

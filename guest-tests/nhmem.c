@@ -1,10 +1,11 @@
 /*
  * nhmem: memory helper for numa-harness tests, run inside the guest.
  *
- *   nhmem hold MIB [thp] [node N] [split M] [ro] [extras] [helper] [bind B] [workers W] [quiet]
- *              [shared] [procs]
+ *   nhmem hold MIB [thp] [node N] [split M [splitat K]] [ro] [extras] [helper] [bind B] [workers W]
+ *              [quiet] [shared] [procs]
  *       Map MIB of anonymous memory (2 MiB aligned; MADV_HUGEPAGE with "thp") and write every
- *       page from a CPU of node N ("node N"; with "split M" the second half from node M), then
+ *       page from a CPU of node N ("node N"; with "split M" the second half from node M, or
+ *       every page from the K-th on with "splitat K"), then
  *       print "pid PID addr 0xADDR len BYTES". "ro" then makes the region read-only (its hint
  *       faults carry TNF_NO_GROUP: no numa_group forms). "extras" also maps three 2 MiB regions
  *       the NUMA scanner must leave alone and prints "extras guard 0x.. bound 0x.. zero 0x..":
@@ -450,6 +451,7 @@ static int hold(int argc, char **argv)
 	size_t len = strtoul(argv[2], NULL, 0) << 20;
 	int thp = 0, node = -1, extras = 0, helper = 0, split = -1, readonly = 0, bind = -1, nworkers = 0, quiet = 0;
 	int shared = 0, procs = 0;
+	size_t split_at = len / 2;
 	for (int i = 3; i < argc; i++) {
 		if (!strcmp(argv[i], "thp"))
 			thp = 1;
@@ -463,6 +465,8 @@ static int hold(int argc, char **argv)
 			readonly = 1;
 		else if (!strcmp(argv[i], "split") && i + 1 < argc)
 			split = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "splitat") && i + 1 < argc)
+			split_at = strtoul(argv[++i], NULL, 0) * PAGE;
 		else if (!strcmp(argv[i], "bind") && i + 1 < argc)
 			bind = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "workers") && i + 1 < argc)
@@ -476,6 +480,11 @@ static int hold(int argc, char **argv)
 	}
 	if (nworkers < 0 || nworkers > MAX_WORKERS) {
 		fprintf(stderr, "nhmem: workers %d: at most %d\n", nworkers, MAX_WORKERS);
+		return 1;
+	}
+	if (split_at == 0 || split_at >= len) {
+		fprintf(stderr, "nhmem: splitat %zu: must name a page inside the region (1..%zu)\n", split_at / PAGE,
+			len / PAGE - 1);
 		return 1;
 	}
 	if (run_on_node(node))
@@ -500,11 +509,11 @@ static int hold(int argc, char **argv)
 		}
 	}
 	if (split >= 0) {
-		/* First touch places the second half on node `split`, the first half on `node`. */
-		touch(p, len / 2);
+		/* First touch places the pages from split_at on on node `split`, those before on `node`. */
+		touch(p, split_at);
 		if (run_on_node(split))
 			return 1;
-		touch(p + len / 2, len / 2);
+		touch(p + split_at, len - split_at);
 		if (run_on_node(node))
 			return 1;
 	} else {

@@ -876,6 +876,53 @@ def test_a_migrate_retry_not_rearmed_is_caught() -> None:
     assert any("numa_migrate_retry" in d for d in diffs), diffs
 
 
+def test_recorded_destination_busier_decides_alone() -> None:
+    """The recording's last step moved every page of slice D by "the destination's CPU faults
+    exceed 3x the source's", with books under which the 3/4 hysteresis would have kept them."""
+    from harness.checks.groupcarry import DST_BUSIER_ALONE
+    from harness.checks.numagroup import replay_group
+
+    recording = _load("numa-group")
+    judged = replay_group(recording.facts, recording.observations, recording.notes)
+    alone = [count for key, count in judged.figures["busier_decisions"].items() if DST_BUSIER_ALONE in key]
+    assert alone == [256], judged.figures["busier_decisions"]
+
+
+def test_pages_a_reversed_busier_test_keeps_are_caught() -> None:
+    """What a kernel whose busier test looked at the source would leave: slice D where it was."""
+    from harness.checks.numagroup import DST_BUSIER
+
+    recording = _load("numa-group")
+    label, _readers = _group_step(DST_BUSIER)
+    d_start, d_end = recording.notes["start"]["slices"]["D"]
+    far = recording.observations["start"].table.within(d_start, d_end).node[0]
+
+    def kept(lbl: str, o: Observation) -> Observation:
+        if lbl != label:
+            return o
+        nodes = o.table.node.copy()
+        nodes[(o.table.vaddr >= d_start) & (o.table.vaddr < d_end)] = far
+        return replace(o, table=replace(o.table, node=nodes))
+    diffs = _group(kept)
+    assert any(d.startswith(f"{DST_BUSIER}: pages") for d in diffs), diffs
+
+
+def test_a_region_first_touched_elsewhere_is_inconclusive() -> None:
+    from harness.checks.observe import Inconclusive
+
+    recording = _load("numa-group")
+    c_start, c_end = recording.notes["start"]["slices"]["C1"]
+
+    def moved(lbl: str, o: Observation) -> Observation:
+        if lbl != "start":
+            return o
+        nodes = o.table.node.copy()
+        nodes[(o.table.vaddr >= c_start) & (o.table.vaddr < c_end)] ^= 1
+        return replace(o, table=replace(o.table, node=nodes))
+    with pytest.raises(Inconclusive, match="slice C1"):
+        _group(moved)
+
+
 # -- scan-timing: the scanner's clock sampled while two threads spin ------------------------------
 
 

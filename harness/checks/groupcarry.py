@@ -34,6 +34,7 @@ from harness.model import (
     CPUBUF,
     MEM,
     CpuOccupant,
+    Decision,
     FaultResult,
     GroupBooks,
     GroupFault,
@@ -44,6 +45,7 @@ from harness.model import (
     ScanLimits,
     Task,
     counts_local_in_group,
+    group_ratio_favours_destination,
     hint_fault,
     numa_migrate_interval,
     scan_limits,
@@ -53,6 +55,9 @@ from harness.model import (
 )
 
 STAT_NAMES = ("mem", "cpu", "membuf", "cpubuf")
+# A fault should_numa_migrate_memory let through by "the destination's CPU faults exceed 3x the
+# source's" whose page the 3/4 hysteresis after it would have kept: the branch alone decided.
+DST_BUSIER_ALONE = "the destination's CPU faults alone moved the page: the 3/4 hysteresis would keep it"
 
 
 def model_thread_task(state: nh.TaskNumaState, nr_nodes: int) -> Task:
@@ -215,6 +220,9 @@ class GroupMembers:
             interval = numa_migrate_interval(result.task.numa_scan_period, self.facts.hz)
             self.retry[worker] = (premise.window[0] + interval, premise.window[1] + interval)
         self.decisions[f"worker {worker}: {result.decision.value}"] += 1
+        if result.decision is Decision.GROUP_DST_BUSIER and books is not None and \
+                not group_ratio_favours_destination(books, page.node, self.facts.node_of_cpu[cpu]):
+            self.decisions[f"worker {worker}: {DST_BUSIER_ALONE}"] += 1
         if not decided.priv and not result.local and \
                 counts_local_in_group(books, self.facts.node_of_cpu[cpu], result.page.node):
             self.decisions[f"worker {worker}: remote shared fault counted local (group's active nodes)"] += 1

@@ -42,6 +42,7 @@ class Region:
     extras: bool = False  # also map the regions the scanner must skip (PROT_NONE, MPOL_BIND, zero page)
     helper: bool = False  # a sleeping helper thread (mm_users 2)
     split: int | None = None  # first-touch the second half on this node
+    split_at: int | None = None  # with split: the first page first-touched there (default the middle one)
     readonly: bool = False  # write it, then make it read-only (its hint faults carry TNF_NO_GROUP)
     # mbind it to this node with MPOL_BIND | MPOL_F_NUMA_BALANCING before writing it: its pages
     # stay there (mpol_misplaced), but they are hinted and their faults count on that node.
@@ -62,7 +63,8 @@ class Region:
     def nhmem_args(self) -> str:
         options = [f"{self.mib}", "thp" if self.thp else "", f"node {self.node}" if self.node is not None else "",
                    "extras" if self.extras else "", "helper" if self.helper else "",
-                   f"split {self.split}" if self.split is not None else "", "ro" if self.readonly else "",
+                   f"split {self.split}" if self.split is not None else "",
+                   f"splitat {self.split_at}" if self.split_at is not None else "", "ro" if self.readonly else "",
                    f"bind {self.bind}" if self.bind is not None else "",
                    f"workers {self.workers}" if self.workers else "", "quiet" if self.quiet else "",
                    "shared" if self.shared else "", "procs" if self.procs else ""]

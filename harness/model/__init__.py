@@ -4,6 +4,7 @@ migration filter, placement), each rule citing the kernel function it mirrors.""
 from .faults import (
     Decision,
     FaultResult,
+    group_ratio_favours_destination,
     hint_fault,
     large_folio_fault,
     should_numa_migrate_memory,
@@ -121,6 +122,7 @@ __all__ = [
     "cpupid_cpu",
     "cpupid_pid",
     "group_books",
+    "group_ratio_favours_destination",
     "group_task_numa_placement",
     "hint_fault",
     "large_folio_fault",

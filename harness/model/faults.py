@@ -94,12 +94,17 @@ def should_numa_migrate_memory(task: Task, page: Page, dst_nid: int, this_cpupid
     # "Destination node is much more heavily used than the source node? Allow migration."
     if group.faults_cpu(dst_nid) > group.faults_cpu(src_nid) * ACTIVE_NODE_FRACTION:
         return True, page, Decision.GROUP_DST_BUSIER
-    # "Distribute memory according to CPU & memory use on each node, with 3/4 hysteresis":
-    # faults_cpu(dst) / faults_mem(dst) * 3/4 > faults_cpu(src) / faults_mem(src), cross-multiplied.
-    if group.faults_cpu(dst_nid) * group.faults_mem(src_nid) * 3 > \
-            group.faults_cpu(src_nid) * group.faults_mem(dst_nid) * 4:
+    if group_ratio_favours_destination(group, src_nid, dst_nid):
         return True, page, Decision.GROUP_RATIO_MIGRATE
     return False, page, Decision.GROUP_RATIO_KEEP
+
+
+def group_ratio_favours_destination(group: GroupBooks, src_nid: int, dst_nid: int) -> bool:
+    """The last test of fair.c:should_numa_migrate_memory, "Distribute memory according to CPU &
+    memory use on each node, with 3/4 hysteresis": faults_cpu(dst) / faults_mem(dst) * 3/4 >
+    faults_cpu(src) / faults_mem(src), cross-multiplied."""
+    return group.faults_cpu(dst_nid) * group.faults_mem(src_nid) * 3 > \
+        group.faults_cpu(src_nid) * group.faults_mem(dst_nid) * 4
 
 
 def hint_fault(

@@ -907,6 +907,26 @@ def test_pages_a_reversed_busier_test_keeps_are_caught() -> None:
     assert any(d.startswith(f"{DST_BUSIER}: pages") for d in diffs), diffs
 
 
+def test_a_run_cut_short_is_judged_as_far_as_it_went() -> None:
+    """check_numa_group stops after a step the model disagrees with: the steps it made are judged
+    in full, the tests that the whole scenario kept its subject are not."""
+    from harness.checks.numagroup import replay_group
+
+    recording = _load("numa-group")
+    first_two = {k: o for k, o in recording.observations.items() if not k.startswith("step") or k[4] in "01"}
+    cut = replay_group(recording.facts, first_two, recording.notes, complete=False)
+    assert not cut.diffs, cut.diffs
+    whole = replay_group(recording.facts, first_two, recording.notes)
+    assert any("lost its subject" in d for d in whole.diffs), whole.diffs
+    created, _ = _group_step("groups created")
+
+    def lost(o: Observation) -> Observation:
+        return replace(o, groups=(None, None))
+    broken = replay_group(recording.facts, {k: lost(o) if k == created else o for k, o in first_two.items()},
+                          recording.notes, complete=False)
+    assert any(d.startswith("groups created: groups") for d in broken.diffs), broken.diffs
+
+
 def test_a_region_first_touched_elsewhere_is_inconclusive() -> None:
     from harness.checks.observe import Inconclusive
 

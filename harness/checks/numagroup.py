@@ -12,6 +12,7 @@ decide, one step at a time, on two worker threads pinned to one CPU each on diff
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -259,8 +260,10 @@ def _replay_reads(facts: GuestFacts, run: GroupRun, step: GroupStep, pages: dict
     return model, found
 
 
-def judge_group(facts: GuestFacts, run: GroupRun) -> Judgement:
+def judge_group(facts: GuestFacts, run: GroupRun, *, complete: bool = True) -> Judgement:
     """The model's side of check_numa_group (no guest: golden observations replay through it).
+    With `complete` False the run's steps are judged as far as they go, without the tests that
+    the whole scenario kept its subject (a run cut short after a step the model disagrees with).
 
     Carried from the start observation: every page of the region (node, last_cpupid, write bit),
     each worker's group, and each worker's and group's books (GroupMembers: every fault, join
@@ -270,20 +273,52 @@ def judge_group(facts: GuestFacts, run: GroupRun) -> Judgement:
     observation shows the group (kzalloc chose it; only the tie-break reads it), which task runs
     on each CPU (the scenario pins a spinner; the observation after the reads confirms it), the
     mm's scan sequence before each step, and a placement's clock (groupcarry's docstring)."""
-    verdict = Judgement()
-    pages: dict[int, Page] = {va: p for va, p in model_pages(facts, run.start).items()
-                              if run.region[0] <= va < run.region[1]}
-    if len(pages) != (run.region[1] - run.region[0]) // 4096 or any(p.huge or p.folio_pages for p in pages.values()):
-        verdict.diffs.append("the region is not mapped as base pages of its own: the check lost its subject")
-        return verdict
-    _layout_premise(facts, run)
-    members = GroupMembers.opening(facts, {w: run.start.threads[i] for i, w in enumerate(WORKERS)})
-    limits = steady_limits(facts, [run.start, *(o for s in run.steps for o in (s.hinted, s.done))])
-    verdict.add("at the start", _compare_groups(run, run.start, members.groups))
-    outcomes: dict[str, dict[str, int]] = {}
-    decided: dict[str, dict[str, int]] = {}
-    hints_judged = 0
+    judge = GroupJudge.opening(facts, run)
     for step in run.steps:
+        judge.add(step)
+    return judge.finish(complete=complete)
+
+
+@dataclass
+class GroupJudge:
+    """judge_group a step at a time: check_numa_group judges each step as soon as it is
+    observed, and stops after one the model disagrees with."""
+
+    facts: GuestFacts
+    run: GroupRun  # its region, slices, tids, cpus and start; the steps come through add()
+    pages: dict[int, Page]
+    members: GroupMembers
+    verdict: Judgement = field(default_factory=Judgement)
+    steps: list[GroupStep] = field(default_factory=list)
+    outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
+    decided: dict[str, dict[str, int]] = field(default_factory=dict)
+    hints_judged: int = 0
+    # No later step can be judged: the region was not the scenario's, or a read's premise is lost.
+    stopped: bool = False
+
+    @classmethod
+    def opening(cls, facts: GuestFacts, run: GroupRun) -> GroupJudge:
+        pages: dict[int, Page] = {va: p for va, p in model_pages(facts, run.start).items()
+                                  if run.region[0] <= va < run.region[1]}
+        members = GroupMembers.opening(facts, {w: run.start.threads[i] for i, w in enumerate(WORKERS)})
+        judge = cls(facts, replace(run, steps=()), pages, members)
+        if len(pages) != (run.region[1] - run.region[0]) // 4096 or \
+                any(p.huge or p.folio_pages for p in pages.values()):
+            judge.verdict.diffs.append("the region is not mapped as base pages of its own: the check lost its subject")
+            judge.stopped = True
+            return judge
+        _layout_premise(facts, run)
+        judge.verdict.add("at the start", _compare_groups(run, run.start, members.groups))
+        return judge
+
+    def add(self, step: GroupStep) -> list[str]:
+        """Judge one more step; returns what it found wrong (also kept in the verdict)."""
+        self.steps.append(step)
+        if self.stopped:
+            return []
+        facts, run, pages, members, verdict = self.facts, self.run, self.pages, self.members, self.verdict
+        before = len(verdict.diffs)
+        limits = steady_limits(facts, [run.start, *(o for s in self.steps for o in (s.hinted, s.done))])
         verdict.add(f"{step.label}: before the reads", _step_premises(run, step))
         pages.update((va, replace(p, hint=True)) for va, p in pages.items())
         verdict.add(f"{step.label}: before the reads", _compare_pages(facts, pages, step.hinted, run.region, {}))
@@ -300,13 +335,14 @@ def judge_group(facts: GuestFacts, run: GroupRun) -> Judgement:
         model, found = _replay_reads(facts, run, step, pages, members, limits)
         verdict.add(f"{step.label}: placements", found)
         if model.stopped:
-            break
-        outcomes[step.label] = dict(model.outcomes)
-        decided[step.label] = dict(members.decisions - so_far)
+            self.stopped = True
+            return verdict.diffs[before:]
+        self.outcomes[step.label] = dict(model.outcomes)
+        self.decided[step.label] = dict(members.decisions - so_far)
         # A pass during the reads (it moves numa_next_scan; so does a placement that restarts the
         # scan clock) may hint restored pages again: then a restored page's hint is not judged.
         hints_exact = step.done.mm.numa_next_scan == step.hinted.mm.numa_next_scan
-        hints_judged += hints_exact
+        self.hints_judged += hints_exact
         verdict.add(f"{step.label}: pages", _compare_pages(facts, pages, step.done, run.region, model.results,
                                                            hints_exact=hints_exact))
         for index, worker in enumerate(WORKERS):
@@ -315,35 +351,73 @@ def judge_group(facts: GuestFacts, run: GroupRun) -> Judgement:
         verdict.add(f"{step.label}: groups", _compare_groups(run, step.done, members.groups))
         for index, worker in enumerate(WORKERS):
             verdict.add(f"{step.label}: group books", members.compare_group(worker, step.done.groups[index]))
-    final = run.steps[-1].done if run.steps else run.start
-    group_placements = members.placements["as a group member"]
-    verdict.figures = {
-        "outcomes": outcomes,
-        "groups": [None if g is None else {"gid": g.gid, "nr_tasks": g.nr_tasks, "address": hex(g.address)}
-                   for g in final.groups],
-        "tids": {str(w): t for w, t in run.tids.items()}, "cpus": {str(w): c for w, c in run.cpus.items()},
-        "steps": [s.label for s in run.steps], "placements": dict(members.placements),
-        "steps_with_restored_hints_judged": hints_judged, "decisions": decided,
-        "group_decisions": decided.get(GROUP_DECIDES, {}),
-        "busier_decisions": decided.get(DST_BUSIER, {}),
-    }
-    if len(run.steps) < 4 or not any(GroupOutcome.JOINED.value in key for o in outcomes.values() for key in o):
-        verdict.diffs.append("no step made a join: the check lost its subject")
-    labels = [s.label for s in run.steps]
-    if GROUP_DECIDES in labels and not any(d in key for key in decided.get(GROUP_DECIDES, {}) for d in _GROUP_BRANCHES):
-        verdict.diffs.append(f"{GROUP_DECIDES}: no fault reached the group half of should_numa_migrate_memory: the "
-                             f"step lost its subject")
-    if DST_BUSIER in labels and not any(DST_BUSIER_ALONE in key for key in decided.get(DST_BUSIER, {})):
-        verdict.diffs.append(f"{DST_BUSIER}: no fault was decided by the destination's CPU faults alone (decisions "
-                             f"{decided.get(DST_BUSIER)}): the step lost its subject")
-    if len(run.steps) >= 4 and not group_placements:
-        verdict.diffs.append("no group member took a placement: numa_group_count_active_nodes and the group's "
-                             "share of the placement were never judged")
-    return verdict
+        return verdict.diffs[before:]
+
+    def finish(self, *, complete: bool = True) -> Judgement:
+        """The verdict, with the figures; with `complete`, also whether the scenario kept its
+        subject (a join, the group half deciding, the destination-busier test alone moving pages)."""
+        run = replace(self.run, steps=tuple(self.steps))
+        verdict, members, outcomes, decided = self.verdict, self.members, self.outcomes, self.decided
+        hints_judged = self.hints_judged
+        final = run.steps[-1].done if run.steps else run.start
+        group_placements = members.placements["as a group member"]
+        verdict.figures = {
+            "outcomes": outcomes,
+            "groups": [None if g is None else {"gid": g.gid, "nr_tasks": g.nr_tasks, "address": hex(g.address)}
+                       for g in final.groups],
+            "tids": {str(w): t for w, t in run.tids.items()}, "cpus": {str(w): c for w, c in run.cpus.items()},
+            "steps": [s.label for s in run.steps], "placements": dict(members.placements),
+            "steps_with_restored_hints_judged": hints_judged, "decisions": decided,
+            "group_decisions": decided.get(GROUP_DECIDES, {}),
+            "busier_decisions": decided.get(DST_BUSIER, {}),
+        }
+        if not complete:
+            return verdict
+        if len(run.steps) < 4 or not any(GroupOutcome.JOINED.value in key for o in outcomes.values() for key in o):
+            verdict.diffs.append("no step made a join: the check lost its subject")
+        labels = [s.label for s in run.steps]
+        if GROUP_DECIDES in labels and not any(d in key for key in decided.get(GROUP_DECIDES, {}) for d in _GROUP_BRANCHES):
+            verdict.diffs.append(f"{GROUP_DECIDES}: no fault reached the group half of should_numa_migrate_memory: the "
+                                 f"step lost its subject")
+        if DST_BUSIER in labels and not any(DST_BUSIER_ALONE in key for key in decided.get(DST_BUSIER, {})):
+            verdict.diffs.append(f"{DST_BUSIER}: no fault was decided by the destination's CPU faults alone (decisions "
+                                 f"{decided.get(DST_BUSIER)}): the step lost its subject")
+        if len(run.steps) >= 4 and not group_placements:
+            verdict.diffs.append("no group member took a placement: numa_group_count_active_nodes and the group's "
+                                 "share of the placement were never judged")
+        return verdict
 
 
 _GROUP_BRANCHES = tuple(d.value for d in (Decision.GROUP_DST_BUSIER, Decision.GROUP_RATIO_MIGRATE,
                                          Decision.GROUP_RATIO_KEEP))
+
+
+def _play(step: Callable[[str, tuple[Read, ...], int | None], GroupStep], cpus: dict[int, int]) -> bool:
+    """check_numa_group's steps (its docstring says why each), played through `step`; False if
+    they were cut short after a step the model disagrees with."""
+    try:
+        step("first faults", (Read(1, "A"), Read(2, "B")), None)
+        created = step("groups created", (Read(2, "A"), Read(1, "B")), None)
+        groups = created.done.groups
+        if all(g is not None for g in groups):
+            addresses = {w: g.address for w, g in zip(WORKERS, groups, strict=True) if g is not None}
+            low, high = sorted(WORKERS, key=lambda w: addresses[w])
+            step("tie kept", (Read(high, _slice_whose_last_is(low)),), low)
+            step("joined", (Read(low, _slice_whose_last_is(high)),), high)
+            # Each worker on the other's CPU reads the slice whose last_cpupid names the other
+            # worker on that CPU's node: A (on the far node) was last read by worker 2 from the
+            # near node, B (near) by worker 1 from the far node.
+            step(GROUP_DECIDES, (Read(1, "A", cpu=cpus[2]), Read(2, "B", cpu=cpus[1])), None)
+            for label in NEAR_BOOKS:
+                step(label, (Read(1, "C1", cpu=cpus[2]), Read(2, "C2", cpu=cpus[2])), None)
+            step(DST_BUSIER, (Read(1, "C1", cpu=cpus[2]), Read(2, "D", cpu=cpus[2])), None)
+    except _Disagreed:
+        return False
+    return True
+
+
+class _Disagreed(Exception):
+    """The model disagrees with the step just observed: check_numa_group stops there."""
 
 
 def _slice_whose_last_is(worker: int) -> str:
@@ -447,6 +521,8 @@ def check_numa_group(ctx: Context) -> Finding:
         drain_lru_batches(ctx.guest)
         start = observe(ctx, region.pid, threads)
         steps: list[GroupStep] = []
+        judge = GroupJudge.opening(ctx.facts, GroupRun((region.addr, region.end), slices, tids, cpus, region.pid,
+                                                       start, ()))
 
         def hinted() -> Observation:
             """Both workers spin until the whole region is hinted: the reads of the step before
@@ -472,33 +548,26 @@ def check_numa_group(ctx: Context) -> Finding:
                 region.wait_running(tids[spinner], cpus[spinner])
             for read in reads:
                 cpu = read.cpu if read.cpu is not None else cpus[read.worker]
-                start, end = slices[read.slice]
-                region.on(read.worker, "read", cpu=cpu, first=(start - region.addr) // 4096, pages=(end - start) // 4096)
+                low_va, high_va = slices[read.slice]
+                region.on(read.worker, "read", cpu=cpu, first=(low_va - region.addr) // 4096,
+                          pages=(high_va - low_va) // 4096)
             done = observe(ctx, region.pid, threads)
             if spinner is not None:
                 region.wait_worker(spinner, timeout=SPIN_S + STEP_TIMEOUT)
             made = GroupStep(label, reads, spinner, before, done)
             steps.append(made)
+            # Judged at once: after a step the model disagrees with, the rest would only cost
+            # time (the verdict is a fail either way; a premise missing is inconclusive now).
+            if judge.add(made):
+                raise _Disagreed
             return made
 
-        step("first faults", (Read(1, "A"), Read(2, "B")), None)
-        created = step("groups created", (Read(2, "A"), Read(1, "B")), None)
-        groups = created.done.groups
-        if all(g is not None for g in groups):
-            addresses = {w: g.address for w, g in zip(WORKERS, groups, strict=True) if g is not None}
-            low, high = sorted(WORKERS, key=lambda w: addresses[w])
-            step("tie kept", (Read(high, _slice_whose_last_is(low)),), low)
-            step("joined", (Read(low, _slice_whose_last_is(high)),), high)
-            # Each worker on the other's CPU reads the slice whose last_cpupid names the other
-            # worker on that CPU's node: A (on the far node) was last read by worker 2 from the
-            # near node, B (near) by worker 1 from the far node.
-            step(GROUP_DECIDES, (Read(1, "A", cpu=cpus[2]), Read(2, "B", cpu=cpus[1])), None)
-            for label in NEAR_BOOKS:
-                step(label, (Read(1, "C1", cpu=cpus[2]), Read(2, "C2", cpu=cpus[2])), None)
-            step(DST_BUSIER, (Read(1, "C1", cpu=cpus[2]), Read(2, "D", cpu=cpus[2])), None)
+        complete = _play(step, cpus)
     run = GroupRun((region.addr, region.end), slices, tids, cpus, region.pid, start, tuple(steps))
     _keep(ctx, run)
-    verdict = judge_group(ctx.facts, run)
+    verdict = judge.finish(complete=complete)
+    if not complete:
+        verdict.figures["cut_short_after"] = run.steps[-1].label
     f = verdict.figures
     if verdict.diffs and all(d.startswith((f"{GROUP_DECIDES}: ", f"{DST_BUSIER}: ")) and d.endswith("lost its subject")
                              for d in verdict.diffs):
@@ -524,8 +593,10 @@ def _keep(ctx: Context, run: GroupRun) -> None:
         ctx.keep(f"step{index}-done", s.done, **step_notes)
 
 
-def replay_group(facts: GuestFacts, observations: dict[str, Observation], notes: dict[str, Any]) -> Judgement:
-    """check_numa_group's judgement over a recording (labels start, stepN-hinted, stepN-done)."""
+def replay_group(facts: GuestFacts, observations: dict[str, Observation], notes: dict[str, Any], *,
+                 complete: bool = True) -> Judgement:
+    """check_numa_group's judgement over a recording (labels start, stepN-hinted, stepN-done);
+    `complete` as judge_group's."""
     n = notes["start"]
     steps = []
     index = 0
@@ -540,4 +611,4 @@ def replay_group(facts: GuestFacts, observations: dict[str, Observation], notes:
                    {k: (int(v[0]), int(v[1])) for k, v in n["slices"].items()},
                    {int(w): int(t) for w, t in n["tids"].items()}, {int(w): int(c) for w, c in n["cpus"].items()},
                    int(n["pid"]), observations["start"], tuple(steps))
-    return judge_group(facts, run)
+    return judge_group(facts, run, complete=complete)

@@ -1001,6 +1001,17 @@ def test_a_trigger_that_found_the_clock_open_and_did_nothing_is_caught() -> None
 # -- numa-group-shared: two processes on a MAP_SHARED buffer --------------------------------------
 
 
+def test_a_shared_run_cut_short_is_judged_as_far_as_it_went() -> None:
+    from harness.checks.numagroupshared import replay_shared
+
+    recording = _load("numa-group-shared")
+    first_two = {k: o for k, o in recording.observations.items() if not k.startswith("step") or k[4] in "01"}
+    cut = replay_shared(recording.facts, first_two, recording.notes, complete=False)
+    assert not cut.diffs, cut.diffs
+    whole = replay_shared(recording.facts, first_two, recording.notes)
+    assert any("lost its subject" in d for d in whole.diffs), whole.diffs
+
+
 def _shared(perturb: Callable[[str, Observation], Observation] | None = None) -> list[str]:
     from harness.checks.numagroupshared import replay_shared
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -221,8 +222,10 @@ def _step_premises(run: SharedRun, step: SharedStep) -> None:
             raise Inconclusive(f"{step.label}: worker {step.spinner} was not running on cpu {cpu} after the reads")
 
 
-def judge_shared(facts: GuestFacts, run: SharedRun) -> Judgement:
+def judge_shared(facts: GuestFacts, run: SharedRun, *, complete: bool = True) -> Judgement:
     """The model's side of check_numa_group_shared (golden observations replay through it).
+    With `complete` False the run's steps are judged as far as they go, without the tests that
+    the whole scenario kept its subject (a run cut short after a step the model disagrees with).
 
     Carried from the observation after both workers mapped the region: the folios, who maps
     them, each worker's hints, and each worker's and group's books (GroupMembers: every fault,
@@ -230,21 +233,53 @@ def judge_shared(facts: GuestFacts, run: SharedRun) -> Judgement:
     group's address once shown, the CPU's occupant (confirmed by the observation after the
     reads), each mm's scan sequence before a step and a placement's clock (groupcarry's
     docstring), and the fact that a hint phase hinted both workers' whole mapping (checked)."""
-    verdict = Judgement()
-    pages = {va: replace(p, hint=False) for va, p in model_pages(facts, run.mapped[0]).items()
-             if run.region[0] <= va < run.region[1]}
-    every = set(range(run.region[0], run.region[1], 4096))
-    if set(pages) != every or any(p.huge or p.folio_pages for p in pages.values()):
-        verdict.diffs.append("the region is not mapped as base pages by the first worker: the check lost its subject")
-        return verdict
-    state = _Shared(pages, {w: set(every) for w in WORKERS}, {w: set() for w in WORKERS})
-    members = GroupMembers.opening(facts, {w: run.mapped[i].task for i, w in enumerate(WORKERS)})
-    limits = {w: steady_limits(facts, [run.mapped[i], *(o for s in run.steps for o in (s.hinted[i], s.done[i]))])
-              for i, w in enumerate(WORKERS)}
-    verdict.add("mapped", _compare_tables(facts, run, state, run.mapped, set(), hints_exact=True))
-    verdict.add("mapped", _compare_groups(run.mapped, members.groups))
-    outcomes: dict[str, dict[str, int]] = {}
+    judge = SharedJudge.opening(facts, run)
     for step in run.steps:
+        judge.add(step)
+    return judge.finish(complete=complete)
+
+
+@dataclass
+class SharedJudge:
+    """judge_shared a step at a time: check_numa_group_shared judges each step as soon as it
+    is observed, and stops after one the model disagrees with."""
+
+    facts: GuestFacts
+    run: SharedRun  # its region, slices, pids, cpus and first observations; steps come through add()
+    state: _Shared
+    members: GroupMembers
+    verdict: Judgement = field(default_factory=Judgement)
+    steps: list[SharedStep] = field(default_factory=list)
+    outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
+    # No later step can be judged: the region was not the scenario's, or a read's premise is lost.
+    stopped: bool = False
+
+    @classmethod
+    def opening(cls, facts: GuestFacts, run: SharedRun) -> SharedJudge:
+        pages = {va: replace(p, hint=False) for va, p in model_pages(facts, run.mapped[0]).items()
+                 if run.region[0] <= va < run.region[1]}
+        every = set(range(run.region[0], run.region[1], 4096))
+        state = _Shared(pages, {w: set(every) for w in WORKERS}, {w: set() for w in WORKERS})
+        members = GroupMembers.opening(facts, {w: run.mapped[i].task for i, w in enumerate(WORKERS)})
+        judge = cls(facts, replace(run, steps=()), state, members)
+        if set(pages) != every or any(p.huge or p.folio_pages for p in pages.values()):
+            judge.verdict.diffs.append("the region is not mapped as base pages by the first worker: the check lost "
+                                       "its subject")
+            judge.stopped = True
+            return judge
+        judge.verdict.add("mapped", _compare_tables(facts, run, state, run.mapped, set(), hints_exact=True))
+        judge.verdict.add("mapped", _compare_groups(run.mapped, members.groups))
+        return judge
+
+    def add(self, step: SharedStep) -> list[str]:
+        """Judge one more step; returns what it found wrong (also kept in the verdict)."""
+        self.steps.append(step)
+        if self.stopped:
+            return []
+        facts, run, state, members, verdict = self.facts, self.run, self.state, self.members, self.verdict
+        before = len(verdict.diffs)
+        limits = {w: steady_limits(facts, [run.mapped[i], *(o for s in self.steps for o in (s.hinted[i], s.done[i]))])
+                  for i, w in enumerate(WORKERS)}
         _step_premises(run, step)
         # The hint phase: every entry of both workers hinted (the wait condition), nothing else moved.
         for worker in WORKERS:
@@ -265,8 +300,9 @@ def judge_shared(facts: GuestFacts, run: SharedRun) -> Judgement:
         reads, found = _replay_reads(facts, run, step, state, members, limits)
         verdict.add(f"{step.label}: placements", found)
         if reads.stopped:
-            break
-        outcomes[step.label] = dict(reads.outcomes)
+            self.stopped = True
+            return verdict.diffs[before:]
+        self.outcomes[step.label] = dict(reads.outcomes)
         hints_exact = all(d.mm.numa_next_scan == h.mm.numa_next_scan for d, h in zip(step.done, step.hinted, strict=True))
         verdict.add(f"{step.label}: entries", _compare_tables(facts, run, state, step.done, reads.faulted,
                                                               hints_exact=hints_exact))
@@ -277,19 +313,51 @@ def judge_shared(facts: GuestFacts, run: SharedRun) -> Judgement:
         verdict.add(f"{step.label}: groups", _compare_groups(step.done, members.groups))
         for index, worker in enumerate(WORKERS):
             verdict.add(f"{step.label}: group books", members.compare_group(worker, step.done[index].groups[0]))
-    final = run.steps[-1].done if run.steps else run.mapped
-    verdict.figures = {"outcomes": outcomes, "placements": dict(members.placements),
-                       "groups": [None if o.groups[0] is None else {"gid": o.groups[0].gid,
-                                                                    "nr_tasks": o.groups[0].nr_tasks} for o in final],
-                       "pids": {str(w): p for w, p in run.pids.items()}}
-    decided = {key.split(": ", 1)[1] for o in outcomes.values() for key in o}
-    wanted = {GroupOutcome.JOINED.value, GroupOutcome.FALSE_SHARING.value, GroupOutcome.TIE_KEPT.value}
-    if len(run.steps) < 4 or not wanted <= decided:
-        verdict.diffs.append(f"the scenario never made {sorted(wanted - decided)} decide: the check lost its subject")
-    if len(run.steps) >= 4 and not members.placements["as a group member"]:
-        verdict.diffs.append("no group member took a placement: numa_group_count_active_nodes and the group's share "
-                             "of the placement were never judged")
-    return verdict
+        return verdict.diffs[before:]
+
+    def finish(self, *, complete: bool = True) -> Judgement:
+        """The verdict, with the figures; with `complete`, also whether the scenario kept its
+        subject (the tie kept, false sharing and a join decided; a placement as a group member)."""
+        verdict, members, outcomes = self.verdict, self.members, self.outcomes
+        final = self.steps[-1].done if self.steps else self.run.mapped
+        verdict.figures = {"outcomes": outcomes, "placements": dict(members.placements),
+                           "groups": [None if o.groups[0] is None else {"gid": o.groups[0].gid,
+                                                                        "nr_tasks": o.groups[0].nr_tasks}
+                                      for o in final],
+                           "pids": {str(w): p for w, p in self.run.pids.items()}}
+        if not complete:
+            return verdict
+        decided = {key.split(": ", 1)[1] for o in outcomes.values() for key in o}
+        wanted = {GroupOutcome.JOINED.value, GroupOutcome.FALSE_SHARING.value, GroupOutcome.TIE_KEPT.value}
+        if len(self.steps) < 4 or not wanted <= decided:
+            verdict.diffs.append(f"the scenario never made {sorted(wanted - decided)} decide: the check lost its "
+                                 f"subject")
+        if len(self.steps) >= 4 and not members.placements["as a group member"]:
+            verdict.diffs.append("no group member took a placement: numa_group_count_active_nodes and the group's "
+                                 "share of the placement were never judged")
+        return verdict
+
+
+def _play(step: Callable[..., SharedStep]) -> bool:
+    """check_numa_group_shared's steps (its docstring says why each), played through `step`;
+    False if they were cut short after a step the model disagrees with."""
+    try:
+        step("first faults", ((1, "A"), (2, "B")), None)
+        created = step("groups created", ((2, "A"), (1, "B")), None)
+        groups = [o.groups[0] for o in created.done]
+        if all(g is not None for g in groups):
+            addresses = {w: g.address for w, g in zip(WORKERS, groups, strict=True) if g is not None}
+            low, high = sorted(WORKERS, key=lambda w: addresses[w])
+            step("tie kept", ((high, _slice_whose_last_is(low)),), low)
+            step("false sharing, then joined", ((low, _slice_whose_last_is(high)),), high,
+                 unmap=(high, _slice_whose_last_is(high), UNMAPPED_PAGES))
+    except _Disagreed:
+        return False
+    return True
+
+
+class _Disagreed(Exception):
+    """The model disagrees with the step just observed: check_numa_group_shared stops there."""
 
 
 def _slice_whose_last_is(worker: int) -> str:
@@ -337,6 +405,7 @@ def check_numa_group_shared(ctx: Context) -> Finding:
         drain_lru_batches(ctx.guest)
         mapped = observe_processes(ctx, procs)
         steps: list[SharedStep] = []
+        judge = SharedJudge.opening(ctx.facts, SharedRun((region.addr, region.end), slices, pids, cpus, mapped, ()))
 
         def spin(seconds: float) -> None:
             region.on(1, f"spin {seconds:.2f}", cpu=cpus[1], wait=False)
@@ -378,20 +447,17 @@ def check_numa_group_shared(ctx: Context) -> Finding:
                 region.wait_worker(spinner, timeout=SPIN_S + STEP_TIMEOUT)
             made = SharedStep(label, reads, spinner, unmap, before, done)
             steps.append(made)
+            # Judged at once: after a step the model disagrees with, the rest would only cost time.
+            if judge.add(made):
+                raise _Disagreed
             return made
 
-        step("first faults", ((1, "A"), (2, "B")), None)
-        created = step("groups created", ((2, "A"), (1, "B")), None)
-        groups = [o.groups[0] for o in created.done]
-        if all(g is not None for g in groups):
-            addresses = {w: g.address for w, g in zip(WORKERS, groups, strict=True) if g is not None}
-            low, high = sorted(WORKERS, key=lambda w: addresses[w])
-            step("tie kept", ((high, _slice_whose_last_is(low)),), low)
-            step("false sharing, then joined", ((low, _slice_whose_last_is(high)),), high,
-                 unmap=(high, _slice_whose_last_is(high), UNMAPPED_PAGES))
+        complete = _play(step)
     run = SharedRun((region.addr, region.end), slices, pids, cpus, mapped, tuple(steps))
     _keep(ctx, run)
-    verdict = judge_shared(ctx.facts, run)
+    verdict = judge.finish(complete=complete)
+    if not complete:
+        verdict.figures["cut_short_after"] = run.steps[-1].label
     f = verdict.figures
     return Finding(f"{len(run.steps)} steps; groups at the end {f.get('groups')}; outcomes {f.get('outcomes')}",
                    verdict.figures, tuple(verdict.diffs))
@@ -410,8 +476,9 @@ def _keep(ctx: Context, run: SharedRun) -> None:
             ctx.keep(f"step{n}-done-w{index + 1}", s.done[index], **step_notes)
 
 
-def replay_shared(facts: GuestFacts, observations: dict[str, Observation], notes: dict[str, Any]) -> Judgement:
-    """check_numa_group_shared's judgement over a recording."""
+def replay_shared(facts: GuestFacts, observations: dict[str, Observation], notes: dict[str, Any], *,
+                  complete: bool = True) -> Judgement:
+    """check_numa_group_shared's judgement over a recording; `complete` as judge_shared's."""
     n = notes["mapped-w1"]
     mapped = tuple(observations[f"mapped-w{i + 1}"] for i in range(len(WORKERS)))
     steps = []
@@ -429,4 +496,4 @@ def replay_shared(facts: GuestFacts, observations: dict[str, Observation], notes
                     {k: (int(v[0]), int(v[1])) for k, v in n["slices"].items()},
                     {int(w): int(p) for w, p in n["pids"].items()}, {int(w): int(c) for w, c in n["cpus"].items()},
                     mapped, tuple(steps))
-    return judge_shared(facts, run)
+    return judge_shared(facts, run, complete=complete)

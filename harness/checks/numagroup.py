@@ -48,18 +48,22 @@ SLICE_LAYOUT = (("C1", LOCAL_SLICE_PAGES), ("C2", LOCAL_SLICE_PAGES), ("A", SLIC
                 ("D", SLICE_PAGES))
 FAR_SLICES = ("B", "D")
 GROUP_REGION_MIB = sum(pages for _, pages in SLICE_LAYOUT) * 4096 >> 20
-# Every scanner pass must be at least 3 s after the one before it, so that a step's reads (a
-# spinner started, two SSH commands: 0.4 to 0.7 s from the observation before them to the one
-# after, measured under TCG) fall between two passes: a pass during them that begins a new
-# sequence would leave it to timing whether a reader's first fault sees the old sequence or the
-# new one (its placement), and any pass may hint again a page the reads restored. A pass sets
-# mm->numa_next_scan to now plus the scanning task's numa_scan_period (fair.c:task_numa_work);
-# the holder's threads start with the scan delay of their fork as their period
-# (init_numa_balancing: the knobs are set before the holder is exec'd), and the period never
-# falls below task_scan_min, 3000 ms (update_task_scan_period's clamp; update_scan_period's
-# task_scan_start). It may rise above scan_period_max for a group member: task_scan_max and
-# task_scan_start scale with the group's references and shared faults (4942 ms seen).
-GROUP_KNOBS = {"scan_delay_ms": 3000, "scan_period_min_ms": 3000, "scan_period_max_ms": 3000}
+# Every scanner pass must be at least 2 s after the one before it, so that a step's reads fall
+# between two passes: a pass during them that begins a new sequence would leave it to timing
+# whether a reader's first fault sees the old sequence or the new one (its placement), and any
+# pass may hint again a page the reads restored. Measured in guest time (the guest's clock
+# stops while it is paused for an observation) over 16 steps of two recorded runs: the
+# observation before the reads comes 0.6-0.7 s after the pass that hinted the region (the spin
+# past the trigger, PASS_SLACK_S, and its end), the reads take 0.20-0.35 s (50-86 jiffies), so
+# at most about 1.05 s of the 2 s has gone when the step ends: a margin of about three times the
+# longest step. A pass sets mm->numa_next_scan to now plus the scanning task's numa_scan_period
+# (fair.c:task_numa_work); the holder's threads start with the scan delay of their fork as
+# their period (init_numa_balancing: the knobs are set before the holder is exec'd), and the
+# period never falls below task_scan_min, 2000 ms (update_task_scan_period's clamp;
+# update_scan_period's task_scan_start). It rises above scan_period_max for a group member:
+# task_scan_max and task_scan_start scale with the group's references and shared faults (4942
+# and 5455 ms seen at 3000).
+GROUP_KNOBS = {"scan_delay_ms": 2000, "scan_period_min_ms": 2000, "scan_period_max_ms": 2000}
 # How long a thread spins on its CPU while the other reads (the reads take well under a second;
 # a spinner that stopped before the observation after them makes the step inconclusive).
 SPIN_S = 2.0
@@ -425,7 +429,7 @@ def _slice_whose_last_is(worker: int) -> str:
     return "A" if worker == 2 else "B"
 
 
-@check("numa-group", seconds=65, releases=EVERY_MODELLED_RELEASE)
+@check("numa-group", seconds=47, releases=EVERY_MODELLED_RELEASE)
 def check_numa_group(ctx: Context) -> Finding:
     """Two worker threads of one holder, each pinned to one CPU: worker 1 on the far node,
     worker 2 on the near node. The region (7 MiB, mapped only by the holder; every other mapping

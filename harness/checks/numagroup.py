@@ -485,9 +485,10 @@ def check_numa_group(ctx: Context) -> Finding:
        whose far entries have been halved three times since step 5. From the books
        recorded after step 5 (NUMA_CPU near 70802, far 67963; NUMA_MEM 576, 512) and about
        35000 of f_weight a placement, the group's CPU faults favour the near node about 7 to 1
-       and its memory faults about 13 to 1: "the destination's CPU faults exceed 3x the
-       source's" moves every page of D to the near node, where the 3/4 hysteresis alone (7 * 3
-       against 13 * 4) would keep them; both margins are about 2. The model says per fault
+       and its memory faults about 13 to 1 (recorded at the 2 s clock: 8 to 1 and 27 to 1):
+       "the destination's CPU faults exceed 3x the source's" moves every page of D to the near
+       node, where the 3/4 hysteresis alone (7 * 3 against 13 * 4) would keep them; both
+       margins are about 2 by that estimate. The model says per fault
        which test moved the page (groupcarry.DST_BUSIER_ALONE); a run whose books come out so
        that the hysteresis would move the pages too is inconclusive.
 

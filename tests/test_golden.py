@@ -907,22 +907,37 @@ def test_pages_a_reversed_busier_test_keeps_are_caught() -> None:
     assert any(d.startswith(f"{DST_BUSIER}: pages") for d in diffs), diffs
 
 
-def test_a_run_cut_short_is_judged_as_far_as_it_went() -> None:
-    """check_numa_group stops after a step the model disagrees with: the steps it made are judged
-    in full, the tests that the whole scenario kept its subject are not."""
+def _first_two_steps(recording: Recording) -> dict[str, Observation]:
+    """A recording's observations as if its check had stopped after two steps."""
+    return {k: o for k, o in recording.observations.items() if not k.startswith("step") or k[4] in "01"}
+
+
+@pytest.mark.parametrize("check", ["numa-group", "numa-group-shared"])
+def test_a_run_cut_short_is_judged_as_far_as_it_went(check: str) -> None:
+    """The group checks stop after a step the model disagrees with: the steps they made are
+    judged in full, the tests that the whole scenario kept its subject are not."""
+    from harness.checks.numagroup import replay_group
+    from harness.checks.numagroupshared import replay_shared
+
+    replay = replay_group if check == "numa-group" else replay_shared
+    recording = _load(check)
+    first_two = _first_two_steps(recording)
+    cut = replay(recording.facts, first_two, recording.notes, complete=False)
+    assert not cut.diffs, cut.diffs
+    whole = replay(recording.facts, first_two, recording.notes)
+    assert any("lost its subject" in d for d in whole.diffs), whole.diffs
+
+
+def test_a_cut_short_run_still_fails_its_last_step() -> None:
     from harness.checks.numagroup import replay_group
 
     recording = _load("numa-group")
-    first_two = {k: o for k, o in recording.observations.items() if not k.startswith("step") or k[4] in "01"}
-    cut = replay_group(recording.facts, first_two, recording.notes, complete=False)
-    assert not cut.diffs, cut.diffs
-    whole = replay_group(recording.facts, first_two, recording.notes)
-    assert any("lost its subject" in d for d in whole.diffs), whole.diffs
     created, _ = _group_step("groups created")
 
     def lost(o: Observation) -> Observation:
         return replace(o, groups=(None, None))
-    broken = replay_group(recording.facts, {k: lost(o) if k == created else o for k, o in first_two.items()},
+    broken = replay_group(recording.facts, {k: lost(o) if k == created else o
+                                            for k, o in _first_two_steps(recording).items()},
                           recording.notes, complete=False)
     assert any(d.startswith("groups created: groups") for d in broken.diffs), broken.diffs
 
@@ -999,17 +1014,6 @@ def test_a_trigger_that_found_the_clock_open_and_did_nothing_is_caught() -> None
 
 
 # -- numa-group-shared: two processes on a MAP_SHARED buffer --------------------------------------
-
-
-def test_a_shared_run_cut_short_is_judged_as_far_as_it_went() -> None:
-    from harness.checks.numagroupshared import replay_shared
-
-    recording = _load("numa-group-shared")
-    first_two = {k: o for k, o in recording.observations.items() if not k.startswith("step") or k[4] in "01"}
-    cut = replay_shared(recording.facts, first_two, recording.notes, complete=False)
-    assert not cut.diffs, cut.diffs
-    whole = replay_shared(recording.facts, first_two, recording.notes)
-    assert any("lost its subject" in d for d in whole.diffs), whole.diffs
 
 
 def _shared(perturb: Callable[[str, Observation], Observation] | None = None) -> list[str]:

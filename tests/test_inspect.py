@@ -88,6 +88,23 @@ def _nodes(guest: GuestView, r: HeldRegion) -> dict[int, int]:
     return {int(a, 16): int(b) for a, b in (line.split() for line in out.splitlines())}
 
 
+def test_splitat_first_touches_each_part_on_its_node(guest: GuestView) -> None:
+    """`nhmem hold ... split M splitat K`: pages before the K-th on the first node, the rest on M
+    (numa-group's layout stands on it), by move_pages' own answer."""
+    held = HeldRegion.start(guest, Region(4, node=0, split=1, split_at=300))
+    try:
+        nodes = _nodes(guest, held)
+    finally:
+        held.close()
+    by_page = [nodes[held.addr + i * 4096] for i in range(held.length // 4096)]
+    assert set(by_page[:300]) == {0} and set(by_page[300:]) == {1}, by_page
+
+
+def test_splitat_outside_the_region_is_refused(guest: GuestView) -> None:
+    out = guest.ssh.run("nhmem hold 4 node 0 split 1 splitat 1024 < /dev/null")
+    assert out.exit_status == 1 and "splitat 1024: must name a page inside the region (1..1023)" in out.stderr, out
+
+
 def test_walk_agrees_with_pagemap_and_move_pages(guest: GuestView, prog: Any, region: HeldRegion) -> None:
     with snapshot(guest):
         table = walk(prog, find_mm(prog, region.pid), region.addr, region.end)

@@ -96,3 +96,13 @@ def test_every_61_port_names_its_612_mutant_and_a_check_that_follows_61() -> Non
         assert port.expected == originals[port.name].expected and port.expects_hang == originals[port.name].expects_hang
         assert all("6.1" in CHECKS[name].releases for name in port.expected), port.name
     assert mutants_dir_for("6.12.117") == MUTANTS_DIR
+
+
+def test_a_mutant_result_says_how_much_of_its_time_was_the_build() -> None:
+    from harness.checks.mutants import MutantOutcome, MutantResult
+
+    mutant = select(discover(MUTANTS_DIR), ["0031"])[0]
+    built = MutantResult(mutant, MutantOutcome.KILLED, ("numa-group",), 95.0, "", Path("/cache/k"), 40.0)
+    cached = MutantResult(mutant, MutantOutcome.KILLED, ("numa-group",), 50.0, "", None, 0.5)
+    assert built.seconds_after_build == 55.0 and built.as_json()["built"] is True
+    assert cached.as_json()["build_seconds"] == 0.5 and cached.as_json()["built"] is False

@@ -68,6 +68,12 @@ class MutantResult:
     seconds: float
     detail: str = ""
     kernel_dir: Path | None = None  # the cache entry of the mutant's kernel, when it was built
+    # Of `seconds`, what finding or building the kernel took (an incremental build, or a cache hit).
+    build_seconds: float = 0.0
+
+    @property
+    def seconds_after_build(self) -> float:
+        return self.seconds - self.build_seconds
 
     @property
     def killed(self) -> bool:
@@ -83,7 +89,9 @@ class MutantResult:
     def as_json(self) -> dict[str, Any]:
         return {"mutant": self.mutant.name, "subject": self.mutant.subject, "outcome": self.outcome.value,
                 "killed": self.killed, "expected_checks": list(self.mutant.expected), "as_expected": self.as_expected,
-                "failed_checks": list(self.failed_checks), "seconds": round(self.seconds, 1), "detail": self.detail}
+                "failed_checks": list(self.failed_checks), "seconds": round(self.seconds, 1),
+                "build_seconds": round(self.build_seconds, 1), "built": self.kernel_dir is not None,
+                "detail": self.detail}
 
 
 def outcome_of(results: Sequence[CheckResult]) -> MutantOutcome:
@@ -154,23 +162,25 @@ def run_mutant(mutant: Mutant, request: LaunchRequest, checks: Sequence[str] | N
     except HarnessError as err:
         return MutantResult(mutant, MutantOutcome.ERROR, (), time.monotonic() - started, f"build failed: {err}")
     built = None if kernel.cache_hit else kernel.directory  # only what this run built is its to prune
+    build_seconds = time.monotonic() - started
     try:
         run = check_kernel(replace(request, build=build_request, name=f"mutant-{mutant.name[:4]}"), kernel,
                            kill_order(mutant.expected, checks), console_copy=console_copy, fail_fast=not full_matrix)
     except BootFailure as err:
         if err.bug_title:  # the mutant crashed the kernel at boot: that is a kill
             return MutantResult(mutant, MutantOutcome.KILLED, ("boot",), time.monotonic() - started,
-                                f"kernel bug: {err.bug_title}", built)
-        return MutantResult(mutant, MutantOutcome.ERROR, (), time.monotonic() - started, f"boot failed: {err}", built)
+                                f"kernel bug: {err.bug_title}", built, build_seconds)
+        return MutantResult(mutant, MutantOutcome.ERROR, (), time.monotonic() - started, f"boot failed: {err}", built,
+                            build_seconds)
     except HarnessError as err:
         return MutantResult(mutant, MutantOutcome.ERROR, (), time.monotonic() - started, f"could not boot: {err}",
-                            built)
+                            built, build_seconds)
     failed = tuple(r.name for r in run.results if r.verdict.indicts_kernel)
     outcome = outcome_of(run.results)
     first = next((r for r in run.results if r.verdict.indicts_kernel), None) or \
         next((r for r in run.results if r.verdict is Verdict.ERROR), None)
     detail = "" if first is None else f"{first.name}: {first.summary}" + (f"; {first.diffs[0]}" if first.diffs else "")
-    return MutantResult(mutant, outcome, failed, time.monotonic() - started, detail, built)
+    return MutantResult(mutant, outcome, failed, time.monotonic() - started, detail, built, build_seconds)
 
 
 def run_mutants(mutants: Sequence[Mutant], request: LaunchRequest, checks: Sequence[str] | None = None,

@@ -66,6 +66,8 @@ _MUTANT = {
         "as_expected": {"type": "boolean"},
         "failed_checks": {"type": "array", "items": {"type": "string"}},
         "seconds": {"type": "number"},
+        "build_seconds": {"type": "number"},
+        "built": {"type": "boolean"},
         "detail": {"type": "string"},
         "console_log": {"type": ["string", "null"]},
     },

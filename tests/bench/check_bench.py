@@ -1,0 +1,76 @@
+"""Check benchmark: `numa-harness check` run N times in a row (the kernel cached), or the JSON
+files of runs already made (`--from DIR`: every run*.json in it); prints each run's wall time
+and verdicts, then per check the verdicts, the median seconds and the spread, and the sum of the
+per-check medians.
+
+Targets (issue 14): the full `check` <= 90 s warm on 2 cores under TCG. Figures only: nothing
+here asserts a time. A run that is not all pass is shown and counted, never dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def run_checks(runs: int, extra: list[str], out: Path) -> list[tuple[Path, float, int]]:
+    made = []
+    for n in range(1, runs + 1):
+        path = out / f"run{n}.json"
+        start = time.monotonic()
+        status = subprocess.run([sys.executable, "-m", "harness.cli", "check", "--json", str(path), *extra],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False).returncode
+        made.append((path, time.monotonic() - start, status))
+        print(f"run {n}: exit {status}, {made[-1][1]:.0f} s wall", flush=True)
+    return made
+
+
+def summarise(paths: list[Path]) -> int:
+    seconds: dict[str, list[float]] = defaultdict(list)
+    verdicts: dict[str, Counter[str]] = defaultdict(Counter)
+    totals = []
+    for path in paths:
+        data: dict[str, Any] = json.loads(path.read_text())
+        checks = data["checks"]
+        totals.append(sum(c["seconds"] for c in checks))
+        for c in checks:
+            seconds[c["name"]].append(c["seconds"])
+            verdicts[c["name"]][c["verdict"]] += 1
+        print(f"{path.name}: {len(checks)} checks, {totals[-1]:.0f} s of checks, "
+              f"{dict(Counter(c['verdict'] for c in checks))}")
+    if not totals:
+        print("no runs")
+        return 1
+    print(f"\n{'check':<22} {'verdicts':<28} {'median':>7} {'min':>7} {'max':>7}")
+    for name in sorted(seconds, key=lambda n: -statistics.median(seconds[n])):
+        s = seconds[name]
+        print(f"{name:<22} {dict(verdicts[name])!s:<28} {statistics.median(s):7.1f} {min(s):7.1f} {max(s):7.1f}")
+    medians = sum(statistics.median(s) for s in seconds.values())
+    print(f"\n{len(totals)} runs: checks took {min(totals):.0f}-{max(totals):.0f} s a run (median "
+          f"{statistics.median(totals):.0f}); per-check medians sum to {medians:.0f} s")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=3, help="runs (default 3)")
+    parser.add_argument("--from", dest="source", type=Path, help="summarise the run*.json already in DIR")
+    parser.add_argument("check_args", nargs="*", help="passed to `numa-harness check` (after --)")
+    args = parser.parse_args()
+    if args.source is not None:
+        return summarise(sorted(args.source.glob("run*.json"), key=lambda p: int(p.stem[3:])))
+    with tempfile.TemporaryDirectory(prefix="check-bench-") as out:
+        made = run_checks(args.n, args.check_args, Path(out))
+        return summarise([p for p, _, _ in made if p.exists()])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,15 +3,16 @@
 # Debian packages (--no-install-recommends; both built-in kernel sources, 6.12 and 6.1), then a
 # venv in .venv with the harness installed.
 # A second run with nothing to do takes about a second.
-# --test also installs what only the test suite needs: Debian's chromium, which renders the
-# ci report in headless mode.
+# --test also installs what only the test suite and benchmarks need: Debian's chromium, which
+# renders the ci report in headless mode, and udev, without which virtme-ng (tests/bench/boot_bench.py)
+# cannot reach its command's virtio-serial ports.
 set -eu
 cd "$(dirname "$0")/.."
 
 PACKAGES="python3 python3-venv gcc libc6-dev make bc bison flex libelf-dev libssl-dev cpio xz-utils
  patch git linux-source-6.12 linux-source-6.1 qemu-system-x86 busybox-static dropbear-bin numactl openssh-client"
 case "${1:-}" in
-    --test) PACKAGES="$PACKAGES chromium" ;;
+    --test) PACKAGES="$PACKAGES chromium udev" ;;
     "") ;;
     *) echo "bootstrap: unknown option $1 (the only option is --test)" >&2; exit 2 ;;
 esac

@@ -25,6 +25,9 @@ class LaunchRequest:
     boot_timeout: float = 120.0
     name: str = ""
     cmdline: tuple[str, ...] = ()
+    # Restore from / save to a snapshot of this very guest (harness.guest.snapshot): on for
+    # run, up and the pytest plugin, off for the checks until their clean-run loop covers it.
+    snapshot: bool = False
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -45,6 +48,7 @@ class LaunchRequest:
             build=build_request, kernel_dir=Path(data["kernel_dir"]) if data["kernel_dir"] else None,
             topology=data["topology"], memory=data["memory"], accel=data["accel"],
             boot_timeout=float(data["boot_timeout"]), name=data["name"], cmdline=tuple(data["cmdline"]),
+            snapshot=bool(data.get("snapshot", False)),
         )
 
 
@@ -108,6 +112,6 @@ def make_guest(request: LaunchRequest, kernel: KernelArtifact | None = None) -> 
         kernel=kernel.bzimage, initramfs=image.initramfs, topology=topology, accel=request.accel,
         cmdline_extra=request.cmdline, boot_timeout=request.boot_timeout, name=request.name,
         host_key=image.host_key, vmlinux=kernel.vmlinux if kernel.vmlinux.is_file() else None,
-        kernel_dir=kernel.directory,
+        kernel_dir=kernel.directory, snapshot=request.snapshot,
     )
     return Guest(config, client_identity(cache_root), cache_root)

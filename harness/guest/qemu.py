@@ -18,6 +18,7 @@ import ctypes
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -30,9 +31,11 @@ from types import TracebackType
 
 import pexpect
 import pexpect.fdpexpect
+from qemu.qmp import QMPError
 
 from harness.cache import atomic_write_text, ensure_dir
 from harness.guest.image import SshIdentity
+from harness.guest.snapshot import RUN_DIR_PLACEHOLDER, TOKEN_PLACEHOLDER, Snapshot, SnapshotStore, snapshot_key
 from harness.guest.ssh import SshSession
 from harness.guest.topology import GUEST_PROBE, ObservedNode, Topology, TopologyMismatch, compare, parse_guest_probe
 from harness.guest.view import GuestView, RunPaths, VmError
@@ -62,6 +65,9 @@ class VmConfig:
     host_key: str = ""
     vmlinux: Path | None = None
     kernel_dir: Path | None = None
+    # Restore the guest from a snapshot taken at an earlier boot's ready marker when one exists,
+    # else boot and save one (harness.guest.snapshot).
+    snapshot: bool = False
 
 
 def qemu_argv(config: VmConfig, paths: RunPaths, accel: str, ssh_port: int, token: str) -> list[str]:
@@ -88,7 +94,9 @@ def qemu_argv(config: VmConfig, paths: RunPaths, accel: str, ssh_port: int, toke
         "-kernel", str(config.kernel),
         "-initrd", str(config.initramfs),
         "-append", " ".join(cmdline),
-        "-chardev", f"socket,id=nh-console,path={paths.console},server=on,wait=off,logfile={paths.console_log}",
+        "-chardev", f"socket,id=nh-console,path={paths.console},server=on,wait=off,"
+        # logappend: a restored guest's console log starts with the boot its snapshot recorded.
+        f"logfile={paths.console_log},logappend=on",
         "-serial", "chardev:nh-console",
         "-qmp", f"unix:{paths.qmp},server=on,wait=off",
         "-qmp", f"unix:{paths.drgn_qmp},server=on,wait=off",
@@ -171,6 +179,9 @@ class Guest(GuestView):
     _bug_cursor: int = 0
     _ssh: SshSession | None = None
     observed_nodes: list[ObservedNode] = field(default_factory=list)
+    # Whether this boot was a snapshot restore, and what happened to snapshots on the way.
+    restored: bool = False
+    snapshot_note: str = ""
 
     def __post_init__(self) -> None:
         self.host_key = self.config.host_key
@@ -210,7 +221,8 @@ class Guest(GuestView):
                     raise
                 self.close_ssh()
                 self.process = None
-                for stale in (self.paths.console, self.paths.qmp, self.paths.drgn_qmp):
+                # console.log too: QEMU appends to it (logappend), and this start is a new boot.
+                for stale in (self.paths.console, self.paths.qmp, self.paths.drgn_qmp, self.paths.console_log):
                     stale.unlink(missing_ok=True)
 
     def _lost_port_race(self) -> bool:
@@ -228,25 +240,145 @@ class Guest(GuestView):
     def _boot_once(self) -> None:
         started = time.monotonic()
         self.accel = choose_accel(self.config.accel, self.cache_root, self.config.kernel)
+        slot = self._snapshot_slot()
+        if slot is not None:
+            store, key = slot
+            saved = store.lookup(key)
+            if saved is not None:
+                try:
+                    self._restore(saved, started)
+                    self.snapshot_note = f"restored from snapshot {key}"
+                    return
+                except VmError as err:
+                    if self._lost_port_race():
+                        raise  # boot() retries on another port; the snapshot is fine
+                    # A stream QEMU cannot load (a truncated file, a QEMU that changed under the
+                    # same version string): drop it and boot; this boot saves a new one.
+                    store.discard(key)
+                    self._discard_failed_start("restore")
+                    self.snapshot_note = f"snapshot {key} did not restore ({str(err).splitlines()[0]}); booted"
+                    started = time.monotonic()
+        self._boot_fresh(started, slot)
+
+    def _snapshot_slot(self) -> tuple[SnapshotStore, str] | None:
+        if not self.config.snapshot:
+            return None
+        template = qemu_argv(self.config, RunPaths(RUN_DIR_PLACEHOLDER), self.accel, 0, TOKEN_PLACEHOLDER)
+        key = snapshot_key(template, self.config.kernel, self.config.initramfs, QEMU, self.cache_root)
+        return SnapshotStore(self.cache_root / "snapshots"), key
+
+    def _start_qemu(self, extra: list[str]) -> None:
         self.ssh_port = free_port()
-        argv = self.argv()
+        argv = self.argv() + extra
         (self.paths.directory / "qemu.argv").write_text(json.dumps(argv))
         stderr = (self.paths.directory / "qemu.stderr").open("wb")
         self.process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, preexec_fn=_die_with_parent,
         )
         self._write_info()
+
+    def _boot_fresh(self, started: float, slot: tuple[SnapshotStore, str] | None) -> None:
+        self._start_qemu([])
+        self._wait_console_ready(started)
+        saved: tuple[Path, Path] | None = None
+        if slot is not None:
+            saved = self._save(slot[0].staging_file(slot[1]), started + self.config.boot_timeout)
         try:
-            self._wait_console_ready(started)
-            session = SshSession.open(self.ssh_port, self.config.host_key, self.identity.private_key,
-                                      started + self.config.boot_timeout,
-                                      alive=lambda: self._check_alive("while SSH was connecting"))
-            self._ssh = session
-            probe = session.run(GUEST_PROBE, timeout=30)
-            if probe.exit_status != 0:
-                raise VmLaunchError(f"The guest's first SSH command failed: {probe.stderr.strip()}")
-        except VmError:
-            raise
+            self._connect_and_probe(started)
+            if slot is not None and saved is not None:
+                # Only a guest that came up as asked for becomes a snapshot.
+                slot[0].commit(slot[1], saved[0], saved[1], self.token)
+                self.snapshot_note = "; ".join(filter(None, (self.snapshot_note, f"saved as snapshot {slot[1]}")))
+        finally:
+            if saved is not None:
+                for leftover in saved:
+                    leftover.unlink(missing_ok=True)
+
+    def _save(self, stream: Path, deadline: float) -> tuple[Path, Path] | None:
+        """Save the guest, stopped at its ready marker before any SSH connection (so the stream
+        holds no TCP state a restored guest would have to drop), to `stream`, and resume it; the
+        stream and a copy of the boot's console log, or None (with the reason in snapshot_note)
+        when QEMU could not migrate: the guest then simply runs without a snapshot."""
+        console_copy = stream.with_suffix(".console")
+        self.qmp_command("stop")
+        try:
+            try:
+                # The default limit (32 MiB/s in QEMU 7.2) would make a 2 GiB guest's stream take
+                # seconds; its zero pages cost nothing, so let the rest go at disk speed.
+                self.qmp_command("migrate-set-parameters", **{"max-bandwidth": 10 << 30})
+                self.qmp_command("migrate", uri=f"exec:cat > {shlex.quote(str(stream))}")
+            except QMPError as err:  # e.g. a device that blocks migration
+                self.snapshot_note = f"no snapshot saved: QEMU refused to migrate ({err})"
+                stream.unlink(missing_ok=True)
+                return None
+            while True:
+                state = self.qmp_command("query-migrate")
+                status = state.get("status") if isinstance(state, dict) else None
+                if status == "completed":
+                    break
+                if status in ("failed", "cancelled") or time.monotonic() > deadline:
+                    reason = state.get("error-desc", status) if isinstance(state, dict) else status
+                    self.snapshot_note = f"no snapshot saved: QEMU's migration {reason or 'timed out'}"
+                    with contextlib.suppress(QMPError):
+                        self.qmp_command("migrate_cancel")
+                    stream.unlink(missing_ok=True)
+                    return None
+                self._check_alive("while its snapshot was saved")
+                time.sleep(0.01)
+            if self.paths.console_log.exists():
+                shutil.copyfile(self.paths.console_log, console_copy)
+            return stream, console_copy
+        finally:
+            if self.alive:
+                self.qmp_command("cont")
+
+    def _restore(self, saved: Snapshot, started: float) -> None:
+        """Start QEMU on the snapshot's stream and resume the guest where it was saved."""
+        # The guest keeps the token it booted with (it is in its /proc/cmdline); the rest of
+        # the command line is this guest's (the key says it is the same bar paths and port).
+        self.token = saved.token
+        shutil.copyfile(saved.console_log, self.paths.console_log)
+        self._start_qemu(["-incoming", f"exec:cat {shlex.quote(str(saved.state))}"])
+        deadline = started + self.config.boot_timeout
+        while True:
+            self._check_alive("while it loaded its snapshot")
+            if time.monotonic() > deadline:
+                self._boot_timeout()
+            status = None
+            if self.paths.qmp.exists():
+                with contextlib.suppress(VmError, OSError):
+                    state = self.qmp_command("query-status")
+                    status = state.get("status") if isinstance(state, dict) else None
+            # "inmigrate" while the stream loads; the saved guest was stopped, so it lands paused.
+            if status in ("paused", "running"):
+                break
+            time.sleep(0.01)
+        self.qmp_command("cont")
+        # The guest's clock stood still from the save to now: set it, before anything runs.
+        self._connect_and_probe(started, prefix=f"date -s @{int(time.time())} >/dev/null && ")
+        self.restored = True
+
+    def _discard_failed_start(self, what: str) -> None:
+        """Tear down a QEMU that failed to start, keeping its stderr, for the next start."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.close_ssh()
+        self.process = None
+        stderr = self.paths.directory / "qemu.stderr"
+        if stderr.exists():
+            os.replace(stderr, self.paths.directory / f"qemu-{what}.stderr")
+        for stale in (self.paths.console, self.paths.qmp, self.paths.drgn_qmp, self.paths.console_log):
+            stale.unlink(missing_ok=True)
+
+    def _connect_and_probe(self, started: float, prefix: str = "") -> None:
+        session = SshSession.open(self.ssh_port, self.config.host_key, self.identity.private_key,
+                                  started + self.config.boot_timeout,
+                                  alive=lambda: self._check_alive("while SSH was connecting"))
+        self._ssh = session
+        probe = session.run(prefix + GUEST_PROBE, timeout=30)
+        if probe.exit_status != 0:
+            raise VmLaunchError(f"The guest's first SSH command failed: {probe.stderr.strip()}")
         self.boot_seconds = time.monotonic() - started
         online, observed = parse_guest_probe(probe.stdout)
         problems = compare(self.config.topology, online, observed)
@@ -339,6 +471,7 @@ class Guest(GuestView):
             "vmlinux": str(self.config.vmlinux) if self.config.vmlinux else None,
             "kernel_dir": str(self.config.kernel_dir) if self.config.kernel_dir else None,
             "topology": self.config.topology.describe(),
+            "snapshot": self.snapshot_note or None,
         }
         atomic_write_text(self.paths.info, json.dumps(info, indent=2))
 

@@ -74,12 +74,13 @@ class GuestView:
 
     def qmp_command(self, command: str, **arguments: object) -> object:
         """Run one QMP command and return its `return` value (qemu.qmp raises on QMP errors)."""
+        from qemu.qmp import ConnectError
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
         qmp = QEMUMonitorProtocol(str(self.paths.qmp))
         try:
             qmp.connect()
-        except OSError as err:
+        except (OSError, ConnectError) as err:  # ConnectError: QEMU closed the socket as it exited
             raise VmError(f"Cannot reach the guest's QMP socket {self.paths.qmp}: {err}. Is the guest still up?") from err
         try:
             return qmp.cmd(command, **arguments) if arguments else qmp.cmd(command)

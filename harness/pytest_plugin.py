@@ -1,9 +1,10 @@
 """pytest plugin (registered through the `pytest11` entry point).
 
-Options: --nh-kernel DIR, --nh-topology SPEC, --nh-keep-guest, --nh-cache-dir DIR.
+Options: --nh-kernel DIR, --nh-topology SPEC, --nh-keep-guest, --nh-cache-dir DIR, --nh-no-snapshot.
 Fixtures: `built_kernel` (the default kernel, built once per machine), `guest_image`, `guest`
 (a session-scoped booted guest, started on first use), `guest_factory(topology=..., ...)` (a
-booted guest for one test, torn down after it).
+booted guest for one test, torn down after it). Guests are restored from the snapshot an earlier
+boot of the same guest saved (harness.guest.snapshot) unless --nh-no-snapshot.
 
 Any test during which a live guest logs a kernel bug fails with the bug's title, unless it is
 marked `expect_kernel_bug`; a failing test's report carries the console tail of every live
@@ -42,6 +43,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--nh-keep-guest", action="store_true",
                     help="leave the session guest running afterwards (as `numa-harness up` does) for debugging")
     group.addoption("--nh-cache-dir", metavar="DIR", help="numa-harness cache directory")
+    group.addoption("--nh-no-snapshot", action="store_true",
+                    help="boot every guest instead of restoring it from the snapshot an earlier boot saved")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,6 +57,12 @@ def pytest_configure(config: pytest.Config) -> None:
 def nh_cache_dir(pytestconfig: pytest.Config) -> Path | None:
     value = pytestconfig.getoption("--nh-cache-dir")
     return Path(value) if value else None
+
+
+@pytest.fixture(scope="session")
+def nh_snapshot(pytestconfig: pytest.Config) -> bool:
+    """Whether guests are restored from snapshots (harness.guest.snapshot); --nh-no-snapshot turns it off."""
+    return not pytestconfig.getoption("--nh-no-snapshot")
 
 
 @pytest.fixture(scope="session")
@@ -86,14 +95,14 @@ def _register(guest: Guest) -> None:
 
 @pytest.fixture(scope="session")
 def guest(
-    pytestconfig: pytest.Config, built_kernel: KernelArtifact, nh_cache_dir: Path | None
+    pytestconfig: pytest.Config, built_kernel: KernelArtifact, nh_cache_dir: Path | None, nh_snapshot: bool
 ) -> Iterator[GuestView]:
     """A booted guest shared by the session (topology from --nh-topology)."""
     topology = pytestconfig.getoption("--nh-topology")
     if pytestconfig.getoption("--nh-keep-guest"):
-        yield _kept_guest(built_kernel, topology, nh_cache_dir)
+        yield _kept_guest(built_kernel, topology, nh_cache_dir, nh_snapshot)
         return
-    booted = make_guest(_request(built_kernel, nh_cache_dir, topology=topology, name="pytest"))
+    booted = make_guest(_request(built_kernel, nh_cache_dir, topology=topology, name="pytest", snapshot=nh_snapshot))
     try:
         booted.boot()
     finally:
@@ -105,12 +114,14 @@ def guest(
         booted.shutdown()
 
 
-def _kept_guest(kernel: KernelArtifact, topology: str, cache_dir: Path | None) -> GuestView:
+def _kept_guest(kernel: KernelArtifact, topology: str, cache_dir: Path | None, snapshot: bool) -> GuestView:
     name = f"pytest-{os.getpid()}"
     argv = [sys.executable, "-m", "harness.cli", "up", "--name", name, "--kernel", str(kernel.directory),
             "--topology", topology]
     if cache_dir is not None:
         argv += ["--cache-dir", str(cache_dir)]
+    if not snapshot:
+        argv.append("--no-snapshot")
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0:
         raise pytest.UsageError(f"--nh-keep-guest: could not start the guest: {result.stderr.strip()}")
@@ -125,15 +136,19 @@ def _kept_guest(kernel: KernelArtifact, topology: str, cache_dir: Path | None) -
 
 
 @pytest.fixture
-def guest_factory(built_kernel: KernelArtifact, nh_cache_dir: Path | None) -> Iterator[Callable[..., Guest]]:
-    """guest_factory(topology="4x1", cmdline=(...), boot_timeout=..., memory=...) -> a booted Guest,
-    shut down when the test ends."""
+def guest_factory(built_kernel: KernelArtifact, nh_cache_dir: Path | None,
+                  nh_snapshot: bool) -> Iterator[Callable[..., Guest]]:
+    """guest_factory(topology="4x1", cmdline=(...), boot_timeout=..., memory=..., snapshot=...) -> a
+    booted Guest (restored from its snapshot unless --nh-no-snapshot or snapshot=False), shut down
+    when the test ends."""
     made: list[Guest] = []
 
     def factory(topology: str = "2x2", cmdline: tuple[str, ...] = (), boot_timeout: float = 120.0,
-                memory: str | None = None, boot: bool = True) -> Guest:
+                memory: str | None = None, boot: bool = True, snapshot: bool | None = None,
+                name: str = "") -> Guest:
         new = make_guest(_request(built_kernel, nh_cache_dir, topology=topology, cmdline=cmdline,
-                                  boot_timeout=boot_timeout, memory=memory, name=f"factory{len(made)}"))
+                                  boot_timeout=boot_timeout, memory=memory, name=name or f"factory{len(made)}",
+                                  snapshot=nh_snapshot if snapshot is None else snapshot))
         made.append(new)
         if boot:
             try:

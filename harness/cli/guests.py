@@ -46,7 +46,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         guest.remove_run_dir()
         return 0
     with guest:
-        say(f"guest up in {guest.boot_seconds:.1f} s ({guest.accel}, {guest.config.topology.describe()})")
+        how = "restored" if guest.restored else "booted"
+        say(f"guest {how} in {guest.boot_seconds:.1f} s ({guest.accel}, {guest.config.topology.describe()})"
+            f"{'; ' + guest.snapshot_note if guest.snapshot_note and not guest.restored else ''}")
         guest.mark_bugs_seen()
         result = guest.ssh.run(command[0] if len(command) == 1 else shlex.join(command), timeout=args.timeout)
         sys.stdout.write(result.stdout)
@@ -65,7 +67,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     kernel = resolve_kernel(request)
     info = registry.start_supervised(request, kernel.directory)
     say(f"{request.name} is up: ssh port 127.0.0.1:{info.get('ssh_port')}, {info.get('accel')}, "
-        f"{info.get('topology')}; console log {info.get('console_log')}")
+        f"{info.get('topology')}; console log {info.get('console_log')}"
+        f"{'; ' + str(info['snapshot']) if info.get('snapshot') else ''}")
     print(request.name)
     return 0
 

@@ -72,6 +72,15 @@ def guest_options() -> argparse.ArgumentParser:
     return parent
 
 
+def snapshot_options() -> argparse.ArgumentParser:
+    """For the commands that boot a guest for a person (run, up): restore it from a snapshot."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--no-snapshot", action="store_true",
+                        help="boot the kernel instead of restoring this guest from the snapshot an earlier "
+                             "boot saved (and save none)")
+    return parent
+
+
 def cache_root(args: argparse.Namespace) -> Path:
     return Path(args.cache_dir) if args.cache_dir else default_cache_root()
 

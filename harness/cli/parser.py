@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from harness import __version__
-from harness.cli.options import build_options, cache_options, guest_options, machine_options
+from harness.cli.options import build_options, cache_options, guest_options, machine_options, snapshot_options
 from harness.guest.topology import parse_topology
 
 # What add_subparsers returns (generic only to the type checker, so written as a string).
@@ -48,14 +48,15 @@ def _build(sub: Subparsers) -> None:
 
 
 def _guests(sub: Subparsers) -> None:
-    p = sub.add_parser("run", parents=[build_options(), guest_options()],
+    p = sub.add_parser("run", parents=[build_options(), guest_options(), snapshot_options()],
                        help="boot a guest, run CMD over SSH, tear down; exit with CMD's status")
     p.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="command timeout (default 3600)")
     p.add_argument("--show-command", action="store_true", help="print the QEMU command line and exit")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
     p.set_defaults(command="harness.cli.guests:cmd_run")
 
-    p = sub.add_parser("up", parents=[build_options(), guest_options()], help="boot a guest in the background")
+    p = sub.add_parser("up", parents=[build_options(), guest_options(), snapshot_options()],
+                       help="boot a guest in the background")
     p.add_argument("--name", default="", help="guest name (default guestN)")
     p.set_defaults(command="harness.cli.guests:cmd_up")
 

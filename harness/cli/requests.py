@@ -23,4 +23,6 @@ def launch_request(args: argparse.Namespace, name: str = "", topology: str | Non
         build=build_request(args), kernel_dir=getattr(args, "kernel", None),
         topology=topology or (given if isinstance(given, str) else DEFAULT_TOPOLOGY), memory=args.memory,
         accel=args.accel, boot_timeout=args.boot_timeout, name=name, cmdline=tuple(args.append),
+        # Only run and up take --no-snapshot; every other command boots fresh.
+        snapshot=hasattr(args, "no_snapshot") and not args.no_snapshot,
     )

@@ -163,7 +163,63 @@ def test_one_file_patch_change_rebuilds_only_a_few_objects(built_kernel: KernelA
     assert artifact.manifest["build_id"] != built_kernel.manifest["build_id"]
     # And the default series is still served from the cache afterwards.
     assert build(BuildRequest(cache_dir=cache)).directory == built_kernel.directory
+    first_config = artifact.config.read_text()
     shutil.rmtree(request_cleanup)
+    # A second C-only patch in the same build directory is not configured again (the first one
+    # may have been, if nothing had stamped the directory yet); the .config is the same.
+    patch.write_text(patch.read_text().replace(marker, marker.replace("test", "test again")))
+    again = build(request)
+    assert "# configure skipped: the inputs of the last configure" in again.build_log.read_text()
+    assert again.config.read_text() == first_config == built_kernel.config.read_text()
+    shutil.rmtree(again.directory)
+
+
+def test_a_patch_to_a_kconfig_file_configures_again(built_kernel: KernelArtifact, tmp_path: Path) -> None:
+    """configure's inputs include every patched Kconfig file: a new symbol reaches the .config."""
+    cache = built_kernel.directory.parent.parent
+    lines = (_pristine(built_kernel) / "mm/Kconfig").read_text().splitlines(keepends=True)
+    patch = tmp_path / "kconfig.patch"
+    patch.write_text("--- a/mm/Kconfig\n+++ b/mm/Kconfig\n@@ -1,2 +1,5 @@\n"
+                     f" {lines[0]}+config NUMA_HARNESS_TEST_SYMBOL\n+\tdef_bool y\n+\n {lines[1]}")
+    artifact = build(BuildRequest(extra_patches=(patch,), cache_dir=cache))
+    try:
+        log = artifact.build_log.read_text()
+        assert "# configure skipped" not in log and "olddefconfig" in log
+        assert parse_dotconfig(artifact.config.read_text())["NUMA_HARNESS_TEST_SYMBOL"] == "y"
+    finally:
+        shutil.rmtree(artifact.directory)
+
+
+def test_fast_elf_and_dwarf_readers_agree_with_pyelftools(built_kernel: KernelArtifact) -> None:
+    """verify.py reads .symtab as one array and CU names straight from .debug_info/.debug_abbrev;
+    on the real vmlinux both must give what pyelftools' own parsers give."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    from harness.kernel.verify import _DwarfBytes, _find_symbols
+
+    with built_kernel.vmlinux.open("rb") as handle:
+        elf = ELFFile(handle)
+        reference: dict[str, int] = {}
+        symtab = elf.get_section_by_name(".symtab")
+        assert isinstance(symtab, SymbolTableSection)
+        for symbol in symtab.iter_symbols():
+            if symbol["st_info"]["type"] in ("STT_FUNC", "STT_NOTYPE", "STT_OBJECT"):
+                reference.setdefault(symbol.name, symbol["st_value"])
+        # Names whose strings the linker may have tail-merged (`_end` inside `__bss_end`...),
+        # a static function of several CUs, and one that does not exist.
+        wanted = {"_end", "__bss_stop", "jiffies", "init_task", "task_numa_work", "kernel_config_data",
+                  "no_such_symbol_numa_harness"}
+        assert _find_symbols(elf, handle, wanted) == {k: v for k, v in reference.items() if k in wanted}
+        dwarf = elf.get_dwarf_info(relocate_dwarf_sections=False)
+        fast = _DwarfBytes.of(elf, handle)
+        assert fast is not None
+        try:
+            for cu in dwarf.iter_CUs():
+                name = cu.get_top_DIE().attributes.get("DW_AT_name")
+                assert fast.cu_name(cu.cu_offset) == (name.value.decode() if name else None), cu.cu_offset
+        finally:
+            fast.data.close()
 
 
 def test_plan_key_depends_on_patch_content(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,6 +282,7 @@ def build(request: BuildRequest) -> KernelArtifact:
         if hit is not None:
             return hit
         started = time.monotonic()
+        phases: dict[str, float] = {}
         staged = stage_series(base, build_plan.patches)  # raises before anything is touched
         create_if_missing(tree, build_plan.spec)
         if build_plan.spec.kind != "tarball":
@@ -289,29 +291,55 @@ def build(request: BuildRequest) -> KernelArtifact:
         builddir = root / "build" / f"{tree.root.name}-{_build_flavour(build_plan)}"
         ensure_dir(builddir)
         log_path = builddir / "build.log"
+        phases["prepare"] = time.monotonic() - started
         with log_path.open("w") as log:
             final_text = configure(tree.path, builddir, build_plan.merged.canonical(), log,
-                                   base=build_plan.base.text if build_plan.base else None, make_opts=build_plan.make_opts)
+                                   base=build_plan.base.text if build_plan.base else None, make_opts=build_plan.make_opts,
+                                   tree_inputs=configure_inputs(build_plan.identity, staged))
             _check_requested_options(build_plan.merged, final_text, tree.path, build_plan.base)
+            phases["configure"] = time.monotonic() - started - sum(phases.values())
             expected = _read_int(builddir / "numa-harness-objects") or _read_int(root / "build" / "last-cold-objects")
             result = run_make(tree.path, builddir, TARGETS, request.jobs, log, expected, build_plan.make_opts)
         if result.compiled_objects > 1000:
             (root / "build" / "last-cold-objects").write_text(f"{result.compiled_objects}\n")
         if not _read_int(builddir / "numa-harness-objects"):
             (builddir / "numa-harness-objects").write_text(f"{result.compiled_objects}\n")
+        phases["make"] = result.seconds
         final_text = (builddir / ".config").read_text()
+        verify_started = time.monotonic()
         verification = verify_vmlinux(builddir / "vmlinux", final_text)
-        manifest = _manifest(build_plan, tree.path, builddir, final_text, verification.as_dict(),
-                             time.monotonic() - started, result.compiled_objects)
+        phases["verify"] = time.monotonic() - verify_started
         final = root / "kernels" / build_plan.key
         with staged_entry(final) as staging:
+            store_started = time.monotonic()
             shutil.copyfile(builddir / "arch/x86/boot/bzImage", staging / "bzImage")
             shutil.copyfile(builddir / "vmlinux", staging / "vmlinux")
             shutil.copyfile(builddir / ".config", staging / "config")
             shutil.copyfile(log_path, staging / "build.log")
+            phases["store"] = time.monotonic() - store_started
+            manifest = _manifest(build_plan, tree.path, builddir, final_text, verification.as_dict(),
+                                 time.monotonic() - started, result.compiled_objects)
+            manifest["phases"] = {name: round(seconds, 2) for name, seconds in phases.items()}
+            manifest["make_stages"] = dict(result.stages)
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         mark_used(final)
         return KernelArtifact(final, manifest, cache_hit=False, compiled_objects=result.compiled_objects)
+
+
+def configure_inputs(identity: SourceIdentity, staged: Mapping[str, bytes | None]) -> str:
+    """A digest of what configuring reads from a tree: the pristine source (by identity) and
+    every patched file that can change the result: Kconfig files and *.config fragments
+    (tinyconfig merges kernel/configs/tiny.config), Makefiles and Kbuild files (they define the
+    config targets and the flags Kconfig's $(cc-option) tests), and anything under scripts/
+    (the kconfig tool and the toolchain probes). A patch to C sources leaves it unchanged."""
+    rows = [identity.digest]
+    for rel in sorted(staged):
+        name = rel.rsplit("/", 1)[-1]
+        if (name.startswith(("Kconfig", "Makefile", "Kbuild")) or name.endswith(".config")
+                or rel.startswith("scripts/")):
+            content = staged[rel]
+            rows.append(f"{rel}\0{hashlib.sha256(content).hexdigest() if content is not None else 'deleted'}")
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
 def _manifest(build_plan: BuildPlan, srctree: Path, builddir: Path, final_text: str, verification: dict[str, Any],

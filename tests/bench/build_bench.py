@@ -55,10 +55,14 @@ def main() -> int:
         artifact = build(BuildRequest(extra_patches=(patch,)))
         incremental = time.monotonic() - start
         rows.append(("one-file incremental rebuild", incremental, 30.0, f"{artifact.compiled_objects} objects compiled"))
+        breakdown = [f"  {name}: {seconds:.2f} s" for name, seconds in artifact.manifest.get("phases", {}).items()]
+        stages = [f"    make: {name}: {seconds:.2f} s" for name, seconds in artifact.manifest.get("make_stages", {}).items()]
         shutil.rmtree(artifact.directory)
     for label, seconds, target, note in rows:
         verdict = "ok" if seconds <= target else "OVER TARGET"
         print(f"{label:50s} {seconds:8.2f} s   target <= {target:g} s   {verdict}   {note}")
+    print("the one-file rebuild by phase (manifest.json phases, make_stages):")
+    print("\n".join(breakdown + stages))
     return 0
 
 

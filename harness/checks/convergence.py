@@ -84,7 +84,7 @@ class ScanSampler:
 
 
 
-@check("convergence", seconds=25, needs=[Mechanism.VMA_NUMAB])
+@check("convergence", seconds=17.7, needs=[Mechanism.VMA_NUMAB])
 def check_convergence(ctx: Context) -> Finding:
     """numa01/numa02 convergence (guest-tests/nhbench). Each workload runs in three variants with
     FAST_SCAN and 16 MiB scan windows: free (default policy, memory first-touched on the first

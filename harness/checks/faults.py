@@ -16,7 +16,7 @@ FAULT_PAGES = range(0, 128)
 FAULT_WRITES = (Access("write from the far node", True, FAULT_PAGES, subject=takes(len(FAULT_PAGES), len(FAULT_PAGES))),)
 
 
-@check("fault-migration", seconds=6, releases=EVERY_MODELLED_RELEASE)
+@check("fault-migration", seconds=4.2, releases=EVERY_MODELLED_RELEASE)
 def check_fault_migration(ctx: Context) -> Finding:
     """Hint faults and migration, free-running from one observation
     (migratefilter.run_accesses, the machinery of placement-exact): a 1 MiB region first
@@ -66,7 +66,7 @@ def _pmd_mapped(obs: Observation, region: tuple[int, int]) -> list[str]:
     return []
 
 
-@check("thp", seconds=6, releases=EVERY_MODELLED_RELEASE)
+@check("thp", seconds=7.3, releases=EVERY_MODELLED_RELEASE)
 def check_thp(ctx: Context) -> Finding:
     """THP, free-running from one observation (migratefilter.run_accesses): an 8 MiB
     MADV_HUGEPAGE region (four PMD mappings) first touched on node 0 by a quiet task exec'd on

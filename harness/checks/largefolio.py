@@ -58,7 +58,7 @@ MTHP_READS = (
 )
 
 
-@check("mthp", seconds=12, needs=[Mechanism.MTHP])
+@check("mthp", seconds=8.6, needs=[Mechanism.MTHP])
 def check_mthp(ctx: Context) -> Finding:
     """mTHP, free-running from one observation: a 4 MiB MADV_HUGEPAGE region mapped by 64 KiB
     folios (hugepages-64kB enabled for madvise, PMD THPs off), first touched on the far node by

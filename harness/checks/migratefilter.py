@@ -245,7 +245,7 @@ def judge_filter(run: PlacementRun, reads: tuple[Access, ...]) -> Finding:
     return Finding(summary or "no read judged", figures, tuple(diffs))
 
 
-@check("early-scan", seconds=12, releases=EVERY_MODELLED_RELEASE)
+@check("early-scan", seconds=14.5, releases=EVERY_MODELLED_RELEASE)
 def check_early_scan(ctx: Context) -> Finding:
     """The early-scan exception (module docstring), both sides, free-running from one
     observation. After a warm-up read of page 0 (the books for a preferred node):
@@ -267,7 +267,7 @@ def check_early_scan(ctx: Context) -> Finding:
     return judge_filter(run_accesses(ctx, _filter_region(ctx), EARLY_READS), EARLY_READS)
 
 
-@check("two-stage-filter", seconds=12, releases=EVERY_MODELLED_RELEASE)
+@check("two-stage-filter", seconds=18.4, releases=EVERY_MODELLED_RELEASE)
 def check_two_stage_filter(ctx: Context) -> Finding:
     """The two-stage filter (module docstring) once the early-scan exception is over (task
     numa_scan_seq > 4 and a preferred node), free-running from one observation: pages 1..128,

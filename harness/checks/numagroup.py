@@ -429,7 +429,7 @@ def _slice_whose_last_is(worker: int) -> str:
     return "A" if worker == 2 else "B"
 
 
-@check("numa-group", seconds=47, releases=EVERY_MODELLED_RELEASE)
+@check("numa-group", seconds=44.2, releases=EVERY_MODELLED_RELEASE)
 def check_numa_group(ctx: Context) -> Finding:
     """Two worker threads of one holder, each pinned to one CPU: worker 1 on the far node,
     worker 2 on the near node. The region (7 MiB, mapped only by the holder; every other mapping

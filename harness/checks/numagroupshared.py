@@ -365,7 +365,7 @@ def _slice_whose_last_is(worker: int) -> str:
     return "A" if worker == 2 else "B"
 
 
-@check("numa-group-shared", seconds=45, needs=[Mechanism.SHMEM_TASK_POLICY])
+@check("numa-group-shared", seconds=25.0, needs=[Mechanism.SHMEM_TASK_POLICY])
 def check_numa_group_shared(ctx: Context) -> Finding:
     """Two worker processes, each pinned to one CPU (worker 1 on the far node, worker 2 on the
     near one), share a 2 MiB MAP_SHARED region the holder wrote (slice A on the near node, B on

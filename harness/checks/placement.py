@@ -122,7 +122,7 @@ PLACEMENT_KNOBS = {"scan_delay_ms": 100, "scan_period_min_ms": 800, "scan_period
 WRITE_MARGIN_MS = 400
 
 
-@check("placement", seconds=16, releases=EVERY_MODELLED_RELEASE)
+@check("placement", seconds=9.8, releases=EVERY_MODELLED_RELEASE)
 def check_placement(ctx: Context) -> Finding:
     """The preferred node follows the memory, free-running from one observation. A 16 MiB
     region is first touched on node 0 by a task exec'd on the last node; the task spins there
@@ -252,7 +252,7 @@ def _still_on(obs: Observation, region: tuple[int, int], far: int) -> None:
                            f"as the main thread's own in last_cpupid, so the rounds cannot start")
 
 
-@check("placement-exact", seconds=14, releases=EVERY_MODELLED_RELEASE)
+@check("placement-exact", seconds=10.5, releases=EVERY_MODELLED_RELEASE)
 def check_placement_exact(ctx: Context) -> Finding:
     """Placement, scan period, scanner and fault books, free-running from one observation. The
     scenario makes the period take the "speed up" branch: a 4 MiB read-only region (no

@@ -84,7 +84,7 @@ REFUSED_READS = (
 )
 
 
-@check("migration-refused", seconds=12, releases=EVERY_MODELLED_RELEASE)
+@check("migration-refused", seconds=12.4, releases=EVERY_MODELLED_RELEASE)
 def check_migration_refused(ctx: Context) -> Finding:
     """A migration refused, free-running from one observation (migratefilter.run_accesses): a
     4 MiB region first touched on the near node by a quiet task exec'd on the far node (its

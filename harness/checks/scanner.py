@@ -13,7 +13,7 @@ from harness.checks.workload import Region
 from harness.model import HPAGE_SIZE, skip_reason
 
 
-@check("skip-rules", seconds=5, needs=[Mechanism.VMA_NUMAB])
+@check("skip-rules", seconds=2.8, needs=[Mechanism.VMA_NUMAB])
 def check_skip_rules(ctx: Context) -> Finding:
     """Skip rules: the scanner never allocates numab_state for (so never scans) a VMA that
     task_numa_work skips as unsuitable (VM_IO/PFNMAP, MPOL_BIND without MPOL_F_NUMA_BALANCING,
@@ -68,7 +68,7 @@ def check_skip_rules(ctx: Context) -> Finding:
 WINDOW_KNOBS = {"scan_delay_ms": 100, "scan_size_mb": 16, "scan_period_min_ms": 1000, "scan_period_max_ms": 1000}
 
 
-@check("scanner-window", seconds=19, releases=EVERY_MODELLED_RELEASE)
+@check("scanner-window", seconds=10.3, releases=EVERY_MODELLED_RELEASE)
 def check_scanner_window(ctx: Context) -> Finding:
     """Scanner window, free-running. A 64 MiB region first touched on node 0 (its second half on
     the node the task spins on: change_pte_range must skip those pages, mm_users being 1); its
@@ -100,7 +100,7 @@ def check_scanner_window(ctx: Context) -> Finding:
     return _replay_window(ctx, Region(64, node=0, split=ctx.nodes_with_cpus()[-1]))
 
 
-@check("scanner-threads", seconds=24, needs=[Mechanism.VMA_NUMAB])
+@check("scanner-threads", seconds=12.8, needs=[Mechanism.VMA_NUMAB])
 def check_scanner_threads(ctx: Context) -> Finding:
     """scanner-window's free-running replay with a second, sleeping thread in the process. Two
     rules then decide differently: get_nr_threads(current) is 2, so vma_is_accessed's idle-VMA
@@ -114,7 +114,7 @@ def check_scanner_threads(ctx: Context) -> Finding:
     return _replay_window(ctx, Region(64, node=0, split=ctx.nodes_with_cpus()[-1], helper=True))
 
 
-@check("scanner-pids", seconds=13, needs=[Mechanism.VMA_NUMAB])
+@check("scanner-pids", seconds=11.8, needs=[Mechanism.VMA_NUMAB])
 def check_scanner_pids(ctx: Context) -> Finding:
     """scanner-window's free-running replay with the PID filter deciding between two threads on
     different nodes. A worker thread makes every fault in the region (pinned to a CPU of node 0

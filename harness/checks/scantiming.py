@@ -163,7 +163,7 @@ def judge_timing(facts: GuestFacts, samples: list[ClockSample], period_ms: int) 
     return verdict
 
 
-@check("scan-timing", seconds=15, releases=EVERY_MODELLED_RELEASE)
+@check("scan-timing", seconds=9.9, releases=EVERY_MODELLED_RELEASE)
 def check_scan_timing(ctx: Context) -> Finding:
     """Two worker threads of one holder spin on one CPU each (the holder's other memory is not
     scanned, nothing faults) while the harness samples the scanner's clock every ~0.1 s: jiffies,

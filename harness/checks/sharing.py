@@ -152,7 +152,7 @@ def judge_cow(facts: GuestFacts, run: CowRun) -> Judgement:
     return verdict
 
 
-@check("cow-sharing", seconds=4, needs=[Mechanism.VMA_NUMAB])
+@check("cow-sharing", seconds=2.9, needs=[Mechanism.VMA_NUMAB])
 def check_cow_sharing(ctx: Context) -> Finding:
     """COW after fork. An 8 MiB region written on the near node by a holder exec'd there; it
     forks a child that writes the first half (so the child gets copies, and the holder's

@@ -55,7 +55,7 @@ def _region_nodes(obs: Observation, region: HeldRegion) -> dict[int, int]:
     return nodes
 
 
-@check("task-placement", seconds=7, releases=EVERY_MODELLED_RELEASE)
+@check("task-placement", seconds=6.7, releases=EVERY_MODELLED_RELEASE)
 def check_task_placement(ctx: Context) -> Finding:
     """The task moves to its memory. A 16 MiB region is bound to the near node with
     MPOL_BIND | MPOL_F_NUMA_BALANCING (mm/mempolicy.c:mpol_misplaced then never moves its pages:
@@ -321,7 +321,7 @@ def _wait_swap_predicted(ctx: Context, cast: _SwapCast) -> tuple[Migration, Swap
         time.sleep(POLL_S)
 
 
-@check("task-swap", seconds=4, releases=EVERY_MODELLED_RELEASE)
+@check("task-swap", seconds=3.1, releases=EVERY_MODELLED_RELEASE)
 def check_task_swap(ctx: Context) -> Finding:
     """Two tasks each on the other's memory node, both nodes full: they swap. The mover reads 8 MiB
     bound to the near node from the far node, the partner 8 MiB bound to the far node from the

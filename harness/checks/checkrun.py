@@ -35,8 +35,10 @@ class CheckRun:
     boot_seconds: float
     seconds: float
     console_log: Path | None
-    # Counters at each check's start and end (observe.Context.timeline).
+    # Counters at each check's start and end (observe.Context.timeline); with several guests
+    # (harness.checks.parallel) each entry names its "guest".
     timeline: tuple[dict[str, Any], ...] = ()
+    guests: int = 1
 
     @property
     def passed(self) -> bool:
@@ -44,17 +46,27 @@ class CheckRun:
 
     def as_json(self) -> dict[str, Any]:
         return {"topology": self.topology, "accel": self.accel, "boot_seconds": round(self.boot_seconds, 2),
-                "seconds": round(self.seconds, 2), "passed": self.passed,
+                "seconds": round(self.seconds, 2), "guests": self.guests, "passed": self.passed,
                 "console_log": self.console_log.name if self.console_log else None,
                 "vmstat_delta": self.vmstat_delta, "timeline": list(self.timeline),
                 "checks": [r.as_json() for r in self.results]}
 
     @property
     def vmstat_delta(self) -> dict[str, int]:
-        if len(self.timeline) < 2:
-            return {}
-        first, last = self.timeline[0]["vmstat"], self.timeline[-1]["vmstat"]
-        return {k: last[k] - first[k] for k in last if k in first}
+        """How far each counter moved over the run, summed over its guests (each guest's
+        counters are its own kernel's)."""
+        by_guest: dict[int, list[dict[str, int]]] = {}
+        for entry in self.timeline:
+            by_guest.setdefault(int(entry.get("guest", 1)), []).append(entry["vmstat"])
+        total: dict[str, int] = {}
+        for counters in by_guest.values():
+            if len(counters) < 2:
+                continue
+            first, last = counters[0], counters[-1]
+            for k in last:
+                if k in first:
+                    total[k] = total.get(k, 0) + last[k] - first[k]
+        return total
 
 
 def kernel_identity(kernel: KernelArtifact) -> dict[str, Any]:

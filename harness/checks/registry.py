@@ -111,8 +111,10 @@ class Mechanism(StrEnum):
 class Check:
     name: str
     run: Callable[[Context], Finding]
-    # What it typically takes on the default kernel (2-core TCG, 2x2), measured: the self-check runs
-    # the cheap ones first after the one a mutant's header names, to find a kill fast.
+    # What it typically takes on the default kernel (2-core TCG, 2x2, one guest): the median of ten
+    # full `check` runs (tests/bench/check_bench.py). The self-check runs the cheap ones first after
+    # the one a mutant's header names, to find a kill fast; `check --guests N` balances its guests
+    # by it (harness.checks.parallel.plan_shares).
     seconds: float = 10.0
     # What the kernel must have for the check to judge anything: without it, not applicable.
     needs: frozenset[Mechanism] = frozenset()

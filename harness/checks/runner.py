@@ -219,23 +219,30 @@ def _run_one(ctx: Context, check: Check) -> CheckResult:
     return result
 
 
-def _stop_reason(result: CheckResult) -> str | None:
-    if result.verdict is not Verdict.HANG:
-        return None
-    if not result.figures.get("guest_answers", True):
-        return f"the guest stopped answering during {result.name}"
-    # A task that cannot get past its memory accesses: every later check would wait out its own
-    # step timeout on the same broken kernel.
-    return f"a task livelocked during {result.name}"
+def stop_reason(result: CheckResult, fail_fast: bool = False) -> str | None:
+    """Why the checks after this result are not run, or None: a hang (a dead guest or a
+    livelocked task: every later check would wait out its own step timeout on the same broken
+    kernel), a kernel bug on the console (what later checks see is no longer NUMA balancing),
+    or, with `fail_fast`, a fail."""
+    if result.verdict is Verdict.HANG:
+        if not result.figures.get("guest_answers", True):
+            return f"the guest stopped answering during {result.name}"
+        return f"a task livelocked during {result.name}"
+    bugs = result.figures.get("kernel_bugs")
+    if bugs:
+        return f"the kernel reported {bugs[0]!r} during {result.name}"
+    if fail_fast and result.verdict.indicts_kernel:
+        return f"--fail-fast: {result.name} failed"
+    return None
 
 
 def run_checks(guest: GuestView, names: Sequence[str] | None = None,
                progress: Callable[[CheckResult], None] | None = None,
                timeline: list[dict[str, Any]] | None = None, record: Path | None = None,
                fail_fast: bool = False) -> list[CheckResult]:
-    """Run the checks (all registered ones, or `names`) in registry order; with `record`, write the
-    observations each check keeps (Context.keep) there as golden data; with `fail_fast`, the
-    checks after the first that fails or hangs are not run."""
+    """Run the checks (all registered ones, or `names`) in that order; with `record`, write the
+    observations each check keeps (Context.keep) there as golden data. After a result that
+    stop_reason names a reason for, the rest are not run (with `fail_fast`, also after a fail)."""
     ctx = Context.open(guest)
     profile = kernel_profile(ctx)
     if timeline is not None:
@@ -249,9 +256,6 @@ def run_checks(guest: GuestView, names: Sequence[str] | None = None,
         else:
             ctx.kept, ctx.notes = ({} if record is not None else None), {}
             result = judge_applicability(check, profile, functools.partial(_run_one, ctx, check))
-            stopped = _stop_reason(result)
-            if fail_fast and stopped is None and result.verdict.indicts_kernel:
-                stopped = f"--fail-fast: {check.name} failed"
             if record is not None and (ctx.kept or ctx.notes):
                 write_recording(record, result, ctx.facts, ctx.kept or {}, ctx.notes)
         bugs = guest.new_bugs()
@@ -259,8 +263,8 @@ def run_checks(guest: GuestView, names: Sequence[str] | None = None,
             verdict = Verdict.NOT_RUN if result.verdict is Verdict.NOT_RUN else Verdict.FAIL
             result = replace(result, verdict=verdict, diffs=(*result.diffs, *(f"kernel bug: {b.title}" for b in bugs)),
                              figures={**result.figures, "kernel_bugs": [b.title for b in bugs]})
-            # The kernel is broken: what the remaining checks would see is no longer NUMA balancing.
-            stopped = stopped or f"the kernel reported {bugs[0].title!r} during {result.name}"
+        if stopped is None:
+            stopped = stop_reason(result, fail_fast)
         result = replace(result, seconds=time.monotonic() - started)
         results.append(result)
         if progress is not None:

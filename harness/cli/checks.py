@@ -19,6 +19,7 @@ from harness.checks.catalog import CHECKS
 from harness.checks.checkrun import check_kernel, kernel_identity
 from harness.checks.gitbisect import bisect_commits, commit_range, git_tree
 from harness.checks.mutants import MutantOutcome, discover, mutants_dir_for, run_mutants, select
+from harness.checks.parallel import check_kernel_in_guests, validate_guests
 from harness.checks.registry import CheckResult, Verdict, validate_names
 from harness.cli.options import say
 from harness.cli.requests import launch_request
@@ -48,18 +49,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     names = validate_names(args.only, "--only")
     request = launch_request(args, name="check")
     validate(request)
+    validate_guests(request, args.guests)
     kernel = resolve_kernel(request)
-    run = check_kernel(request, kernel, names or None, on_boot=lambda seconds, accel: say(
-        f"guest up in {seconds:.1f} s ({accel}, {args.topology}); running {len(names) or len(CHECKS)} checks"),
-        progress=lambda r: say(f"{r.name}: {r.verdict.value} ({r.seconds:.1f} s) {r.summary}"), record=args.record,
-        fail_fast=args.fail_fast)
+    if args.guests == 1:
+        run = check_kernel(request, kernel, names or None, on_boot=lambda seconds, accel: say(
+            f"guest up in {seconds:.1f} s ({accel}, {args.topology}); running {len(names) or len(CHECKS)} checks"),
+            progress=lambda r: say(f"{r.name}: {r.verdict.value} ({r.seconds:.1f} s) {r.summary}"),
+            record=args.record, fail_fast=args.fail_fast)
+    else:
+        run = check_kernel_in_guests(
+            request, kernel, names or None, args.guests, record=args.record, fail_fast=args.fail_fast,
+            on_plan=lambda plan: say(f"{sum(len(s.names) for s in plan)} checks over {len(plan)} guests: " + "; ".join(
+                f"guest {s.index} {', '.join(s.names)}" for s in plan)),
+            on_boot=lambda share, seconds, accel: say(
+                f"guest {share.index} up in {seconds:.1f} s ({accel}, {args.topology}); running {len(share.names)} checks"),
+            progress=lambda share, r: say(f"[guest {share.index}] {r.name}: {r.verdict.value} ({r.seconds:.1f} s) "
+                                          f"{r.summary}"))
     manifest = kernel.manifest
     title = (f"numa-harness check: kernel {manifest.get('kernel_release')} "
              f"({', '.join(p['name'] for p in manifest.get('patches', [])) or 'no patches'}), {args.topology}")
     print_table(run.results, title)
     if args.json:
         write_json(args.json, run.results, {"kernel": kernel_identity(kernel), "topology": args.topology,
-                                            "accel": run.accel})
+                                            "accel": run.accel, "guests": run.guests})
     if args.junit:
         write_junit(args.junit, run.results, f"numa-harness.{args.topology}")
     return verdict_exit(list(run.results))

@@ -90,6 +90,8 @@ def _checks(sub: Subparsers) -> None:
     p.add_argument("--only", action="append", default=[], metavar="CHECK", help="run only this check (repeatable)")
     p.add_argument("--fail-fast", action="store_true",
                    help="stop at the first check that fails or hangs (the rest are reported as not run)")
+    p.add_argument("--guests", type=int, default=1, metavar="N",
+                   help="split the checks over N guests of the kernel, booted side by side (default 1)")
     p.add_argument("--record", type=Path, metavar="DIR",
                    help="write the observations each check keeps to DIR/CHECK.json.gz (golden data for tests/data)")
     p.set_defaults(command="harness.cli.checks:cmd_check")

@@ -118,7 +118,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """PR_SET_PDEATHSIG(SIGKILL) for the calling process: the kernel kills it when the thread
+    that started it exits (a preexec_fn for QEMU; also the first call of the harness's own
+    child processes, harness.checks.parallel)."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -153,7 +156,7 @@ def _kvm_boots(kernel: Path, timeout: float = 10.0) -> bool:
             "-serial", "stdio"]
     try:
         child = pexpect.spawn(argv[0], argv[1:], timeout=timeout, encoding="utf-8", codec_errors="replace",
-                              preexec_fn=_die_with_parent)
+                              preexec_fn=die_with_parent)
     except pexpect.ExceptionPexpect:
         return False
     try:
@@ -273,7 +276,7 @@ class Guest(GuestView):
         (self.paths.directory / "qemu.argv").write_text(json.dumps(argv))
         stderr = (self.paths.directory / "qemu.stderr").open("wb")
         self.process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, preexec_fn=_die_with_parent,
+            argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, preexec_fn=die_with_parent,
         )
         self._write_info()
 

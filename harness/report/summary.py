@@ -44,6 +44,7 @@ _TOPOLOGY = {
         "accel": {"type": ["string", "null"]},
         "boot_seconds": {"type": ["number", "null"]},
         "seconds": {"type": "number"},
+        "guests": {"type": "integer", "minimum": 1},
         "passed": {"type": "boolean"},
         "console_log": {"type": ["string", "null"]},
         "error": {"type": ["string", "null"]},

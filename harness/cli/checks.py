@@ -71,7 +71,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print_table(run.results, title)
     if args.json:
         write_json(args.json, run.results, {"kernel": kernel_identity(kernel), "topology": args.topology,
-                                            "accel": run.accel, "guests": run.guests})
+                                            "accel": run.accel, "guests": run.guests,
+                                            "seconds": round(run.seconds, 2)})
     if args.junit:
         write_junit(args.junit, run.results, f"numa-harness.{args.topology}")
     return verdict_exit(list(run.results))

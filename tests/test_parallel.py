@@ -14,7 +14,7 @@ import pytest
 
 from harness.checks.catalog import CHECKS
 from harness.checks.checkrun import CheckRun
-from harness.checks.parallel import check_kernel_in_guests, plan_shares, validate_guests
+from harness.checks.parallel import GuestShare, check_kernel_in_guests, plan_shares, validate_guests
 from harness.checks.registry import CheckResult, Verdict
 from harness.checks.runner import stop_reason
 from harness.errors import BadInput, ExitCode
@@ -32,7 +32,20 @@ def test_every_check_lands_in_exactly_one_share_in_run_order() -> None:
         assert sorted(n for share in plan for n in share.names) == sorted(names)
         assert [share.index for share in plan] == list(range(1, guests + 1))
         for share in plan:
-            assert list(share.names) == [n for n in names if n in share.names]
+            shared = [n for n in share.names if n not in share.alone]
+            assert shared == [n for n in names if n in shared]
+            assert list(share.names) == shared + list(share.alone)
+
+
+def test_checks_that_run_alone_go_last_in_the_first_share() -> None:
+    names = list(CHECKS)
+    alone = [n for n in names if CHECKS[n].alone]
+    assert alone, "no check runs alone: this test has nothing to judge"
+    first, *rest = plan_shares(names, 2)
+    assert list(first.alone) == alone and list(first.names[-len(alone):]) == alone
+    assert not any(share.alone or set(share.names) & set(alone) for share in rest)
+    [only] = plan_shares(names, 1)
+    assert only.alone == () and list(only.names) == names
 
 
 def test_the_split_is_balanced_by_registered_cost() -> None:
@@ -100,13 +113,26 @@ def test_what_stops_the_remaining_checks(result: CheckResult, fail_fast: bool, r
 @pytest.mark.kernel
 @pytest.mark.guest
 def test_two_guests_give_the_verdicts_of_one_run(built_kernel: KernelArtifact, nh_cache_dir: Path | None) -> None:
-    names = ["skip-rules", "cow-sharing", "task-swap"]
+    """... and a check that runs alone starts only once the other guest has finished: its result
+    arrives at least its own duration after the other guest's last one (one monotonic clock for
+    every process)."""
+    names = ["skip-rules", "cow-sharing", "scanner-pids", "task-swap"]
+    assert CHECKS["scanner-pids"].alone
     request = LaunchRequest(kernel_dir=built_kernel.directory, name="par")
     seen: list[tuple[int, str]] = []
     booted: list[int] = []
-    run = check_kernel_in_guests(request, built_kernel, names, 2, progress=lambda s, r: seen.append((s.index, r.name)),
+    arrived: dict[str, float] = {}
+
+    def tell(share: GuestShare, result: CheckResult) -> None:
+        seen.append((share.index, result.name))
+        arrived[result.name] = time.monotonic()
+
+    run = check_kernel_in_guests(request, built_kernel, names, 2, progress=tell,
                                  on_boot=lambda s, seconds, accel: booted.append(s.index))
     assert [r.name for r in run.results] == names
+    alone = next(r for r in run.results if r.name == "scanner-pids")
+    others = [name for index, name in seen if index != 1]
+    assert others and arrived["scanner-pids"] - alone.seconds >= max(arrived[n] for n in others)
     assert all(r.verdict is Verdict.PASS for r in run.results), [(r.name, r.summary, r.diffs) for r in run.results]
     assert run.guests == 2 and sorted(booted) == [1, 2]
     assert sorted(name for _, name in seen) == sorted(names) and {index for index, _ in seen} == {1, 2}

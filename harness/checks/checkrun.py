@@ -77,7 +77,7 @@ def kernel_identity(kernel: KernelArtifact) -> dict[str, Any]:
 def check_kernel(request: LaunchRequest, kernel: KernelArtifact, names: Sequence[str] | None = None, *,
                  console_copy: Path | None = None, progress: Callable[[CheckResult], None] | None = None,
                  on_boot: Callable[[float, str], None] | None = None, record: Path | None = None,
-                 fail_fast: bool = False) -> CheckRun:
+                 fail_fast: bool = False, before: Callable[[str], None] | None = None) -> CheckRun:
     started = time.monotonic()
     guest = make_guest(request, kernel)
     try:
@@ -86,7 +86,8 @@ def check_kernel(request: LaunchRequest, kernel: KernelArtifact, names: Sequence
                 on_boot(guest.boot_seconds, guest.accel)
             guest.mark_bugs_seen()
             timeline: list[dict[str, Any]] = []
-            results = run_checks(guest, names, progress=progress, timeline=timeline, record=record, fail_fast=fail_fast)
+            results = run_checks(guest, names, progress=progress, timeline=timeline, record=record, fail_fast=fail_fast,
+                                 before=before)
             boot_seconds, accel = guest.boot_seconds, guest.accel
     except HarnessError as err:
         bugs = guest.bugs() if guest.paths.console_log.exists() else []

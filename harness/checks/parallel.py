@@ -11,8 +11,11 @@ orderly unwind (`with guest` powers its QEMU off), and SIGKILLs a child that has
 `STOP_GRACE` seconds later.
 
 The checks are independent scenarios (each sets up its own workload and takes its own first
-observation), so which guest runs one does not change what it judges; only the host's two
-cores are shared, so each check runs slower than alone (measured in the README). What the
+observation), so which guest runs one does not change what it judges; only the host's cores
+are shared, so each check takes longer than in a guest of its own (measured in the README). A
+check whose premise bounds a thread's guest CPU time (Check.alone) is the exception: the guest
+charges a task for host time its vCPU waited, so such a check runs last, in guest 1, once every
+other guest has finished. What the
 runner does after a hang, a kernel bug or a `--fail-fast` fail in one guest, it does across
 all of them: the others are stopped and their unfinished checks reported as not run, with the
 reason and the guest it came from.
@@ -30,6 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -57,10 +61,12 @@ GUEST_OVERHEAD_MB = 768
 
 @dataclass(frozen=True)
 class GuestShare:
-    """The checks one guest runs, in the order the whole run would have run them."""
+    """The checks one guest runs: in the order the whole run would have run them, then those
+    that run alone (`alone`, also in `names`), after every other guest has finished."""
 
     index: int  # 1-based
     names: tuple[str, ...]
+    alone: tuple[str, ...] = ()
 
     @property
     def seconds(self) -> float:
@@ -70,18 +76,23 @@ class GuestShare:
 def plan_shares(names: Sequence[str], guests: int) -> list[GuestShare]:
     """At most `guests` shares of `names`, balanced by the checks' registered cost
     (Check.seconds): the longest first, each to the share with the least so far (the longest-
-    processing-time rule, within 4/3 of the best split). Deterministic: ties go to the lower
-    share and to the earlier check; empty shares are dropped."""
+    processing-time rule, within 4/3 of the best split). The checks that run alone go last in
+    share 1. Deterministic: ties go to the lower share and to the earlier check; empty shares
+    are dropped."""
     if guests < 1:
         raise BadInput(f"--guests {guests}: expected 1 or more.")
     order = {name: position for position, name in enumerate(names)}
-    bins: list[list[str]] = [[] for _ in range(min(guests, len(names)) or 1)]
+    alone = tuple(n for n in names if CHECKS[n].alone) if guests > 1 else ()
+    shared = [n for n in names if n not in alone]
+    bins: list[list[str]] = [[] for _ in range(min(guests, len(shared)) or 1)]
     totals = [0.0] * len(bins)
-    for name in sorted(names, key=lambda n: (-CHECKS[n].seconds, order[n])):
+    for name in sorted(shared, key=lambda n: (-CHECKS[n].seconds, order[n])):
         lightest = min(range(len(bins)), key=lambda i: (totals[i], i))
         bins[lightest].append(name)
         totals[lightest] += CHECKS[name].seconds
-    return [GuestShare(i + 1, tuple(sorted(b, key=order.__getitem__))) for i, b in enumerate(bins) if b]
+    plan = [sorted(b, key=order.__getitem__) for b in bins]
+    plan[0] += alone
+    return [GuestShare(i + 1, tuple(b), alone if i == 0 else ()) for i, b in enumerate(plan) if b]
 
 
 def validate_guests(request: LaunchRequest, guests: int) -> None:
@@ -132,11 +143,12 @@ def check_kernel_in_guests(request: LaunchRequest, kernel: KernelArtifact, names
                             on_boot=None if booted is None else lambda s, a: booted(share, s, a))
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads and sockets
     messages: Queue[tuple[Any, ...]] = context.Queue()
+    others_done = context.Event()  # set once only the share with the alone checks still runs
     children: dict[int, BaseProcess] = {share.index: context.Process(
-        target=guest_main, args=(os.getpid(), share, request, kernel, record, fail_fast, messages),
+        target=guest_main, args=(os.getpid(), share, request, kernel, record, fail_fast, messages, others_done),
         name=f"numa-harness-guest-{share.index}") for share in plan}
     by_index = {share.index: share for share in plan}
-    collector = _Collector(by_index, fail_fast, progress, on_boot)
+    collector = _Collector(by_index, fail_fast, progress, on_boot, others_done.set)
     try:
         for child in children.values():
             child.start()
@@ -154,8 +166,10 @@ class _Collector:
     """The parent's side: the children's messages turned into progress, stops and one run."""
 
     def __init__(self, shares: dict[int, GuestShare], fail_fast: bool, progress: ProgressCallback | None,
-                 on_boot: BootCallback | None) -> None:
+                 on_boot: BootCallback | None, others_done: Callable[[], None]) -> None:
         self.shares = shares
+        self.others_done = others_done
+        self.alone_in = {s.index for s in shares.values() if s.alone}
         self.fail_fast = fail_fast
         self.progress = progress
         self.on_boot = on_boot
@@ -171,6 +185,8 @@ class _Collector:
         pending = set(children)
         while pending:
             self._reap(pending, children)
+            if not pending - self.alone_in:
+                self.others_done()
             try:
                 message = messages.get(timeout=1.0)
             except queue.Empty:
@@ -264,7 +280,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def guest_main(parent: int, share: GuestShare, request: LaunchRequest, kernel: KernelArtifact, record: Path | None,
-               fail_fast: bool, messages: Queue[tuple[Any, ...]]) -> None:
+               fail_fast: bool, messages: Queue[tuple[Any, ...]], others_done: EventType) -> None:
     """A child: boot one guest, run its share, report each result as it comes (module docstring)."""
     die_with_parent()
     if os.getppid() != parent:  # the parent died before the prctl took effect
@@ -272,11 +288,17 @@ def guest_main(parent: int, share: GuestShare, request: LaunchRequest, kernel: K
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when a child stops
     signal.signal(signal.SIGTERM, _interrupt)
     index = share.index
+
+    def before(name: str) -> None:
+        # Short waits: a SIGTERM's KeyboardInterrupt is raised between them.
+        while name in share.alone and not others_done.wait(1.0):
+            pass
+
     try:
         run = check_kernel(replace(request, name=f"{request.name or 'check'}-{index}"), kernel, share.names,
                            on_boot=lambda seconds, accel: messages.put(("boot", index, seconds, accel)),
                            progress=lambda result: messages.put(("result", index, result)), record=record,
-                           fail_fast=fail_fast)
+                           fail_fast=fail_fast, before=before)
     except KeyboardInterrupt:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         messages.put(("interrupted", index))

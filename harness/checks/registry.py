@@ -122,6 +122,11 @@ class Check:
     # every function it makes decide was compared between them and each difference modelled. On
     # any other release its verdict is unverified.
     releases: frozenset[str] = frozenset({MODELLED_RELEASE})
+    # Its premise bounds the guest CPU time a thread may use (the check says why): under TCG a
+    # guest charges its running task for host time its vCPU did not get (there is no steal
+    # clock), so a guest sharing the host's cores with another charges more for the same work.
+    # `check --guests N` runs such a check while no other guest runs one (harness.checks.parallel).
+    alone: bool = False
 
     @property
     def description(self) -> str:
@@ -136,19 +141,19 @@ EVERY_MODELLED_RELEASE = tuple(RULES)
 
 
 def check(name: str, *, seconds: float, needs: Iterable[Mechanism] = (),
-          releases: Iterable[str] = (MODELLED_RELEASE,)) -> Callable[[Callable[[Context], Finding]],
-                                                                   Callable[[Context], Finding]]:
+          releases: Iterable[str] = (MODELLED_RELEASE,), alone: bool = False) -> Callable[[Callable[[Context], Finding]],
+                                                                                     Callable[[Context], Finding]]:
     """Register a check under `name` (the order of registration is the order checks run in);
     `seconds` is what it typically takes, as measured (see Check.seconds); `needs`, the
     mechanisms it makes decide (see Check.needs); `releases`, those whose rules it follows
-    (see Check.releases)."""
+    (see Check.releases); `alone`, whether it must not share the host (see Check.alone)."""
     def register(function: Callable[[Context], Finding]) -> Callable[[Context], Finding]:
         if name in CHECKS:
             raise ValueError(f"check {name!r} registered twice ({CHECKS[name].run.__qualname__}, {function.__qualname__})")
         unknown = sorted(set(releases) - set(RULES))
         if unknown:
             raise ValueError(f"check {name!r}: the model has no rules for release {', '.join(unknown)}")
-        CHECKS[name] = Check(name, function, seconds, frozenset(needs), frozenset(releases))
+        CHECKS[name] = Check(name, function, seconds, frozenset(needs), frozenset(releases), alone)
         return function
     return register
 

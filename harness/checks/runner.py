@@ -239,10 +239,11 @@ def stop_reason(result: CheckResult, fail_fast: bool = False) -> str | None:
 def run_checks(guest: GuestView, names: Sequence[str] | None = None,
                progress: Callable[[CheckResult], None] | None = None,
                timeline: list[dict[str, Any]] | None = None, record: Path | None = None,
-               fail_fast: bool = False) -> list[CheckResult]:
+               fail_fast: bool = False, before: Callable[[str], None] | None = None) -> list[CheckResult]:
     """Run the checks (all registered ones, or `names`) in that order; with `record`, write the
     observations each check keeps (Context.keep) there as golden data. After a result that
-    stop_reason names a reason for, the rest are not run (with `fail_fast`, also after a fail)."""
+    stop_reason names a reason for, the rest are not run (with `fail_fast`, also after a fail).
+    `before(name)` is called before each check that runs (it may wait)."""
     ctx = Context.open(guest)
     profile = kernel_profile(ctx)
     if timeline is not None:
@@ -254,6 +255,9 @@ def run_checks(guest: GuestView, names: Sequence[str] | None = None,
         if stopped is not None:
             result = CheckResult(check.name, Verdict.NOT_RUN, f"not run: {stopped}")
         else:
+            if before is not None:
+                before(check.name)
+                started = time.monotonic()  # a wait is not the check's time
             ctx.kept, ctx.notes = ({} if record is not None else None), {}
             result = judge_applicability(check, profile, functools.partial(_run_one, ctx, check))
             if record is not None and (ctx.kept or ctx.notes):

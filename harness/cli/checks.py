@@ -60,7 +60,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         run = check_kernel_in_guests(
             request, kernel, names or None, args.guests, record=args.record, fail_fast=args.fail_fast,
             on_plan=lambda plan: say(f"{sum(len(s.names) for s in plan)} checks over {len(plan)} guests: " + "; ".join(
-                f"guest {s.index} {', '.join(s.names)}" for s in plan)),
+                f"guest {s.index} {', '.join(n for n in s.names if n not in s.alone)}"
+                + (f", then alone {', '.join(s.alone)}" if s.alone else "") for s in plan)),
             on_boot=lambda share, seconds, accel: say(
                 f"guest {share.index} up in {seconds:.1f} s ({accel}, {args.topology}); running {len(share.names)} checks"),
             progress=lambda share, r: say(f"[guest {share.index}] {r.name}: {r.verdict.value} ({r.seconds:.1f} s) "

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import process_running
 
 from harness.guest.launch import LaunchRequest, make_guest
 from harness.guest.qemu import BootTimeout, Guest
@@ -210,15 +211,7 @@ def test_qemu_dies_when_the_harness_is_killed(tmp_path: Path) -> None:
     while Path(f"/proc/{qemu_pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
         subprocess.run(["true"])  # give init a chance to reap
-    assert not _running(qemu_pid), f"QEMU {qemu_pid} outlived the harness"
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+    assert not process_running(qemu_pid), f"QEMU {qemu_pid} outlived the harness"
 
 
 def test_up_ssh_list_down_from_separate_processes(built_kernel: KernelArtifact) -> None:
@@ -245,7 +238,7 @@ def test_up_ssh_list_down_from_separate_processes(built_kernel: KernelArtifact) 
     finally:
         down = subprocess.run([*CLI, "down", name], capture_output=True, text=True, timeout=60)
     assert down.returncode == 0, down.stderr
-    assert not _running(int(info["qemu_pid"])) and not _running(int(info["supervisor_pid"]))
+    assert not process_running(int(info["qemu_pid"])) and not process_running(int(info["supervisor_pid"]))
     assert name not in json.loads(subprocess.run([*CLI, "list", "--json"], capture_output=True, text=True).stdout)
 
 
@@ -262,4 +255,4 @@ def test_a_guest_context_leaves_no_qemu(built_kernel: KernelArtifact, nh_cache_d
         assert guest.process is not None
         pids.append(guest.process.pid)
         raise RuntimeError("leaving by an exception")
-    assert not any(_running(pid) for pid in pids), pids
+    assert not any(process_running(pid) for pid in pids), pids

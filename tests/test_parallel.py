@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import process_running
 
 from harness.checks.catalog import CHECKS
 from harness.checks.checkrun import CheckRun
@@ -156,13 +157,6 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
 def _until_both_guests_are_up(harness: subprocess.Popen[str]) -> set[int]:
     """Read the harness's progress until both guests said they are up; then its whole tree."""
     assert harness.stderr is not None
@@ -202,9 +196,9 @@ def test_nothing_outlives_a_stopped_harness(built_kernel: KernelArtifact, how: s
     else:
         assert status == -how
     deadline = time.monotonic() + 30  # SIGKILLed QEMUs are reaped by init
-    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+    while any(process_running(p) for p in tree) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not [p for p in tree if _alive(p)], "a child or QEMU outlived the harness"
+    assert not [p for p in tree if process_running(p)], "a child or QEMU outlived the harness"
 
 
 @pytest.mark.kernel

@@ -4,6 +4,7 @@ interrupt or a SIGKILL of the harness."""
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import process_running
 
+from harness.checks import parallel
 from harness.checks.catalog import CHECKS
 from harness.checks.checkrun import CheckRun
 from harness.checks.parallel import GuestShare, check_kernel_in_guests, plan_shares, validate_guests
@@ -113,6 +115,23 @@ def test_what_stops_the_remaining_checks(result: CheckResult, fail_fast: bool, r
 
 @pytest.mark.kernel
 @pytest.mark.guest
+def test_a_child_asked_to_stop_reports_no_further_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After its SIGTERM a child sends nothing more: the check the interrupt cut short may end in
+    a harness error of the interrupt's making (its cleanup met the SSH stream the interrupt
+    broke), and that is not a result."""
+    monkeypatch.setattr(parallel, "_stop_requested", False)
+    messages = multiprocessing.get_context("spawn").Queue()
+    judged = CheckResult("thp", Verdict.PASS, "ok")
+    parallel._report(messages, 1, judged)
+    with pytest.raises(KeyboardInterrupt):
+        parallel._interrupt(signal.SIGTERM, None)
+    with pytest.raises(KeyboardInterrupt):
+        parallel._report(messages, 1, CheckResult("cow", Verdict.ERROR, "harness error: SSHException: Channel closed."))
+    messages.put(("end",))  # FIFO: whatever was sent after the judged result comes before it
+    assert messages.get(timeout=5) == ("result", 1, judged)
+    assert messages.get(timeout=5) == ("end",)
+
+
 def test_two_guests_give_the_verdicts_of_one_run(built_kernel: KernelArtifact, nh_cache_dir: Path | None) -> None:
     """... and a check that runs alone starts only once the other guest has finished: its result
     arrives at least its own duration after the other guest's last one (one monotonic clock for

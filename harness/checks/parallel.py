@@ -267,17 +267,34 @@ def _stop_all(children: Iterable[BaseProcess]) -> None:
         child.join()
 
 
+# Set in a child by its first SIGTERM: from then on it reports no result (see _report).
+_stop_requested = False
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     """A child's SIGTERM: unwind (`with guest` shuts the guest down), unless the shutdown is
     already under way, which a second interrupt must not cut short. Not one-shot: an exception
     raised while libdrgn runs Python code of its own (its plugin hooks) is printed and dropped
     there, so the parent sends SIGTERM again every RESEND_S until the child has exited."""
+    global _stop_requested
+    _stop_requested = True
     walk = frame
     while walk is not None:
         if walk.f_code is Guest.shutdown.__code__:
             return
         walk = walk.f_back
     raise KeyboardInterrupt
+
+
+def _report(messages: Queue[tuple[Any, ...]], index: int, result: CheckResult) -> None:
+    """Send a child's result to the parent, unless the parent has asked the child to stop: the
+    interrupt lands anywhere, also inside paramiko while it writes a packet, and a check's
+    cleanup then meets a closed channel, whose SSHException replaces the KeyboardInterrupt and
+    would come back as a harness error. A result finished after the stop judged nothing; the
+    parent reports the check as not run, with the stop's reason."""
+    if _stop_requested:
+        raise KeyboardInterrupt
+    messages.put(("result", index, result))
 
 
 def guest_main(parent: int, share: GuestShare, request: LaunchRequest, kernel: KernelArtifact, record: Path | None,
@@ -291,6 +308,8 @@ def guest_main(parent: int, share: GuestShare, request: LaunchRequest, kernel: K
     index = share.index
 
     def before(name: str) -> None:
+        if _stop_requested:
+            raise KeyboardInterrupt
         # Short waits: a SIGTERM's KeyboardInterrupt is raised between them.
         while name in share.alone and not others_done.wait(1.0):
             pass
@@ -298,7 +317,7 @@ def guest_main(parent: int, share: GuestShare, request: LaunchRequest, kernel: K
     try:
         run = check_kernel(replace(request, name=f"{request.name or 'check'}-{index}"), kernel, share.names,
                            on_boot=lambda seconds, accel: messages.put(("boot", index, seconds, accel)),
-                           progress=lambda result: messages.put(("result", index, result)), record=record,
+                           progress=lambda result: _report(messages, index, result), record=record,
                            fail_fast=fail_fast, before=before)
     except KeyboardInterrupt:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from conftest import process_running
 
 from harness.guest.launch import LaunchRequest, make_guest
-from harness.guest.qemu import BootTimeout, Guest
+from harness.guest.qemu import READY_PREFIX, BootTimeout, Guest
 from harness.guest.ssh import CommandTimeout
 from harness.guest.view import GuestView
 from harness.kernel.pipeline import BuildRequest, KernelArtifact
@@ -146,6 +147,21 @@ def test_sysrq_crash_is_detected_and_titled(guest_factory: Callable[..., Guest])
     titles = [bug.title for bug in booted.bugs()]
     assert titles == ["Kernel panic - not syncing: sysrq triggered crash"]
     assert "sysrq_handle_crash" in booted.bugs()[0].report
+
+
+@pytest.mark.parametrize("cmdline", [(), ("quiet",), ("loglevel=1",)], ids=["default", "quiet", "loglevel-1"])
+def test_the_ready_marker_is_a_kernel_record_the_console_prints(guest_factory: Callable[..., Guest],
+                                                                cmdline: tuple[str, ...]) -> None:
+    """An echo of the marker to the console once had a printk land inside it ("numa-harness:
+    re[ 1.95] input: ...ady TOKEN", in CI) and the host waited out its boot timeout. Written
+    through /dev/kmsg it is a record of its own line, at a level the console prints whatever
+    loglevel the command line sets."""
+    booted = guest_factory(cmdline=cmdline, snapshot=False)
+    lines = booted.paths.console_log.read_text(errors="replace").splitlines()
+    record = re.compile(r"\[\s*\d+\.\d+\] " + re.escape(READY_PREFIX + booted.token) + r"\r?")
+    assert [line for line in lines if READY_PREFIX in line and record.fullmatch(line)] == \
+        [line for line in lines if READY_PREFIX in line], lines[-20:]
+    assert any(record.fullmatch(line) for line in lines)
 
 
 def test_boot_that_cannot_finish_times_out_with_console_tail(guest_factory: Callable[..., Guest]) -> None:

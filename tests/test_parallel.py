@@ -193,6 +193,13 @@ def _until_both_guests_are_up(harness: subprocess.Popen[str]) -> set[int]:
     return tree
 
 
+def _foreground_sigint() -> None:
+    """SIGINT as a terminal's foreground job has it: a suite started in the background (`cmd &`
+    in a script) hands its children SIGINT ignored, and Python then installs no handler, so a
+    Ctrl-C would not be what the harness gets (a CI run started that way failed here)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.kernel
 @pytest.mark.guest
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
@@ -202,7 +209,8 @@ def test_nothing_outlives_a_stopped_harness(built_kernel: KernelArtifact, how: s
     and the parent-death signal takes its children and their QEMUs down."""
     harness = subprocess.Popen([*CLI, "check", "--guests", "2", "--kernel", str(built_kernel.directory),
                                 "--only", "numa-group", "--only", "numa-group-shared"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_foreground_sigint)
     try:
         tree = _until_both_guests_are_up(harness)
         harness.send_signal(how)

@@ -417,9 +417,9 @@ class Guest(GuestView):
                 self._boot_timeout()
             time.sleep(0.02)
 
-    def _check_alive(self, when: str, force: bool = False) -> None:
+    def _check_alive(self, when: str) -> None:
         assert self.process is not None
-        if self.process.poll() is None and not force:
+        if self.process.poll() is None:
             return
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)

@@ -36,15 +36,25 @@ from harness.model import (
 
 # One loop step: long enough for a few scanner passes (FAST_SCAN: 100-400 ms) and their faults.
 LOOP_STEP_S = 0.5
-# Waiting for the placement: the books need faults from a few passes (seconds at FAST_SCAN).
+# Waiting for the placement, in guest time (task-placement: the pinned loops' seconds; task-swap:
+# the looks' jiffies): the books need faults from a few passes (seconds at FAST_SCAN).
 PLACEMENT_LIMIT_S = 60.0
-# Waiting for the move once the task may run anywhere. Derivation: the first hint fault after
-# numa_migrate_retry runs numa_migrate_preferred, which moves the task (an idle CPU on the
-# preferred node: task_numa_compare takes it, load_too_imbalanced cannot object to moving one
-# task onto an idle node); numa_migrate_retry is at most HZ jiffies away
-# (numa_migrate_interval) and the scanner hints the region again within one period (at most
-# 400 ms), so the move is due within 1.4 s of reading; the loop reads for about three times that.
+# Waiting for the move once the task may run anywhere, in guest time (the jiffies of the looks:
+# each look pauses the guest, so on a busy host the host's clock runs far ahead of the guest's).
+# Derivation: the first hint fault after numa_migrate_retry runs numa_migrate_preferred, which
+# moves the task (an idle CPU on the preferred node: task_numa_compare takes it,
+# load_too_imbalanced cannot object to moving one task onto an idle node); numa_migrate_retry is
+# at most HZ jiffies away (numa_migrate_interval) and the scanner hints the region again within
+# one period (at most 400 ms), so the move is due within 1.4 s of reading; the watch lasts about
+# three times that. It counts from the last pinned look, before the loop's command is sent, so
+# it also counts the command's delivery (tens of ms of guest time), which the 2.6 s between the
+# due time and the watch's end absorb.
 FREE_LOOP_S = 4.0
+# The free loop outlasts the watch by one look's spacing (LOOP_STEP_S of guest time, the guest
+# being paused while it is read), so that the last look normally still finds it reading; one
+# that comes later judges a task that read, free, for longer than FREE_LOOP_S and then sleeps
+# where it last ran (nhmem waits for its next command without a wake-up), which is the same verdict.
+FREE_LOOP_TAIL_S = LOOP_STEP_S
 
 
 def _region_nodes(obs: Observation, region: HeldRegion) -> dict[int, int]:
@@ -63,10 +73,9 @@ def check_task_placement(ctx: Context) -> Finding:
     is booked on the near node, task_numa_fault's mem_node). Its task, exec'd on the far node,
     reads it over and over pinned to the far node until task_numa_placement makes the near node
     its preferred node (the only node with memory faults); all the while its pages must stay on
-    the near node and the task on the far one. Then it reads on for FREE_LOOP_S with every CPU
-    allowed, observed while it runs (it never sleeps, so no wake-up can place it: only a
-    migration moves it): within that time (derivation at FREE_LOOP_S) it must be running on the
-    near node, its
+    the near node and the task on the far one. Then it reads on with every CPU allowed, observed
+    while it runs (it never sleeps, so no wake-up can place it: only a migration moves it):
+    within FREE_LOOP_S of guest time (derivation there) it must be running on the near node, its
     preferred node unchanged, its pages still on the near node; and numa_migrate_retry must
     never be further ahead than numa_migrate_preferred sets it (numa_migrate_interval)."""
     nodes = ctx.nodes_with_cpus()
@@ -114,26 +123,29 @@ def check_task_placement(ctx: Context) -> Finding:
             spent += LOOP_STEP_S
         # One long loop, observed while it runs: the task never sleeps in it, so only a
         # migration can move it (a wake-up between commands could place it anywhere).
-        line = region.loop(FREE_LOOP_S, wait=False)
+        released = o.balancing.jiffies
+        line = region.loop(FREE_LOOP_S + FREE_LOOP_TAIL_S, wait=False)
         moved_after = None
-        started = time.monotonic()
-        while time.monotonic() - started < FREE_LOOP_S - LOOP_STEP_S:
+        while True:
             time.sleep(LOOP_STEP_S)
             o = look("free")
+            free_s = (o.balancing.jiffies - released) / ctx.hz
             if ctx.node_of_cpu[o.task.cpu] == near:
-                moved_after = round(time.monotonic() - started, 1)
+                moved_after = round(free_s, 2)
                 break
-        region.wait(line, FREE_LOOP_S + STEP_TIMEOUT)
+            if free_s >= FREE_LOOP_S:
+                break
+        region.wait(line, FREE_LOOP_S + FREE_LOOP_TAIL_S + STEP_TIMEOUT)
         if moved_after is None:
             raise KernelNeverReached(f"the task, free to run anywhere and preferring node {near} (where all its memory "
-                                     f"is), still ran on node {ctx.node_of_cpu[o.task.cpu]} after {FREE_LOOP_S} s of "
-                                     f"reading: numa_migrate_preferred / task_numa_migrate never moved it "
+                                     f"is), still ran on node {ctx.node_of_cpu[o.task.cpu]} after {free_s:.2f} s of "
+                                     f"reading (guest time): numa_migrate_preferred / task_numa_migrate never moved it "
                                      f"(numa_migrate_retry {o.task.numa_migrate_retry - o.balancing.jiffies} jiffies "
                                      f"ahead)")
         if o.task.numa_preferred_nid != near:
             diffs.append(f"after the move the task prefers node {o.task.numa_preferred_nid}, not {near}")
     summary = (f"preferred node {near} after {sum(1 for t in trail if t['phase'] != 'free')} pinned steps; "
-               f"moved to it {moved_after} s after it was let run anywhere")
+               f"moved to it {moved_after} s (guest time) after it was let run anywhere")
     return Finding(summary, {"trail": trail}, tuple(diffs))
 
 
@@ -148,11 +160,13 @@ SWAP_RUN_S = 150
 # attempt is transient: load_too_imbalanced when the two tasks' PELT loads differ the wrong way
 # for the nodes' loads (two always-running tasks' loads converge to the same ceiling), or a
 # concurrent search's claim on the runqueue (numa_migrate_on). 20 s is 50 scan periods, each
-# with an attempt by each task.
+# with an attempt by each task. Counted in guest time (the looks' jiffies, from the jiffies read
+# with the premise just before the release), as PLACEMENT_LIMIT_S is: the guest is paused while
+# it is looked at, which on a busy host (a second guest beside it) is most of the host's time.
 SWAP_LIMIT_S = 20.0
 # The model must predict the swap from the loads read before the tasks are let go: the PELT
 # sums of the four always-running tasks reach their ceiling within a few hundred ms of running
-# (32 ms half-life), so a second of reading is enough; 10 s without it means a premise is wrong.
+# (32 ms half-life), so a second of reading is enough; 10 s of guest time without it means a premise is wrong.
 PREMISE_LIMIT_S = 10.0
 POLL_S = 0.25
 
@@ -180,11 +194,13 @@ class _SwapCast:
     partner: HeldRegion
     blockers: tuple[HeldRegion, HeldRegion]
 
-    def premise(self, ctx: Context) -> SwapPremise:
+    def premise(self, ctx: Context) -> tuple[SwapPremise, int]:
         """The kernel's inputs to the mover's task_numa_migrate at this moment, read with the
-        guest paused: the runqueues, the mover's CPU and NUMA domain, both tasks' loads."""
+        guest paused: the runqueues, the mover's CPU and NUMA domain, both tasks' loads; and
+        the jiffies of that moment."""
         prog = ctx.prog
         with nh.snapshot(ctx.guest):
+            jiffies = nh.read_balancing(prog).jiffies
             loads = nh.read_runqueues(prog)
             mover_cpu = nh.read_task(prog, self.mover.pid).cpu
             domain = nh.read_numa_domain(prog, mover_cpu)
@@ -193,7 +209,7 @@ class _SwapCast:
             raise InfrastructureError(f"cpu {mover_cpu} has no NUMA scheduling domain: the guest's topology is not "
                                       f"the 2x2 NUMA machine the scenario needs")
         return SwapPremise(dict(ctx.node_of_cpu), self.near, self.far, self.mover.pid, self.partner.pid,
-                           (self.blockers[0].pid, self.blockers[1].pid), loads, mover_cpu, domain, h_loads)
+                           (self.blockers[0].pid, self.blockers[1].pid), loads, mover_cpu, domain, h_loads), jiffies
 
 
 @dataclass(frozen=True)
@@ -283,38 +299,41 @@ def _look_at_cast(ctx: Context, cast: _SwapCast, phase: str, pages: int, diffs: 
 
 def _wait_placed(ctx: Context, cast: _SwapCast, pages: int, diffs: list[str], trail: list[dict[str, Any]]) -> float:
     """Observe the pinned tasks until each prefers its memory's node (task_numa_placement: the node
-    with the most memory faults, the only one with any); returns the seconds it took, or at the
-    first diff."""
-    started = time.monotonic()
+    with the most memory faults, the only one with any); returns the seconds of guest time it
+    took from the first look, or at the first diff."""
+    started: int | None = None
     while True:
         mover, partner = _look_at_cast(ctx, cast, "pinned", pages, diffs, trail)
+        started = mover.balancing.jiffies if started is None else started
+        spent = (mover.balancing.jiffies - started) / ctx.hz
         if mover.task.numa_preferred_nid == cast.near and partner.task.numa_preferred_nid == cast.far:
-            return round(time.monotonic() - started, 1)
+            return round(spent, 2)
         for name, obs, node in (("mover", mover, cast.near), ("partner", partner, cast.far)):
             if obs.task.numa_preferred_nid not in (-1, node):
                 diffs.append(f"the {name} prefers node {obs.task.numa_preferred_nid}, but every memory fault it "
                              f"took is on node {node} (task_numa_placement: the node with the most memory faults)")
         if diffs:
-            return round(time.monotonic() - started, 1)
-        if time.monotonic() - started > PLACEMENT_LIMIT_S:
-            raise KernelNeverReached(f"after {PLACEMENT_LIMIT_S:.0f} s of reading, pinned, the mover prefers node "
+            return round(spent, 2)
+        if spent > PLACEMENT_LIMIT_S:
+            raise KernelNeverReached(f"after {spent:.0f} s of reading (guest time), pinned, the mover prefers node "
                                      f"{mover.task.numa_preferred_nid} (not {cast.near}) and the partner node "
                                      f"{partner.task.numa_preferred_nid} (not {cast.far})")
         time.sleep(POLL_S)
 
 
-def _wait_swap_predicted(ctx: Context, cast: _SwapCast) -> tuple[Migration, SwapPremise]:
+def _wait_swap_predicted(ctx: Context, cast: _SwapCast) -> tuple[Migration, SwapPremise, int]:
     """Read the loads until the model, given them, predicts the swap (the scenario's premise: two
-    full nodes, the four tasks on the four CPUs); Inconclusive if they never do within
-    PREMISE_LIMIT_S."""
-    started = time.monotonic()
+    full nodes, the four tasks on the four CPUs), and return it with the jiffies of that
+    reading; Inconclusive if they never do within PREMISE_LIMIT_S of guest time."""
+    started: int | None = None
     while True:
-        premise = cast.premise(ctx)
+        premise, jiffies = cast.premise(ctx)
+        started = jiffies if started is None else started
         predicted = premise.predict()
         if premise.cast_runs_every_cpu and predicted.choice is Choice.SWAP:
-            return predicted, premise
-        if time.monotonic() - started > PREMISE_LIMIT_S:
-            raise Inconclusive(f"in {PREMISE_LIMIT_S:.0f} s the loads never made the model predict a swap for the "
+            return predicted, premise, jiffies
+        if (jiffies - started) / ctx.hz > PREMISE_LIMIT_S:
+            raise Inconclusive(f"in {PREMISE_LIMIT_S:.0f} s (guest time) the loads never made the model predict a swap for the "
                                f"mover (last: {predicted.choice.value}, node types {premise.node_types()}, "
                                f"runqueues {premise.as_json()['runqueues']}): the scenario's premise, two full "
                                f"nodes, did not hold")
@@ -361,25 +380,25 @@ def check_task_swap(ctx: Context) -> Finding:
         placed_after = _wait_placed(ctx, cast, pages, diffs, trail)
         if diffs:
             return Finding("the tasks' placement went wrong before the swap", {"trail": trail}, tuple(diffs))
-        predicted, premise = _wait_swap_predicted(ctx, cast)
+        predicted, premise, released = _wait_swap_predicted(ctx, cast)
         if predicted.swap_with != cast.partner.pid:
             diffs.append(f"the model has the mover swap with pid {predicted.swap_with}, not the partner "
                          f"{cast.partner.pid}: the harness's cast is not what the scenario says")
         ctx.guest.ssh.run(f"taskset -p {every_cpu:x} {cast.mover.pid} >/dev/null && "
                           f"taskset -p {every_cpu:x} {cast.partner.pid} >/dev/null").check()
-        released = time.monotonic()
         while True:
             mover, partner = _look_at_cast(ctx, cast, "free", pages, diffs, trail)
+            free_s = (mover.balancing.jiffies - released) / ctx.hz
             if ctx.node_of_cpu[mover.task.cpu] == near and ctx.node_of_cpu[partner.task.cpu] == far:
                 break
-            if time.monotonic() - released > SWAP_LIMIT_S:
+            if free_s > SWAP_LIMIT_S:
                 raise KernelNeverReached(
-                    f"{SWAP_LIMIT_S:.0f} s after both were let run anywhere, the mover (memory on node {near}) runs on "
+                    f"{free_s:.0f} s (guest time) after both were let run anywhere, the mover (memory on node {near}) runs on "
                     f"node {ctx.node_of_cpu[mover.task.cpu]} and the partner (memory on node {far}) on node "
                     f"{ctx.node_of_cpu[partner.task.cpu]}; the model predicted a swap with it (gain "
                     f"{predicted.imp}, node types {premise.node_types()}): task_numa_migrate never swapped them")
             time.sleep(POLL_S)
-        swapped_after = round(time.monotonic() - released, 2)
+        swapped_after = round(free_s, 2)
         # kernel/sched/core.c:migrate_swap puts each task on the CPU the other ran on. Shown as a
         # figure, not compared: the load balancer may also move a task between the CPUs of its
         # node in the same interval (seen on 6.1 right after the release: the mover and the
@@ -390,7 +409,7 @@ def check_task_swap(ctx: Context) -> Finding:
             if obs.task.numa_preferred_nid != node:
                 diffs.append(f"after the swap the {name} prefers node {obs.task.numa_preferred_nid}, not {node}")
     summary = (f"both tasks preferred their memory's node after {placed_after} s pinned; the model predicted a swap "
-               f"(gain {predicted.imp}), and {swapped_after} s after they were let go each ran on its memory's node")
+               f"(gain {predicted.imp}), and {swapped_after} s (guest time) after they were let go each ran on its memory's node")
     return Finding(summary, {"placed_after_s": placed_after, "swapped_after_s": swapped_after,
                              "exchanged_cpus": exchanged, "premise": premise.as_json(),
                              "prediction": predicted.as_json(),

@@ -57,6 +57,12 @@ FREE_LOOP_S = 4.0
 FREE_LOOP_TAIL_S = LOOP_STEP_S
 
 
+def _guest_seconds(ctx: Context, since: int, until: int) -> float:
+    """The guest time between two readings of jiffies: what this module's limits are derived in
+    (the guest's clock stops while a look pauses it; the host's does not)."""
+    return (until - since) / ctx.hz
+
+
 def _region_nodes(obs: Observation, region: HeldRegion) -> dict[int, int]:
     part = obs.table.within(region.addr, region.end)
     nodes: dict[int, int] = {}
@@ -129,7 +135,7 @@ def check_task_placement(ctx: Context) -> Finding:
         while True:
             time.sleep(LOOP_STEP_S)
             o = look("free")
-            free_s = (o.balancing.jiffies - released) / ctx.hz
+            free_s = _guest_seconds(ctx, released, o.balancing.jiffies)
             if ctx.node_of_cpu[o.task.cpu] == near:
                 moved_after = round(free_s, 2)
                 break
@@ -305,7 +311,7 @@ def _wait_placed(ctx: Context, cast: _SwapCast, pages: int, diffs: list[str], tr
     while True:
         mover, partner = _look_at_cast(ctx, cast, "pinned", pages, diffs, trail)
         started = mover.balancing.jiffies if started is None else started
-        spent = (mover.balancing.jiffies - started) / ctx.hz
+        spent = _guest_seconds(ctx, started, mover.balancing.jiffies)
         if mover.task.numa_preferred_nid == cast.near and partner.task.numa_preferred_nid == cast.far:
             return round(spent, 2)
         for name, obs, node in (("mover", mover, cast.near), ("partner", partner, cast.far)):
@@ -332,7 +338,7 @@ def _wait_swap_predicted(ctx: Context, cast: _SwapCast) -> tuple[Migration, Swap
         predicted = premise.predict()
         if premise.cast_runs_every_cpu and predicted.choice is Choice.SWAP:
             return predicted, premise, jiffies
-        if (jiffies - started) / ctx.hz > PREMISE_LIMIT_S:
+        if _guest_seconds(ctx, started, jiffies) > PREMISE_LIMIT_S:
             raise Inconclusive(f"in {PREMISE_LIMIT_S:.0f} s (guest time) the loads never made the model predict a swap for the "
                                f"mover (last: {predicted.choice.value}, node types {premise.node_types()}, "
                                f"runqueues {premise.as_json()['runqueues']}): the scenario's premise, two full "
@@ -388,7 +394,7 @@ def check_task_swap(ctx: Context) -> Finding:
                           f"taskset -p {every_cpu:x} {cast.partner.pid} >/dev/null").check()
         while True:
             mover, partner = _look_at_cast(ctx, cast, "free", pages, diffs, trail)
-            free_s = (mover.balancing.jiffies - released) / ctx.hz
+            free_s = _guest_seconds(ctx, released, mover.balancing.jiffies)
             if ctx.node_of_cpu[mover.task.cpu] == near and ctx.node_of_cpu[partner.task.cpu] == far:
                 break
             if free_s > SWAP_LIMIT_S:

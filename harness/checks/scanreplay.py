@@ -20,6 +20,10 @@ state it predicted:
   subject, not this replay's), and its thread count (`get_nr_threads`, signal->nr_threads);
 - the node the pass ran on: the task's CPU at the end of the step, or at its start (a tick
   before the step's command moved the task runs the pass where it was: `_scanning_nodes`);
+- with a region faulter (a second thread that makes the region's faults), which thread ran the
+  pass: the one whose node_stamp shows the pass's two ticks (`_runners`), with its pid for
+  vma_is_accessed and its period (an input, the kernel's at either end of the step) for
+  numa_next_scan;
 - the jiffies of a placement that restarted `numa_next_scan` (update_task_scan_period's first
   branch), which must fall inside the step.
 
@@ -35,6 +39,7 @@ from dataclasses import dataclass, field, replace
 
 from harness.checks.adapters import model_pages, model_tunables, model_vmas
 from harness.checks.observe import GuestFacts, Observation
+from harness.inspect.numastate import TaskNumaState
 from harness.model import Mm, Page, Tunables, Vma, cpupid_cpu, cpupid_pid, scan_pass, task_scan_max
 from harness.model.timing import (
     NSEC_PER_MSEC,
@@ -66,6 +71,22 @@ class Prediction:
     skipped: tuple[tuple[int, str], ...]
     huge_updates: int = 0  # PMD entries hinted (numa_huge_pte_updates)
     admitted: tuple[tuple[int, str], ...] = ()  # PassResult.admitted, over the step's passes
+
+
+@dataclass(frozen=True)
+class Runner:
+    """A thread whose task_numa_work may have run the step's pass. The pass runs as `current`
+    (fair.c:task_numa_work): vma_is_accessed tests current->pid against pids_active,
+    numa_next_scan becomes now + current's numa_scan_period, and the thread that wins the
+    cmpxchg on numa_next_scan gets node_stamp += 2 * TICK_NSEC ("delay this task enough that
+    another task of this mm will likely win the next time around"). `is_task`: the replay's
+    task, whose period and placements the model carries; any other runner's period is an input
+    (the kernel's value at either end of the step, held to its node_stamp's triggers)."""
+
+    pid: int
+    period_ms: int
+    nodes: tuple[int, ...]
+    is_task: bool = True
 
 
 @dataclass
@@ -107,6 +128,10 @@ class ScanReplay:
     # worker that touches the region while the task spins and runs every pass): its pid bit,
     # not the task's, is what those faults set in the region's VMA (vma_set_access_pid_bit).
     region_faulter: int | None = None
+    # The region faulter's node_stamp as the model carries it (its triggers and the passes it
+    # ran: _runners), and the runner of the step being predicted.
+    faulter_stamp: int = 0
+    runner: Runner | None = None
 
     @classmethod
     def start(cls, obs: Observation, facts: GuestFacts, pid: int, region: tuple[int, int], *,
@@ -119,10 +144,14 @@ class ScanReplay:
         if not caller_places and tunables["scan_period_min_ms"] != tunables["scan_period_max_ms"]:
             raise ValueError("ScanReplay needs scan_period_min_ms == scan_period_max_ms (scanner-window's knobs) "
                              "unless the caller predicts the placements (caller_places)")
-        return cls(pid, facts, model_tunables(obs, facts.hz), region, Mm(obs.mm.numa_scan_offset, obs.mm.numa_scan_seq,
-                   obs.mm.mm_users), tuple(model_vmas(obs)), model_pages(facts, obs), obs.mm.numa_next_scan,
-                   obs.task.numa_scan_period, obs.task.numa_scan_seq, node_stamp=obs.task.node_stamp,
-                   nr_threads=obs.task.nr_threads, caller_places=caller_places, region_faulter=region_faulter)
+        replay = cls(pid, facts, model_tunables(obs, facts.hz), region, Mm(obs.mm.numa_scan_offset,
+                     obs.mm.numa_scan_seq, obs.mm.mm_users), tuple(model_vmas(obs)), model_pages(facts, obs),
+                     obs.mm.numa_next_scan, obs.task.numa_scan_period, obs.task.numa_scan_seq,
+                     node_stamp=obs.task.node_stamp, nr_threads=obs.task.nr_threads, caller_places=caller_places,
+                     region_faulter=region_faulter)
+        if region_faulter is not None:
+            replay.faulter_stamp = replay._faulter_state(obs).node_stamp
+        return replay
 
     @property
     def rss_pages(self) -> tuple[int, int]:
@@ -185,6 +214,22 @@ class ScanReplay:
     def _fault_bit(self, vma: Vma) -> int:
         return pid_bit(self.faulter(vma))
 
+    def _faulter_state(self, obs: Observation) -> TaskNumaState:
+        """The region faulter's NUMA state in `obs` (observed with threads=(region_faulter,))."""
+        state = next((t for t in obs.threads if t.pid == self.region_faulter), None)
+        if state is None:
+            raise ValueError(f"the observation holds no state of the region faulter (tid {self.region_faulter}): "
+                             f"observe it with threads=({self.region_faulter},)")
+        return state
+
+    @property
+    def _scanning_pid(self) -> int:
+        return self.pid if self.runner is None else self.runner.pid
+
+    @property
+    def _scanning_period_ms(self) -> int:
+        return self.period_ms if self.runner is None else self.runner.period_ms
+
     # -- the step --------------------------------------------------------------------------------
 
     def step(self, before: Observation, after: Observation, *, region_touched: bool = False) -> list[str]:
@@ -204,9 +249,10 @@ class ScanReplay:
         old_period = self.period_ms
         if placed:
             diffs += self._placement(after, faults)
-        diffs += self._node_stamp(before, after, passed, old_period)
+        runners, stamp_diffs = self._runners(before, after, passed, old_period)
+        diffs += stamp_diffs
         if passed:
-            mismatch = self._pass(before, after, faults, old_period, placed, region_touched)
+            mismatch = self._pass(before, after, faults, old_period, placed, region_touched, runners)
             if mismatch:  # no prediction holds: the rest would only repeat it
                 return diffs + mismatch
         elif after.mm.numa_next_scan != self.next_scan:
@@ -255,7 +301,7 @@ class ScanReplay:
         self.vmas = tuple(vmas)
         old_period, self.period_ms = self.period_ms, period_ms
         self.task_seq = self.mm.numa_scan_seq
-        diffs += self._node_stamp(before, after, False, old_period)
+        diffs += self._runners(before, after, False, old_period)[1]
         if clock_restarted:
             restarted = self._placement_restart(before, after)
             if restarted is None:
@@ -278,41 +324,52 @@ class ScanReplay:
             return replace(page, last_cpupid=kernel)
         return page
 
-    def _node_stamp(self, before: Observation, after: Observation, passed: bool, old_period: int) -> list[str]:
-        """task->node_stamp, and whether the step's pass had a trigger. fair.c:task_tick_numa, at
-        a tick where sum_exec_runtime > node_stamp + period, adds the period and queues
-        task_numa_work; the pass that wins numa_next_scan adds 2 * TICK_NSEC, and at its end 32
-        times the CPU time it was charged (the 3 % overhead cap). The CPU time is an input: the
-        runtime as observed (the last tick saw at most one tick less) and the pass's own charge
-        d, which is at most what the task ran in the step. So node_stamp = model + k periods +
-        the pass's 2 ticks + 32 d, with k >= 1 when a pass ran unless its work was already queued
-        at the step's start; and after the last tick node_stamp + period >= runtime - one tick
-        (else that tick would have triggered). A placement in the step changes the period between
-        triggers: then any mix of the two periods is allowed."""
+    def _runners(self, before: Observation, after: Observation, passed: bool,
+                 old_period: int) -> tuple[list[Runner], list[str]]:
+        """Who may have run the step's pass, by node_stamp; and the node_stamps checked.
+        fair.c:task_tick_numa, at a tick where sum_exec_runtime > node_stamp + period, adds the
+        period and queues task_numa_work; the pass that wins numa_next_scan adds 2 * TICK_NSEC,
+        and at its end 32 times the CPU time it was charged (the 3 % overhead cap). The CPU time
+        is an input: the runtime as observed (the last tick saw at most one tick less) and the
+        pass's own charge d, which is at most what the thread ran in the step. So node_stamp =
+        model + k periods + the pass's 2 ticks + 32 d, with k >= 1 when a pass ran unless its
+        work was already queued at the step's start; and after the last tick node_stamp + period
+        >= runtime - one tick (else that tick would have triggered). A placement in the step
+        changes the period between triggers: then any mix of the two periods is allowed (_stamp_fits).
+
+        With a region faulter (check_scanner_pids) both threads' node_stamps are held so: a
+        pass shows its two ticks in exactly one of them, and that thread is the pass's runner
+        (its pid decides vma_is_accessed). A trigger that lost the cmpxchg, or found the pass
+        not yet due, adds its period alone."""
         tick = tick_nsec(self.facts.hz)
-        runtime, ran = after.task.sum_exec_runtime, after.task.sum_exec_runtime - before.task.sum_exec_runtime
-        kernel, passes = after.task.node_stamp, int(passed)
-        old_ns, new_ns = old_period * NSEC_PER_MSEC, self.period_ms * NSEC_PER_MSEC
-        triggers = range(MAX_TRIGGERS_PER_STEP + 1)
-        mixes = [(a, b) for a in triggers for b in triggers] if old_ns != new_ns else [(0, b) for b in triggers]
-        fits = []
-        for a, b in mixes:
-            residual = kernel - (self.node_stamp + a * old_ns + b * new_ns + passes * 2 * tick)
-            if (passes == 0 and residual != 0) or residual < 0 or residual % 32 or residual // 32 > max(ran, 0):
-                continue
-            if passed and a + b == 0 and not before.task.numa_work_pending:
-                continue
-            if kernel + min(old_ns, new_ns) < runtime - tick:
-                continue
-            fits.append((a + b, residual // 32))
-        if not fits:
-            return [f"task node_stamp {kernel} (moved {kernel - self.node_stamp} ns) is not the model's {self.node_stamp} "
-                    f"+ k periods of {self.period_ms} ms + {passes} pass(es)' two ticks and 32x its CPU time (sum_exec_runtime "
-                    f"{runtime}, {ran} ns in the step{'; a pass needs a trigger' if passed else ''}: task_tick_numa, "
-                    f"task_numa_work)"]
-        self._count("scan-work triggers", min(fits)[0])
-        self.node_stamp = kernel
-        return []
+        task = _Stamped(self.node_stamp, old_period, self.period_ms, before.task, after.task)
+        main = Runner(self.pid, self.period_ms, tuple(self._scanning_nodes(before, after)))
+        if self.region_faulter is None:
+            fits = task.fits(int(passed), tick)
+            if not fits:
+                return [main], [task.mismatch("task", int(passed), tick)]
+            self._count("scan-work triggers", min(fits)[0])
+            self.node_stamp = after.task.node_stamp
+            return [main], []
+        was, now = self._faulter_state(before), self._faulter_state(after)
+        worker = _Stamped(self.faulter_stamp, was.numa_scan_period, now.numa_scan_period, was, now)
+        nodes = tuple(dict.fromkeys(self.facts.node_of_cpu[t.cpu] for t in (now, was)))
+        runners: list[Runner] = []
+        if passed and task.fits(1, tick) and worker.fits(0, tick):
+            runners.append(main)
+        if passed and worker.fits(1, tick) and task.fits(0, tick):
+            # The worker's period at either end of the step: an input (its placements and its moves
+            # between nodes, update_task_scan_period and update_scan_period, are not this replay's).
+            runners += [Runner(now.pid, period, nodes, is_task=False)
+                        for period in dict.fromkeys((was.numa_scan_period, now.numa_scan_period))]
+        if (passed and not runners) or (not passed and not (task.fits(0, tick) and worker.fits(0, tick))):
+            why = "a pass shows its two ticks in exactly one thread's node_stamp" if passed else "no pass ran"
+            return [main], [f"{why}: {task.mismatch('task', int(passed), tick)}; "
+                            f"{worker.mismatch(f'worker (tid {now.pid})', int(passed), tick)}"]
+        self._count("scan-work triggers", min(task.fits(0, tick) + task.fits(int(passed), tick))[0]
+                    + min(worker.fits(0, tick) + worker.fits(int(passed), tick))[0])
+        self.node_stamp, self.faulter_stamp = after.task.node_stamp, now.node_stamp
+        return runners, []
 
     def _pte_updates_fit(self, prediction: Prediction, before: Observation, after: Observation, faults: int) -> bool:
         """Whether `prediction`'s pass count is within _pte_updates' bound (true when the count
@@ -365,13 +422,17 @@ class ScanReplay:
         self.period_ms = after.task.numa_scan_period if after.task.numa_scan_period in allowed else max(targets)
         return diffs
 
-    def _times(self, before: Observation, after: Observation, old_period: int, placed: bool) -> tuple[list[int], list[str]]:
-        """The jiffies the step's pass may have run at: numa_next_scan minus the period it was
-        set with, which must be allowed by the model's numa_next_scan and fall in the step."""
+    def _times(self, before: Observation, after: Observation, old_period: int, placed: bool,
+               runner: Runner) -> tuple[list[int], list[str]]:
+        """The jiffies the step's pass may have run at: numa_next_scan minus the period its
+        runner set it with, which must be allowed by the model's numa_next_scan and fall in the
+        step. `placed`: the task's placement in the step (its old period, and a restart that
+        hides the pass's time, count for the task's own passes)."""
         # Both ends count: the guest resumes at the jiffy it was observed in, and is paused for
         # the next observation within the jiffy it reads.
         lo, hi = before.balancing.jiffies, after.balancing.jiffies
-        periods = [self.period_ms] + ([old_period] if placed and old_period != self.period_ms else [])
+        placed = placed and runner.is_task
+        periods = [runner.period_ms] + ([old_period] if placed and old_period != runner.period_ms else [])
         times = []
         for period in periods:
             ran_at = after.mm.numa_next_scan - self.tunables.ms_to_jiffies(period)
@@ -390,10 +451,11 @@ class ScanReplay:
                       and pass_allowed(int(v.numab["next_scan"]) - delay, self.next_scan)]
         if times:
             return list(dict.fromkeys(times)), []
-        ran_at = after.mm.numa_next_scan - self.tunables.ms_to_jiffies(self.period_ms)
-        return [], [f"a pass ran in the step (scan offset {before.mm.numa_scan_offset:#x} -> "
+        ran_at = after.mm.numa_next_scan - self.tunables.ms_to_jiffies(runner.period_ms)
+        who = "" if runner.is_task else f" by the region's faulter (tid {runner.pid})"
+        return [], [f"a pass ran in the step{who} (scan offset {before.mm.numa_scan_offset:#x} -> "
                     f"{after.mm.numa_scan_offset:#x}) at jiffies {ran_at} (numa_next_scan {after.mm.numa_next_scan} - "
-                    f"{self.period_ms} ms), but the step spans jiffies {lo}..{hi} and the model's numa_next_scan is "
+                    f"{runner.period_ms} ms), but the step spans jiffies {lo}..{hi} and the model's numa_next_scan is "
                     f"{self.next_scan}: task_numa_work may not run then"]
 
     def _early_variants(self, after: Observation, faults: int, region_touched: bool) -> Iterator[tuple[str, set[int]]]:
@@ -433,7 +495,7 @@ class ScanReplay:
             if index is not None:
                 vmas[index] = vma_set_access_pid_bit(vmas[index], self.faulter(vmas[index]))
         result = scan_pass(mm, vmas, pages, self.tunables, scanning_node=self.scanning_node if node is None else node,
-                           jiffies=ran_at, pid=self.pid, nr_threads=self.nr_threads, rules=self.facts.rules)
+                           jiffies=ran_at, pid=self._scanning_pid, nr_threads=self.nr_threads, rules=self.facts.rules)
         before = (start.pte_updates, start.windows, start.skipped) if start else (0, (), ())
         return Prediction(ran_at, early, result.mm, result.vmas, dict(result.pages),
                           before[0] + result.counters.numa_pte_updates, before[1] + result.windows,
@@ -442,22 +504,22 @@ class ScanReplay:
                           (start.admitted if start else ()) + result.admitted)
 
     def _several_passes(self, before: Observation, after: Observation, times: list[int],
-                        region_touched: bool, nodes: list[int]) -> Prediction | None:
+                        region_touched: bool, nodes: list[int], pending: bool) -> Prediction | None:
         """A long step can hold several passes: the guest slow to answer, or its host stalled
         (QEMU's vCPU not scheduled while the guest's clock runs on: the clock jumps at resume and
         the task that was running is charged the whole jump as CPU time, so its triggers come one
         after another). Each pass comes at least a period after the one before it (it set
         numa_next_scan so) and needs its own trigger: at most MAX_TRIGGERS_PER_STEP (the bound
-        _node_stamp holds the step to) plus one already queued at the step's start, and no more
+        _runners holds the step to) plus one already queued at the step's start (`pending`), and no more
         than the step's span allows. Tried only when no single pass explains the step, with 2,
         3, ... passes: the last at a time numa_next_scan shows (`times`), the earlier ones' times
         inputs, each taken at the first jiffy it may run at or where a VMA gate changes (a pass's
         outcome depends only on which side of each gate its time falls). The node each ran on
         is an input (_scanning_nodes): every pass on one of `nodes`, or the first on the node the
         task left and the rest on the one it ended the step on."""
-        period = self.tunables.ms_to_jiffies(self.period_ms)
+        period = self.tunables.ms_to_jiffies(self._scanning_period_ms)
         lo = max(before.balancing.jiffies, self.next_scan)
-        most = min(MAX_TRIGGERS_PER_STEP + int(before.task.numa_work_pending),
+        most = min(MAX_TRIGGERS_PER_STEP + int(pending),
                    max(after.balancing.jiffies - lo, 0) // max(period, 1) + 1)
         patterns = [(n, n) for n in nodes] + ([(nodes[1], nodes[0])] if len(nodes) > 1 else [])
         for count in range(2, most + 1):
@@ -498,46 +560,68 @@ class ScanReplay:
         target_node (mm_users 1), so each is predicted; the kernel must match one of them."""
         return list(dict.fromkeys([self.facts.node_of_cpu[after.task.cpu], self.facts.node_of_cpu[before.task.cpu]]))
 
+    def _candidates(self, timed: list[tuple[Runner, list[int]]], after: Observation, faults: int,
+                    region_touched: bool) -> Iterator[tuple[Runner, list[int], int, int, tuple[str, set[int]]]]:
+        """Every way one pass could have gone: its runner, the node it ran on, its time, which
+        faults came before it. Sets the replay's runner and scanning node for _predict."""
+        for runner, times in timed:
+            self.runner = runner
+            for node in runner.nodes:
+                self.scanning_node = node
+                for ran_at in times:
+                    for variant in self._early_variants(after, faults, region_touched):
+                        yield runner, times, node, ran_at, variant
+
     def _pass(self, before: Observation, after: Observation, faults: int, old_period: int, placed: bool,
-              region_touched: bool) -> list[str]:
-        nodes = self._scanning_nodes(before, after)
-        times, diffs = self._times(before, after, old_period, placed)
-        if diffs:
+              region_touched: bool, runners: list[Runner]) -> list[str]:
+        """The step's pass, predicted for each thread that may have run it (`runners`, from
+        node_stamp), each node it may have run on, each time and each order of the step's faults;
+        the first prediction the kernel matches is adopted."""
+        timed: list[tuple[Runner, list[int]]] = []
+        diffs: list[str] = []
+        for runner in runners:
+            times, late = self._times(before, after, old_period, placed, runner)
+            if times:
+                timed.append((runner, times))
+            diffs = diffs or late
+        if not timed:
             return diffs
         best: tuple[Prediction, list[str]] | None = None
         # A prediction whose state matches but whose numa_pte_updates does not: taken (and the
         # count reported by step()) only when no other prediction matches both.
-        counted_wrong: tuple[Prediction, set[int], int] | None = None
-        for node in nodes:
-            self.scanning_node = node
-            for ran_at in times:
-                for early, restored in self._early_variants(after, faults, region_touched):
-                    prediction = self._predict(ran_at, early, restored)
-                    found = self._mismatch(prediction, after, region_touched)
-                    if not found and not self._pte_updates_fit(prediction, before, after, faults):
-                        counted_wrong = counted_wrong or (prediction, restored, node)
-                        continue
-                    if not found:
-                        self._adopt(prediction, before, after, faults, restored)
-                        if len(times) > 1 or early != "none":
-                            self._count(f"steps predicted with {len(times)} pass times / faults before the pass: "
-                                        f"{early.split(' 0x')[0]}")
-                        if node != nodes[0]:
-                            self._count("passes run on the node the task left in the step")
-                        return []
-                    if best is None or len(found) < len(best[1]):
-                        best = (prediction, found)
+        counted_wrong: tuple[Prediction, set[int], int, Runner] | None = None
+        for runner, times, node, ran_at, (early, restored) in self._candidates(timed, after, faults, region_touched):
+            prediction = self._predict(ran_at, early, restored)
+            found = self._mismatch(prediction, after, region_touched)
+            if not found and not self._pte_updates_fit(prediction, before, after, faults):
+                counted_wrong = counted_wrong or (prediction, restored, node, runner)
+                continue
+            if not found:
+                self._adopt(prediction, before, after, faults, restored)
+                if len(times) > 1 or early != "none":
+                    self._count(f"steps predicted with {len(times)} pass times / faults before the pass: "
+                                f"{early.split(' 0x')[0]}")
+                if node != runner.nodes[0]:
+                    self._count("passes run on the node the task left in the step")
+                if not runner.is_task:
+                    self._count("passes run by the region's faulter")
+                return []
+            if best is None or len(found) < len(best[1]):
+                best = (prediction, found)
         if counted_wrong is not None:
-            prediction, restored, self.scanning_node = counted_wrong
+            prediction, restored, self.scanning_node, self.runner = counted_wrong
             self._adopt(prediction, before, after, faults, restored)
             return []
-        self.scanning_node = nodes[0]
         assert best is not None
-        several = self._several_passes(before, after, times, region_touched, nodes)
-        if several is not None:
-            self._adopt(several, before, after, faults, set())
-            self.several_passes = True
-            return []
+        for runner, times in timed:
+            self.runner, self.scanning_node = runner, runner.nodes[0]
+            pending = (before.task if runner.is_task else self._faulter_state(before)).numa_work_pending
+            several = self._several_passes(before, after, times, region_touched, list(runner.nodes), pending)
+            if several is not None:
+                self._adopt(several, before, after, faults, set())
+                self.several_passes = True
+                return []
+        self.runner, self.scanning_node = timed[0][0], timed[0][0].nodes[0]
         return [f"pass at jiffies {best[0].ran_at} (faults before it: {best[0].early}; {len(times)} possible times): "
                 f"{d}" for d in best[1]]
 
@@ -583,7 +667,7 @@ class ScanReplay:
                 self.seen_fault_vmas.add(self.vmas[index].start)
         self.pages = prediction.pages
         assert prediction.ran_at is not None
-        self.next_scan = next_scan_after_pass(prediction.ran_at, self.period_ms, self.tunables)
+        self.next_scan = next_scan_after_pass(prediction.ran_at, self._scanning_period_ms, self.tunables)
         if after.mm.numa_next_scan != self.next_scan:
             self.next_scan = self._placement_restart(before, after) or self.next_scan
 
@@ -747,6 +831,46 @@ class ScanReplay:
                          f"match their hint (first {wrong[0].vaddr:#x}: hint={wrong[0].hint} writable={wrong[0].writable}; "
                          f"the VMA is {'writable' if vma_writable else 'read-only'})")
         return diffs
+
+
+@dataclass(frozen=True)
+class _Stamped:
+    """One thread's node_stamp across a step (ScanReplay._runners): the model's value at the
+    start, the periods its triggers may add (before and after a placement), its state at both ends."""
+
+    stamp: int
+    old_period_ms: int
+    new_period_ms: int
+    before: TaskNumaState
+    after: TaskNumaState
+
+    def fits(self, passes: int, tick: int) -> list[tuple[int, int]]:
+        """(triggers, the pass's CPU time d) for every way the kernel's node_stamp is the
+        model's + k periods + `passes` passes' two ticks + 32 d."""
+        runtime, ran = self.after.sum_exec_runtime, self.after.sum_exec_runtime - self.before.sum_exec_runtime
+        kernel = self.after.node_stamp
+        old_ns, new_ns = self.old_period_ms * NSEC_PER_MSEC, self.new_period_ms * NSEC_PER_MSEC
+        triggers = range(MAX_TRIGGERS_PER_STEP + 1)
+        mixes = [(a, b) for a in triggers for b in triggers] if old_ns != new_ns else [(0, b) for b in triggers]
+        fits = []
+        for a, b in mixes:
+            residual = kernel - (self.stamp + a * old_ns + b * new_ns + passes * 2 * tick)
+            if (passes == 0 and residual != 0) or residual < 0 or residual % 32 or residual // 32 > max(ran, 0):
+                continue
+            if passes and a + b == 0 and not self.before.numa_work_pending:
+                continue
+            if kernel + min(old_ns, new_ns) < runtime - tick:
+                continue
+            fits.append((a + b, residual // 32))
+        return fits
+
+    def mismatch(self, who: str, passes: int, tick: int) -> str:
+        kernel, runtime = self.after.node_stamp, self.after.sum_exec_runtime
+        ran = runtime - self.before.sum_exec_runtime
+        return (f"{who} node_stamp {kernel} (moved {kernel - self.stamp} ns) is {'' if self.fits(passes, tick) else 'not '}"
+                f"the model's {self.stamp} + k periods of {self.new_period_ms} ms + {passes} pass(es)' two ticks and "
+                f"32x its CPU time (sum_exec_runtime {runtime}, {ran} ns in the step"
+                f"{'; a pass needs a trigger' if passes else ''}: task_tick_numa, task_numa_work)")
 
 
 def _gate_times(vmas: Sequence[Vma], lo: int, hi: int) -> list[int]:

@@ -312,6 +312,54 @@ def test_scanner_pids_with_the_faults_taken_as_the_scanning_threads_is_caught() 
     assert diffs
 
 
+def _worker_pass_step(recording: Recording) -> str:
+    """The step of the recording in which the worker's own trigger ran a pass: its node_stamp
+    moved (the recording was kept up to that step: _WindowTally.trim_recording)."""
+    labels = sorted(recording.observations)
+    first = recording.observations[labels[0]].threads[0].node_stamp
+    return next(label for label in labels if recording.observations[label].threads[0].node_stamp != first)
+
+
+def test_a_pass_the_worker_ran_itself_is_predicted_as_the_workers() -> None:
+    """A real scanner-pids run on a loaded host: the worker's CPU time passed node_stamp plus its
+    200 ms period during its touch, and its trigger won numa_next_scan (node_stamp 8060000 ->
+    216060000: the period and the pass's 2 * TICK_NSEC, fair.c:task_tick_numa and
+    task_numa_work). The replay takes that pass as the worker's, and every step is predicted."""
+    from harness.checks.scanreplay import ScanReplay
+
+    recording = _load("scanner-pids")
+    step = _worker_pass_step(recording)
+    labels = sorted(recording.observations)
+    observations = [recording.observations[label] for label in labels]
+    notes = recording.notes[labels[0]]
+    replay = ScanReplay.start(observations[0], recording.facts, int(notes["pid"]),
+                              (int(notes["region"][0]), int(notes["region"][1])), region_faulter=int(notes["faulter"]))
+    for label, before, after in zip(labels[1:], observations, observations[1:], strict=False):
+        diffs = replay.step(before, after, region_touched=bool(recording.notes[label]["touched"]))
+        assert not diffs, (label, diffs)
+        if label == step:
+            assert replay.last_pass is not None and replay.runner is not None and not replay.runner.is_task
+    assert replay.inputs.get("passes run by the region's faulter") == 1
+
+
+def test_a_pass_no_thread_was_charged_for_is_caught() -> None:
+    """The same run with the worker's node_stamp showing its trigger alone (the period, not the
+    pass's two ticks): the thread that wins numa_next_scan always adds 2 * TICK_NSEC
+    (fair.c:task_numa_work), and the main thread's node_stamp did not move, so no thread ran
+    the pass the scan offset shows."""
+    recording = _load("scanner-pids")
+    step = _worker_pass_step(recording)
+    tick = 1_000_000_000 // recording.facts.hz
+
+    def trigger_only(label: str, obs: Observation) -> Observation:
+        if label != step:
+            return obs
+        worker = obs.threads[0]
+        return replace(obs, threads=(replace(worker, node_stamp=worker.node_stamp - 2 * tick), *obs.threads[1:]))
+    _, diffs = _replay_window(recording, trigger_only)
+    assert any("two ticks in exactly one thread's node_stamp" in d for d in diffs), diffs
+
+
 def test_recorded_scanner_steps_are_predicted_from_the_first_observation() -> None:
     passes, diffs = _replay_window(_load("scanner-window"))
     assert not diffs, diffs

@@ -236,7 +236,7 @@ class ScanReplay:
         """Predict the step from `before` to `after` (two kernel observations) and compare. Returns
         the diffs; the model's state is the prediction that matched (or the closest one)."""
         self.last_pass, self.new_region_hints, self.faulted_vmas = None, 0, set()
-        self.seen_fault_vmas, self.several_passes = set(), False
+        self.seen_fault_vmas, self.several_passes, self.runner = set(), False, None
         if before.task.nr_threads != self.nr_threads:
             self._count("steps whose workload changed its thread count")
         self.nr_threads = before.task.nr_threads
@@ -279,7 +279,7 @@ class ScanReplay:
         the whole state is compared as after step(). `faults`: how many hint faults made
         `faulted` (default one per entry; one per large folio restores all its PTEs)."""
         self.last_pass, self.new_region_hints, self.faulted_vmas = None, 0, set()
-        self.seen_fault_vmas, self.several_passes = set(), False
+        self.seen_fault_vmas, self.several_passes, self.runner = set(), False, None
         self.nr_threads = before.task.nr_threads
         self.hints_off = _kernel_hints_off(after)
         diffs = self._follow_layout(after)

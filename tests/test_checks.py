@@ -97,6 +97,25 @@ def test_a_check_that_raises_is_an_error_not_a_kill() -> None:
     assert outcome_of([CheckResult("x", Verdict.PASS, "ok")]) is MutantOutcome.SURVIVED
 
 
+def test_a_workload_the_kernel_killed_is_a_fail_and_one_that_exited_an_error() -> None:
+    """A fatal signal to nhmem is the kernel's doing (a fail, so a kill); nhmem exiting on its own
+    (a system call it needs failed) says nothing certain about the kernel: the harness's error."""
+    from harness.checks.workload import WorkloadError, WorkloadKilled
+
+    def killed(ctx: object) -> Finding:
+        raise WorkloadKilled("the kernel killed nhmem (pid 7) with SIGBUS while it ran 'read node 1'")
+
+    result = run_check(None, Check("killed", killed))  # type: ignore[arg-type]  # the ctx is never touched
+    assert result.verdict is Verdict.FAIL and result.summary == "the kernel killed the workload"
+    assert "SIGBUS" in result.diffs[0] and outcome_of([result]) is MutantOutcome.KILLED
+
+    def exited(ctx: object) -> Finding:
+        raise WorkloadError("nhmem (pid 7) exited with status 1 while it ran 'read node 1'")
+
+    result = run_check(None, Check("exited", exited))  # type: ignore[arg-type]
+    assert result.verdict is Verdict.ERROR and not outcome_of([result]).killed
+
+
 def test_an_inconclusive_run_is_retried_and_never_a_silent_pass() -> None:
     """A scenario that cannot decide is run again; one that never decides fails and says why."""
     from harness.checks.observe import INCONCLUSIVE_TRIES, Inconclusive

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from harness.checks.workload import HeldRegion, Region
+from harness.checks.workload import HeldRegion, Region, WorkloadKilled
 from harness.guest.qemu import Guest
 from harness.guest.view import GuestView
 from harness.inspect import (
@@ -103,6 +103,41 @@ def test_splitat_first_touches_each_part_on_its_node(guest: GuestView) -> None:
 def test_splitat_outside_the_region_is_refused(guest: GuestView) -> None:
     out = guest.ssh.run("nhmem hold 4 node 0 split 1 splitat 1024 < /dev/null")
     assert out.exit_status == 1 and "splitat 1024: must name a page inside the region (1..1023)" in out.stderr, out
+
+
+def test_a_holder_killed_by_a_signal_is_reported_naming_it_not_waited_out(guest: GuestView) -> None:
+    """The holder's shell reports how nhmem ended on its channel: a step whose holder a signal
+    killed raises WorkloadKilled with the signal's name, where waiting for its `ok` would only
+    end at the step's timeout as a hang."""
+    held = HeldRegion.start(guest, Region(4, node=0))
+    try:
+        line = "spin 600 node 0"
+        held.send(line)
+        guest.ssh.run(f"kill -BUS {held.pid}").check()
+        with pytest.raises(WorkloadKilled, match="SIGBUS") as caught:
+            held.wait(line)
+        assert line in str(caught.value)
+    finally:
+        held.close()
+
+
+def test_a_holder_answers_on_its_channel_and_close_leaves_no_process(guest: GuestView) -> None:
+    """Commands and their answers travel on the holder's own channel (worker tids, `map`'s
+    address); after close() neither the holder nor its shell is left in the guest."""
+    held = HeldRegion.start(guest, Region(4, node=0, workers=2))
+    try:
+        tids = {held.worker_tid(w) for w in (1, 2)}
+        assert len(tids) == 2 and held.pid not in tids
+        mapped = held.map_late(0)
+        assert mapped and not held.addr <= mapped < held.end
+        held.touch(node=1, pages=16)
+    finally:
+        held.close()
+    # The holder's shell is the one process whose command line says how nhmem ended ([ ] keeps
+    # this command's own line from matching).
+    left = guest.ssh.run(f"cat /proc/{held.pid}/stat 2>/dev/null; "
+                         "for c in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $c; echo; done | grep 'nhmem[ ]exited'")
+    assert left.stdout.strip() == "", left.stdout
 
 
 def test_walk_agrees_with_pagemap_and_move_pages(guest: GuestView, prog: Any, region: HeldRegion) -> None:

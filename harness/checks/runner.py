@@ -1,7 +1,8 @@
 """Runs registered checks in one booted guest and decides how each ended.
 
 A check's own finding gives pass or fail. How it stopped otherwise gives the rest, by exception
-class: `KernelNeverReached` is a fail (the kernel never reached a state it must reach); a workload
+class: `KernelNeverReached` is a fail (the kernel never reached a state it must reach), and so is
+`WorkloadKilled` (the kernel killed the workload with a signal); a workload
 step that does not finish, or a guest that stops answering, is a hang; anything else (a Python
 exception, a drgn read, an SSH failure while the guest still answers) is the harness's error and
 says nothing about the kernel. A kernel bug on the console during a check makes it a fail
@@ -36,7 +37,7 @@ from harness.checks.observe import (
     observation_json,
 )
 from harness.checks.registry import Check, CheckResult, Mechanism, Verdict, limit_diffs
-from harness.checks.workload import WorkloadStuck
+from harness.checks.workload import WorkloadKilled, WorkloadStuck
 from harness.errors import HarnessError
 from harness.guest.ssh import CommandTimeout, GuestCommandError
 from harness.guest.view import GuestView, VmError
@@ -108,6 +109,8 @@ def _run_once(ctx: Context, check: Check, inconclusive: list[str]) -> CheckResul
         raise
     except KernelNeverReached as err:
         return CheckResult(check.name, Verdict.FAIL, "the kernel never reached a state it must reach", {}, (str(err),))
+    except WorkloadKilled as err:
+        return CheckResult(check.name, Verdict.FAIL, "the kernel killed the workload", {}, (str(err),))
     except (WorkloadStuck, GuestCommandError, VmError) as err:
         return _stopped(ctx, check.name, err)
     except Exception as err:

@@ -1,24 +1,32 @@
 """Drive guest-tests/nhmem in a guest: a held memory region and the accesses made to it.
 
-The holder reads commands from a FIFO that a sleeping keeper holds open, so a test can send
+The holder runs on an SSH channel of its own and reads its commands from it, so a test can send
 `touch`, `read` and `spin` one at a time and know exactly which accesses happened, from which
-node's CPUs, and in which order; each command is acknowledged with an `ok` line.
+node's CPUs, and in which order; each command is acknowledged with an `ok` line on the same
+channel, seen as soon as it is written.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shlex
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from harness.errors import InfrastructureError
+from harness.guest.ssh import GuestCommandError, GuestStream
 from harness.guest.view import GuestView
 
 
 class WorkloadError(InfrastructureError):
     """The guest workload did not start or did not answer."""
+
+
+class WorkloadKilled(WorkloadError):
+    """The kernel killed the workload with a signal (SIGSEGV, SIGBUS, the OOM killer's SIGKILL)
+    while it ran a command: a fatal signal to a program that touches only its own memory is a
+    kernel failure, reported at once instead of as a step that never finishes."""
 
 
 class WorkloadStuck(WorkloadError):
@@ -75,6 +83,13 @@ class Region:
         return f"{prefix}{binary} hold {self.nhmem_args()}"
 
 
+# The line the holder's shell prints once nhmem has ended, with its exit status (128 + the
+# signal's number when a signal killed it, as POSIX shells report).
+EXITED = "nhmem exited"
+# How long a wait blocks on the holder's output before it looks at the console for kernel bugs.
+BUG_LOOK_S = 0.25
+
+
 @dataclass
 class HeldRegion:
     guest: GuestView
@@ -82,6 +97,8 @@ class HeldRegion:
     pid: int
     addr: int
     length: int
+    # The holder's own SSH channel: commands go to its stdin, its answers come back on it.
+    stream: GuestStream
     # With extras=True: the addresses of the 2 MiB regions the scanner must skip (guard, bound, zero).
     extras: dict[str, int] = field(default_factory=dict)
     _acks: int = 0
@@ -95,27 +112,34 @@ class HeldRegion:
         # policy (shmem_set_policy), which outlives the process: every later nhmem would find
         # its program's mappings bound and unscannable (vma_policy_mof). A quiet holder runs its
         # own copy of the program, whose policy goes with it.
-        copy = f"cp \"$(command -v nhmem)\" {directory}/nhmem && " if request.quiet else ""
+        copy = f" && cp \"$(command -v nhmem)\" {directory}/nhmem" if request.quiet else ""
+        guest.ssh.run(f"mkdir {directory}{copy}").check()
         binary = f"{directory}/nhmem" if request.quiet else "nhmem"
-        guest.ssh.run(
-            f"mkdir {directory} && mkfifo {directory}/in && {copy}"
-            f"{{ (exec 3>{directory}/in; exec sleep 1000000) & echo $! > {directory}/keeper; }} && "
-            f"{{ {request.command(binary)} < {directory}/in > {directory}/out 2>&1 & echo $! > {directory}/pid; }}"
-        ).check()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            lines = guest.ssh.run(f"head -n2 {directory}/out").stdout.splitlines()
-            words = lines[0].split() if lines else []
-            if len(words) >= 6 and words[0] == "pid" and (not request.extras or len(lines) == 2):
-                found = {}
-                if request.extras:
-                    fields = lines[1].split()
-                    found = {fields[i]: int(fields[i + 1], 16) for i in range(1, len(fields) - 1, 2)}
-                return cls(guest, directory, int(words[1]), int(words[3], 16), int(words[5]), found)
-            if words and words[0] != "pid":
-                raise WorkloadError(f"nhmem hold {args} failed in the guest: {' '.join(words)}")
-            time.sleep(0.1)
-        raise WorkloadError(f"nhmem hold {args} did not report its region within {timeout:.0f} s")
+        # The holder runs on a channel of its own for its whole life: its stdin is the channel,
+        # so it sees EOF only when the harness closes it, and its answers arrive as it writes
+        # them (GuestStream), with no SSH command per step to send a line or to look for the
+        # `ok`. Its shell stays to say how it ended.
+        stream = guest.ssh.stream(f"{request.command(binary)} 2>&1; echo \"{EXITED} $?\"")
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                out = stream.output(wait=BUG_LOOK_S)
+                lines = out.splitlines()
+                words = lines[0].split() if lines else []
+                if len(words) >= 6 and words[0] == "pid" and (not request.extras or len(lines) >= 2):
+                    found = {}
+                    if request.extras:
+                        fields = lines[1].split()
+                        found = {fields[i]: int(fields[i + 1], 16) for i in range(1, len(fields) - 1, 2)}
+                    return cls(guest, directory, int(words[1]), int(words[3], 16), int(words[5]), stream, found)
+                if (words and words[0] != "pid") or stream.ended():
+                    raise WorkloadError(f"nhmem hold {args} failed in the guest: {out.strip()[-400:]!r}")
+            raise WorkloadError(f"nhmem hold {args} did not report its region within {timeout:.0f} s")
+        except BaseException:
+            stream.finish(timeout=1.0)
+            stream.close()
+            guest.ssh.run(f"rm -rf {directory}", timeout=15)
+            raise
 
     @property
     def end(self) -> int:
@@ -129,25 +153,47 @@ class HeldRegion:
     def send(self, line: str) -> None:
         """Send one command without waiting for it (wait() does): the check can observe the task
         while it runs the command."""
-        self.guest.ssh.run(f"echo {shlex.quote(line)} > {self.directory}/in").check()
+        self.stream.send(line + "\n")
         self._acks += 1
 
     def wait(self, line: str, timeout: float = STEP_TIMEOUT) -> None:
         """Wait for the `ok` of every command sent so far (`line` names the last, for errors)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            bugs = self.guest.pending_bugs()
-            if bugs:
-                # A soft lockup or an oops: waiting for the step would only burn the timeout.
-                raise WorkloadStuck(f"the kernel reported a bug while nhmem ran {line!r}: {bugs[0].title}")
-            out = self.guest.ssh.run(f"cat {self.directory}/out").stdout
+        out = self.stream.output()
+        while True:
+            # How it ended first: the shell may describe a fatal signal in words ("Bus error").
+            self._still_running(line, out)
             if "error" in out:
                 raise WorkloadError(f"nhmem refused {line!r}: {out.strip().splitlines()[-1]}")
             if out.splitlines().count("ok") >= self._acks:
                 return
-            time.sleep(0.1)
-        raise WorkloadStuck(f"nhmem (pid {self.pid}) did not finish {line!r} within {timeout:.0f} s: the task "
-                            f"livelocks or the guest hangs")
+            bugs = self.guest.pending_bugs()
+            if bugs:
+                # A soft lockup or an oops: waiting for the step would only burn the timeout.
+                raise WorkloadStuck(f"the kernel reported a bug while nhmem ran {line!r}: {bugs[0].title}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WorkloadStuck(f"nhmem (pid {self.pid}) did not finish {line!r} within {timeout:.0f} s: the "
+                                    f"task livelocks or the guest hangs")
+            out = self.stream.output(wait=min(BUG_LOOK_S, left))
+
+    def _still_running(self, line: str, out: str) -> None:
+        """Raise if the holder has ended while `line` was pending: killed by a signal (the
+        kernel's doing: nhmem only ever exits on EOF or on a failed system call), exited, or its
+        channel gone with the guest's SSH server."""
+        ended = [rest.strip() for text in out.splitlines() if text.startswith(EXITED) for rest in [text[len(EXITED):]]]
+        if ended:
+            status = int(ended[-1]) if ended[-1].isdigit() else -1
+            if status > 128:
+                name = _signal_name(status - 128)
+                raise WorkloadKilled(f"the kernel killed nhmem (pid {self.pid}) with {name} while it ran {line!r}: "
+                                     f"a fatal signal to a workload that only touches its own memory")
+            before = [text for text in out.splitlines() if not text.startswith(EXITED)][-1:]
+            raise WorkloadError(f"nhmem (pid {self.pid}) exited with status {status} while it ran {line!r}; "
+                                f"its last words: {before}")
+        if self.stream.ended():
+            raise GuestCommandError(f"the SSH channel of nhmem (pid {self.pid}) closed while it ran {line!r}: "
+                                    f"the guest's SSH server went away")
 
     def touch(self, node: int | None = None, pages: int | None = None, thread: bool = False,
               first: int | None = None) -> None:
@@ -179,7 +225,7 @@ class HeldRegion:
     def worker_tid(self, worker: int) -> int:
         """The thread id of persistent worker `worker` (Region.workers; its pid with procs)."""
         self.command(f"on {worker} tid")
-        out = self.guest.ssh.run(f"cat {self.directory}/out").check().stdout
+        out = self.stream.output()
         tids = [line.split()[2] for line in out.splitlines() if line.startswith(f"tid {worker} ")]
         if not tids:
             raise WorkloadError(f"nhmem did not say worker {worker}'s thread id: {out.strip().splitlines()[-1:]}")
@@ -225,7 +271,7 @@ class HeldRegion:
         """Map a new 2 MiB VMA apart from every other, written from a CPU of `node`: a VMA the
         scanner meets only now (nhmem's `map`). Returns its address."""
         self.command(f"map node {node}")
-        out = self.guest.ssh.run(f"cat {self.directory}/out").check().stdout
+        out = self.stream.output()
         mapped = [line.split()[1] for line in out.splitlines() if line.startswith("mapped ")]
         if not mapped:
             raise WorkloadError(f"nhmem mapped a VMA but did not say where: {out.strip().splitlines()[-1:]}")
@@ -236,7 +282,7 @@ class HeldRegion:
         copies for it: the holder's originals of those pages are then mapped once, the rest stay
         shared) and then sleeps until the holder dies (nhmem's `fork`). Returns the child's pid."""
         self.command(_op("fork", node, pages, thread=False))
-        out = self.guest.ssh.run(f"cat {self.directory}/out").check().stdout
+        out = self.stream.output()
         children = [line.split()[1] for line in out.splitlines() if line.startswith("child ")]
         if not children:
             raise WorkloadError(f"nhmem forked but did not say which child: {out.strip().splitlines()[-1:]}")
@@ -245,8 +291,13 @@ class HeldRegion:
     def close(self) -> None:
         """Kill the holder (a livelocked one too: the signal is taken on the way back to user
         mode). Short timeout: on a hung guest this runs while an earlier error propagates."""
-        self.guest.ssh.run(f"kill $(cat {self.directory}/pid) $(cat {self.directory}/keeper); rm -rf {self.directory}",
-                           timeout=15)
+        try:
+            self.guest.ssh.run(f"kill {self.pid}; rm -rf {self.directory}", timeout=15)
+            # Its shell exits once nhmem has (forked children follow it: PR_SET_PDEATHSIG); only
+            # then may the channel be closed (GuestStream.finish says why).
+            self.stream.finish(timeout=15)
+        finally:
+            self.stream.close()
 
 
 @contextlib.contextmanager
@@ -271,6 +322,13 @@ def filled(guest: GuestView, node: int, free: int, timeout: float = 120.0) -> It
             time.sleep(0.2)
     finally:
         guest.ssh.run(f"kill $(cat {directory}/pid); rm -rf {directory}", timeout=15)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _op(verb: str, node: int | None, pages: int | None, thread: bool) -> str:

@@ -29,7 +29,7 @@ from harness.checks.observe import (
     observe_processes,
 )
 from harness.checks.registry import Finding, Judgement, Mechanism, check
-from harness.checks.scenario import drain_lru_batches, scenario
+from harness.checks.scenario import drain_lru_adds, drain_lru_batches, scenario
 from harness.checks.workload import STEP_TIMEOUT, Region
 from harness.model import (
     LAST__PID_MASK,
@@ -435,6 +435,12 @@ def check_numa_group_shared(ctx: Context) -> Finding:
         def step(label: str, reads: tuple[tuple[int, str], ...], spinner: int | None,
                  unmap: tuple[int, str, int] | None = None) -> SharedStep:
             before = hinted()
+            # The previous steps' migrations left their new folios in the CPUs' LRU add batches
+            # (migrate_folio_move adds the destination folio with folio_add_lru), where
+            # migrate_misplaced_folio_prepare cannot isolate them: a step that moves such a page
+            # again would see it refused (TNF_MIGRATE_FAIL), which the rules do not predict.
+            # Drained here, after the observation and before any read, without touching an entry.
+            drain_lru_adds(ctx.guest, region.pid)
             if unmap is not None:
                 region.on(unmap[0], "unmap", cpu=cpus[unmap[0]], first=first[unmap[1]], pages=unmap[2])
             if spinner is not None:

@@ -530,6 +530,33 @@ def test_recorded_accesses_are_predicted_free_running(check: str, release: str) 
         assert {"early scan: first fault or same task": 128} in decisions
 
 
+@pytest.mark.parametrize(("shift", "passes"), [(0, True), (1, False)])
+def test_a_placement_in_the_observations_own_jiffy_restarts_the_clock(shift: int, passes: bool) -> None:
+    """two-stage-filter's warm-up read restarts the scan clock at its placing fault
+    (update_task_scan_period: numa_next_scan = jiffies + period). The guest resumes after an
+    observation within the jiffy it was paused in, so the fault may run in that jiffy: the
+    observation before the read moved onto the placing jiffy still passes, and moved one past
+    it (the clock restarted before anything was read) fails."""
+    recording = _load("two-stage-filter")
+    label = _label("two-stage-filter", "warm-up")
+    after = recording.observations[label]
+    placing = after.mm.numa_next_scan - 800 * recording.facts.hz // 1000
+    before_label = max((k for k, o in recording.observations.items() if o.balancing.jiffies < after.balancing.jiffies),
+                       key=lambda k: recording.observations[k].balancing.jiffies)
+    assert recording.observations[before_label].balancing.jiffies < placing
+
+    def at_the_placing_jiffy(k: str, o: Observation, n: dict[str, Any]) -> Observation:
+        if k != before_label:
+            return o
+        return replace(o, balancing=replace(o.balancing, jiffies=placing + shift))
+
+    diffs, _ = _accesses("two-stage-filter", at_the_placing_jiffy)
+    if passes:
+        assert not diffs, diffs
+    else:
+        assert any("a jiffy of the step" in d for d in diffs), diffs
+
+
 def test_a_kernel_that_ends_the_early_exception_early_is_caught() -> None:
     """The early-exception read (task sequence <= 4, a preferred node) with nothing moved, as a
     kernel without the "numa_scan_seq <= 4" clause would leave it: the replay must name a page

@@ -306,7 +306,7 @@ class ScanReplay:
             restarted = self._placement_restart(before, after)
             if restarted is None:
                 diffs.append(f"numa_next_scan {after.mm.numa_next_scan}, model: a jiffy of the step "
-                             f"({before.balancing.jiffies + 1}..{after.balancing.jiffies}) + {period_ms} ms "
+                             f"({before.balancing.jiffies}..{after.balancing.jiffies}) + {period_ms} ms "
                              f"(update_task_scan_period's first branch restarts the scan clock)")
             else:
                 self.next_scan = restarted
@@ -673,9 +673,11 @@ class ScanReplay:
 
     def _placement_restart(self, before: Observation, after: Observation) -> int | None:
         """update_task_scan_period's first branch: mm->numa_next_scan = jiffies (of the placing
-        fault) + the new period. That jiffies is an input; it must lie in the step."""
+        fault) + the new period. That jiffies is an input; it must lie in the step, whose first
+        jiffy is the observation's own: the guest resumes within the jiffy it was paused in,
+        and a command sent on the holder's channel can fault before the next tick."""
         at = after.mm.numa_next_scan - self.tunables.ms_to_jiffies(self.period_ms)
-        if before.balancing.jiffies < at <= after.balancing.jiffies:
+        if before.balancing.jiffies <= at <= after.balancing.jiffies:
             self._count("placements that restarted numa_next_scan")
             return int(after.mm.numa_next_scan)
         return None

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from harness.checks.workload import HeldRegion, Region, WorkloadKilled
+from harness.checks.workload import FillKilled, HeldRegion, Region, WorkloadKilled, filled
 from harness.guest.qemu import Guest
 from harness.guest.view import GuestView
 from harness.inspect import (
@@ -138,6 +138,16 @@ def test_a_holder_answers_on_its_channel_and_close_leaves_no_process(guest: Gues
     left = guest.ssh.run(f"cat /proc/{held.pid}/stat 2>/dev/null; "
                          "for c in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $c; echo; done | grep 'nhmem[ ]exited'")
     assert left.stdout.strip() == "", left.stdout
+
+
+def test_a_fill_the_oom_killer_ends_is_reported_at_once(guest: GuestView) -> None:
+    """`nhmem fill` asked to leave a node no free page cannot get there: the OOM killer
+    (CONSTRAINT_MEMORY_POLICY: the fill is bound to the node) ends it, and filled() raises
+    FillKilled naming the signal, where it used to wait out its 120 s for a line that never came."""
+    with pytest.raises(FillKilled, match="killed by SIGKILL"), filled(guest, 1, 0):
+        pass
+    # Neither the fill nor its shell is left (the shell's command line names the fill too).
+    assert "nhmem fill 1 0" not in guest.ssh.run("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '").stdout
 
 
 def test_walk_agrees_with_pagemap_and_move_pages(guest: GuestView, prog: Any, region: HeldRegion) -> None:

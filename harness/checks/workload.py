@@ -29,6 +29,13 @@ class WorkloadKilled(WorkloadError):
     kernel failure, reported at once instead of as a step that never finishes."""
 
 
+class FillKilled(WorkloadError):
+    """`nhmem fill` was killed (the OOM killer's SIGKILL) before it held its node at the target:
+    its chunks are sized from the node's NR_FREE_PAGES, and the per-CPU page lists a refill
+    moves pages onto leave that count, so a fill near the watermarks can overshoot past min.
+    The scenario's premise (a node between its watermarks) never held."""
+
+
 class WorkloadStuck(WorkloadError):
     """A workload step did not finish in its bounded time: the task livelocks (e.g. faulting on
     the same hint entry forever) or the guest hangs. Cross-checks report this as a hang."""
@@ -304,24 +311,41 @@ class HeldRegion:
 def filled(guest: GuestView, node: int, free: int, timeout: float = 120.0) -> Iterator[int]:
     """Take pages of `node` in a sleeping process (`nhmem fill`: MPOL_BIND, in chunks) until the
     node has at most `free` free pages, for the duration; yields the free pages it left. The
-    process is killed however the block ends."""
-    directory = f"/tmp/nhfill-{time.monotonic_ns()}"
-    guest.ssh.run(f"mkdir {directory} && {{ nhmem fill {node} {free} > {directory}/out 2>&1 & echo $! > "
-                  f"{directory}/pid; }}").check()
+    process is killed however the block ends. It runs on a channel of its own, as a holder
+    does, so a fill that dies is seen at once: FillKilled when a signal ended it."""
+    stream = guest.ssh.stream(f"nhmem fill {node} {free} 2>&1 & echo \"fill $!\"; wait $!; echo \"{EXITED} $?\"")
+    pid: int | None = None
     try:
         deadline = time.monotonic() + timeout
         while True:
-            out = guest.ssh.run(f"cat {directory}/out").stdout.split()
-            if out[:1] == ["filled"] and len(out) >= 4:
-                yield int(out[3])
+            out = stream.output(wait=BUG_LOOK_S)
+            lines = out.splitlines()
+            if pid is None and lines[:1] and lines[0].startswith("fill "):
+                pid = int(lines[0].split()[1])
+            words = next((text.split() for text in lines if text.startswith("filled ")), [])
+            if len(words) >= 4:
+                yield int(words[3])
                 return
-            if out:
-                raise WorkloadError(f"nhmem fill {node} {free} failed in the guest: {' '.join(out)}")
+            ended = [text[len(EXITED):].strip() for text in lines if text.startswith(EXITED)]
+            if ended:
+                status = int(ended[-1]) if ended[-1].isdigit() else -1
+                said = [text for text in lines if not text.startswith(("fill ", EXITED))][-1:]
+                if status > 128:
+                    raise FillKilled(f"nhmem fill {node} {free} was killed by {_signal_name(status - 128)} before "
+                                     f"it held node {node} at {free} free pages{f': {said}' if said else ''}")
+                raise WorkloadError(f"nhmem fill {node} {free} failed in the guest (status {status}): {said}")
+            if stream.ended():
+                raise GuestCommandError(f"the SSH channel of nhmem fill {node} {free} closed: the guest's SSH "
+                                        f"server went away")
             if time.monotonic() > deadline:
                 raise WorkloadError(f"nhmem fill {node} {free} did not finish within {timeout:.0f} s")
-            time.sleep(0.2)
     finally:
-        guest.ssh.run(f"kill $(cat {directory}/pid); rm -rf {directory}", timeout=15)
+        try:
+            if pid is not None:
+                guest.ssh.run(f"kill {pid}", timeout=15)
+            stream.finish(timeout=15)
+        finally:
+            stream.close()
 
 
 def _signal_name(number: int) -> str:

@@ -44,6 +44,9 @@ def summarise(paths: list[Path]) -> int:
         data: dict[str, Any] = json.loads(path.read_text())
         checks = data["checks"]
         totals.append(sum(c["seconds"] for c in checks))
+        for c in checks:
+            seconds[c["name"]].append(c["seconds"])
+            verdicts[c["name"]][c["verdict"]] += 1
         wall = data.get("seconds")  # boot to the last verdict; older files lack it
         if wall is not None:
             walls.append(float(wall))

@@ -188,9 +188,8 @@ class HeldRegion:
         """Raise if the holder has ended while `line` was pending: killed by a signal (the
         kernel's doing: nhmem only ever exits on EOF or on a failed system call), exited, or its
         channel gone with the guest's SSH server."""
-        ended = [rest.strip() for text in out.splitlines() if text.startswith(EXITED) for rest in [text[len(EXITED):]]]
-        if ended:
-            status = int(ended[-1]) if ended[-1].isdigit() else -1
+        status = _exit_status(out)
+        if status is not None:
             if status > 128:
                 name = _signal_name(status - 128)
                 raise WorkloadKilled(f"the kernel killed nhmem (pid {self.pid}) with {name} while it ran {line!r}: "
@@ -326,9 +325,8 @@ def filled(guest: GuestView, node: int, free: int, timeout: float = 120.0) -> It
             if len(words) >= 4:
                 yield int(words[3])
                 return
-            ended = [text[len(EXITED):].strip() for text in lines if text.startswith(EXITED)]
-            if ended:
-                status = int(ended[-1]) if ended[-1].isdigit() else -1
+            status = _exit_status(out)
+            if status is not None:
                 said = [text for text in lines if not text.startswith(("fill ", EXITED))][-1:]
                 if status > 128:
                     raise FillKilled(f"nhmem fill {node} {free} was killed by {_signal_name(status - 128)} before "
@@ -346,6 +344,15 @@ def filled(guest: GuestView, node: int, free: int, timeout: float = 120.0) -> It
             stream.finish(timeout=15)
         finally:
             stream.close()
+
+
+def _exit_status(out: str) -> int | None:
+    """The status the shell of a holder or a fill printed after it ended (EXITED), -1 if it is
+    unreadable; None while it runs."""
+    ended = [text[len(EXITED):].strip() for text in out.splitlines() if text.startswith(EXITED)]
+    if not ended:
+        return None
+    return int(ended[-1]) if ended[-1].isdigit() else -1
 
 
 def _signal_name(number: int) -> str:

@@ -94,8 +94,9 @@ def check_scanner_window(ctx: Context) -> Finding:
 
     On 6.1 the model follows 6.1's task_numa_work (KernelRules.vma_scan_gate): no VMA keeps
     numab_state, every VMA the skip rules let through is scanned from the offset on, and the
-    late VMA on the first pass that reaches it. Its new pages are drained from the LRU add
-    batches first (KernelRules.cow_page_count), and the region's write bits are not predicted
+    late VMA on the first pass that reaches it. The pages the workload maps (the late VMA, its
+    heap and stack) are drained from the LRU add batches after the observation that shows them,
+    and all of them before the start (KernelRules.cow_page_count), and the region's write bits are not predicted
     (KernelRules.savedwrite: a hint keeps the bit it had)."""
     return _replay_window(ctx, Region(64, node=0, split=ctx.nodes_with_cpus()[-1]))
 
@@ -172,6 +173,16 @@ def _replay_window(ctx: Context, request: Region, *, worker_faults: bool = False
             else:
                 region.on(1, "touch", cpu=cpu_of[node], first=first, pages=pages)
 
+        def drain_new_pages() -> None:
+            # 6.1's change_pte_range skips a COW page whose page_count is not 1, as is one a
+            # per-CPU LRU add batch still holds (KernelRules.cow_page_count). Pages the workload
+            # mapped (its heap and stack, the late VMA) are drained out of the batches after the
+            # observation that first shows them, before the next step's pass, which the model
+            # expects to hint them; in the step that maps it the model takes a page as unhinted
+            # (ScanReplay._follow_layout).
+            if ctx.facts.rules.cow_page_count:
+                drain_lru_adds(ctx.guest, region.pid)
+
         def look() -> Observation:
             # With the worker's state: its node_stamp shows whether it ran a pass (ScanReplay._runners).
             return observe(ctx, region.pid, threads)
@@ -186,6 +197,7 @@ def _replay_window(ctx: Context, request: Region, *, worker_faults: bool = False
         half = region.length // 2 // 4096
         touch(0, pages=half)
         touch(remote, first=half)
+        drain_new_pages()
         previous = look()
         replay = ScanReplay.start(previous, ctx.facts, region.pid, (region.addr, region.end), region_faulter=worker)
         tally.keep(ctx, previous, region.pid, replay.region, touched=False)
@@ -194,8 +206,6 @@ def _replay_window(ctx: Context, request: Region, *, worker_faults: bool = False
                 # A VMA the scanner has never met, mapped in the middle of the replay: the model
                 # must allocate its numab_state when a pass meets it and wait out its scan delay.
                 tally.late_vma = region.map_late(node=0)
-                if ctx.facts.rules.cow_page_count:
-                    drain_lru_adds(ctx.guest, region.pid)
             else:
                 region.spin(0.15, node=remote)
             current = look()
@@ -204,6 +214,8 @@ def _replay_window(ctx: Context, request: Region, *, worker_faults: bool = False
                 break
             tally.keep(ctx, current, region.pid, replay.region, touched=False)
             previous = current
+            if replay.pages_mapped:
+                drain_new_pages()
             if (tally.hinting_passes >= 4 and tally.passes_in_region >= 5 and tally.late_vma_hinted(replay) and
                     (worker is None or tally.pid_filter_decided())):
                 break
@@ -218,6 +230,8 @@ def _replay_window(ctx: Context, request: Region, *, worker_faults: bool = False
                     break
                 tally.keep(ctx, current, region.pid, replay.region, touched=True)
                 previous = current
+                if replay.pages_mapped:
+                    drain_new_pages()
     tally.trim_recording(ctx)
     return tally.finding(replay)
 

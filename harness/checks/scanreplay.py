@@ -118,6 +118,8 @@ class ScanReplay:
     # than one pass ran (each pass may rotate pids_active once).
     seen_fault_vmas: set[int] = field(default_factory=set)
     several_passes: bool = False
+    # Per step: pages the workload mapped outside the region (new in the step's `after`).
+    pages_mapped: int = 0
     # The step's `after`: the addresses of its entries that are not hints.
     hints_off: set[int] = field(default_factory=set)
     # The caller predicts the task's placements (their period and clock restart) with its own
@@ -192,6 +194,7 @@ class ScanReplay:
                              f"not in the model")
             elif va in kernel_pages:
                 self.pages[va] = replace(kernel_pages[va], hint=False)
+                self.pages_mapped += 1
                 self._count("pages mapped by the workload")
             else:
                 del self.pages[va]
@@ -235,7 +238,7 @@ class ScanReplay:
     def step(self, before: Observation, after: Observation, *, region_touched: bool = False) -> list[str]:
         """Predict the step from `before` to `after` (two kernel observations) and compare. Returns
         the diffs; the model's state is the prediction that matched (or the closest one)."""
-        self.last_pass, self.new_region_hints, self.faulted_vmas = None, 0, set()
+        self.last_pass, self.new_region_hints, self.faulted_vmas, self.pages_mapped = None, 0, set(), 0
         self.seen_fault_vmas, self.several_passes, self.runner = set(), False, None
         if before.task.nr_threads != self.nr_threads:
             self._count("steps whose workload changed its thread count")
@@ -278,7 +281,7 @@ class ScanReplay:
         faulted page has the model's pid and a CPU of the model's node, its CPU is taken. Then
         the whole state is compared as after step(). `faults`: how many hint faults made
         `faulted` (default one per entry; one per large folio restores all its PTEs)."""
-        self.last_pass, self.new_region_hints, self.faulted_vmas = None, 0, set()
+        self.last_pass, self.new_region_hints, self.faulted_vmas, self.pages_mapped = None, 0, set(), 0
         self.seen_fault_vmas, self.several_passes, self.runner = set(), False, None
         self.nr_threads = before.task.nr_threads
         self.hints_off = _kernel_hints_off(after)

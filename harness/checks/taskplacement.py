@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,27 @@ def _region_nodes(obs: Observation, region: HeldRegion) -> dict[int, int]:
     return nodes
 
 
+# A look pauses the guest wherever its vCPUs are, and a PTE of the region is zero for a moment
+# while it is rewritten under its page table lock: ptep_modify_prot_start ... commit, in
+# mm/mprotect.c:change_pte_range (the scanner hinting it) and mm/memory.c:do_numa_page (a hint
+# fault restoring it). Nothing else clears an entry of these populated, bound regions (the
+# guest has no swap; a migration would leave a migration entry, not zero), so a look that
+# misses region entries is taken again: the guest resumes and the lock holder commits the
+# entry. Three looks in a row that each catch an entry in that window would take three passes
+# or faults at the very moments of the looks; a region still short after them has lost pages.
+LOOKS_FOR_A_WHOLE_REGION = 3
+
+
+def _whole_region_looks(looks: Callable[[], tuple[Observation, ...]], regions: tuple[HeldRegion, ...]) -> tuple[Observation, ...]:
+    """`looks()` again while a region (regions[i] in the i-th observation) misses an entry, up to
+    LOOKS_FOR_A_WHOLE_REGION looks; the last one taken."""
+    for _ in range(LOOKS_FOR_A_WHOLE_REGION):
+        found = looks()
+        if all(sum(_region_nodes(o, r).values()) == r.length // 4096 for o, r in zip(found, regions, strict=True)):
+            break
+    return found
+
+
 @check("task-placement", seconds=6.7, releases=EVERY_MODELLED_RELEASE)
 def check_task_placement(ctx: Context) -> Finding:
     """The task moves to its memory. A 16 MiB region is bound to the near node with
@@ -93,7 +115,7 @@ def check_task_placement(ctx: Context) -> Finding:
         pages = region.length // 4096
 
         def look(phase: str) -> Observation:
-            o = observe(ctx, region.pid)
+            (o,) = _whole_region_looks(lambda: (observe(ctx, region.pid),), (region,))
             node = ctx.node_of_cpu[o.task.cpu]
             trail.append({"phase": phase, "jiffies": o.balancing.jiffies, "cpu": o.task.cpu, "node": node,
                           "preferred": o.task.numa_preferred_nid, "retry_in": o.task.numa_migrate_retry -
@@ -286,7 +308,8 @@ def _look_at_cast(ctx: Context, cast: _SwapCast, phase: str, pages: int, diffs: 
                   trail: list[dict[str, Any]]) -> tuple[Observation, Observation]:
     """Observe mover and partner at one moment; their pages must stay on the node they are bound
     to (MPOL_BIND | MPOL_F_NUMA_BALANCING: mpol_misplaced never names a node outside the policy)."""
-    mover, partner = observe_processes(ctx, (cast.mover.pid, cast.partner.pid))
+    mover, partner = _whole_region_looks(lambda: observe_processes(ctx, (cast.mover.pid, cast.partner.pid)),
+                                         (cast.mover, cast.partner))
     trail.append({"phase": phase, "jiffies": mover.balancing.jiffies,
                   "mover": {"cpu": mover.task.cpu, "preferred": mover.task.numa_preferred_nid},
                   "partner": {"cpu": partner.task.cpu, "preferred": partner.task.numa_preferred_nid},

@@ -29,6 +29,7 @@ from harness.inspect import (
     read_vmstat,
     snapshot,
     summarize_by_vma,
+    table_locks_held,
     vmemmap_base,
     walk,
     with_last_cpupid,
@@ -159,6 +160,19 @@ def test_walk_agrees_with_pagemap_and_move_pages(guest: GuestView, prog: Any, re
     assert {e.vaddr: e.pfn for e in table} == _pagemap(guest, region)
     assert {e.vaddr: e.node for e in table} == _nodes(guest, region)
     assert set(_nodes(guest, region).values()) == {0}  # first touched from node 0's CPUs
+
+
+def test_no_page_table_lock_of_a_sleeping_holder_reads_held(guest: GuestView, prog: Any, region: HeldRegion) -> None:
+    """The holder sleeps on its channel, so none of its page table locks is held: the lock words
+    table_locks_held reads (mm->page_table_lock, and each table's struct ptdesc->ptl) are all 0,
+    where a wrong field of the table's struct page (flags with its zone bits, _refcount) is not.
+    The walk read at least one PMD table and one PTE table per 2 MiB of the region."""
+    with snapshot(guest):
+        mm = find_mm(prog, region.pid)
+        table = walk(prog, mm)
+        held = table_locks_held(prog, mm, table)
+    assert table.tables is not None and table.tables.size >= 1 + region.length // (2 << 20)
+    assert held == 0
 
 
 def test_thp_region_has_pmd_entries(guest: GuestView, prog: Any) -> None:

@@ -91,6 +91,10 @@ class Context:
     # Counters read at every check's start and end: {"t": seconds since open, "check", "vmstat"}.
     timeline: list[dict[str, Any]] = field(default_factory=list)
     opened: float = field(default_factory=time.monotonic)
+    # Looks taken again because a page table lock of the process was held (observe), and looks
+    # kept with one held after LOOKS_PAST_A_TABLE_LOCK tries; the runner reports them per check.
+    looks_past_a_table_lock: int = 0
+    looks_kept_with_a_table_lock: int = 0
 
     @classmethod
     def open(cls, guest: GuestView) -> Context:
@@ -156,11 +160,21 @@ class Observation:
                        (tgid, mm) in earlier.stamps and earlier.stamps[(tgid, mm)][0] != stamp[0]})
 
 
+# A look pauses the guest wherever its vCPUs are, possibly while one holds a page table lock of
+# the process and has an entry half-rewritten (inspect's table_locks_held lists where: the
+# scanner's ptep_modify_prot_start ... commit, a hint fault's, a migration's clear): the walk
+# would miss that entry or see it non-present. Such a look is taken again, after the guest has
+# run on: a spinlock is held for microseconds of guest time (no section under it sleeps), and
+# the guest runs milliseconds between two pauses (a QMP round trip). A lock still held in the
+# last look is most likely a fresh holder, not the same section; its look is kept, and counted.
+LOOKS_PAST_A_TABLE_LOCK = 3
+
+
 def observe(ctx: Context, pid: int, threads: tuple[int, ...] = ()) -> Observation:
-    """Everything at one moment (the guest paused); with `threads`, also those threads of the
-    process (their NUMA state and groups) and which task each CPU runs."""
-    with nh.snapshot(ctx.guest):
-        obs = _observe_paused(ctx, pid, threads)
+    """Everything at one moment (the guest paused) at which no page table lock of the process is
+    held (LOOKS_PAST_A_TABLE_LOCK); with `threads`, also those threads of the process (their NUMA
+    state and groups) and which task each CPU runs."""
+    (obs,) = _look(ctx, (pid,), lambda p: threads)
     ctx.recent[:] = [*ctx.recent[-1:], obs]
     return obs
 
@@ -168,20 +182,34 @@ def observe(ctx: Context, pid: int, threads: tuple[int, ...] = ()) -> Observatio
 def observe_processes(ctx: Context, pids: tuple[int, ...]) -> tuple[Observation, ...]:
     """observe() for several processes at one moment: each observation has its process as its
     one thread (its NUMA state and group), and which task each CPU runs."""
-    with nh.snapshot(ctx.guest):
-        found = tuple(_observe_paused(ctx, pid, (pid,)) for pid in pids)
+    found = _look(ctx, pids, lambda p: (p,))
     ctx.recent[:] = list(found[-2:])
     return found
 
 
-def _observe_paused(ctx: Context, pid: int, threads: tuple[int, ...]) -> Observation:
+def _look(ctx: Context, pids: tuple[int, ...], threads_of: Callable[[int], tuple[int, ...]]) -> tuple[Observation, ...]:
+    for look in range(LOOKS_PAST_A_TABLE_LOCK):
+        with nh.snapshot(ctx.guest):
+            looked = [_observe_paused(ctx, pid, threads_of(pid)) for pid in pids]
+        if not any(held for _, held in looked):
+            break
+        ctx.looks_past_a_table_lock += 1
+        if look == LOOKS_PAST_A_TABLE_LOCK - 1:
+            ctx.looks_kept_with_a_table_lock += 1
+    return tuple(obs for obs, _ in looked)
+
+
+def _observe_paused(ctx: Context, pid: int, threads: tuple[int, ...]) -> tuple[Observation, int]:
+    """The observation, and how many of the process's page table locks were held at it."""
     mm = nh.find_mm(ctx.prog, pid)
-    table = nh.with_folios(ctx.prog, nh.with_mapcount(ctx.prog, nh.with_last_cpupid(ctx.prog, nh.walk(ctx.prog, mm))))
-    return Observation(table, nh.read_task(ctx.prog, pid), nh.read_mm(ctx.prog, pid), nh.read_vmas(ctx.prog, pid),
-                       nh.read_balancing(ctx.prog), nh.read_vmstat(ctx.prog), int(mm.value_()),
-                       nh.scan_stamps(ctx.prog), tuple(nh.read_task(ctx.prog, tid) for tid in threads),
-                       tuple(nh.read_numa_group(ctx.prog, tid) for tid in threads),
-                       nh.running_pids(ctx.prog) if threads else {})
+    walked = nh.walk(ctx.prog, mm)
+    table = nh.with_folios(ctx.prog, nh.with_mapcount(ctx.prog, nh.with_last_cpupid(ctx.prog, walked)))
+    obs = Observation(table, nh.read_task(ctx.prog, pid), nh.read_mm(ctx.prog, pid), nh.read_vmas(ctx.prog, pid),
+                      nh.read_balancing(ctx.prog), nh.read_vmstat(ctx.prog), int(mm.value_()),
+                      nh.scan_stamps(ctx.prog), tuple(nh.read_task(ctx.prog, tid) for tid in threads),
+                      tuple(nh.read_numa_group(ctx.prog, tid) for tid in threads),
+                      nh.running_pids(ctx.prog) if threads else {})
+    return obs, nh.table_locks_held(ctx.prog, mm, walked)
 
 
 def observation_json(obs: Observation) -> dict[str, Any]:

@@ -103,6 +103,7 @@ def run_check(ctx: Context, check: Check) -> CheckResult:
 
 
 def _run_once(ctx: Context, check: Check, inconclusive: list[str]) -> CheckResult:
+    retaken, kept = ctx.looks_past_a_table_lock, ctx.looks_kept_with_a_table_lock
     try:
         finding = check.run(ctx)
     except Inconclusive:
@@ -116,7 +117,10 @@ def _run_once(ctx: Context, check: Check, inconclusive: list[str]) -> CheckResul
     except Exception as err:
         return _harness_error(check.name, err)
     verdict = Verdict.FAIL if finding.diffs else Verdict.PASS
-    figures = {**finding.figures, "inconclusive_tries": inconclusive} if inconclusive else finding.figures
+    figures = {**finding.figures, "inconclusive_tries": inconclusive} if inconclusive else dict(finding.figures)
+    if ctx.looks_past_a_table_lock > retaken:
+        figures["looks_past_a_table_lock"] = {"retaken": ctx.looks_past_a_table_lock - retaken,
+                                              "kept_with_one_held": ctx.looks_kept_with_a_table_lock - kept}
     return CheckResult(check.name, verdict, finding.summary, figures, limit_diffs(finding.diffs))
 
 

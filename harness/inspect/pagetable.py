@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, overload
 
 import numpy as np
@@ -38,6 +38,7 @@ __all__ = (
     "page_flags",
     "page_flags_layout",
     "summarize",
+    "table_locks_held",
     "vmemmap_base",
     "walk",
     "with_folios",
@@ -151,6 +152,9 @@ class PageTableWalk(Sequence[Entry]):
     last_cpupid: np.ndarray | None = None  # -1 where unknown
     mapcount: np.ndarray | None = None  # page->_mapcount + 1; -1 where unknown
     folio_pages: np.ndarray | None = None  # base pages of the mapped folio; -1 where unknown
+    # The pfns of the PMD and PTE tables walk() read (their struct ptdesc holds the split page
+    # table locks: table_locks_held); None for a selection or a recording.
+    tables: np.ndarray | None = None
 
     @property
     def present(self) -> np.ndarray:
@@ -231,6 +235,7 @@ def walk(prog: Program, mm: Object, start: int = 0, end: int = 1 << 57, *, nodes
     vaddr_chunks: list[np.ndarray] = []
     raw_chunks: list[np.ndarray] = []
     level_chunks: list[np.ndarray] = []
+    tables: list[int] = []
     index = np.arange(512, dtype=np.uint64)
 
     def read_table(phys: int) -> np.ndarray:
@@ -239,6 +244,8 @@ def walk(prog: Program, mm: Object, start: int = 0, end: int = 1 << 57, *, nodes
     def visit(table_phys: int, depth: int, base: int) -> None:
         shift = shifts[depth]
         span = 1 << shift
+        if shift in (21, 12):
+            tables.append(table_phys >> 12)
         entries = read_table(table_phys)
         vaddrs = np.uint64(base) + (index << np.uint64(shift))
         wanted = (entries != 0) & (vaddrs + np.uint64(span) > np.uint64(start)) & (vaddrs < np.uint64(end))
@@ -260,15 +267,52 @@ def walk(prog: Program, mm: Object, start: int = 0, end: int = 1 << 57, *, nodes
                 visit(raw & PFN_MASK, depth + 1, vaddr)
 
     visit(int(virt_to_phys(mm.pgd).value_()), 0, 0)
+    table_pfns = np.array(tables, dtype=np.int64)
     if not vaddr_chunks:
         empty = np.zeros(0, dtype=np.uint64)
-        return PageTableWalk(empty, empty, np.zeros(0, dtype=np.uint8), np.zeros(0, dtype=np.int16))
+        return PageTableWalk(empty, empty, np.zeros(0, dtype=np.uint8), np.zeros(0, dtype=np.int16), tables=table_pfns)
     vaddr_all = np.concatenate(vaddr_chunks)
     raw_all = np.concatenate(raw_chunks)
     level_all = np.concatenate(level_chunks)
     order = np.argsort(vaddr_all, kind="stable")  # leaves of different levels interleave by address
     vaddr_all, raw_all, level_all = vaddr_all[order], raw_all[order], level_all[order]
-    return PageTableWalk(vaddr_all, raw_all, level_all, nodes.nodes_of(_pfns(raw_all, level_all)))
+    return PageTableWalk(vaddr_all, raw_all, level_all, nodes.nodes_of(_pfns(raw_all, level_all)), tables=table_pfns)
+
+
+def table_locks_held(prog: Program, mm: Object, table: PageTableWalk) -> int:
+    """
+    Count the address space's page table locks that are held (or contended) at this moment:
+    ``mm->page_table_lock`` and the split lock of every PMD and PTE table the walk read, in the
+    table's ``struct ptdesc`` (``include/linux/mm.h:pte_lockptr``, ``pmd_lockptr``, ``ptlock_ptr``;
+    with ``CONFIG_SPLIT_PTE_PTLOCKS``/``SPLIT_PMD_PTLOCKS``, else the word is unused and reads 0).
+
+    Every rewrite of a user entry happens under its table's lock, and some leave it empty or
+    non-present for a moment: ``ptep_modify_prot_start`` ... ``commit`` (``mm/mprotect.c:change_pte_range``,
+    ``mm/memory.c:do_numa_page``), ``pmdp_invalidate`` ... ``set_pmd_at`` (``mm/huge_memory.c:change_huge_pmd``),
+    the clear before a migration entry (``mm/rmap.c:try_to_migrate_one``). A walk of a paused
+    guest with none of these locks held saw no entry half-rewritten.
+
+    :param mm: ``struct mm_struct *``
+    :param table: ``walk(prog, mm)``'s result, whose ``tables`` it reads.
+    """
+    from drgn import offsetof
+
+    # A qspinlock's whole 32-bit word (locked byte, pending, tail) is 0 only when free and
+    # uncontended (include/asm-generic/qspinlock_types.h); spinlock_t starts with it unless
+    # lock debugging adds fields (then it is still first: raw_spinlock.raw_lock).
+    held = int(mm.page_table_lock.rlock.raw_lock.val.counter.value_() != 0)
+    if table.tables is None or table.tables.size == 0:
+        return held
+    try:
+        desc = prog.type("struct ptdesc")  # 6.6 on
+    except LookupError:
+        desc = prog.type("struct page")  # before: page->ptl
+    ptl = desc.member("ptl").type
+    if ptl.unqualified().kind.name == "POINTER":  # ALLOC_SPLIT_PTLOCKS: a lock allocated apart
+        pointers = page_field(prog, table.tables, offsetof(desc, "ptl"), "<u8")
+        return held + sum(1 for p in pointers if p and int.from_bytes(prog.read(int(p), 4), "little"))
+    words = page_field(prog, table.tables, offsetof(desc, "ptl"), "<u4")
+    return held + int(np.count_nonzero(words))
 
 
 def page_flags_layout(prog: Program) -> dict[str, int]:
@@ -335,7 +379,7 @@ def with_last_cpupid(prog: Program, table: PageTableWalk) -> PageTableWalk:
     pfns[is_pte] = folio_heads(prog, pfns[is_pte])[0]
     flags = page_flags(prog, pfns)
     cpupid[has_page] = ((flags >> np.uint64(layout["LAST_CPUPID_PGSHIFT"])) & np.uint64((1 << width) - 1)).astype(np.int64)
-    return PageTableWalk(table.vaddr, table.raw, table.level, table.node, cpupid, table.mapcount, table.folio_pages)
+    return replace(table, last_cpupid=cpupid)
 
 
 def folio_heads(prog: Program, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -375,7 +419,7 @@ def with_folios(prog: Program, table: PageTableWalk) -> PageTableWalk:
     folio[has_page & (table.level == 1)] = 512
     ptes = has_page & (table.level == 0)
     folio[ptes] = folio_heads(prog, table.pfn[ptes])[1]
-    return PageTableWalk(table.vaddr, table.raw, table.level, table.node, table.last_cpupid, table.mapcount, folio)
+    return replace(table, folio_pages=folio)
 
 
 def with_mapcount(prog: Program, table: PageTableWalk) -> PageTableWalk:
@@ -388,7 +432,7 @@ def with_mapcount(prog: Program, table: PageTableWalk) -> PageTableWalk:
     mapcount = np.full(len(table), -1, dtype=np.int64)
     offset = offsetof(prog.type("struct page"), "_mapcount")
     mapcount[has_page] = page_field(prog, table.pfn[has_page], offset, "<i4").astype(np.int64) + 1
-    return PageTableWalk(table.vaddr, table.raw, table.level, table.node, table.last_cpupid, mapcount, table.folio_pages)
+    return replace(table, mapcount=mapcount)
 
 
 def last_cpupids(prog: Program, entries: PageTableWalk) -> PageTableWalk:

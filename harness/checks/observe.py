@@ -188,6 +188,8 @@ def observe_processes(ctx: Context, pids: tuple[int, ...]) -> tuple[Observation,
 
 
 def _look(ctx: Context, pids: tuple[int, ...], threads_of: Callable[[int], tuple[int, ...]]) -> tuple[Observation, ...]:
+    """One observation of each process in one pause, taken again (up to LOOKS_PAST_A_TABLE_LOCK
+    looks) while any of their page table locks was held; the counts go to ctx."""
     for look in range(LOOKS_PAST_A_TABLE_LOCK):
         with nh.snapshot(ctx.guest):
             looked = [_observe_paused(ctx, pid, threads_of(pid)) for pid in pids]

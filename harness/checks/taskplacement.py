@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,29 +71,6 @@ def _region_nodes(obs: Observation, region: HeldRegion) -> dict[int, int]:
     return nodes
 
 
-# A look pauses the guest wherever its vCPUs are, and a PTE of the region is zero for a moment
-# while it is rewritten under its page table lock: ptep_modify_prot_start ... commit, in
-# mm/mprotect.c:change_pte_range (the scanner hinting it) and mm/memory.c:do_numa_page (a hint
-# fault restoring it). Nothing else clears an entry of these populated, bound regions (the
-# guest has no swap; a migration would leave a migration entry, not zero), so a look that
-# misses region entries is taken again: the guest resumes and the lock holder commits the
-# entry. Three looks in a row that each catch an entry in that window would take three passes
-# or faults at the very moments of the looks; a region still short after them has lost pages.
-LOOKS_FOR_A_WHOLE_REGION = 3
-
-
-def _whole_region_looks(looks: Callable[[], tuple[Observation, ...]],
-                        regions: tuple[HeldRegion, ...]) -> tuple[tuple[Observation, ...], int]:
-    """`looks()` again while a region (regions[i] in the i-th observation) misses an entry, up to
-    LOOKS_FOR_A_WHOLE_REGION looks; the last one taken, and how many were taken again (the
-    trail reports it, so a run shows whether the window was ever caught)."""
-    for retaken in range(LOOKS_FOR_A_WHOLE_REGION):  # noqa: B007 -- the count is returned
-        found = looks()
-        if all(sum(_region_nodes(o, r).values()) == r.length // 4096 for o, r in zip(found, regions, strict=True)):
-            break
-    return found, retaken
-
-
 @check("task-placement", seconds=6.7, releases=EVERY_MODELLED_RELEASE)
 def check_task_placement(ctx: Context) -> Finding:
     """The task moves to its memory. A 16 MiB region is bound to the near node with
@@ -117,9 +93,9 @@ def check_task_placement(ctx: Context) -> Finding:
         pages = region.length // 4096
 
         def look(phase: str) -> Observation:
-            (o,), retaken = _whole_region_looks(lambda: (observe(ctx, region.pid),), (region,))
+            o = observe(ctx, region.pid)
             node = ctx.node_of_cpu[o.task.cpu]
-            trail.append({"phase": phase, "jiffies": o.balancing.jiffies, "retaken": retaken, "cpu": o.task.cpu, "node": node,
+            trail.append({"phase": phase, "jiffies": o.balancing.jiffies, "cpu": o.task.cpu, "node": node,
                           "preferred": o.task.numa_preferred_nid, "retry_in": o.task.numa_migrate_retry -
                           o.balancing.jiffies, "faults": o.vmstat.get("numa_hint_faults")})
             placed = _region_nodes(o, region)
@@ -176,7 +152,7 @@ def check_task_placement(ctx: Context) -> Finding:
             diffs.append(f"after the move the task prefers node {o.task.numa_preferred_nid}, not {near}")
     summary = (f"preferred node {near} after {sum(1 for t in trail if t['phase'] != 'free')} pinned steps; "
                f"moved to it {moved_after} s (guest time) after it was let run anywhere")
-    return Finding(summary, {"looks_retaken": sum(t["retaken"] for t in trail), "trail": trail}, tuple(diffs))
+    return Finding(summary, {"trail": trail}, tuple(diffs))
 
 
 # The swap scenario's regions: small, so that each scanner pass hints all of one quickly.
@@ -310,9 +286,8 @@ def _look_at_cast(ctx: Context, cast: _SwapCast, phase: str, pages: int, diffs: 
                   trail: list[dict[str, Any]]) -> tuple[Observation, Observation]:
     """Observe mover and partner at one moment; their pages must stay on the node they are bound
     to (MPOL_BIND | MPOL_F_NUMA_BALANCING: mpol_misplaced never names a node outside the policy)."""
-    (mover, partner), retaken = _whole_region_looks(lambda: observe_processes(ctx, (cast.mover.pid, cast.partner.pid)),
-                                                    (cast.mover, cast.partner))
-    trail.append({"phase": phase, "jiffies": mover.balancing.jiffies, "retaken": retaken,
+    mover, partner = observe_processes(ctx, (cast.mover.pid, cast.partner.pid))
+    trail.append({"phase": phase, "jiffies": mover.balancing.jiffies,
                   "mover": {"cpu": mover.task.cpu, "preferred": mover.task.numa_preferred_nid},
                   "partner": {"cpu": partner.task.cpu, "preferred": partner.task.numa_preferred_nid},
                   "running": mover.running})
@@ -442,7 +417,7 @@ def check_task_swap(ctx: Context) -> Finding:
     summary = (f"both tasks preferred their memory's node after {placed_after} s pinned; the model predicted a swap "
                f"(gain {predicted.imp}), and {swapped_after} s (guest time) after they were let go each ran on its memory's node")
     return Finding(summary, {"placed_after_s": placed_after, "swapped_after_s": swapped_after,
-                             "exchanged_cpus": exchanged, "looks_retaken": sum(t["retaken"] for t in trail),
+                             "exchanged_cpus": exchanged,
                              "premise": premise.as_json(),
                              "prediction": predicted.as_json(),
                              "trail": trail}, tuple(diffs))

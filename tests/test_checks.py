@@ -13,10 +13,11 @@ from harness.checks.catalog import CHECKS
 from harness.checks.mutants import MutantOutcome, discover, outcome_of, select
 from harness.checks.observe import Context
 from harness.checks.registry import Check, CheckResult, Finding, Verdict
-from harness.checks.runner import run_check, run_checks
+from harness.checks.runner import run_check, run_checks, time_spent
 from harness.cli.main import main
 from harness.errors import ExitCode
 from harness.guest.launch import LaunchRequest, make_guest
+from harness.guest.spent import SpentReading, TimeSpent
 from harness.guest.view import GuestView
 from harness.kernel.pipeline import KCONFIG_DIR, BuildRequest, KernelArtifact, build
 from harness.report.junit import write_junit
@@ -34,6 +35,13 @@ def test_default_kernel_passes(guest: GuestView, name: str, tmp_path: Path) -> N
     [result] = run_checks(guest, [name], record=tmp_path)
     assert result.passed, (f"{result.summary}\n" + "\n".join(result.diffs)
                            + f"\nrecorded observations: {sorted(str(p) for p in tmp_path.iterdir())}")
+    # Where its time went: the runner's own counter reads at start and end are two looks, and
+    # looks, SSH commands and workload waits block the one thread in turn, so they never add up
+    # to more than the check's wall time (each rounded to 0.01 s).
+    spent = result.spent
+    assert spent["looks"] >= 2, spent
+    assert spent["paused_s"] + spent["ssh_s"] + spent["workload_wait_s"] <= result.seconds + 0.03, (spent, result.seconds)
+    assert spent["other_s"] <= result.seconds + 0.01 and spent["cpu_s"] > 0, (spent, result.seconds)
 
 
 @pytest.mark.kernel
@@ -87,6 +95,21 @@ def _no_guest() -> Context:
     """A context with no guest behind it, for checks that never reach one: the runner reads only
     its look counters (observe's retakes, reported per check)."""
     return Context(None, None, None)  # type: ignore[arg-type]
+
+
+def test_time_spent_splits_wall_time_and_tallies_count_blocks_that_raise() -> None:
+    """A check's `spent`: the parts the tallies measured, the remainder of the wall time as
+    `other_s` (never negative: a clock read a hair apart), and a tally counts a block that raised."""
+    spent = TimeSpent()
+    with pytest.raises(RuntimeError), spent.paused.timing():
+        raise RuntimeError("a look that failed still paused the guest")
+    assert spent.paused.count == 1 and spent.paused.seconds >= 0
+    earlier = SpentReading(3, 1.0, 2, 0.5, 4, 2.0)
+    later = SpentReading(13, 3.5, 5, 1.25, 10, 6.0)
+    parts = time_spent(later.since(earlier), 10.0, 4.0)
+    assert parts == {"looks": 10, "paused_s": 2.5, "ssh_commands": 3, "ssh_s": 0.75, "workload_wait_s": 4.0,
+                     "other_s": 2.75, "cpu_s": 4.0}
+    assert time_spent(later.since(earlier), 7.0, 1.0)["other_s"] == 0.0
 
 
 def test_a_check_that_raises_is_an_error_not_a_kill() -> None:

@@ -86,6 +86,9 @@ class CheckResult:
     vmstat_delta: dict[str, int] = field(default_factory=dict)
     # For a failed check: the last observations it made (the state its diffs refer to), as JSON.
     snapshot: tuple[dict[str, Any], ...] = ()
+    # Where `seconds` went (runner.time_spent): looks with the guest paused, SSH commands, waits
+    # for the workload's replies, the rest; and this thread's CPU time (overlapping them).
+    spent: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -94,7 +97,7 @@ class CheckResult:
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "passed": self.passed, "verdict": self.verdict.value, "summary": self.summary,
                 "figures": self.figures, "diffs": list(self.diffs), "seconds": round(self.seconds, 2),
-                "vmstat_delta": self.vmstat_delta}
+                "vmstat_delta": self.vmstat_delta, "spent": self.spent}
 
 
 class Mechanism(StrEnum):

@@ -39,6 +39,7 @@ from harness.checks.observe import (
 from harness.checks.registry import Check, CheckResult, Mechanism, Verdict, limit_diffs
 from harness.checks.workload import WorkloadKilled, WorkloadStuck
 from harness.errors import HarnessError
+from harness.guest.spent import SpentReading
 from harness.guest.ssh import CommandTimeout, GuestCommandError
 from harness.guest.view import GuestView, VmError
 from harness.model import MODELLED_RELEASE, RULES, release_series
@@ -243,6 +244,18 @@ def stop_reason(result: CheckResult, fail_fast: bool = False) -> str | None:
     return None
 
 
+def time_spent(spent: SpentReading, wall_s: float, cpu_s: float) -> dict[str, float]:
+    """A check's wall time by where it went (issue 14: measure before cutting): `paused_s` in
+    `looks` (QMP stop .. cont, drgn reading the stopped guest), `ssh_s` in `ssh_commands` (each a
+    channel, a dropbear child and a shell in the guest), `workload_wait_s` blocked on the
+    workload's replies (the guest runs the step meanwhile), and `other_s` (idle waits for a
+    scanner pass, the model, set-up); `cpu_s` is this thread's CPU time, which overlaps them all."""
+    return {"looks": spent.pauses, "paused_s": round(spent.paused_s, 2), "ssh_commands": spent.ssh_commands,
+            "ssh_s": round(spent.ssh_s, 2), "workload_wait_s": round(spent.stream_wait_s, 2),
+            "other_s": round(max(0.0, wall_s - spent.paused_s - spent.ssh_s - spent.stream_wait_s), 2),
+            "cpu_s": round(cpu_s, 2)}
+
+
 def run_checks(guest: GuestView, names: Sequence[str] | None = None,
                progress: Callable[[CheckResult], None] | None = None,
                timeline: list[dict[str, Any]] | None = None, record: Path | None = None,
@@ -265,6 +278,7 @@ def run_checks(guest: GuestView, names: Sequence[str] | None = None,
             if before is not None:
                 before(check.name)
                 started = time.monotonic()  # a wait is not the check's time
+            spent_before, cpu_before = guest.spent.reading(), time.thread_time()
             ctx.kept, ctx.notes = ({} if record is not None else None), {}
             result = judge_applicability(check, profile, functools.partial(_run_one, ctx, check))
             if record is not None and (ctx.kept or ctx.notes):
@@ -276,7 +290,11 @@ def run_checks(guest: GuestView, names: Sequence[str] | None = None,
                              figures={**result.figures, "kernel_bugs": [b.title for b in bugs]})
         if stopped is None:
             stopped = stop_reason(result, fail_fast)
-        result = replace(result, seconds=time.monotonic() - started)
+        seconds = time.monotonic() - started
+        if result.verdict is not Verdict.NOT_RUN:
+            result = replace(result, spent=time_spent(guest.spent.reading().since(spent_before), seconds,
+                                                      time.thread_time() - cpu_before))
+        result = replace(result, seconds=seconds)
         results.append(result)
         if progress is not None:
             progress(result)

@@ -376,7 +376,7 @@ class Guest(GuestView):
     def _connect_and_probe(self, started: float, prefix: str = "") -> None:
         session = SshSession.open(self.ssh_port, self.config.host_key, self.identity.private_key,
                                   started + self.config.boot_timeout,
-                                  alive=lambda: self._check_alive("while SSH was connecting"))
+                                  alive=lambda: self._check_alive("while SSH was connecting"), spent=self.spent)
         self._ssh = session
         probe = session.run(prefix + GUEST_PROBE, timeout=30)
         if probe.exit_status != 0:

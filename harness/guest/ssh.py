@@ -20,6 +20,7 @@ from pathlib import Path
 import paramiko
 
 from harness.errors import InfrastructureError
+from harness.guest.spent import Tally, TimeSpent
 
 
 class GuestCommandError(InfrastructureError):
@@ -56,10 +57,11 @@ class GuestStream:
     a dropbear child and a shell in the guest, under TCG about 40 ms of emulated crypto and forks
     taken from the vCPUs the workload runs on."""
 
-    def __init__(self, command: str, channel: paramiko.Channel) -> None:
+    def __init__(self, command: str, channel: paramiko.Channel, waits: Tally | None = None) -> None:
         self.command = command
         self._channel = channel
         self._received = bytearray()
+        self._waits = waits if waits is not None else Tally()
 
     def send(self, text: str) -> None:
         """Write `text` to the command's stdin."""
@@ -71,7 +73,8 @@ class GuestStream:
         """Everything the command has written so far; first waiting up to `wait` seconds for more
         to arrive when nothing new has (select on the channel: no polling)."""
         if wait > 0 and not self._channel.recv_ready() and not self._channel.eof_received:
-            select.select([self._channel], [], [], wait)
+            with self._waits.timing():
+                select.select([self._channel], [], [], wait)
         while self._channel.recv_ready():
             self._received += self._channel.recv(65536)
         return self._received.decode(errors="replace")
@@ -99,13 +102,16 @@ class GuestStream:
 
 
 class SshSession:
-    def __init__(self, client: paramiko.SSHClient) -> None:
+    def __init__(self, client: paramiko.SSHClient, spent: TimeSpent | None = None) -> None:
         self.client = client
+        # The guest's tallies (GuestView.spent), which outlive this connection.
+        self.spent = spent if spent is not None else TimeSpent()
 
     @classmethod
     def open(cls, port: int, host_key: str, identity: Path, deadline: float,
-             alive: Callable[[], None] | None = None) -> SshSession:
-        """Connect, retrying until `deadline`; `alive` raises when the guest died meanwhile."""
+             alive: Callable[[], None] | None = None, spent: TimeSpent | None = None) -> SshSession:
+        """Connect, retrying until `deadline`; `alive` raises when the guest died meanwhile;
+        commands and stream waits are tallied in `spent`."""
         key_type, key_b64 = host_key.split()[:2]
         pinned = paramiko.Ed25519Key(data=base64.b64decode(key_b64))
         last_error: Exception | None = None
@@ -120,7 +126,7 @@ class SshSession:
                     "127.0.0.1", port=port, username="root", key_filename=str(identity),
                     look_for_keys=False, allow_agent=False, timeout=5, banner_timeout=10, auth_timeout=10,
                 )
-                return cls(client)
+                return cls(client, spent)
             except paramiko.BadHostKeyException as err:
                 client.close()
                 raise GuestCommandError(
@@ -135,6 +141,10 @@ class SshSession:
 
     def run(self, command: str | list[str], timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
         """Run a command (a shell string, or argv that is quoted for the guest's shell)."""
+        with self.spent.commands.timing():
+            return self._run(command, timeout, stdin)
+
+    def _run(self, command: str | list[str], timeout: float, stdin: bytes | None) -> CommandResult:
         text = command if isinstance(command, str) else shlex.join(command)
         started = time.monotonic()
         transport = self.client.get_transport()
@@ -196,7 +206,7 @@ class SshSession:
                                  "paused or hung?", "", "") from error
         channel.set_combine_stderr(True)
         channel.exec_command(command)
-        return GuestStream(command, channel)
+        return GuestStream(command, channel, self.spent.stream_waits)
 
     def put(self, data: bytes, path: str, mode: int = 0o644) -> None:
         """Write bytes to a guest file (through `cat`: the guest has no SFTP server)."""

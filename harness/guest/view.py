@@ -5,6 +5,7 @@ reports and SSH. `Guest` (harness.guest.qemu) is one this process started and ow
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import drgn
 
 from harness.errors import InfrastructureError
 from harness.guest.crash import KernelBug, find_bugs
+from harness.guest.spent import TimeSpent
 from harness.guest.ssh import SshSession
 
 
@@ -102,11 +104,17 @@ class GuestView:
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
         """The guest's vCPUs stopped for the duration (consistent snapshots), resumed also on error."""
-        self.pause()
-        try:
-            yield
-        finally:
-            self.resume()
+        with self.spent.paused.timing():
+            self.pause()
+            try:
+                yield
+            finally:
+                self.resume()
+
+    @functools.cached_property
+    def spent(self) -> TimeSpent:
+        """Where the harness's time with this guest went: pauses, SSH commands, stream waits."""
+        return TimeSpent()
 
     # -- console and crashes -----------------------------------------------------------------
 
@@ -143,7 +151,8 @@ class GuestView:
     @property
     def ssh(self) -> SshSession:
         if self._ssh is None:
-            self._ssh = SshSession.open(self.ssh_port, self.host_key, self.identity_file, time.monotonic() + 30)
+            self._ssh = SshSession.open(self.ssh_port, self.host_key, self.identity_file, time.monotonic() + 30,
+                                        spent=self.spent)
         return self._ssh
 
     def close_ssh(self) -> None:

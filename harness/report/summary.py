@@ -31,6 +31,7 @@ _CHECK = {
         "diffs": {"type": "array", "items": {"type": "string"}},
         "seconds": {"type": "number", "minimum": 0},
         "vmstat_delta": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "spent": {"type": "object", "additionalProperties": {"type": "number"}},
         "snapshot_file": {"type": ["string", "null"]},
         "kernel_bugs": {"type": "array", "items": {"type": "string"}},
     },

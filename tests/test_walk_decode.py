@@ -44,3 +44,32 @@ def test_hinted_huge_pmd_names_its_head_page_not_the_last_tail() -> None:
 
 def test_an_empty_entry_is_not_inverted() -> None:
     assert decode(0) == (False, False, 0)
+
+
+def test_iterating_a_walk_reads_each_entry_as_indexing_decodes_it() -> None:
+    """PageTableWalk.columns (and so iteration) decodes all entries at once; indexing decodes one
+    with decode(). Both must give the same Entry for every kind of entry: present, hinted and
+    empty PTEs and PMDs, each flag bit, known and unknown last_cpupid, mapcount and folio size."""
+    pte = (0x12345 << 12) | PRESENT | ACCESSED | NX
+    pmd = (0x40000 << 12) | PRESENT | RW | ACCESSED | DIRTY | PSE
+    raws = [pte, pte | RW | DIRTY, _hint(pte, PFN_MASK), 0, pmd, _hint(pmd, PMD_PFN_MASK)]
+    table = PageTableWalk(np.arange(len(raws), dtype=np.uint64) << np.uint64(21), np.array(raws, dtype=np.uint64),
+                          np.array([0, 0, 0, 0, 1, 1], dtype=np.uint8), np.array([0, 1, 0, -1, 1, 0], dtype=np.int16),
+                          np.array([-1, 0, 4095, -1, 77, 2**21 - 1], dtype=np.int64), None,
+                          np.array([1, 16, -1, -1, 512, 512], dtype=np.int64))
+    assert list(table) == [table[i] for i in range(len(table))]
+    assert [(e.last_cpupid, e.mapcount, e.folio_pages) for e in table][:3] == [(None, None, 1), (0, None, 16),
+                                                                               (4095, None, None)]
+
+
+def test_iterating_recorded_walks_matches_indexing() -> None:
+    """The same on what real guests showed (golden observations: THP and mTHP folios, hints,
+    migrated pages, every column read)."""
+    from pathlib import Path
+
+    from harness.checks.runner import load_recording
+
+    for name in ("thp", "mthp", "scanner-pids", "cow-sharing"):
+        recording = load_recording(Path(__file__).parent / "data" / "observations" / f"{name}.json.gz")
+        for obs in recording.observations.values():
+            assert list(obs.table) == [obs.table[i] for i in range(len(obs.table))], name

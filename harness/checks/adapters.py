@@ -7,10 +7,12 @@ business. VM_* flags are include/linux/mm.h's.
 from __future__ import annotations
 
 from harness.checks.observe import GuestFacts, Observation
+from harness.inspect.pagetable import LEVELS
 from harness.model import HPAGE_SIZE, PAGE_SIZE, NumabState, Page, Task, Tunables, Vma
 
 VM_READ, VM_WRITE, VM_EXEC, VM_SHARED = 0x1, 0x2, 0x4, 0x8
 VM_PFNMAP, VM_IO, VM_HUGETLB, VM_MIXEDMAP = 0x400, 0x4000, 0x400000, 0x10000000
+PTE_LEVEL, PMD_LEVEL = LEVELS.index("pte"), LEVELS.index("pmd")
 
 
 
@@ -43,15 +45,16 @@ def model_pages(facts: GuestFacts, obs: Observation) -> dict[int, Page]:
     """Present and hinted leaf entries as model pages; last_cpupid all-ones is "pid unset"."""
     zero_pfn, unset = facts.zero_pfn, facts.cpupid_unset
     pages = {}
-    for e in obs.table:
-        if not (e.present or e.hint):
+    c = obs.table.columns()  # a loop over every entry: lists, not Entry objects (columns())
+    for va, level, present, hint, pfn, node, writable, cpupid, mapcount, folio in zip(
+            c.vaddr, c.level, c.present, c.hint, c.pfn, c.node, c.writable, c.last_cpupid, c.mapcount, c.folio_pages,
+            strict=True):
+        if not (present or hint):
             continue
-        last = None if e.last_cpupid is None or e.last_cpupid == unset else e.last_cpupid
-        pages[e.vaddr] = Page(e.vaddr, e.node, HPAGE_SIZE if e.level == "pmd" else PAGE_SIZE, hint=e.hint,
-                              zero_page=e.pfn == zero_pfn, last_cpupid=last,
-                              likely_shared=e.mapcount is not None and e.mapcount > 1,
-                              folio_pages=e.folio_pages if e.level == "pte" and e.folio_pages and e.folio_pages > 1 else 0,
-                              writable=e.writable)
+        pages[va] = Page(va, node, HPAGE_SIZE if level == PMD_LEVEL else PAGE_SIZE, hint=hint,
+                         zero_page=pfn == zero_pfn, last_cpupid=None if cpupid is None or cpupid == unset else cpupid,
+                         likely_shared=mapcount is not None and mapcount > 1,
+                         folio_pages=folio if level == PTE_LEVEL and folio and folio > 1 else 0, writable=writable)
     return pages
 
 

@@ -801,14 +801,16 @@ class ScanReplay:
     def _region_entries(self, after: Observation) -> list[str]:
         diffs = []
         kernel_region = after.table.within(*self.region)
-        for e in kernel_region:
-            page = self.pages.get(e.vaddr)
+        # Every entry of the region, every step: read as lists (PageTableWalk.columns), not Entry objects.
+        c = kernel_region.columns()
+        for va, hint, node, cpupid in zip(c.vaddr, c.hint, c.node, c.last_cpupid, strict=True):
+            page = self.pages.get(va)
             if page is None:
                 continue
-            last = None if e.last_cpupid is None or e.last_cpupid == self.facts.cpupid_unset else e.last_cpupid
-            if (page.hint, page.node, page.last_cpupid) != (e.hint, e.node, last):
-                diffs.append(f"{e.vaddr:#x}: model hint={page.hint} node {page.node} last_cpupid {page.last_cpupid}, "
-                             f"kernel hint={e.hint} node {e.node} last_cpupid {last}")
+            last = None if cpupid is None or cpupid == self.facts.cpupid_unset else cpupid
+            if (page.hint, page.node, page.last_cpupid) != (hint, node, last):
+                diffs.append(f"{va:#x}: model hint={page.hint} node {page.node} last_cpupid {page.last_cpupid}, "
+                             f"kernel hint={hint} node {node} last_cpupid {last}")
             if len(diffs) >= 5:
                 break
         # A hint has no write bit: change_pte_range's pte_modify(PAGE_NONE) keeps only
@@ -830,10 +832,12 @@ class ScanReplay:
             page = self.pages.get(va)
             carried = page.writable if page is not None else vma_writable
             return carried if savedwrite else not hint and carried
-        wrong = [e for e in kernel_region if e.writable != expected(e.vaddr, e.hint)]
+        wrong = [(va, hint, writable) for va, hint, writable in zip(c.vaddr, c.hint, c.writable, strict=True)
+                 if writable != expected(va, hint)]
         if wrong:
+            va, hint, writable = wrong[0]
             diffs.append(f"{len(wrong)} of the region's {len(kernel_region)} entries have a write bit that does not "
-                         f"match their hint (first {wrong[0].vaddr:#x}: hint={wrong[0].hint} writable={wrong[0].writable}; "
+                         f"match their hint (first {va:#x}: hint={hint} writable={writable}; "
                          f"the VMA is {'writable' if vma_writable else 'read-only'})")
         return diffs
 

@@ -22,6 +22,7 @@ from .numastate import (
 )
 from .pagetable import (
     Entry,
+    EntryColumns,
     NodeRanges,
     PageTableWalk,
     decode,
@@ -44,6 +45,7 @@ from .runqueue import NumaDomain, RunqueueLoad, read_numa_domain, read_runqueues
 __all__ = [
     "BalancingState",
     "Entry",
+    "EntryColumns",
     "InspectError",
     "MmNumaState",
     "NodeRanges",

@@ -84,7 +84,8 @@ def print_spent(seconds: dict[str, list[float]], spent: dict[str, list[dict[str,
     def median(rows: list[dict[str, float]] | list[Counter[str]], key: str) -> float:
         return statistics.median(float(r.get(key, 0)) for r in rows)
 
-    print(f"\nwhere the time went (medians, s): {SPENT_HEADER}")
+    print("\nwhere the time went (medians over the runs, seconds and counts):")
+    print(SPENT_HEADER)
     for name in sorted(spent, key=lambda n: -statistics.median(seconds[n])):
         rows = spent[name]
         print(f"{name:<22} {median(rows, 'looks'):6.0f} {median(rows, 'paused_s'):7.1f} {median(rows, 'ssh_commands'):5.0f} "
@@ -99,7 +100,7 @@ def print_spent(seconds: dict[str, list[float]], spent: dict[str, list[dict[str,
 # paused: looks (the guest stopped, drgn reading it); ssh: commands to their exit; workload: waits
 # for nhmem's replies (the guest running a step); other: idle waits for a pass, the model, set-up;
 # cpu: the harness thread's CPU time, overlapping the others.
-SPENT_HEADER = f"\n{'check':<22} {'looks':>6} {'paused':>7} {'ssh#':>5} {'ssh':>6} {'workload':>8} {'other':>6} {'cpu':>6}"
+SPENT_HEADER = f"{'check':<22} {'looks':>6} {'paused':>7} {'ssh#':>5} {'ssh':>6} {'workload':>8} {'other':>6} {'cpu':>6}"
 
 
 def main() -> int:

@@ -249,10 +249,15 @@ def time_spent(spent: SpentReading, wall_s: float, cpu_s: float) -> dict[str, fl
     `looks` (QMP stop .. cont, drgn reading the stopped guest), `ssh_s` in `ssh_commands` (each a
     channel, a dropbear child and a shell in the guest), `workload_wait_s` blocked on the
     workload's replies (the guest runs the step meanwhile), and `other_s` (idle waits for a
-    scanner pass, the model, set-up); `cpu_s` is this thread's CPU time, which overlaps them all."""
+    scanner pass, the model, set-up); `cpu_s` is this thread's CPU time, which overlaps them all.
+    `overlap_s` is how much of the first three ran at once on two threads (convergence's sampler
+    pauses the guest while the bench's SSH command runs), so that the three less `overlap_s`, plus
+    `other_s`, is the wall time."""
+    measured = spent.paused_s + spent.ssh_s + spent.stream_wait_s
     return {"looks": spent.pauses, "paused_s": round(spent.paused_s, 2), "ssh_commands": spent.ssh_commands,
             "ssh_s": round(spent.ssh_s, 2), "workload_wait_s": round(spent.stream_wait_s, 2),
-            "other_s": round(max(0.0, wall_s - spent.paused_s - spent.ssh_s - spent.stream_wait_s), 2),
+            "overlap_s": round(max(0.0, measured - spent.blocked_s), 2),
+            "other_s": round(max(0.0, wall_s - spent.blocked_s), 2),
             "cpu_s": round(cpu_s, 2)}
 
 

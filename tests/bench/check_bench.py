@@ -89,18 +89,22 @@ def print_spent(seconds: dict[str, list[float]], spent: dict[str, list[dict[str,
     for name in sorted(spent, key=lambda n: -statistics.median(seconds[n])):
         rows = spent[name]
         print(f"{name:<22} {median(rows, 'looks'):6.0f} {median(rows, 'paused_s'):7.1f} {median(rows, 'ssh_commands'):5.0f} "
-              f"{median(rows, 'ssh_s'):6.1f} {median(rows, 'workload_wait_s'):8.1f} {median(rows, 'other_s'):6.1f} "
+              f"{median(rows, 'ssh_s'):6.1f} {median(rows, 'workload_wait_s'):8.1f} {median(rows, 'overlap_s'):7.1f} "
+              f"{median(rows, 'other_s'):6.1f} "
               f"{median(rows, 'cpu_s'):6.1f}")
     print(f"{'a whole run':<22} {median(run_spent, 'looks'):6.0f} {median(run_spent, 'paused_s'):7.1f} "
           f"{median(run_spent, 'ssh_commands'):5.0f} {median(run_spent, 'ssh_s'):6.1f} "
-          f"{median(run_spent, 'workload_wait_s'):8.1f} {median(run_spent, 'other_s'):6.1f} "
+          f"{median(run_spent, 'workload_wait_s'):8.1f} {median(run_spent, 'overlap_s'):7.1f} "
+          f"{median(run_spent, 'other_s'):6.1f} "
           f"{median(run_spent, 'cpu_s'):6.1f}")
 
 
 # paused: looks (the guest stopped, drgn reading it); ssh: commands to their exit; workload: waits
-# for nhmem's replies (the guest running a step); other: idle waits for a pass, the model, set-up;
-# cpu: the harness thread's CPU time, overlapping the others.
-SPENT_HEADER = f"{'check':<22} {'looks':>6} {'paused':>7} {'ssh#':>5} {'ssh':>6} {'workload':>8} {'other':>6} {'cpu':>6}"
+# for nhmem's replies (the guest running a step); overlap: of those three, what ran at once on two
+# threads (convergence's sampler); other: idle waits for a pass, the model, set-up; cpu: the
+# harness thread's CPU time, overlapping the others.
+SPENT_HEADER = (f"{'check':<22} {'looks':>6} {'paused':>7} {'ssh#':>5} {'ssh':>6} {'workload':>8} {'overlap':>7} "
+                f"{'other':>6} {'cpu':>6}")
 
 
 def main() -> int:

@@ -193,14 +193,18 @@ class ScanReplay:
                 diffs.append(f"{va:#x} in the region is {'mapped' if va in kernel_pages else 'gone'} in the kernel, "
                              f"not in the model")
             elif va in kernel_pages:
-                self.pages[va] = replace(kernel_pages[va], hint=False)
                 self.pages_mapped += 1
                 self._count("pages mapped by the workload")
             else:
                 del self.pages[va]
-        for va, page in kernel_pages.items():  # what a fault did to a page outside the region: an input
-            if not self.in_region(va) and va in self.pages:
-                self.pages[va] = replace(page, hint=self.pages[va].hint)
+        # What a fault did to a page outside the region is an input; whether it is a hint is the
+        # model's (a page the workload mapped anew is none). Most entries agree on it, and then
+        # the kernel's Page is already the one to carry: no copy (thousands of pages a step).
+        for va, page in kernel_pages.items():
+            if not self.in_region(va):
+                kept = self.pages.get(va)
+                hint = kept.hint if kept is not None else False
+                self.pages[va] = page if page.hint == hint else replace(page, hint=hint)
         return diffs
 
     def _vma_of(self, va: int, vmas: Sequence[Vma]) -> int | None:
